@@ -1,0 +1,29 @@
+# Both entry points bootstrap .venv themselves; nothing is installed by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(VENV): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(VENV)
+
+demo: $(VENV)
+	$(BIN)/reconcile-audit demo
+
+test: $(VENV)
+	$(BIN)/ruff check reconcile_audit tests benchmarks
+	$(BIN)/pytest
+
+lint: $(VENV)
+	$(BIN)/ruff check reconcile_audit tests benchmarks
+
+bench: $(VENV)
+	$(BIN)/python benchmarks/ledger_bench.py --escrows 20000
+	$(BIN)/python benchmarks/ledger_bench.py --escrows 100000
+
+clean:
+	rm -rf $(VENV) reports/*/ .pytest_cache
