@@ -1,0 +1,101 @@
+"""Connections to the two kinds of database: PostgreSQL (ADBC, Arrow-native) and DuckDB files.
+
+Both speak DB-API with ``$1`` placeholders and return Arrow tables, so the stages above hold one
+code path. Values are always bound, never formatted into SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from reconcile_audit.errors import ConfigError
+from reconcile_audit.paths import SQL_DIR
+
+Dialect = Literal["postgres", "duckdb"]
+
+
+def dialect_of(url: str) -> Dialect:
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgres"
+    if url.startswith("duckdb://"):
+        return "duckdb"
+    raise ConfigError("DATABASE_URL", "expected postgresql://... or duckdb:///path")
+
+
+def duckdb_path(url: str) -> str:
+    """``duckdb:///abs/path`` -> ``/abs/path``; ``duckdb://rel/path`` -> ``rel/path``; ``duckdb://:memory:``."""
+    rest = url[len("duckdb://") :]
+    return rest or ":memory:"
+
+
+class Connection:
+    """A thin wrapper that gives both backends the same four calls."""
+
+    def __init__(self, raw: Any, dialect: Dialect) -> None:
+        self.raw = raw
+        self.dialect = dialect
+
+    def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run one query and return its whole result as an Arrow table."""
+        if self.dialect == "duckdb":
+            return self.raw.execute(sql, list(params)).to_arrow_table()
+        with self.raw.cursor() as cursor:
+            cursor.execute(sql, tuple(params) if params else None)
+            return cursor.fetch_arrow_table()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if self.dialect == "duckdb":
+            self.raw.execute(sql, list(params))
+            return
+        with self.raw.cursor() as cursor:
+            cursor.execute(sql, tuple(params) if params else None)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.dialect == "duckdb":
+            return self.raw.execute(sql, list(params)).fetchall()
+        with self.raw.cursor() as cursor:
+            cursor.execute(sql, tuple(params) if params else None)
+            return cursor.fetchall()
+
+    def commit(self) -> None:
+        self.raw.commit()
+
+    def rollback(self) -> None:
+        self.raw.rollback()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def open_connection(url: str, *, read_only: bool = False, autocommit: bool = False) -> Connection:
+    dialect = dialect_of(url)
+    if dialect == "duckdb":
+        import duckdb
+
+        path = duckdb_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return Connection(duckdb.connect(path, read_only=read_only), "duckdb")
+    import adbc_driver_postgresql.dbapi as pg
+
+    normalized = "postgresql://" + url.split("://", 1)[1]
+    return Connection(pg.connect(normalized, autocommit=autocommit), "postgres")
+
+
+@contextmanager
+def connect(url: str, *, read_only: bool = False, autocommit: bool = False) -> Iterator[Connection]:
+    connection = open_connection(url, read_only=read_only, autocommit=autocommit)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def read_sql(name: str) -> str:
+    """The text of ``reconcile_audit/sql/<name>``."""
+    return (SQL_DIR / name).read_text(encoding="utf-8")

@@ -1,0 +1,109 @@
+"""The frames that flow between stages: their documented schemas, checked at stage boundaries.
+
+Amounts in base units can reach the i128 limits, which neither Arrow's decimal128(38) nor
+polars' Int128 (no Arrow mapping) can carry, so base-unit amounts travel as ``String`` holding
+an exact base-10 integer (``"-170141183460469231731687303715884105728"``). DuckDB casts them to
+HUGEINT / BIGNUM for exact arithmetic. Money is never a float.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import polars as pl
+
+# --- extract: one row per reconcilable invoice ------------------------------------------------
+INVOICES: Final = pl.Schema(
+    {
+        "invoice_pk": pl.String,  # invoices.id (uuid as text)
+        "invoice_id": pl.String,  # invoices.invoice_id, the business id the contract stores
+        "tenant_id": pl.String,  # nullable
+        "status": pl.String,  # linked_escrow | funded | partially_funded (by default)
+        "currency": pl.String,  # nullable
+        "db_total_funded_cents": pl.Int64,  # escrow_summaries.total_funded * 100, exact; 0 if NULL
+        "total_was_null": pl.Boolean,  # no summary row, or a NULL total coerced to 0
+        "summary_row_count": pl.Int64,  # escrow_summaries rows for the invoice; > 1 is a duplicate
+        "op_contract_id": pl.String,  # latest completed `create` escrow_operations.contract_id
+    }
+)
+
+# --- resolve: INVOICES plus the chosen address -------------------------------------------------
+RESOLVED: Final = pl.Schema(
+    {
+        **INVOICES,
+        "contract_id": pl.String,  # the address used (as given, trimmed); null when none known
+        "address_source": pl.String,  # escrow_operations | escrow_addr_by_invoice | null
+        "address_error": pl.String,  # why contract_id is not a valid C... strkey; null when valid
+        "invoice_id_error": pl.String,  # why invoice_id fails the backend's id rule; null when valid
+    }
+)
+
+# --- ledger: one row per distinct valid contract_id asked for ---------------------------------
+# read_status: ok | no_instance | no_escrow | error
+LEDGER: Final = pl.Schema(
+    {
+        "contract_id": pl.String,
+        "read_status": pl.String,
+        "read_error": pl.String,  # cause when read_status is error (or why decimals are unknown)
+        "escrow_invoice_id": pl.String,
+        "funded_amount": pl.String,  # i128 base units, exact integer text
+        "amount": pl.String,  # i128
+        "funding_target": pl.String,  # i128
+        "escrow_status": pl.Int64,  # u32: 0 open, 1 funded, 2 settled, 3 withdrawn, 4 cancelled
+        "funding_token": pl.String,  # C... address of the token contract
+        "distributed_principal": pl.String,  # i128, null when absent
+        "token_decimals": pl.Int64,  # null when unknown: the invoice becomes an error
+        "token_decimals_source": pl.String,  # metadata | configured | null
+        "latest_ledger": pl.Int64,  # latestLedger of the batch that read this entry
+        "last_modified_ledger": pl.Int64,  # lastModifiedLedgerSeq
+        "live_until_ledger": pl.Int64,  # liveUntilLedgerSeq (0 or below latest: archived)
+    }
+)
+
+CLASSES: Final = ("match", "mismatch", "missing_on_chain", "unlinked", "error")
+FLAGS: Final = ("archived", "ttl_expiring", "duplicate_summary", "null_total")
+
+# --- classify: the findings frame, one row per extracted invoice ------------------------------
+# This is the contract that reports, history and users rely on (README.md, "Findings").
+FINDINGS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "contract_id": pl.String,
+        "class": pl.String,  # one of CLASSES
+        "reason_code": pl.String,
+        "reason": pl.String,  # a sentence for people
+        "db_funded_base_units": pl.String,  # exact integer text; null when decimals unknown
+        "chain_funded_base_units": pl.String,  # exact integer text; null when not read
+        "delta_base_units": pl.String,  # database minus chain, exact integer text
+        "drift_rank": pl.Int64,  # 1 = largest absolute drift in major units; null if none
+        "token_decimals": pl.Int64,
+        "currency": pl.String,
+        "db_total_funded": pl.Decimal(15, 2),  # major units as stored
+        "flags": pl.List(pl.String),  # subset of FLAGS, sorted
+        "escrow_invoice_id": pl.String,
+        "escrow_status": pl.Int64,
+        "funding_token": pl.String,
+        "address_source": pl.String,
+        "latest_ledger": pl.Int64,
+        "last_modified_ledger": pl.Int64,
+        "live_until_ledger": pl.Int64,
+    }
+)
+
+
+def conform(frame: pl.DataFrame, schema: pl.Schema, stage: str) -> pl.DataFrame:
+    """Check ``frame`` has every column of ``schema`` with castable types; return it in order.
+
+    Extra columns are kept after the documented ones. Raises ``ValueError`` naming the stage and
+    the missing columns, because a frame that breaks its schema is a bug, not bad input.
+    """
+    missing = [name for name in schema if name not in frame.columns]
+    if missing:
+        raise ValueError(f"{stage}: frame is missing documented columns {missing}")
+    extra = [name for name in frame.columns if name not in schema]
+    return frame.select(*[pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items()], *extra)
+
+
+def empty(schema: pl.Schema) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)

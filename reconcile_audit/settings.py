@@ -1,0 +1,292 @@
+"""One settings object, built from parameters and the environment.
+
+Parameters (papermill, CLI flags, keyword arguments) override the environment. Secrets (the
+database password inside a URL, the SMTP password) come from the environment only: papermill
+writes parameters into the executed notebook, so a secret must never be one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from reconcile_audit.errors import ConfigError
+
+TESTNET_PASSPHRASE = "Test SDF Network ; September 2015"
+PUBLIC_PASSPHRASE = "Public Global Stellar Network ; September 2015"
+REDACTED = "***"
+
+
+class Secret:
+    """A string that never shows itself in repr, str or f-strings. Call ``reveal()`` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({REDACTED})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def url_password(url: str) -> str | None:
+    """The password embedded in a database URL, if any."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = (parts.username or "") + ":" + REDACTED
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs. Built by :func:`load_settings`; immutable afterwards.
+
+    ``database_url``: the source database, ``postgresql://...`` or ``duckdb:///path``.
+    ``state_database_url``: where the tool keeps ``reconciliation_runs`` and its findings;
+    defaults to the source database (the backend's health check reads it there).
+    """
+
+    database_url: Secret
+    state_database_url: Secret
+    rpc_url: str | None = None
+    network_passphrase: str = TESTNET_PASSPHRASE
+    tenant_id: str | None = None
+    extract_sql_path: Path | None = None
+    escrow_addr_by_invoice: str | None = None
+    tolerance_base_units: int = 0
+    ttl_warning_ledgers: int = 17_280 * 7  # about a week of 5-second ledgers
+    token_decimals: Mapping[str, int] = field(default_factory=dict)
+    rpc_batch_size: int = 200
+    rpc_concurrency: int = 4
+    rpc_max_retries: int = 6
+    rpc_timeout_seconds: float = 30.0
+    rpc_use_simulate: bool = False
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: Secret | None = None
+    smtp_starttls: bool = True
+    alert_email_to: tuple[str, ...] = ()
+    alert_email_from: str = "reconcile-audit@localhost"
+    pushgateway_url: str | None = None
+    metrics_textfile_dir: Path | None = None
+    stale_after_hours: float = 25.0
+    run_key: str | None = None
+    output_dir: Path = Path("reports")
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Secret):
+                value = redact_url(value.reveal()) if "url" in f.name else REDACTED
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret string, for redaction and for tests that search artifacts."""
+        found = []
+        for url in (self.database_url.reveal(), self.state_database_url.reveal()):
+            password = url_password(url)
+            if password:
+                found.append(password)
+        if self.smtp_password:
+            found.append(self.smtp_password.reveal())
+        return tuple(found)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***``."""
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _parse_token_decimals(raw: str | Mapping[str, int] | None) -> dict[str, int]:
+    if raw is None or raw == "":
+        return {}
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}') from exc
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 38
+        for k, v in parsed.items()
+    ):
+        raise ConfigError("TOKEN_DECIMALS", "expected a JSON object of token address -> integer 0..38")
+    return parsed
+
+
+def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    items = re.split(r"[,\s]+", raw) if isinstance(raw, str) else list(raw)
+    return tuple(item for item in (i.strip() for i in items) if item)
+
+
+# Parameter name -> environment variable. The backend's names where they exist (DESIGN.md).
+ENVIRONMENT = {
+    "database_url": "DATABASE_URL",
+    "state_database_url": "RECONCILE_STATE_DATABASE_URL",
+    "rpc_url": "SOROBAN_RPC_URL",
+    "network_passphrase": "STELLAR_NETWORK_PASSPHRASE",
+    "tenant_id": "RECONCILE_TENANT_ID",
+    "extract_sql_path": "RECONCILE_EXTRACT_SQL",
+    "escrow_addr_by_invoice": "ESCROW_ADDR_BY_INVOICE",
+    "tolerance_base_units": "RECONCILE_TOLERANCE_BASE_UNITS",
+    "ttl_warning_ledgers": "RECONCILE_TTL_WARNING_LEDGERS",
+    "token_decimals": "RECONCILE_TOKEN_DECIMALS",
+    "rpc_batch_size": "RECONCILE_RPC_BATCH_SIZE",
+    "rpc_concurrency": "RECONCILE_RPC_CONCURRENCY",
+    "rpc_max_retries": "RECONCILE_RPC_MAX_RETRIES",
+    "rpc_timeout_seconds": "RECONCILE_RPC_TIMEOUT_SECONDS",
+    "rpc_use_simulate": "RECONCILE_RPC_USE_SIMULATE",
+    "smtp_host": "SMTP_HOST",
+    "smtp_port": "SMTP_PORT",
+    "smtp_user": "SMTP_USER",
+    "smtp_password": "SMTP_PASSWORD",
+    "smtp_starttls": "SMTP_STARTTLS",
+    "alert_email_to": "ALERT_EMAIL_TO",
+    "alert_email_from": "ALERT_EMAIL_FROM",
+    "pushgateway_url": "PUSHGATEWAY_URL",
+    "metrics_textfile_dir": "RECONCILE_METRICS_TEXTFILE_DIR",
+    "stale_after_hours": "RECONCILE_STALE_AFTER_HOURS",
+    "run_key": "RECONCILE_RUN_KEY",
+    "output_dir": "RECONCILE_OUTPUT_DIR",
+}
+SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
+DEFAULT_DATABASE_URL = "duckdb:///reports/demo.duckdb"
+
+
+def load_settings(
+    params: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build :class:`Settings` from ``params`` (None or "" means "not given") over ``environ``.
+
+    Raises :class:`ConfigError` naming the parameter for unknown names, secrets passed as
+    parameters, and malformed values.
+    """
+    params = dict(params or {})
+    environ = os.environ if environ is None else environ
+    unknown = set(params) - set(ENVIRONMENT)
+    if unknown:
+        raise ConfigError(", ".join(sorted(unknown)), f"unknown parameter; known: {sorted(ENVIRONMENT)}")
+    for name in SECRET_ONLY_FROM_ENV & set(params):
+        if params[name] not in (None, ""):
+            raise ConfigError(name, f"secrets come from the environment only; set {ENVIRONMENT[name]}")
+
+    raw: dict[str, Any] = {}
+    for name, variable in ENVIRONMENT.items():
+        value = params.get(name)
+        if value is None or value == "":
+            value = environ.get(variable)
+        if value is not None and value != "":
+            raw[name] = value
+
+    database_url = str(raw.get("database_url", DEFAULT_DATABASE_URL))
+    if not database_url.startswith(("postgresql://", "postgres://", "duckdb://")):
+        raise ConfigError("DATABASE_URL", "expected postgresql://... or duckdb:///path")
+    values: dict[str, Any] = {
+        "database_url": Secret(database_url),
+        "state_database_url": Secret(str(raw.get("state_database_url", database_url))),
+        "token_decimals": _parse_token_decimals(raw.get("token_decimals")),
+        "alert_email_to": _recipients(raw.get("alert_email_to")),
+    }
+    if "smtp_password" in raw:
+        values["smtp_password"] = Secret(str(raw["smtp_password"]))
+    converters: dict[str, Any] = {
+        "tolerance_base_units": int,
+        "ttl_warning_ledgers": int,
+        "rpc_batch_size": int,
+        "rpc_concurrency": int,
+        "rpc_max_retries": int,
+        "rpc_timeout_seconds": float,
+        "smtp_port": int,
+        "stale_after_hours": float,
+        "rpc_use_simulate": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
+        "smtp_starttls": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
+        "extract_sql_path": Path,
+        "metrics_textfile_dir": Path,
+        "output_dir": Path,
+    }
+    for name in ENVIRONMENT:
+        if name in values or name not in raw:
+            continue
+        convert = converters.get(name, str)
+        try:
+            values[name] = convert(raw[name])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(ENVIRONMENT[name], f"cannot read {raw[name]!r}: {exc}") from exc
+    settings = Settings(**values)
+    if not 1 <= settings.rpc_batch_size <= 200:
+        raise ConfigError("rpc_batch_size", "getLedgerEntries takes 1 to 200 keys")
+    if settings.rpc_concurrency < 1:
+        raise ConfigError("rpc_concurrency", "must be at least 1")
+    if settings.tolerance_base_units < 0:
+        raise ConfigError("tolerance_base_units", "must not be negative")
+    return settings
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces every secret in a log record's rendered message with ``***``."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            for secret in self._secrets:
+                message = message.replace(secret, REDACTED)
+            record.msg, record.args = message, None
+        return True
+
+
+def install_redaction(settings: Settings, logger: logging.Logger | None = None) -> None:
+    """Attach a :class:`RedactingFilter` to every handler of ``logger`` (default: root)."""
+    target = logger or logging.getLogger()
+    redactor = RedactingFilter(settings.secrets)
+    for handler in target.handlers:
+        handler.addFilter(redactor)
+    target.addFilter(redactor)

@@ -1,0 +1,46 @@
+import logging
+
+import pytest
+
+from reconcile_audit.errors import ConfigError
+from reconcile_audit.settings import RedactingFilter, load_settings
+
+
+def test_secrets_never_in_repr():
+    settings = load_settings(
+        {"rpc_url": "http://127.0.0.1:8000"},
+        {"DATABASE_URL": "postgresql://app:hunter2@db/x", "SMTP_PASSWORD": "s3cret-smtp"},
+    )
+    text = repr(settings) + str(settings)
+    assert "hunter2" not in text and "s3cret-smtp" not in text
+    assert settings.database_url.reveal() == "postgresql://app:hunter2@db/x"
+    assert set(settings.secrets) == {"hunter2", "s3cret-smtp"}
+    assert settings.redact("dsn=postgresql://app:hunter2@db/x") == "dsn=postgresql://app:***@db/x"
+
+
+def test_parameters_override_environment_and_default_is_embedded():
+    settings = load_settings({"tenant_id": "t1"}, {"RECONCILE_TENANT_ID": "t2"})
+    assert settings.tenant_id == "t1"
+    assert settings.database_url.reveal().startswith("duckdb://")
+
+
+def test_secret_as_parameter_is_refused():
+    with pytest.raises(ConfigError, match="SMTP_PASSWORD"):
+        load_settings({"smtp_password": "x"}, {})
+
+
+def test_unknown_parameter_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        load_settings({"nope": 1}, {})
+    with pytest.raises(ConfigError, match="RECONCILE_TOLERANCE_BASE_UNITS"):
+        load_settings({}, {"RECONCILE_TOLERANCE_BASE_UNITS": "ten"})
+    with pytest.raises(ConfigError, match="rpc_batch_size"):
+        load_settings({"rpc_batch_size": 201}, {})
+    with pytest.raises(ConfigError, match="TOKEN_DECIMALS"):
+        load_settings({}, {"RECONCILE_TOKEN_DECIMALS": "{bad"})
+
+
+def test_log_lines_are_redacted():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "connecting %s", ("pw=hunter2",), None)
+    RedactingFilter(("hunter2",)).filter(record)
+    assert record.getMessage() == "connecting pw=***"
