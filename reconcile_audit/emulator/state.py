@@ -1,0 +1,355 @@
+"""The ledger state the emulator serves, and its real XDR built with stellar-sdk.
+
+Each escrow is one ``LiquifactEscrow`` contract instance: a PERSISTENT ``ContractData`` entry whose
+``val.instance.storage`` holds ``Vec[Symbol("Escrow")]`` (the ``InvoiceEscrow`` struct as an
+ScMap sorted by field name), ``Vec[Symbol("FundingToken")]`` and, when set,
+``Vec[Symbol("DistributedPrincipal")]`` (see DESIGN.md). Each token is a Stellar Asset
+Contract-like instance whose storage carries ``Symbol("METADATA") -> {decimal, name, symbol}``,
+as soroban-env-host's ``set_metadata`` writes it.
+
+The builders here use stellar-sdk's XDR objects and are the oracle: ``encode.py`` produces the
+same bytes faster for the emulator's bulk build and is tested against them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Final
+
+from stellar_sdk import Address, Network, StrKey, scval
+from stellar_sdk import xdr as stellar_xdr
+
+TESTNET: Final = Network.TESTNET_NETWORK_PASSPHRASE
+
+STORAGE_SHAPES: Final = ("standard", "minimal", "extra_keys", "escrow_extra_fields", "no_funding_token")
+
+# Defaults chosen so a default entry is live at DEFAULT_LATEST_LEDGER.
+DEFAULT_LATEST_LEDGER: Final = 1_000_000
+DEFAULT_LAST_MODIFIED_LEDGER: Final = 900_000
+DEFAULT_LIVE_UNTIL_LEDGER: Final = 3_000_000
+DEFAULT_MATURITY: Final = 1_800_000_000  # unix seconds, u64
+DEFAULT_YIELD_BPS: Final = 800
+ESCROW_VERSION: Final = 1
+
+# The escrow contracts run one Wasm; the hash only has to be a stable 32 bytes.
+ESCROW_WASM_HASH: Final = hashlib.sha256(b"liquifact-escrow-wasm").digest()
+
+_SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
+I128_MIN: Final = -(2**127)
+I128_MAX: Final = 2**127 - 1
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """A token contract instance. ``decimals=None``: the instance has no ``METADATA``."""
+
+    contract_id: str
+    decimals: int | None = 7
+    name: str = "USD Coin"
+    symbol: str = "USDC"
+    live_until_ledger: int = DEFAULT_LIVE_UNTIL_LEDGER
+    last_modified_ledger: int = DEFAULT_LAST_MODIFIED_LEDGER
+
+
+@dataclass(frozen=True, kw_only=True)
+class EscrowSpec:
+    """One escrow contract instance as it sits on chain.
+
+    ``live_until_ledger`` is served as given: 0 (or anything below the state's latest ledger)
+    means archived. ``storage_shape`` picks one of ``STORAGE_SHAPES``:
+
+    - ``standard``: Admin, DistributedPrincipal (when set), Escrow, FundingToken, Version.
+    - ``minimal``: only Escrow, FundingToken and DistributedPrincipal (when set).
+    - ``extra_keys``: standard plus unrelated keys of varied ScVal types sorting before and after
+      Escrow, including look-alikes (``Symbol("Escrow")``, ``Vec[Symbol("EscrowV2")]``,
+      ``Vec[Symbol("Escrow"), U32]``, ``Vec[Symbol("FundingTokenOld")]``) that a byte-scanning
+      reader could mistake for the real keys.
+    - ``escrow_extra_fields``: standard, with unknown fields inside the Escrow map
+      (``currency_code: Symbol``, ``legal_hold: Bool``), still sorted by name.
+    - ``no_funding_token``: standard without FundingToken.
+    """
+
+    contract_id: str
+    invoice_id: str
+    funded_amount: int
+    amount: int
+    funding_target: int
+    funding_token: str
+    admin: str
+    sme_address: str
+    status: int = 1
+    maturity: int = DEFAULT_MATURITY
+    yield_bps: int = DEFAULT_YIELD_BPS
+    distributed_principal: int | None = None
+    has_escrow: bool = True
+    last_modified_ledger: int = DEFAULT_LAST_MODIFIED_LEDGER
+    live_until_ledger: int = DEFAULT_LIVE_UNTIL_LEDGER
+    storage_shape: str = "standard"
+
+    def __post_init__(self) -> None:
+        if self.storage_shape not in STORAGE_SHAPES:
+            raise ValueError(f"storage_shape {self.storage_shape!r} is not one of {STORAGE_SHAPES}")
+        if not _SYMBOL_RE.fullmatch(self.invoice_id):
+            raise ValueError(f"invoice_id {self.invoice_id!r} is not a Soroban symbol [A-Za-z0-9_]{{1,32}}")
+        for name in ("funded_amount", "amount", "funding_target"):
+            value = getattr(self, name)
+            if not I128_MIN <= value <= I128_MAX:
+                raise ValueError(f"{name} {value} does not fit in i128")
+        if self.distributed_principal is not None and not I128_MIN <= self.distributed_principal <= I128_MAX:
+            raise ValueError(f"distributed_principal {self.distributed_principal} does not fit in i128")
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """What the emulator serves: escrow and token instances at ``latest_ledger``."""
+
+    latest_ledger: int
+    escrows: tuple[EscrowSpec, ...]
+    tokens: tuple[TokenSpec, ...] = ()
+    network_passphrase: str = TESTNET
+    protocol_version: int = 23
+    oldest_ledger_offset: int = field(default=120_960, kw_only=True)  # RPC's default 7-day window
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for contract_id in [e.contract_id for e in self.escrows] + [t.contract_id for t in self.tokens]:
+            if contract_id in seen:
+                raise ValueError(f"contract {contract_id} appears twice in the ledger state")
+            seen.add(contract_id)
+
+
+# --- stellar-sdk builders (the oracle) -------------------------------------------------------
+
+
+def _sc_address(address: str) -> stellar_xdr.SCAddress:
+    return Address(address).to_xdr_sc_address()
+
+
+def _sorted_map(entries: list[tuple[stellar_xdr.SCVal, stellar_xdr.SCVal]]) -> stellar_xdr.SCVal:
+    """An ScMap in Soroban key order. ``scval.to_map`` needs hashable keys, which ScVec is not."""
+    # The SDK's comparator mirrors the host's ``Ord for ScVal``; its to_map uses it too.
+    ordered = sorted(entries, key=functools.cmp_to_key(lambda a, b: scval._compare_sc_val(a[0], b[0])))
+    return stellar_xdr.SCVal(
+        stellar_xdr.SCValType.SCV_MAP,
+        map=stellar_xdr.SCMap([stellar_xdr.SCMapEntry(key=k, val=v) for k, v in ordered]),
+    )
+
+
+def storage_key(*parts: str) -> stellar_xdr.SCVal:
+    """A ``#[contracttype]`` enum key as the SDK stores it: ``Vec[Symbol(part), ...]``."""
+    return scval.to_vec([scval.to_symbol(part) for part in parts])
+
+
+def instance_key(contract_id: str) -> stellar_xdr.LedgerKey:
+    """The ledger key of a contract's instance entry (ContractData, PERSISTENT)."""
+    return stellar_xdr.LedgerKey(
+        type=stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+        contract_data=stellar_xdr.LedgerKeyContractData(
+            contract=_sc_address(contract_id),
+            key=stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+            durability=stellar_xdr.ContractDataDurability.PERSISTENT,
+        ),
+    )
+
+
+def escrow_struct(spec: EscrowSpec) -> stellar_xdr.SCVal:
+    """The ``InvoiceEscrow`` ScMap (what ``get_escrow`` returns), fields sorted by name."""
+    fields: dict[str, stellar_xdr.SCVal] = {
+        "admin": scval.to_address(spec.admin),
+        "amount": scval.to_int128(spec.amount),
+        "funded_amount": scval.to_int128(spec.funded_amount),
+        "funding_target": scval.to_int128(spec.funding_target),
+        "invoice_id": scval.to_symbol(spec.invoice_id),
+        "maturity": scval.to_uint64(spec.maturity),
+        "sme_address": scval.to_address(spec.sme_address),
+        "status": scval.to_uint32(spec.status),
+        "yield_bps": scval.to_int64(spec.yield_bps),
+    }
+    if spec.storage_shape == "escrow_extra_fields":
+        fields.update(ESCROW_EXTRA_FIELDS)
+    return scval.to_struct(fields)
+
+
+ESCROW_EXTRA_FIELDS: Final[dict[str, stellar_xdr.SCVal]] = {
+    "currency_code": scval.to_symbol("USDC"),
+    "legal_hold": scval.to_bool(False),
+}
+
+# Unrelated storage of the "extra_keys" shape. Constant across escrows; several are look-alikes
+# of the keys a reader wants, to catch a reader that scans bytes instead of decoding keys.
+_LOOKALIKE_ADDRESS: Final = StrKey.encode_contract(hashlib.sha256(b"lookalike-token").digest())
+_INVESTORS: Final = (
+    StrKey.encode_ed25519_public_key(hashlib.sha256(b"investor-1").digest()),
+    StrKey.encode_ed25519_public_key(hashlib.sha256(b"investor-2").digest()),
+)
+EXTRA_STORAGE: Final[tuple[tuple[stellar_xdr.SCVal, stellar_xdr.SCVal], ...]] = (
+    (scval.to_uint32(7), scval.to_bytes(b"\x00\x01opaque-config\xff")),
+    (scval.to_symbol("Escrow"), scval.to_string("not the escrow: a bare symbol key")),
+    (scval.to_symbol("counter"), scval.to_uint64(2**64 - 1)),
+    (scval.to_bytes(b"raw-key"), scval.to_void()),
+    (storage_key("Created"), scval.to_timepoint(1_700_000_000)),
+    (
+        scval.to_vec([scval.to_symbol("Escrow"), scval.to_uint32(1)]),
+        scval.to_struct({"funded_amount": scval.to_int128(-1), "invoice_id": scval.to_symbol("DECOY")}),
+    ),
+    (
+        storage_key("EscrowV2"),
+        scval.to_struct(
+            {
+                "funded_amount": scval.to_int128(I128_MAX),
+                "invoice_id": scval.to_symbol("DECOY_V2"),
+                "status": scval.to_uint32(4),
+            }
+        ),
+    ),
+    (
+        storage_key("Fees"),
+        scval.to_map(
+            {scval.to_symbol("bps"): scval.to_uint32(25), scval.to_symbol("cap"): scval.to_int128(10**20)}
+        ),
+    ),
+    (storage_key("FundingTokenOld"), scval.to_address(_LOOKALIKE_ADDRESS)),
+    (storage_key("Investors"), scval.to_vec([scval.to_address(a) for a in _INVESTORS])),
+    (storage_key("Note"), scval.to_string("Net 60, úñíçødé ✓")),
+    (storage_key("Paused"), scval.to_bool(True)),
+    (storage_key("TotalShares"), scval.to_uint256(2**256 - 1)),
+    (storage_key("Zeta"), scval.to_int256(-(2**255))),
+    (
+        scval.to_map({scval.to_symbol("k"): scval.to_int32(-7)}),
+        scval.to_duration(86_400),
+    ),
+    (scval.to_address(_INVESTORS[0]), scval.to_int128(I128_MIN)),
+)
+
+
+def escrow_storage(spec: EscrowSpec) -> stellar_xdr.SCVal:
+    """The instance storage map of an escrow contract, in Soroban key order."""
+    entries: list[tuple[stellar_xdr.SCVal, stellar_xdr.SCVal]] = []
+    if spec.has_escrow:
+        entries.append((storage_key("Escrow"), escrow_struct(spec)))
+    if spec.storage_shape != "no_funding_token":
+        entries.append((storage_key("FundingToken"), scval.to_address(spec.funding_token)))
+    if spec.distributed_principal is not None:
+        entries.append((storage_key("DistributedPrincipal"), scval.to_int128(spec.distributed_principal)))
+    if spec.storage_shape != "minimal":
+        entries.append((storage_key("Admin"), scval.to_address(spec.admin)))
+        entries.append((storage_key("Version"), scval.to_uint32(ESCROW_VERSION)))
+    if spec.storage_shape == "extra_keys":
+        entries.extend(EXTRA_STORAGE)
+    return _sorted_map(entries)
+
+
+def _instance_entry(
+    contract_id: str, executable: stellar_xdr.ContractExecutable, storage: stellar_xdr.SCVal
+) -> stellar_xdr.LedgerEntryData:
+    return stellar_xdr.LedgerEntryData(
+        type=stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+        contract_data=stellar_xdr.ContractDataEntry(
+            ext=stellar_xdr.ExtensionPoint(0),
+            contract=_sc_address(contract_id),
+            key=stellar_xdr.SCVal(stellar_xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+            durability=stellar_xdr.ContractDataDurability.PERSISTENT,
+            val=stellar_xdr.SCVal(
+                stellar_xdr.SCValType.SCV_CONTRACT_INSTANCE,
+                instance=stellar_xdr.SCContractInstance(executable=executable, storage=storage.map),
+            ),
+        ),
+    )
+
+
+def escrow_instance_entry(spec: EscrowSpec) -> stellar_xdr.LedgerEntryData:
+    """The escrow's contract-instance ``LedgerEntryData``, exactly as the emulator serves it."""
+    executable = stellar_xdr.ContractExecutable(
+        stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,
+        wasm_hash=stellar_xdr.Hash(ESCROW_WASM_HASH),
+    )
+    return _instance_entry(spec.contract_id, executable, escrow_storage(spec))
+
+
+def token_metadata(spec: TokenSpec) -> stellar_xdr.SCVal:
+    return scval.to_struct(
+        {
+            "decimal": scval.to_uint32(spec.decimals if spec.decimals is not None else 0),
+            "name": scval.to_string(spec.name),
+            "symbol": scval.to_string(spec.symbol),
+        }
+    )
+
+
+def token_instance_entry(spec: TokenSpec) -> stellar_xdr.LedgerEntryData:
+    """A Stellar Asset Contract-like instance: METADATA (unless ``decimals`` is None), AssetInfo, Admin."""
+    issuer = hashlib.sha256(b"issuer:" + spec.contract_id.encode()).digest()
+    entries: list[tuple[stellar_xdr.SCVal, stellar_xdr.SCVal]] = [
+        (storage_key("Admin"), scval.to_address(StrKey.encode_ed25519_public_key(issuer))),
+        (
+            storage_key("AssetInfo"),
+            scval.to_vec(
+                [
+                    scval.to_symbol("AlphaNum4" if len(spec.symbol) <= 4 else "AlphaNum12"),
+                    scval.to_struct(
+                        {"asset_code": scval.to_string(spec.symbol), "issuer": scval.to_bytes(issuer)}
+                    ),
+                ]
+            ),
+        ),
+    ]
+    if spec.decimals is not None:
+        entries.append((scval.to_symbol("METADATA"), token_metadata(spec)))
+    executable = stellar_xdr.ContractExecutable(
+        stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET
+    )
+    return _instance_entry(spec.contract_id, executable, _sorted_map(entries))
+
+
+# --- seeded synthetic values -----------------------------------------------------------------
+
+
+def random_contract_id(rng: random.Random) -> str:
+    """A valid ``C...`` strkey drawn from ``rng``."""
+    return StrKey.encode_contract(rng.randbytes(32))
+
+
+def random_account_id(rng: random.Random) -> str:
+    """A valid ``G...`` strkey drawn from ``rng``."""
+    return StrKey.encode_ed25519_public_key(rng.randbytes(32))
+
+
+def synthetic_state(
+    count: int,
+    *,
+    seed: int = 0,
+    latest_ledger: int = DEFAULT_LATEST_LEDGER,
+    decimals: int = 7,
+    invoice_prefix: str = "INV",
+) -> LedgerState:
+    """``count`` standard escrows funded with one token; invoice ids ``{prefix}_{n:07d}``.
+
+    Amounts are whole-cent multiples of ``10**decimals`` / 100 so they match a DECIMAL(15,2)
+    database total exactly. For the demo, benchmark and bulk tests.
+    """
+    rng = random.Random(seed)
+    token = TokenSpec(contract_id=random_contract_id(rng), decimals=decimals)
+    admin = random_account_id(rng)
+    cent = 10**decimals // 100 if decimals >= 2 else 1
+    escrows = []
+    for n in range(count):
+        amount_cents = rng.randrange(100_00, 5_000_000_00)
+        funded_cents = rng.randrange(0, amount_cents + 1)
+        escrows.append(
+            EscrowSpec(
+                contract_id=random_contract_id(rng),
+                invoice_id=f"{invoice_prefix}_{n:07d}",
+                funded_amount=funded_cents * cent,
+                amount=amount_cents * cent,
+                funding_target=amount_cents * cent,
+                funding_token=token.contract_id,
+                admin=admin,
+                sme_address=random_account_id(rng),
+                status=1 if funded_cents == amount_cents else 0,
+            )
+        )
+    return LedgerState(latest_ledger=latest_ledger, escrows=tuple(escrows), tokens=(token,))
