@@ -1,0 +1,1 @@
+SELECT version FROM reconcile_audit_schema_migrations ORDER BY version

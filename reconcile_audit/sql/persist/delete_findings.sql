@@ -1,0 +1,1 @@
+DELETE FROM reconciliation_findings WHERE run_id = $1

@@ -1,0 +1,16 @@
+-- Moves the staged non-match rows (COPY-ingested by ADBC into a temporary table) into the
+-- findings table in one statement; amounts go from exact integer text to numeric.
+INSERT INTO reconciliation_findings (
+    run_id, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
+    db_funded_base_units, chain_funded_base_units, delta_base_units, drift_rank,
+    token_decimals, currency, db_total_funded, flags, escrow_invoice_id, escrow_status,
+    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger
+)
+SELECT
+    $1, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
+    CAST(db_funded_base_units AS numeric), CAST(chain_funded_base_units AS numeric),
+    CAST(delta_base_units AS numeric), drift_rank,
+    token_decimals, currency, db_total_funded, COALESCE(flags, CAST(ARRAY[] AS text[])),
+    escrow_invoice_id, escrow_status,
+    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger
+FROM reconcile_findings_staging

@@ -1,0 +1,13 @@
+-- Takes the scope's lease when it is free or expired; returns no row when a live lease is held.
+-- ON CONFLICT makes the check and the write one atomic step on PostgreSQL; DuckDB files have a
+-- single writer process anyway.
+INSERT INTO reconciliation_leases (scope, tenant_id, holder, token, acquired_at, expires_at)
+VALUES ($1, CAST($2 AS TEXT), $3, $4, CAST($5 AS TIMESTAMPTZ), CAST($6 AS TIMESTAMPTZ))
+ON CONFLICT (scope) DO UPDATE SET
+    tenant_id = excluded.tenant_id,
+    holder = excluded.holder,
+    token = excluded.token,
+    acquired_at = excluded.acquired_at,
+    expires_at = excluded.expires_at
+WHERE reconciliation_leases.expires_at <= excluded.acquired_at
+RETURNING token

@@ -1,0 +1,28 @@
+-- One row per run key: a re-run of the same key overwrites the row and keeps its id, so the
+-- caller can replace that run's findings by run_id.
+INSERT INTO reconciliation_runs (
+    run_key, tenant_id, started_at, finished_at, status,
+    total, match, mismatch, missing_on_chain, unlinked, error,
+    ledger_min, ledger_max, error_message, results
+)
+VALUES (
+    $1, CAST($2 AS TEXT), CAST($3 AS TIMESTAMPTZ), CAST($4 AS TIMESTAMPTZ), $5,
+    $6, $7, $8, $9, $10, $11,
+    CAST($12 AS BIGINT), CAST($13 AS BIGINT), CAST($14 AS TEXT), CAST($15 AS JSON)
+)
+ON CONFLICT (run_key) DO UPDATE SET
+    tenant_id = excluded.tenant_id,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    status = excluded.status,
+    total = excluded.total,
+    match = excluded.match,
+    mismatch = excluded.mismatch,
+    missing_on_chain = excluded.missing_on_chain,
+    unlinked = excluded.unlinked,
+    error = excluded.error,
+    ledger_min = excluded.ledger_min,
+    ledger_max = excluded.ledger_max,
+    error_message = excluded.error_message,
+    results = excluded.results
+RETURNING id
