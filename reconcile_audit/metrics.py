@@ -1,0 +1,192 @@
+"""Prometheus metrics for one run: built from a fresh registry, written to a file, pushed.
+
+A batch job has no process that lives between runs, and the Pushgateway replaces values rather
+than adding to them. So every value here is a fact about the run (or about the persisted history)
+that the caller hands in, and :func:`build_registry` turns it into metric families once.
+
+The seed's counter ``escrow_reconciliation_mismatches_total`` keeps its name and help text. Its
+value is the cumulative number of mismatches over every persisted completed run, so it only grows
+from one push to the next and the seed's alert ``increase(...[26h]) > 0`` keeps working.
+
+Push semantics: :func:`push` uses ``pushadd`` (HTTP POST), which replaces only the metric names
+present in this push and keeps the others in the group. A failed run leaves
+``escrow_reconciliation_last_success_timestamp_seconds`` out of its registry, so the gateway keeps
+the timestamp of the last successful run and a staleness alert on it keeps firing. A plain
+``push`` (HTTP PUT) would drop that gauge from the group instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal
+
+from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_textfile
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconcile_audit.schemas import CLASSES
+
+LOGGER = logging.getLogger(__name__)
+
+PREFIX: Final = "escrow_reconciliation_"
+JOB: Final = "escrow_reconciliation"
+MISMATCHES_HELP: Final = (
+    "Total escrow reconciliation mismatches between DB fundedTotal and on-chain funded_amount"
+)
+TEXTFILE_NAME: Final = "escrow_reconciliation.prom"
+
+
+def _frozen(mapping: Mapping[str, float] | None) -> Mapping[str, float] | None:
+    return None if mapping is None else MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True)
+class RunMetricsInput:
+    """What one run knows when it builds its metrics.
+
+    ``cumulative_mismatches``: mismatches over all persisted completed runs, this one included
+    (``persist.cumulative_mismatches`` after persisting). When persisting failed, pass the
+    persisted total plus this run's mismatches; ``None`` (history unreadable) leaves the counter
+    out, so the gateway keeps its last value instead of seeing a reset.
+    ``class_counts``: invoices per class; ``None`` when the run failed before classifying, which
+    leaves the per-class gauges out of the push for the same reason. Missing classes are 0.
+    ``email_bytes``: size of the sent message; ``None`` when no email was attempted.
+    ``email_failed``: whether an attempted send failed.
+    """
+
+    success: bool
+    finished_at_epoch: float
+    duration_seconds: float
+    cumulative_mismatches: int | None = None
+    class_counts: Mapping[str, int] | None = None
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    email_bytes: int | None = None
+    email_failed: bool = False
+
+    def __post_init__(self) -> None:
+        # Frozen means the caller cannot change the mappings behind our back either.
+        object.__setattr__(self, "class_counts", _frozen(self.class_counts))
+        object.__setattr__(self, "stage_seconds", _frozen(self.stage_seconds) or MappingProxyType({}))
+        if self.cumulative_mismatches is not None and self.cumulative_mismatches < 0:
+            raise ValueError("cumulative_mismatches must not be negative")
+        unknown = set(self.class_counts or {}) - set(CLASSES)
+        if unknown:
+            raise ValueError(f"unknown classes {sorted(unknown)}; expected {CLASSES}")
+
+
+class _RunCollector(Collector):
+    """Yields the run's metric families. Built by hand so the counter carries no ``_created``
+    sample: a batch process would report a new creation time on every run."""
+
+    def __init__(self, run: RunMetricsInput) -> None:
+        self._run = run
+
+    def collect(self) -> Iterable[Metric]:
+        run = self._run
+        if run.cumulative_mismatches is not None:
+            yield CounterMetricFamily(PREFIX + "mismatches", MISMATCHES_HELP, value=run.cumulative_mismatches)
+        if run.success:
+            yield GaugeMetricFamily(
+                PREFIX + "last_success_timestamp_seconds",
+                "Unix time at which the last successful reconciliation run finished",
+                value=run.finished_at_epoch,
+            )
+        yield GaugeMetricFamily(
+            PREFIX + "last_run_timestamp_seconds",
+            "Unix time at which the last reconciliation run finished, successful or not",
+            value=run.finished_at_epoch,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "last_run_success",
+            "1 if the last reconciliation run completed, 0 if it failed",
+            value=1 if run.success else 0,
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "run_duration_seconds",
+            "Wall-clock duration of the last reconciliation run",
+            value=run.duration_seconds,
+        )
+        stages = GaugeMetricFamily(
+            PREFIX + "stage_duration_seconds",
+            "Wall-clock duration of each stage of the last reconciliation run",
+            labels=["stage"],
+        )
+        for stage, seconds in sorted(run.stage_seconds.items()):
+            stages.add_metric([stage], seconds)
+        yield stages
+        if run.class_counts is not None:
+            invoices = GaugeMetricFamily(
+                PREFIX + "invoices",
+                "Invoices in each reconciliation class in the last completed run",
+                labels=["class"],
+            )
+            for name in CLASSES:
+                invoices.add_metric([name], run.class_counts.get(name, 0))
+            yield invoices
+        if run.email_bytes is not None:
+            yield GaugeMetricFamily(
+                PREFIX + "email_bytes",
+                "Size of the last report email in bytes, attachments included",
+                value=run.email_bytes,
+            )
+        yield GaugeMetricFamily(
+            PREFIX + "email_failures",
+            "Report emails that failed to send in the last run (0 or 1)",
+            value=1 if run.email_failed else 0,
+        )
+
+
+def build_registry(run: RunMetricsInput) -> CollectorRegistry:
+    """A fresh registry holding exactly this run's metrics (never the process-global one)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_RunCollector(run))
+    return registry
+
+
+def write_textfile(registry: CollectorRegistry, path: Path) -> Path:
+    """Write the exposition text to ``path`` atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(os.fspath(path), registry)
+    return path
+
+
+def write_textfile_dir(registry: CollectorRegistry, directory: Path) -> Path:
+    """For node_exporter's textfile collector: it must never read a half-written file, which
+    :func:`write_textfile` guarantees by renaming into place."""
+    return write_textfile(registry, directory / TEXTFILE_NAME)
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    status: Literal["pushed", "skipped", "failed"]
+    detail: str = ""
+
+
+def push(
+    registry: CollectorRegistry,
+    url: str | None,
+    *,
+    grouping_key: Mapping[str, str] | None = None,
+    timeout_seconds: float = 10.0,
+) -> PushOutcome:
+    """``pushadd`` the registry to the Pushgateway at ``url`` under job ``escrow_reconciliation``.
+
+    No ``instance`` label: a batch job's results belong to the job, not to whichever host ran it.
+    A failure is logged and returned, never raised: metrics must not fail the run they describe.
+    """
+    if not url:
+        return PushOutcome("skipped", "no Pushgateway URL configured")
+    try:
+        pushadd_to_gateway(
+            url, job=JOB, registry=registry, grouping_key=dict(grouping_key or {}), timeout=timeout_seconds
+        )
+    except Exception as exc:  # urllib raises OSError, HTTPError, ValueError for a bad URL...
+        detail = f"{type(exc).__name__}: {exc}"
+        LOGGER.warning("pushing metrics to the Pushgateway failed: %s", detail)
+        return PushOutcome("failed", detail)
+    return PushOutcome("pushed")

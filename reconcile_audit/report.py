@@ -1,0 +1,683 @@
+"""Render: the run's HTML report (email-safe, CSS inlined) and its text alternative.
+
+Everything the reader sees is computed here into a view model: ordering, cuts, bar widths,
+deltas against the previous run, and amounts formatted from exact integers. The templates in
+``templates/`` only lay it out. The same HTML is the emailed body and the ``report.html``
+artifact, so it is held under ``max_bytes`` after inlining (Gmail clips bodies past ~102 KB):
+the finding lists are cut to the longest length that fits, and the report says how many rows
+are not shown and that the full list is in ``results.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import PurePath
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol
+
+import css_inline
+import jinja2
+import polars as pl
+
+from reconcile_audit.paths import TEMPLATES_DIR
+from reconcile_audit.schemas import CLASSES, FINDINGS
+
+Status = Literal["clean", "findings", "failed"]
+STATUS_WORDS: Final = {"clean": "CLEAN", "findings": "FINDINGS", "failed": "FAILED"}
+CLASS_WORDS: Final = {
+    "match": "Match",
+    "mismatch": "Mismatch",
+    "missing_on_chain": "Missing on chain",
+    "unlinked": "Unlinked",
+    "error": "Error",
+}
+FINDING_CLASSES: Final = tuple(c for c in CLASSES if c != "match")
+# Order of findings of equal (or no) drift: money first, then what blocks reading money.
+_CLASS_ORDER: Final = {"mismatch": 0, "missing_on_chain": 1, "error": 2, "unlinked": 3, "match": 4}
+TREND_RUNS: Final = 30
+BAR_MAX_PX: Final = 240
+# Every listed row renders to at least this many bytes, which bounds the search for the cut.
+_MIN_ROW_BYTES: Final = 32
+ATTACHMENT_LINKS: Final = (
+    ("results.csv", "every invoice as CSV"),
+    ("results.parquet", "every invoice as Parquet"),
+    ("summary.json", "the run summary as JSON"),
+)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Facts about the run that the findings do not carry.
+
+    Free-text fields (``failure_message``, ``persist_error``, ``delivery_notes``) may come from
+    exceptions; :func:`render_report` passes them through its ``redact`` callable.
+    """
+
+    run_id: str
+    status: Status
+    started_at: datetime
+    finished_at: datetime | None
+    tenant_id: str | None
+    ledger_min: int | None
+    ledger_max: int | None
+    duration_seconds: float | None
+    tool_version: str
+    notebook_path: str = "notebook.ipynb"
+    persist_error: str | None = None
+    delivery_notes: tuple[str, ...] = ()
+    failure_message: str | None = None
+
+
+class HistoryView(Protocol):
+    """What the report reads from ``history.HistoryComparison``.
+
+    ``findings``: FINDINGS plus ``finding_state`` (new | persisting | null), ``first_seen_at``,
+    ``age_days``. ``resolved``: invoice_id, tenant_id, ``class`` and ``reason`` of the previous
+    run, first_seen_at. ``trend``: up to 30 earlier runs, oldest first (run_key, started_at,
+    total and one column per class). ``previous_counts``: the previous run's class counts.
+    """
+
+    @property
+    def findings(self) -> pl.DataFrame: ...
+
+    @property
+    def resolved(self) -> pl.DataFrame: ...
+
+    @property
+    def trend(self) -> pl.DataFrame: ...
+
+    @property
+    def previous_counts(self) -> Mapping[str, int] | None: ...
+
+
+@dataclass(frozen=True)
+class Report:
+    html: str
+    text: str
+    findings_shown: int  # rows of the worst-findings list shown
+    findings_omitted: int  # findings (non-match rows) not listed there
+    html_bytes: int  # UTF-8 size of ``html``, after inlining
+    subject: str
+    counts: Mapping[str, int] = field(default_factory=dict)  # one entry per class, plus "total"
+
+
+# --- formatting --------------------------------------------------------------------------------
+def _group(digits: str) -> str:
+    return f"{int(digits):,}"
+
+
+def format_base_units(base_units: str | int | None, decimals: int | None, *, signed: bool = False) -> str:
+    """Exact major-unit text of an integer amount: ``("12500000000", 7) -> "1,250.00"``.
+
+    Works on the digit string so i128 extremes stay exact. At least two decimals are kept (when
+    the token has them); trailing zeros past that are dropped (``1,249.9999999``).
+    """
+    if base_units is None:
+        return "n/a"
+    text = str(base_units).strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        return "n/a"
+    negative = text.startswith("-")
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if decimals is None or decimals < 0:
+        body = _group(digits) + " base units"
+    elif decimals == 0:
+        body = _group(digits)
+    else:
+        digits = digits.rjust(decimals + 1, "0")
+        whole, frac = digits[:-decimals], digits[-decimals:]
+        frac = frac.rstrip("0").ljust(min(2, decimals), "0")
+        body = _group(whole) + (f".{frac}" if frac else "")
+    is_zero = set(text.lstrip("+-")) <= {"0"}
+    if negative and not is_zero:
+        return "\u2212" + body
+    return ("+" + body) if signed and not is_zero else body
+
+
+def format_decimal(value: Decimal | None) -> str:
+    if value is None:
+        return "n/a"
+    if not value.is_finite():
+        return "n/a"
+    exponent = value.as_tuple().exponent
+    scale = max(-int(exponent), 0)
+    unscaled = int(value.scaleb(scale))
+    return format_base_units(str(unscaled), scale)
+
+
+def _format_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def _format_change(current: int, previous: int | None) -> str:
+    if previous is None:
+        return "n/a"
+    change = current - previous
+    if change == 0:
+        return "no change"
+    return f"+{change:,}" if change > 0 else f"\u2212{-change:,}"
+
+
+def _format_when(moment: datetime | None) -> str:
+    if moment is None:
+        return "n/a"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min {rest} s" if hours else f"{minutes} min {rest} s"
+
+
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _plain(value: object) -> str:
+    """Text of a data value with control characters escaped, so an id cannot break a line."""
+    if value is None:
+        return ""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+# --- counts ------------------------------------------------------------------------------------
+def class_counts(findings: pl.DataFrame | None) -> dict[str, int]:
+    """Rows per class (every class present, 0 when absent) plus ``total``."""
+    counts = dict.fromkeys(CLASSES, 0)
+    if findings is not None and findings.height:
+        for name, n in findings.group_by("class").len().iter_rows():
+            counts[name if name in counts else "error"] += n
+    counts["total"] = sum(counts[c] for c in CLASSES)
+    return counts
+
+
+def status_of(counts: Mapping[str, int]) -> Status:
+    """``clean`` when every invoice matches, ``findings`` otherwise (a failed run is the caller's)."""
+    return "clean" if counts.get("total", 0) == counts.get("match", 0) else "findings"
+
+
+def email_subject(facts: RunFacts, counts: Mapping[str, int]) -> str:
+    parts = [f"{counts.get(c, 0):,} {CLASS_WORDS[c].lower()}" for c in FINDING_CLASSES if counts.get(c)]
+    scope = f" (tenant {_plain(facts.tenant_id)})" if facts.tenant_id else ""
+    word = STATUS_WORDS[facts.status]
+    if facts.status == "failed":
+        return f"[reconcile-audit] {word}: run {facts.run_id} did not complete{scope}"
+    detail = ", ".join(parts) if parts else "all match"
+    return f"[reconcile-audit] {word}: {detail} of {counts.get('total', 0):,} invoices{scope}"
+
+
+# --- the view model ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FindingRow:
+    rank: str
+    invoice_id: str
+    tenant_id: str
+    class_name: str
+    class_word: str
+    db_amount: str
+    chain_amount: str
+    drift: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StateRow:
+    invoice_id: str
+    class_name: str
+    class_word: str
+    age_days: str
+    first_seen: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExpiryRow:
+    invoice_id: str
+    contract_id: str
+    state: str
+    class_word: str
+    live_until: str
+    latest: str
+    ledgers_left: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """One list of the report, already cut. ``omitted`` rows are only in results.csv."""
+
+    rows: tuple[Any, ...]
+    total: int
+
+    @property
+    def omitted(self) -> int:
+        return self.total - len(self.rows)
+
+    def cut(self, limit: int) -> Section:
+        return Section(self.rows[:limit], self.total)
+
+
+@dataclass(frozen=True)
+class CountRow:
+    class_name: str
+    class_word: str
+    count: str
+    change: str
+
+
+@dataclass(frozen=True)
+class BarSegment:
+    class_name: str
+    width: int
+    count: int
+
+
+@dataclass(frozen=True)
+class TrendRow:
+    label: str
+    run_key: str
+    total: str
+    findings: str
+    segments: tuple[BarSegment, ...]
+    current: bool
+
+
+def _ranked(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.col("class").replace_strict(_CLASS_ORDER, default=9, return_dtype=pl.Int64).alias("_order")
+    ).sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
+
+
+def _drift_text(row: Mapping[str, Any]) -> str:
+    delta = row["delta_base_units"]
+    if delta is None or row["token_decimals"] is None:
+        return ""
+    amount = format_base_units(delta, row["token_decimals"], signed=True)
+    currency = _plain(row["currency"])
+    if amount.startswith("+"):
+        return f"DB over by {amount[1:]} {currency}".rstrip()
+    if amount.startswith("\u2212"):
+        return f"chain over by {amount[1:]} {currency}".rstrip()
+    return "none"
+
+
+def _finding_row(row: Mapping[str, Any]) -> FindingRow:
+    decimals = row["token_decimals"]
+    return FindingRow(
+        rank="" if row["drift_rank"] is None else str(row["drift_rank"]),
+        invoice_id=_plain(row["invoice_id"]),
+        tenant_id=_plain(row["tenant_id"]),
+        class_name=row["class"],
+        class_word=CLASS_WORDS.get(row["class"], _plain(row["class"])),
+        db_amount=format_decimal(row["db_total_funded"])
+        if row["db_total_funded"] is not None
+        else format_base_units(row["db_funded_base_units"], decimals),
+        chain_amount=format_base_units(row["chain_funded_base_units"], decimals)
+        if row["chain_funded_base_units"] is not None
+        else "not read",
+        drift=_drift_text(row),
+        reason=_plain(row["reason"]),
+    )
+
+
+def _state_row(row: Mapping[str, Any], *, previous: bool = False) -> StateRow:
+    first_seen = row.get("first_seen_at")
+    age = row.get("age_days")
+    return StateRow(
+        invoice_id=_plain(row["invoice_id"]),
+        class_name=row["class"],
+        class_word=CLASS_WORDS.get(row["class"], _plain(row["class"])),
+        age_days="" if age is None else f"{age:,} day{'s' if age != 1 else ''}",
+        first_seen=first_seen.strftime("%Y-%m-%d")
+        if isinstance(first_seen, datetime)
+        else _plain(first_seen),
+        reason=_plain(row["reason"]),
+    )
+
+
+def _expiry_row(row: Mapping[str, Any]) -> ExpiryRow:
+    flags = row["flags"] or []
+    live, latest = row["live_until_ledger"], row["latest_ledger"]
+    left = "" if live is None or latest is None or "archived" in flags else _format_count(live - latest)
+    return ExpiryRow(
+        invoice_id=_plain(row["invoice_id"]),
+        contract_id=_plain(row["contract_id"]),
+        state="Archived: needs restore" if "archived" in flags else "TTL expiring: needs bump",
+        class_word=CLASS_WORDS.get(row["class"], _plain(row["class"])),
+        live_until="" if live is None else _format_count(live),
+        latest="" if latest is None else _format_count(latest),
+        ledgers_left=left,
+    )
+
+
+def _section(frame: pl.DataFrame, cap: int, build: Callable[[Mapping[str, Any]], Any]) -> Section:
+    return Section(tuple(build(row) for row in frame.head(cap).iter_rows(named=True)), frame.height)
+
+
+def _segments(counts: Mapping[str, int], scale: int) -> tuple[BarSegment, ...]:
+    if scale <= 0:
+        return ()
+    segments = []
+    for name in FINDING_CLASSES:
+        n = int(counts.get(name) or 0)
+        if n > 0:
+            # A non-zero count never disappears from the bar, however small against the maximum.
+            segments.append(BarSegment(name, max(2, round(n * BAR_MAX_PX / scale)), n))
+    return tuple(segments)
+
+
+def _trend_rows(
+    trend: pl.DataFrame | None, facts: RunFacts, counts: Mapping[str, int]
+) -> tuple[TrendRow, ...]:
+    runs: list[tuple[str, str, dict[str, int], bool]] = []
+    if trend is not None and trend.height:
+        for row in trend.tail(TREND_RUNS).iter_rows(named=True):
+            started = row.get("started_at")
+            label = started.strftime("%Y-%m-%d %H:%M") if isinstance(started, datetime) else _plain(started)
+            values = {c: int(row.get(c) or 0) for c in CLASSES}
+            values["total"] = int(row.get("total") or sum(values.values()))
+            runs.append((label, _plain(row.get("run_key")), values, False))
+    if facts.status != "failed" and all(key != facts.run_id for _, key, _, _ in runs):
+        # History compares before persisting, so the trend may not hold this run yet.
+        runs.append((facts.started_at.strftime("%Y-%m-%d %H:%M"), facts.run_id, dict(counts), True))
+    runs = runs[-TREND_RUNS:]
+    scale = max((v["total"] - v["match"] for _, _, v, _ in runs), default=0)
+    return tuple(
+        TrendRow(
+            label=label,
+            run_key=key,
+            total=_format_count(v["total"]),
+            findings=_format_count(v["total"] - v["match"]),
+            segments=_segments(v, scale),
+            current=current,
+        )
+        for label, key, v, current in runs
+    )
+
+
+def _empty_findings() -> pl.DataFrame:
+    return pl.DataFrame(schema=FINDINGS)
+
+
+@dataclass(frozen=True)
+class _Lists:
+    new: Section
+    persisting: Section
+    resolved: Section
+    worst: Section
+    expiry: Section
+
+    def cut(self, limit: int) -> _Lists:
+        return _Lists(
+            *(getattr(self, name).cut(limit) for name in ("new", "persisting", "resolved", "worst", "expiry"))
+        )
+
+    @property
+    def longest(self) -> int:
+        return max(s.total for s in (self.new, self.persisting, self.resolved, self.worst, self.expiry))
+
+
+def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Lists:
+    non_match = _ranked(findings.filter(pl.col("class") != "match"))
+    has_flag = pl.col("flags").list.contains("archived") | pl.col("flags").list.contains("ttl_expiring")
+    expiry = (
+        findings.filter(has_flag)
+        .with_columns(pl.col("flags").list.contains("archived").not_().alias("_not_archived"))
+        .sort(["_not_archived", "live_until_ledger", "invoice_id"], nulls_last=True)
+    )
+    if history is not None and "finding_state" in history.findings.columns:
+        states = history.findings.filter(pl.col("class") != "match")
+        new = _ranked(states.filter(pl.col("finding_state") == "new"))
+        persisting = states.filter(pl.col("finding_state") == "persisting").sort(
+            ["age_days", "drift_rank", "invoice_id"], descending=[True, False, False], nulls_last=True
+        )
+        resolved = history.resolved.sort(["first_seen_at", "invoice_id"], nulls_last=True)
+    else:
+        new = persisting = _empty_findings()
+        resolved = pl.DataFrame(schema={"invoice_id": pl.String, "class": pl.String, "reason": pl.String})
+    return _Lists(
+        new=_section(new, cap, _state_row),
+        persisting=_section(persisting, cap, _state_row),
+        resolved=_section(resolved, cap, _state_row),
+        worst=_section(non_match, cap, _finding_row),
+        expiry=_section(expiry, cap, _expiry_row),
+    )
+
+
+def _view(
+    facts: RunFacts,
+    counts: Mapping[str, int],
+    previous: Mapping[str, int] | None,
+    lists: _Lists,
+    trend: tuple[TrendRow, ...],
+    has_history: bool,
+    redact: Callable[[str], str],
+) -> dict[str, Any]:
+    total = counts["total"]
+    findings_total = total - counts["match"]
+    if facts.status == "failed":
+        headline = "The run did not complete."
+    elif findings_total:
+        headline = f"{findings_total:,} of {total:,} invoices need attention."
+    else:
+        headline = f"All {total:,} invoices match the chain."
+    ledger_range = (
+        "not read"
+        if facts.ledger_min is None
+        else f"{facts.ledger_min:,} to {facts.ledger_max if facts.ledger_max is not None else facts.ledger_min:,}"
+    )
+    prev_total = None if previous is None else sum(int(previous.get(c) or 0) for c in CLASSES)
+    return {
+        "status": facts.status,
+        "status_word": STATUS_WORDS[facts.status],
+        "headline": headline,
+        "failure_message": _plain(redact(facts.failure_message)) if facts.failure_message else "",
+        "persist_error": _plain(redact(facts.persist_error)) if facts.persist_error else "",
+        "delivery_notes": tuple(_plain(redact(n)) for n in facts.delivery_notes),
+        "facts": (
+            ("Run", _plain(facts.run_id)),
+            ("Started", _format_when(facts.started_at)),
+            ("Finished", _format_when(facts.finished_at)),
+            ("Tenant", _plain(facts.tenant_id) if facts.tenant_id else "all tenants"),
+            ("Ledger range", ledger_range),
+            ("Duration", _format_duration(facts.duration_seconds)),
+            ("Tool version", _plain(facts.tool_version)),
+        ),
+        "has_counts": not (facts.status == "failed" and total == 0),
+        "counts": tuple(
+            CountRow(
+                c,
+                CLASS_WORDS[c],
+                _format_count(counts[c]),
+                _format_change(counts[c], None if previous is None else int(previous.get(c) or 0)),
+            )
+            for c in CLASSES
+        ),
+        "total": _format_count(total),
+        "total_change": _format_change(total, prev_total),
+        "has_history": has_history,
+        "has_previous": previous is not None,
+        "new": lists.new,
+        "persisting": lists.persisting,
+        "resolved": lists.resolved,
+        "worst": lists.worst,
+        "expiry": lists.expiry,
+        "trend": trend,
+        "legend": tuple((c, CLASS_WORDS[c]) for c in FINDING_CLASSES),
+        "bar_max_px": BAR_MAX_PX,
+        # Relative: the report sits beside the notebook in reports/<run_id>/ and in the email.
+        "notebook_path": _plain(PurePath(facts.notebook_path).name or "notebook.ipynb"),
+        "attachments": ATTACHMENT_LINKS,
+        "tool_version": _plain(facts.tool_version),
+    }
+
+
+# --- rendering ---------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def environment(templates_dir: str = str(TEMPLATES_DIR)) -> jinja2.Environment:
+    """The report's Jinja2 environment: HTML autoescaped, every missing variable an error."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "html"), default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+_INLINER: Final = css_inline.CSSInliner(load_remote_stylesheets=False, keep_style_tags=False, minify_css=True)
+
+
+def _render_html(env: jinja2.Environment, view: Mapping[str, Any]) -> str:
+    return _INLINER.inline(env.get_template("report.html.j2").render(view))
+
+
+def _html_size(html: str) -> int:
+    return len(html.encode("utf-8"))
+
+
+def render_report(
+    findings: pl.DataFrame | None,
+    history: HistoryView | None,
+    facts: RunFacts,
+    *,
+    max_bytes: int = 100_000,
+    redact: Callable[[str], str] = _identity,
+    templates_dir: str | None = None,
+) -> Report:
+    """Render the run into HTML (CSS inlined, under ``max_bytes``) and text.
+
+    ``findings``: the FINDINGS frame (``None`` or empty for a run that failed before classify).
+    ``history``: the comparison with earlier runs, or ``None`` when history could not be read.
+    ``redact``: applied to the free-text facts (pass ``settings.redact``).
+    """
+    frame = _empty_findings() if findings is None else findings
+    counts = class_counts(frame)
+    previous = None if history is None else history.previous_counts
+    env = environment(templates_dir or str(TEMPLATES_DIR))
+    cap = max(max_bytes // _MIN_ROW_BYTES, 0)
+    lists = _lists(frame, history, cap)
+    trend = _trend_rows(None if history is None else history.trend, facts, counts)
+
+    def view_for(limit: int) -> dict[str, Any]:
+        return _view(facts, counts, previous, lists.cut(limit), trend, history is not None, redact)
+
+    # Longest cut that fits: size grows with the limit, so bisect on the final inlined bytes.
+    low, high = 0, min(lists.longest, cap)
+    html = _render_html(env, view_for(high))
+    if _html_size(html) > max_bytes:
+        while low < high:
+            middle = (low + high + 1) // 2
+            if _html_size(_render_html(env, view_for(middle))) <= max_bytes:
+                low = middle
+            else:
+                high = middle - 1
+        html = _render_html(env, view_for(low))
+        high = low
+    view = view_for(high)
+    text = env.get_template("report.txt.j2").render(view)
+    worst = lists.worst.cut(high)
+    return Report(
+        html=html,
+        text=text,
+        findings_shown=len(worst.rows),
+        findings_omitted=counts["total"] - counts["match"] - len(worst.rows),
+        html_bytes=_html_size(html),
+        subject=email_subject(facts, counts),
+        counts=MappingProxyType(counts),
+    )
+
+
+# --- summary.json ------------------------------------------------------------------------------
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The run's machine-readable summary (``summary.json``), which the runner reads back."""
+
+    run_id: str
+    status: Status
+    total: int
+    counts: Mapping[str, int]
+    tenant_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    ledger_min: int | None
+    ledger_max: int | None
+    duration_seconds: float | None
+    tool_version: str
+    persisted: bool
+    persist_error: str | None
+    delivery: tuple[str, ...]
+    failure_message: str | None
+    findings_shown: int | None = None
+    findings_omitted: int | None = None
+
+    @classmethod
+    def from_run(
+        cls,
+        facts: RunFacts,
+        counts: Mapping[str, int],
+        report: Report | None = None,
+        *,
+        redact: Callable[[str], str] = _identity,
+    ) -> RunSummary:
+        per_class = {c: int(counts.get(c, 0)) for c in CLASSES}
+
+        def clean(text: str | None) -> str | None:
+            return None if text is None else redact(text)
+
+        return cls(
+            run_id=facts.run_id,
+            status=facts.status,
+            total=sum(per_class.values()),
+            counts=MappingProxyType(per_class),
+            tenant_id=facts.tenant_id,
+            started_at=_iso(facts.started_at),
+            finished_at=_iso(facts.finished_at),
+            ledger_min=facts.ledger_min,
+            ledger_max=facts.ledger_max,
+            duration_seconds=facts.duration_seconds,
+            tool_version=facts.tool_version,
+            persisted=facts.persist_error is None,
+            persist_error=clean(facts.persist_error),
+            delivery=tuple(redact(n) for n in facts.delivery_notes),
+            failure_message=clean(facts.failure_message),
+            findings_shown=None if report is None else report.findings_shown,
+            findings_omitted=None if report is None else report.findings_omitted,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["counts"] = dict(self.counts)
+        data["delivery"] = list(self.delivery)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSummary:
+        data = json.loads(text)
+        data["counts"] = MappingProxyType({c: int(data["counts"].get(c, 0)) for c in CLASSES})
+        data["delivery"] = tuple(data.get("delivery") or ())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

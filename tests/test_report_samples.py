@@ -1,0 +1,226 @@
+"""Sample FINDINGS frames and history comparisons for the report, delivery and metrics tests.
+
+Built directly against the documented contracts (schemas.FINDINGS, history.HistoryComparison's
+fields), so these tests do not depend on the stages that produce them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+from reconcile_audit.report import RunFacts
+from reconcile_audit.schemas import CLASSES, FINDINGS, conform
+
+STARTED = datetime(2026, 11, 24, 2, 0, 3, tzinfo=UTC)
+CONTRACT = "CDLZFC3SYJYDZT7K67VZ75HPJVIEUVNIXF47ZG2FB2RMQQVU2HHGCYSC"
+LATEST = 51_234_019
+
+
+def finding(invoice_id: str, cls: str = "match", **values: Any) -> dict[str, Any]:
+    """One FINDINGS row with plausible defaults: a 1,250.00 USDC escrow, 7 decimals."""
+    row: dict[str, Any] = {
+        "invoice_id": invoice_id,
+        "tenant_id": "acme",
+        "contract_id": CONTRACT,
+        "class": cls,
+        "reason_code": cls,
+        "reason": "DB 1,250.00 USDC equals chain 1,250.00 USDC",
+        "db_funded_base_units": "12500000000",
+        "chain_funded_base_units": "12500000000",
+        "delta_base_units": "0",
+        "drift_rank": None,
+        "token_decimals": 7,
+        "currency": "USDC",
+        "db_total_funded": Decimal("1250.00"),
+        "flags": [],
+        "escrow_invoice_id": invoice_id,
+        "escrow_status": 1,
+        "funding_token": CONTRACT,
+        "address_source": "escrow_operations",
+        "latest_ledger": LATEST,
+        "last_modified_ledger": LATEST - 500,
+        "live_until_ledger": LATEST + 2_000_000,
+    }
+    row.update(values)
+    return row
+
+
+def frame(rows: Sequence[Mapping[str, Any]], extra: Mapping[str, pl.DataType] | None = None) -> pl.DataFrame:
+    schema = {**FINDINGS, **(extra or {})}
+    return conform(pl.DataFrame(list(rows), schema=schema, orient="row"), FINDINGS, "test")
+
+
+def mismatch(invoice_id: str, db_cents: int, chain_base: int, **values: Any) -> dict[str, Any]:
+    db_base = db_cents * 100_000
+    delta = db_base - chain_base
+    side = "chain under" if delta > 0 else "chain over"
+    return finding(
+        invoice_id,
+        "mismatch",
+        reason_code="amount_differs",
+        reason=f"DB {Decimal(db_cents) / 100:,.2f} USDC vs chain {Decimal(chain_base).scaleb(-7):,f} USDC ({side})",
+        db_funded_base_units=str(db_base),
+        chain_funded_base_units=str(chain_base),
+        delta_base_units=str(delta),
+        db_total_funded=Decimal(db_cents) / 100,
+        **values,
+    )
+
+
+def realistic_rows(n_match: int = 40) -> list[dict[str, Any]]:
+    """A night with a few findings of every class and flag."""
+    rows = [finding(f"INV-2026-{i:05d}") for i in range(n_match)]
+    rows += [
+        mismatch("INV-2026-10001", 125_000, 12_499_900_000),
+        mismatch("INV-2026-10002", 980_050, 9_750_500_000_00 // 10),
+        mismatch("INV-2026-10003", 5_000_000, 0, flags=["archived"], live_until_ledger=LATEST - 20),
+        finding(
+            "INV-2026-10004",
+            "missing_on_chain",
+            reason_code="no_escrow",
+            reason="The contract instance exists but holds no Escrow entry",
+            chain_funded_base_units=None,
+            delta_base_units=None,
+        ),
+        finding(
+            "INV-2026-10005",
+            "unlinked",
+            reason_code="no_address",
+            reason="No escrow address is known for this invoice",
+            contract_id=None,
+            chain_funded_base_units=None,
+            delta_base_units=None,
+            latest_ledger=None,
+            live_until_ledger=None,
+        ),
+        finding(
+            "inv 10006!",
+            "error",
+            reason_code="invalid_invoice_id",
+            reason="The invoice id does not match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+            chain_funded_base_units=None,
+            delta_base_units=None,
+        ),
+        finding("INV-2026-10007", flags=["ttl_expiring"], live_until_ledger=LATEST + 9_000),
+        finding("INV-2026-10008", flags=["duplicate_summary", "null_total"]),
+    ]
+    ranked = [r for r in rows if r["delta_base_units"] not in (None, "0")]
+    ranked.sort(key=lambda r: -abs(int(r["delta_base_units"])))
+    for rank, row in enumerate(ranked, start=1):
+        row["drift_rank"] = rank
+    return rows
+
+
+@dataclass(frozen=True)
+class SampleHistory:
+    """Shaped like history.HistoryComparison, built directly."""
+
+    findings: pl.DataFrame
+    resolved: pl.DataFrame
+    trend: pl.DataFrame
+    previous_counts: Mapping[str, int] | None = field(default=None)
+
+
+def history_for(
+    findings: pl.DataFrame,
+    *,
+    persisting: Mapping[str, int] | None = None,
+    resolved: Sequence[tuple[str, str, str]] = (),
+    runs: int = 29,
+    previous_counts: Mapping[str, int] | None = None,
+) -> SampleHistory:
+    """``persisting``: invoice_id -> age in days; every other non-match finding is new."""
+    persisting = dict(persisting or {})
+    with_state = findings.with_columns(
+        pl.when(pl.col("class") == "match")
+        .then(None)
+        .when(pl.col("invoice_id").is_in(list(persisting)))
+        .then(pl.lit("persisting"))
+        .otherwise(pl.lit("new"))
+        .alias("finding_state"),
+        pl.col("invoice_id").replace_strict(persisting, default=0, return_dtype=pl.Int64).alias("age_days"),
+    ).with_columns(
+        pl.when(pl.col("class") == "match")
+        .then(None)
+        .otherwise(pl.lit(STARTED) - pl.duration(days=pl.col("age_days")))
+        .alias("first_seen_at"),
+        pl.when(pl.col("class") == "match").then(None).otherwise(pl.col("age_days")).alias("age_days"),
+    )
+    resolved_frame = pl.DataFrame(
+        [
+            {
+                "invoice_id": inv,
+                "tenant_id": "acme",
+                "class": cls,
+                "reason": reason,
+                "first_seen_at": STARTED - timedelta(days=3),
+            }
+            for inv, cls, reason in resolved
+        ],
+        schema={
+            "invoice_id": pl.String,
+            "tenant_id": pl.String,
+            "class": pl.String,
+            "reason": pl.String,
+            "first_seen_at": pl.Datetime("us", "UTC"),
+        },
+    )
+    trend_rows = []
+    for i in range(runs):
+        counts = {
+            "match": 40,
+            "mismatch": (i % 5),
+            "missing_on_chain": 1 if i > 20 else 0,
+            "unlinked": 1,
+            "error": i % 3,
+        }
+        trend_rows.append(
+            {
+                "run_key": f"nightly-{i:02d}",
+                "started_at": STARTED - timedelta(days=runs - i),
+                "total": sum(counts.values()),
+                **counts,
+            }
+        )
+    trend = pl.DataFrame(
+        trend_rows,
+        schema={
+            "run_key": pl.String,
+            "started_at": pl.Datetime("us", "UTC"),
+            "total": pl.Int64,
+            **dict.fromkeys(CLASSES, pl.Int64),
+        },
+    )
+    if previous_counts is None and trend_rows:
+        previous_counts = {c: trend_rows[-1][c] for c in CLASSES}
+    return SampleHistory(with_state, resolved_frame, trend, previous_counts)
+
+
+def facts(status: str = "findings", **values: Any) -> RunFacts:
+    base: dict[str, Any] = {
+        "run_id": "20261124T020003Z-acme",
+        "status": status,
+        "started_at": STARTED,
+        "finished_at": STARTED + timedelta(seconds=74.2),
+        "tenant_id": "acme",
+        "ledger_min": LATEST - 14,
+        "ledger_max": LATEST,
+        "duration_seconds": 74.2,
+        "tool_version": "0.1.0",
+    }
+    base.update(values)
+    return RunFacts(**base)
+
+
+def test_samples_conform_to_the_findings_schema() -> None:
+    findings = frame(realistic_rows())
+    assert findings.schema == FINDINGS
+    assert set(findings["class"]) == set(CLASSES)
+    history = history_for(findings, persisting={"INV-2026-10001": 4})
+    assert history.findings.filter(pl.col("finding_state") == "persisting")["age_days"].to_list() == [4]
