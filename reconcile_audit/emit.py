@@ -29,7 +29,8 @@ def major_units(base_units: str | None, decimals: int | None) -> str | None:
     if base_units is None or decimals is None:
         return None
     try:
-        value = Decimal(int(base_units)).scaleb(-decimals)
+        # Built from text, not scaleb(): Decimal arithmetic rounds to the context's 28 digits.
+        value = Decimal(f"{int(base_units)}E-{decimals}")
     except ValueError:
         return None
     return format(value, "f")

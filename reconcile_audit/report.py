@@ -145,10 +145,11 @@ def format_decimal(value: Decimal | None) -> str:
         return "n/a"
     if not value.is_finite():
         return "n/a"
-    exponent = value.as_tuple().exponent
+    sign, digits, exponent = value.as_tuple()
+    # From the digit tuple, so no Decimal context (28 digits) ever rounds the amount.
     scale = max(-int(exponent), 0)
-    unscaled = int(value.scaleb(scale))
-    return format_base_units(str(unscaled), scale)
+    unscaled = "".join(map(str, digits)) + "0" * max(int(exponent), 0)
+    return format_base_units(("-" if sign else "") + unscaled, scale)
 
 
 def _format_count(n: int) -> str:

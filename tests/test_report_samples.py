@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from reconcile_audit.report import RunFacts
+from reconcile_audit.report import RunFacts, format_base_units
 from reconcile_audit.schemas import CLASSES, FINDINGS, conform
 
 STARTED = datetime(2026, 11, 24, 2, 0, 3, tzinfo=UTC)
@@ -60,11 +60,14 @@ def mismatch(invoice_id: str, db_cents: int, chain_base: int, **values: Any) -> 
     db_base = db_cents * 100_000
     delta = db_base - chain_base
     side = "chain under" if delta > 0 else "chain over"
+    values.setdefault(
+        "reason",
+        f"DB {format_base_units(db_cents, 2)} USDC vs chain {format_base_units(chain_base, 7)} USDC ({side})",
+    )
     return finding(
         invoice_id,
         "mismatch",
         reason_code="amount_differs",
-        reason=f"DB {Decimal(db_cents) / 100:,.2f} USDC vs chain {Decimal(chain_base).scaleb(-7):,f} USDC ({side})",
         db_funded_base_units=str(db_base),
         chain_funded_base_units=str(chain_base),
         delta_base_units=str(delta),

@@ -1,0 +1,322 @@
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import jinja2
+import polars as pl
+import pytest
+from conftest import require_binary
+from hypothesis import given
+from hypothesis import strategies as st
+from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
+
+from reconcile_audit.report import (
+    Report,
+    RunSummary,
+    environment,
+    format_base_units,
+    format_decimal,
+    render_report,
+)
+from reconcile_audit.schemas import CLASSES
+
+SECTIONS_HTML = (
+    "Escrow reconciliation: FINDINGS",
+    "Invoices by class",
+    "Changes since earlier runs",
+    "New findings",
+    "Persisting findings",
+    "Resolved since the previous run",
+    "Findings, worst first",
+    "Archived and TTL-expiring escrows",
+    "Trend of the last",
+    "the executed notebook",
+)
+
+
+def realistic_report(**kwargs: object) -> Report:
+    findings = frame(realistic_rows())
+    history = history_for(
+        findings,
+        persisting={"INV-2026-10001": 4, "INV-2026-10005": 12},
+        resolved=[("INV-2026-00999", "mismatch", "DB 10.00 USDC vs chain 9.00 USDC (chain under)")],
+    )
+    return render_report(findings, history, facts(), **kwargs)  # type: ignore[arg-type]
+
+
+def positions(haystack: str, needles: tuple[str, ...]) -> list[int]:
+    found = [haystack.find(n) for n in needles]
+    assert -1 not in found, [n for n, p in zip(needles, found, strict=True) if p == -1]
+    return found
+
+
+def assert_email_safe(html: str) -> None:
+    lowered = html.lower()
+    for banned in ("<script", "<svg", "data:", "<link", "<img", "<iframe", "@import", "javascript:"):
+        assert banned not in lowered, banned
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", lowered), "external request"
+    assert "<style" not in lowered  # inlined, then removed
+    assert 'style="' in html
+
+
+def test_content_in_the_documented_order() -> None:
+    report = realistic_report()
+    html_pos = positions(report.html, SECTIONS_HTML)
+    assert html_pos == sorted(html_pos)
+    text_needles = (
+        "ESCROW RECONCILIATION: FINDINGS",
+        "INVOICES BY CLASS",
+        "CHANGES SINCE EARLIER RUNS",
+        "New findings",
+        "Persisting findings",
+        "Resolved since the previous run",
+        "FINDINGS, WORST FIRST",
+        "ARCHIVED AND TTL-EXPIRING ESCROWS",
+        "TREND OF THE LAST",
+        "Audit record: notebook.ipynb",
+    )
+    text_pos = positions(report.text, text_needles)
+    assert text_pos == sorted(text_pos)
+    assert_email_safe(report.html)
+
+
+def test_run_facts_counts_and_changes() -> None:
+    report = realistic_report()
+    for fact in (
+        "20261124T020003Z-acme",
+        "2026-11-24 02:00:03 UTC",
+        "51,234,005 to 51,234,019",
+        "1 min 14 s",
+        "0.1.0",
+    ):
+        assert fact in report.html and fact in report.text
+    assert dict(report.counts) == {
+        "match": 42,
+        "mismatch": 3,
+        "missing_on_chain": 1,
+        "unlinked": 1,
+        "error": 1,
+        "total": 48,
+    }
+    # The previous run (last trend row: i = 28) had 40 match, 3 mismatch, 1 missing, 1 unlinked, 1 error.
+    assert re.search(r"Match</td><td[^>]*>42</td><td[^>]*>\+2</td>", report.html)
+    assert re.search(r"Mismatch</td><td[^>]*>3</td><td[^>]*>no change</td>", report.html)
+    assert "Match                       42   change: +2" in report.text
+    assert report.subject == (
+        "[reconcile-audit] FINDINGS: 3 mismatch, 1 missing on chain, 1 unlinked, 1 error of 48 invoices (tenant acme)"
+    )
+
+
+def test_new_persisting_resolved_and_worst_first() -> None:
+    report = realistic_report()
+    text = report.text
+    new = text[text.index("New findings") : text.index("Persisting findings")]
+    assert "INV-2026-10003" in new and "INV-2026-10001" not in new
+    persisting = text[text.index("Persisting findings") : text.index("Resolved since")]
+    assert persisting.index("INV-2026-10005") < persisting.index("INV-2026-10001")  # oldest first
+    assert "for 12 days, first seen 2026-11-12" in persisting
+    assert "INV-2026-00999 [was Mismatch]" in text
+    worst = text[text.index("FINDINGS, WORST FIRST") : text.index("ARCHIVED AND")]
+    order = [worst.index(i) for i in ("INV-2026-10003", "INV-2026-10002", "INV-2026-10001", "INV-2026-10004")]
+    assert order == sorted(order)
+    assert "DB over by 50,000.00 USDC" in worst
+    assert "DB over by 0.01 USDC" in worst
+    expiry = text[text.index("ARCHIVED AND") : text.index("TREND OF")]
+    assert "INV-2026-10003" in expiry and "Archived: needs restore" in expiry
+    assert "INV-2026-10007" in expiry and "9,000 ledgers left" in expiry
+    assert report.findings_shown == 6 and report.findings_omitted == 0
+
+
+def test_trend_bars_are_table_cells_sized_by_counts() -> None:
+    report = realistic_report()
+    widths = [int(w) for w in re.findall(r'<td[^>]*class="bar-mismatch"[^>]*width="(\d+)"', report.html)]
+    widths += [int(w) for w in re.findall(r'<td[^>]*width="(\d+)"[^>]*class="bar-mismatch"', report.html)]
+    assert widths and max(widths) <= 240
+    # The largest run (7 findings, 4 of them mismatches) draws 4/7 of the full bar in red.
+    assert round(4 * 240 / 7) in widths
+    assert "(this run)" in report.html
+    assert len(re.findall(r"\(this run\)", report.text)) == 1
+    trend = report.text[report.text.index("TREND OF THE LAST 30 RUNS") : report.text.index("Audit record")]
+    assert trend.count("  2026-1") == 30  # 29 earlier runs and this one
+
+
+def test_hostile_ids_render_as_text() -> None:
+    hostile = "<script>alert(1)</script>"
+    quotes = "\"'><b onmouseover=alert(2)>x"
+    rows = [mismatch(hostile, 100, 5, drift_rank=1), finding(quotes, "error", reason=f"bad id {quotes}")]
+    report = render_report(frame(rows), None, facts(tenant_id="<i>t</i>"))
+    assert "<script" not in report.html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report.html
+    assert "<b onmouseover" not in report.html
+    assert "&lt;b onmouseover=alert(2)&gt;x" in report.html
+    assert "<i>t</i>" not in report.html
+    assert hostile in report.text  # the text part is plain text: it shows the id as it is
+    assert_email_safe(report.html)
+
+
+def test_control_characters_cannot_break_text_lines() -> None:
+    report = render_report(frame([mismatch("A\nB", 100, 5, drift_rank=1)]), None, facts())
+    assert "A\\nB" in report.text and "A\\nB" in report.html
+
+
+@pytest.mark.slow
+def test_one_hundred_thousand_findings_fit_the_email_budget() -> None:
+    rows = [
+        mismatch(f"INV-{i:06d}", 100_000 + i, 1_000_000_000 + i, flags=["archived"] if i % 7 == 0 else [])
+        for i in range(100_000)
+    ]
+    findings = frame(rows).with_columns(
+        pl.col("delta_base_units")
+        .cast(pl.Int128)
+        .abs()
+        .rank("ordinal", descending=True)
+        .cast(pl.Int64)
+        .alias("drift_rank")
+    )
+    history = history_for(findings, persisting={f"INV-{i:06d}": i % 40 for i in range(0, 100_000, 2)})
+    report = render_report(findings, history, facts())
+    assert report.html_bytes == len(report.html.encode()) < 100_000
+    assert 0 < report.findings_shown < 100_000
+    assert report.findings_shown + report.findings_omitted == 100_000
+    omitted = f"{report.findings_omitted:,} more not shown"
+    assert omitted in report.html and omitted in report.text
+    assert "the full list is in results.csv" in report.html
+    # The cut is the longest that fits: one more row per list would not.
+    bigger = render_report(findings, history, facts(), max_bytes=report.html_bytes + 1)
+    assert bigger.findings_shown == report.findings_shown
+    assert_email_safe(report.html)
+    # The worst drift comes first.
+    worst = findings.sort("drift_rank")["invoice_id"][0]
+    assert report.text.index(worst) < report.text.index("more not shown")
+
+
+def test_a_tight_budget_cuts_and_says_so() -> None:
+    findings = frame(realistic_rows())
+    full = render_report(findings, None, facts())
+    cut = render_report(findings, None, facts(), max_bytes=full.html_bytes - 1)
+    assert cut.html_bytes <= full.html_bytes - 1
+    assert cut.findings_shown < 6 and cut.findings_omitted == 6 - cut.findings_shown
+    assert "more not shown" in cut.html
+
+
+def test_clean_failed_and_no_history_reports() -> None:
+    clean = render_report(frame([finding("A"), finding("B")]), None, facts(status="clean"))
+    assert "Escrow reconciliation: CLEAN" in clean.html and "All 2 invoices match the chain." in clean.text
+    assert "History is not available" in clean.html
+    assert clean.subject.startswith("[reconcile-audit] CLEAN: all match of 2 invoices")
+
+    failed = render_report(
+        None,
+        None,
+        facts(
+            status="failed", failure_message="connect to postgresql://u:hunter2@db failed", ledger_min=None
+        ),
+        redact=lambda s: s.replace("hunter2", "***"),
+    )
+    assert "Escrow reconciliation: FAILED" in failed.html
+    assert "hunter2" not in failed.html and "hunter2" not in failed.text
+    assert "postgresql://u:***@db" in failed.text
+    assert "Not available: the run failed before classifying." in failed.html
+    assert failed.subject.startswith("[reconcile-audit] FAILED")
+    assert_email_safe(failed.html)
+
+
+def test_persist_error_and_delivery_notes_are_shown() -> None:
+    report = render_report(
+        frame(realistic_rows()),
+        None,
+        facts(persist_error="PersistError: relation is locked", delivery_notes=("email failed: refused",)),
+    )
+    assert "Not persisted:" in report.html and "relation is locked" in report.text
+    assert "email failed: refused" in report.html
+
+
+def test_strict_undefined_catches_a_missing_variable() -> None:
+    env = environment()
+    assert env.undefined is jinja2.StrictUndefined
+    for name in ("report.html.j2", "report.txt.j2"):
+        with pytest.raises(jinja2.UndefinedError):
+            env.get_template(name).render({"status": "clean", "status_word": "CLEAN"})
+
+
+def test_autoescape_is_on_for_html_only() -> None:
+    env = environment()
+    assert env.autoescape("report.html.j2") is True  # type: ignore[operator]
+    assert env.autoescape("report.txt.j2") is False  # type: ignore[operator]
+
+
+@given(
+    n=st.integers(min_value=-(2**127), max_value=2**127 - 1), decimals=st.integers(min_value=0, max_value=38)
+)
+def test_amount_formatting_is_exact_against_decimal(n: int, decimals: int) -> None:
+    shown = format_base_units(str(n), decimals)
+    back = Decimal(shown.replace(",", "").replace("\u2212", "-"))
+    assert back == Decimal(f"{n}E-{decimals}")
+    if decimals >= 2:
+        assert re.fullmatch(r"\u2212?\d{1,3}(,\d{3})*\.\d{2,}", shown)
+
+
+def test_amount_formatting_examples() -> None:
+    assert format_base_units("12500000000", 7) == "1,250.00"
+    assert format_base_units("12499900001", 7) == "1,249.9900001"
+    assert format_base_units("-5", 7) == "\u22120.0000005"
+    assert format_base_units("5", 7, signed=True) == "+0.0000005"
+    assert format_base_units("0", 7, signed=True) == "0.00"
+    assert format_base_units("123", None) == "123 base units"
+    assert format_base_units("12x", 2) == "n/a"
+    assert format_decimal(Decimal("1234567890123.45")) == "1,234,567,890,123.45"
+    assert format_decimal(Decimal("-0.10")) == "\u22120.10"
+
+
+def test_summary_json_round_trip() -> None:
+    report = realistic_report()
+    summary = RunSummary.from_run(facts(), report.counts, report)
+    again = RunSummary.from_json(summary.to_json())
+    assert again == summary
+    data = summary.to_dict()
+    assert data["status"] == "findings" and data["total"] == 48
+    assert set(data["counts"]) == set(CLASSES)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def screenshot(html: Path, png: Path, profile: Path, height: int = 2600) -> None:
+    chromium = require_binary("chromium")
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size=1200,{height}",
+            html.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_chromium_renders_the_report(tmp_path: Path) -> None:
+    html = tmp_path / "report.html"
+    html.write_text(realistic_report().html, encoding="utf-8")
+    png = tmp_path / "report.png"
+    screenshot(html, png, tmp_path / "profile")
+    assert png.exists() and png.stat().st_size > 50_000  # a blank page is a few kB
+    assert _png_size(png) == (1200, 2600)
