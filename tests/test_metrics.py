@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_binary
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconcile_audit.metrics import (
+    JOB,
+    MISMATCHES_HELP,
+    RunMetricsInput,
+    build_registry,
+    push,
+    write_textfile,
+    write_textfile_dir,
+)
+from reconcile_audit.schemas import CLASSES
+
+PREFIX = "escrow_reconciliation_"
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Exposition text -> {(sample name, sorted labels): value}."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def success_run(**values: object) -> RunMetricsInput:
+    base: dict[str, object] = {
+        "success": True,
+        "finished_at_epoch": 1_795_000_000.0,
+        "duration_seconds": 74.25,
+        "cumulative_mismatches": 12,
+        "class_counts": {"match": 42, "mismatch": 3, "error": 1},
+        "stage_seconds": {"extract": 1.5, "ledger": 60.0, "classify": 0.25},
+        "email_bytes": 48_213,
+    }
+    base.update(values)
+    return RunMetricsInput(**base)  # type: ignore[arg-type]
+
+
+def failed_run(**values: object) -> RunMetricsInput:
+    base: dict[str, object] = {
+        "success": False,
+        "finished_at_epoch": 1_795_086_400.0,
+        "duration_seconds": 3.0,
+        "cumulative_mismatches": None,
+        "class_counts": None,
+    }
+    base.update(values)
+    return RunMetricsInput(**base)  # type: ignore[arg-type]
+
+
+def test_registry_holds_the_seeds_counter_and_the_batch_gauges() -> None:
+    text = generate_latest(build_registry(success_run())).decode()
+    assert f"# HELP {PREFIX}mismatches_total {MISMATCHES_HELP}" in text
+    assert f"# TYPE {PREFIX}mismatches_total counter" in text
+    assert "_created" not in text  # a batch job would report a new creation time every run
+    found = samples(text)
+    assert found[(f"{PREFIX}mismatches_total", ())] == 12
+    assert found[(f"{PREFIX}last_success_timestamp_seconds", ())] == 1_795_000_000.0
+    assert found[(f"{PREFIX}last_run_timestamp_seconds", ())] == 1_795_000_000.0
+    assert found[(f"{PREFIX}last_run_success", ())] == 1
+    assert found[(f"{PREFIX}run_duration_seconds", ())] == 74.25
+    assert found[(f"{PREFIX}stage_duration_seconds", (("stage", "ledger"),))] == 60.0
+    assert found[(f"{PREFIX}email_bytes", ())] == 48_213
+    assert found[(f"{PREFIX}email_failures", ())] == 0
+    per_class = {
+        dict(labels)["class"]: v for (name, labels), v in found.items() if name == f"{PREFIX}invoices"
+    }
+    assert per_class == {"match": 42, "mismatch": 3, "missing_on_chain": 0, "unlinked": 0, "error": 1}
+    assert all(name.startswith(PREFIX) for name, _ in found)
+
+
+def test_every_class_is_pre_initialised_to_zero() -> None:
+    found = samples(generate_latest(build_registry(success_run(class_counts={}))).decode())
+    per_class = {
+        dict(labels)["class"]: v for (name, labels), v in found.items() if name == f"{PREFIX}invoices"
+    }
+    assert per_class == dict.fromkeys(CLASSES, 0)
+
+
+def test_a_failed_run_leaves_out_what_it_does_not_know() -> None:
+    found = samples(generate_latest(build_registry(failed_run(email_failed=True))).decode())
+    names = {name for name, _ in found}
+    assert f"{PREFIX}last_success_timestamp_seconds" not in names
+    assert f"{PREFIX}mismatches_total" not in names
+    assert f"{PREFIX}invoices" not in names
+    assert found[(f"{PREFIX}last_run_success", ())] == 0
+    assert found[(f"{PREFIX}email_failures", ())] == 1
+
+
+def test_input_is_validated_and_frozen() -> None:
+    with pytest.raises(ValueError, match="unknown classes"):
+        success_run(class_counts={"matched": 1})
+    with pytest.raises(ValueError, match="negative"):
+        success_run(cumulative_mismatches=-1)
+    counts = {"match": 1}
+    run = success_run(class_counts=counts)
+    counts["match"] = 99
+    assert run.class_counts == {"match": 1}
+
+
+def test_promtool_accepts_the_textfile(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    path = write_textfile(build_registry(success_run()), tmp_path / "run" / "metrics.prom")
+    for text in (path.read_text(), generate_latest(build_registry(failed_run())).decode()):
+        checked = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_textfile_dir_is_written_atomically(tmp_path: Path) -> None:
+    path = write_textfile_dir(build_registry(success_run()), tmp_path)
+    assert path == tmp_path / "escrow_reconciliation.prom"
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    assert samples(path.read_text())[(f"{PREFIX}mismatches_total", ())] == 12
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def pushgateway() -> Iterator[str]:
+    binary = require_binary("prometheus-pushgateway")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Pushgateway did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Our samples on the gateway. An empty label is an absent label in Prometheus: the gateway
+    shows ``instance=""`` for a group pushed without one, so empty labels are dropped here."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (name, tuple((k, v) for k, v in labels if v)): value
+        for (name, labels), value in samples(text).items()
+        if name.startswith(PREFIX)
+    }
+
+
+@pytest.mark.slow
+def test_pushgateway_keeps_the_counter_monotonic_and_the_last_success(pushgateway: str) -> None:
+    key = (f"{PREFIX}mismatches_total", (("job", JOB),))
+    success_key = (f"{PREFIX}last_success_timestamp_seconds", (("job", JOB),))
+
+    assert push(build_registry(success_run(cumulative_mismatches=12)), pushgateway).status == "pushed"
+    first = scrape(pushgateway)
+    assert first[key] == 12
+    assert all("instance" not in dict(labels) for _, labels in first)
+
+    later = success_run(cumulative_mismatches=15, finished_at_epoch=1_795_086_400.0)
+    assert push(build_registry(later), pushgateway).status == "pushed"
+    second = scrape(pushgateway)
+    assert second[key] == 15 >= first[key]
+    assert second[success_key] == 1_795_086_400.0
+
+    failure = failed_run(finished_at_epoch=1_795_172_800.0)
+    assert push(build_registry(failure), pushgateway).status == "pushed"
+    third = scrape(pushgateway)
+    assert third[success_key] == 1_795_086_400.0  # kept from the last successful run
+    assert third[(f"{PREFIX}last_run_success", (("job", JOB),))] == 0
+    assert third[(f"{PREFIX}last_run_timestamp_seconds", (("job", JOB),))] == 1_795_172_800.0
+    assert third[key] == 15  # the failed run did not know the history: the counter stays
+    assert third[(f"{PREFIX}invoices", (("class", "mismatch"), ("job", JOB)))] == 3
+
+
+def test_a_push_failure_is_returned_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    outcome = push(build_registry(success_run()), f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
+    assert outcome.status == "failed" and outcome.detail
+    assert "Pushgateway failed" in caplog.text
+    assert push(build_registry(success_run()), None).status == "skipped"
