@@ -43,6 +43,7 @@ class EmulatorStats:
     """A snapshot of what the emulator has served so far."""
 
     http_requests: int = 0
+    connections: int = 0  # distinct client sockets seen: equal to http_requests without keep-alive
     requests: Mapping[str, int] = field(default_factory=dict)  # per JSON-RPC method
     faults: Mapping[str, int] = field(default_factory=dict)  # injected, per kind
     keys_requested: int = 0  # getLedgerEntries keys asked for
@@ -58,6 +59,7 @@ class _Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.http_requests = 0
+        self.peers: set[object] = set()
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.keys_requested = 0
@@ -143,10 +145,10 @@ class Emulator:
         asyncio.set_event_loop(loop)
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_route("POST", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         try:
             loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self._host, self._port, backlog=1024, shutdown_timeout=0.5)
+            site = web.TCPSite(runner, self._host, self._port, backlog=1024)
             loop.run_until_complete(site.start())
             port = runner.addresses[0][1]
             self.url = f"http://{self._host}:{port}"
@@ -172,6 +174,7 @@ class Emulator:
         with c.lock:
             return EmulatorStats(
                 http_requests=c.http_requests,
+                connections=len(c.peers),
                 requests=MappingProxyType(dict(c.requests)),
                 faults=MappingProxyType(dict(c.faults)),
                 keys_requested=c.keys_requested,
@@ -201,8 +204,10 @@ class Emulator:
     # --- request handling --------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         with self._counters.lock:
             self._counters.http_requests += 1
+            self._counters.peers.add(peer)
         body = await request.read()
         try:
             message = json.loads(body)
@@ -401,12 +406,20 @@ def _rpc_error(request_id: Any, code: int, message: str) -> web.Response:
 
 
 def serve_forever(
-    state: LedgerState, faults: FaultPlan | None = None, host: str = "127.0.0.1", port: int = 8000
+    state: LedgerState,
+    faults: FaultPlan | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve ``state`` until interrupted (Ctrl-C), for manual use."""
+    """Serve ``state`` until interrupted (Ctrl-C) or ``stop`` is set; ``on_ready`` gets the URL."""
     with Emulator(state, faults, host, port) as emulator:
-        log.warning("Stellar RPC emulator serving %d escrows at %s", len(state.escrows), emulator.url)
+        log.info("Stellar RPC emulator serving %d escrows at %s", len(state.escrows), emulator.url)
+        if on_ready is not None:
+            on_ready(emulator.url)
         try:
-            threading.Event().wait()
+            (stop or threading.Event()).wait()
         except KeyboardInterrupt:
             pass
