@@ -1,0 +1,489 @@
+"""Stage: read every escrow from Stellar RPC into the LEDGER frame (schemas.LEDGER).
+
+One ``ContractData`` instance key per contract, sent as ``getLedgerEntries`` batches of at most
+``settings.rpc_batch_size`` (<= 200) keys with ``settings.rpc_concurrency`` requests in flight.
+Answers are matched by key, never by position. Each distinct funding token's instance is then read
+once (batched the same way) for its ``METADATA.decimal``, falling back to
+``settings.token_decimals``.
+
+Failure is data, per contract: when a batch's retries run out, the batch is bisected (a bounded
+number of extra requests per run, :class:`~reconcile_audit.ledger_rpc.RetryPolicy`) so one
+poisoned key cannot take 199 innocent ones down; whatever still fails becomes ``error`` rows with
+the cause. An entry that does not decode is read again (at most ``MAX_REREADS`` times, since a
+corrupt body can be a transport fault) and then becomes an ``error`` row. Entries for keys that
+were not asked for are counted (``faults_by_kind["unrequested_entry"]``) and otherwise ignored.
+After ``BREAKER_FAILURES`` consecutive batches fail with no success in between, the remaining
+batches are not sent: the RPC is down, and waiting out every backoff would only delay the report.
+
+The reader runs on asyncio; :func:`read_ledger` is synchronous and works with or without a running
+event loop (inside Jupyter it runs the sweep on a worker thread with its own loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final
+
+import polars as pl
+from stellar_sdk.soroban_rpc import GetHealthResponse, GetLedgerEntriesResponse, GetNetworkResponse
+from tqdm.auto import tqdm
+
+from reconcile_audit.errors import RpcPreflightError
+from reconcile_audit.ledger_rpc import (
+    MAX_KEYS,
+    RetryPolicy,
+    RpcClient,
+    RpcFault,
+    TransportCounters,
+    client_for,
+    rpc_url,
+    run_sync,
+)
+from reconcile_audit.ledger_xdr import (
+    EntryDecodeError,
+    EscrowInstance,
+    TokenInstance,
+    contract_id_of,
+    decode_escrow_entry,
+    decode_token_entry,
+    instance_key,
+)
+from reconcile_audit.schemas import LEDGER, conform
+from reconcile_audit.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_REREADS: Final = 2
+BREAKER_FAILURES: Final = 8
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    passphrase: str
+    protocol_version: int
+    latest_ledger: int
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """Counters of one sweep. ``faults_by_kind`` counts failed attempts and ignored entries."""
+
+    requests: int
+    retries: int
+    batches: int
+    entries: int
+    seconds: float
+    entries_per_second: float
+    faults_by_kind: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class LedgerRead:
+    """The LEDGER frame (one row per distinct contract id asked for) and how it was read."""
+
+    frame: pl.DataFrame
+    ledger_min: int | None
+    ledger_max: int | None
+    stats: LedgerStats
+
+    def summary_line(self) -> str:
+        s = self.stats
+        ledgers = (
+            "no ledger read" if self.ledger_min is None else f"ledgers {self.ledger_min}-{self.ledger_max}"
+        )
+        return (
+            f"ledger: {self.frame.height:,} escrows in {s.requests:,} requests ({s.retries:,} retries), "
+            f"{s.seconds:.1f} s, {s.entries_per_second:,.0f} entries/s, {ledgers}"
+        )
+
+
+# --- preflight -------------------------------------------------------------------------------
+
+
+def preflight(settings: Settings, *, policy: RetryPolicy | None = None) -> NetworkFacts:
+    """Check the RPC before any work: same network passphrase, and ``getHealth`` healthy.
+
+    Raises :class:`RpcPreflightError` (exit code 2) with what to fix.
+    """
+    return run_sync(lambda: _preflight(settings, policy or RetryPolicy()))
+
+
+async def _preflight(settings: Settings, policy: RetryPolicy) -> NetworkFacts:
+    url = rpc_url(settings)
+    async with client_for(settings, policy) as client:
+        try:
+            network = await client.call("getNetwork", None, GetNetworkResponse)
+            health = await client.call("getHealth", None, GetHealthResponse)
+        except RpcFault as fault:
+            raise RpcPreflightError(f"Stellar RPC at {url} is not usable: {fault}") from fault
+    if network.passphrase != settings.network_passphrase:
+        raise RpcPreflightError(
+            f"Stellar RPC at {url} serves the network {network.passphrase!r}, but this run is configured "
+            f"for {settings.network_passphrase!r} (STELLAR_NETWORK_PASSPHRASE): refusing to audit "
+            "against the wrong network"
+        )
+    if health.status != "healthy":
+        raise RpcPreflightError(
+            f"Stellar RPC at {url} reports getHealth status {health.status!r}, not 'healthy'"
+        )
+    return NetworkFacts(network.passphrase, network.protocol_version, health.latest_ledger)
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    value: EscrowInstance | TokenInstance
+    latest_ledger: int
+    last_modified_ledger: int
+    live_until_ledger: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Missing:
+    latest_ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    cause: str
+    latest_ledger: int | None = None
+
+
+_Outcome = _Found | _Missing | _Failed
+Decoder = Callable[[str], EscrowInstance | TokenInstance]
+
+
+@dataclass
+class _Sweep:
+    """The mutable state of one run's reads; results keyed by base64 ledger key."""
+
+    client: RpcClient
+    policy: RetryPolicy
+    batch_size: int
+    outcomes: dict[str, _Outcome] = field(default_factory=dict)
+    ledgers: list[int] = field(default_factory=list)
+    entries: int = 0
+    batches: int = 0
+    bisect_budget: int = 0
+    consecutive_failures: int = 0
+    last_failure: str = ""
+
+    @property
+    def counters(self) -> TransportCounters:
+        return self.client.counters
+
+    async def read(self, keys: list[str], decode: Decoder, on_batch: Callable[[], None]) -> None:
+        batches = [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+        self.batches += len(batches)
+
+        async def one(batch: list[str]) -> None:
+            await self.fetch(batch, decode)
+            on_batch()
+
+        await asyncio.gather(*(one(batch) for batch in batches))
+
+    async def fetch(
+        self, keys: list[str], decode: Decoder, *, retries: int | None = None, reread: int = 0
+    ) -> None:
+        if self.consecutive_failures >= BREAKER_FAILURES:
+            self._fail(
+                keys,
+                f"not sent: the RPC failed {self.consecutive_failures} batches in a row ({self.last_failure})",
+            )
+            return
+        try:
+            answer = await self.client.call(
+                "getLedgerEntries",
+                {"keys": keys},
+                GetLedgerEntriesResponse,
+                retries=retries,
+                can_split=len(keys) > 1,
+            )
+        except RpcFault as fault:
+            await self._after_fault(keys, decode, fault)
+            return
+        self.consecutive_failures = 0
+        self.ledgers.append(answer.latest_ledger)
+        await self._take(keys, decode, answer, reread)
+
+    async def _after_fault(self, keys: list[str], decode: Decoder, fault: RpcFault) -> None:
+        half = len(keys) // 2
+        if fault.split and len(keys) > 1:
+            await asyncio.gather(self.fetch(keys[:half], decode), self.fetch(keys[half:], decode))
+            return
+        if len(keys) > 1 and self.bisect_budget >= 2:
+            self.bisect_budget -= 2
+            self.counters.fault("bisect")
+            retries = self.policy.bisect_retries
+            await asyncio.gather(
+                self.fetch(keys[:half], decode, retries=retries),
+                self.fetch(keys[half:], decode, retries=retries),
+            )
+            return
+        verdict = "retries exhausted" if fault.transient else "not retried"
+        self.consecutive_failures += 1
+        self.last_failure = str(fault)
+        self._fail(keys, f"getLedgerEntries failed ({verdict}): {fault}")
+
+    def _fail(self, keys: list[str], cause: str) -> None:
+        for key in keys:
+            self.outcomes[key] = _Failed(cause)
+
+    async def _take(
+        self, keys: list[str], decode: Decoder, answer: GetLedgerEntriesResponse, reread: int
+    ) -> None:
+        latest = answer.latest_ledger
+        asked = set(keys)
+        got: dict[str, _Outcome] = {}
+        raw: dict[str, str] = {}
+        for entry in answer.entries or ():
+            key = entry.key if entry.key in asked else _canonical_key(entry.key)
+            if key not in asked:
+                self.counters.fault("unrequested_entry")
+                continue
+            if key in raw:
+                if raw[key] != entry.xdr:
+                    got[key] = _Failed("the RPC returned two different entries for this key", latest)
+                continue
+            raw[key] = entry.xdr
+            got[key] = self._decode(
+                key, entry.xdr, decode, latest, entry.last_modified_ledger, entry.live_until_ledger
+            )
+        bad = [key for key in keys if isinstance(got.get(key), _Failed)]
+        for key in keys:
+            self.outcomes[key] = got.get(key) or _Missing(latest)
+        self.entries += len(raw)
+        if bad:
+            self.counters.fault("undecodable_entry", len(bad))
+            if reread < MAX_REREADS:
+                # A corrupt entry may be a transport fault: read those keys again before blaming them.
+                await self.fetch(bad, decode, reread=reread + 1)
+
+    def _decode(
+        self, key: str, xdr: str, decode: Decoder, latest: int, last_modified: int, live_until: int | None
+    ) -> _Outcome:
+        try:
+            value = decode(xdr)
+        except EntryDecodeError as exc:
+            return _Failed(f"undecodable entry: {exc}", latest)
+        except Exception as exc:  # a decoder bug must cost one row, never the run
+            return _Failed(f"undecodable entry ({type(exc).__name__}: {exc})", latest)
+        expected = _key_hash(key)
+        if value.contract_hash != expected:
+            return _Failed(
+                f"the entry answered for this key belongs to {contract_id_of(value.contract_hash)}", latest
+            )
+        return _Found(value, latest, last_modified, live_until)
+
+
+def _key_hash(key: str) -> bytes:
+    return base64.b64decode(key)[8:40]
+
+
+def _canonical_key(key: str) -> str:
+    try:
+        return base64.b64encode(base64.b64decode(key, validate=True)).decode("ascii")
+    except (binascii.Error, ValueError):
+        return key
+
+
+def read_ledger(
+    contract_ids: Sequence[str],
+    settings: Settings,
+    *,
+    progress: bool = True,
+    policy: RetryPolicy | None = None,
+) -> LedgerRead:
+    """Read the escrow of every distinct contract id (None and empty ids are skipped).
+
+    ``settings.rpc_use_simulate`` switches to the per-invoice ``simulateTransaction`` path
+    (:mod:`reconcile_audit.ledger_simulate`), which is slow and meant only as a fallback.
+    """
+    policy = policy or RetryPolicy()
+    ids = list(dict.fromkeys(c for c in contract_ids if c))
+    if settings.rpc_use_simulate:
+        from reconcile_audit.ledger_simulate import read_ledger_simulated
+
+        result = read_ledger_simulated(ids, settings, progress=progress, policy=policy)
+    else:
+        result = run_sync(lambda: _read(ids, settings, policy, progress))
+    log.info(result.summary_line())
+    return result
+
+
+async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:
+    started = time.perf_counter()
+    keys: dict[str, str] = {}
+    invalid: dict[str, str] = {}
+    for contract_id in ids:
+        try:
+            keys[contract_id] = instance_key(contract_id)
+        except ValueError as exc:
+            invalid[contract_id] = f"invalid contract address: {exc}"
+    batch_size = max(1, min(settings.rpc_batch_size, MAX_KEYS))
+    bar = tqdm(
+        total=-(-len(keys) // batch_size),
+        desc="getLedgerEntries",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    )
+    try:
+        async with client_for(settings, policy) as client:
+            sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget)
+            await sweep.read(list(keys.values()), decode_escrow_entry, lambda: bar.update(1))
+            tokens = _funding_tokens(keys, sweep.outcomes)
+            token_keys = {token: instance_key(token) for token in tokens}
+            if token_keys:
+                bar.total += -(-len(token_keys) // batch_size)
+                bar.refresh()
+                await sweep.read(list(token_keys.values()), decode_token_entry, lambda: bar.update(1))
+    finally:
+        bar.close()
+    decimals = {
+        token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
+    }
+    frame = _frame(ids, keys, invalid, sweep.outcomes, decimals)
+    seconds = time.perf_counter() - started
+    counters = sweep.counters
+    stats = LedgerStats(
+        requests=counters.requests,
+        retries=counters.retries,
+        batches=sweep.batches,
+        entries=sweep.entries,
+        seconds=seconds,
+        entries_per_second=sweep.entries / seconds if seconds > 0 else 0.0,
+        faults_by_kind=MappingProxyType(dict(counters.faults or {})),
+    )
+    return LedgerRead(
+        frame=frame,
+        ledger_min=min(sweep.ledgers) if sweep.ledgers else None,
+        ledger_max=max(sweep.ledgers) if sweep.ledgers else None,
+        stats=stats,
+    )
+
+
+def _funding_tokens(keys: Mapping[str, str], outcomes: Mapping[str, _Outcome]) -> list[str]:
+    tokens: dict[str, None] = {}
+    for key in keys.values():
+        outcome = outcomes.get(key)
+        if isinstance(outcome, _Found) and isinstance(outcome.value, EscrowInstance):
+            if outcome.value.escrow is not None and outcome.value.funding_token is not None:
+                tokens[outcome.value.funding_token] = None
+    return list(tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decimals:
+    value: int | None
+    source: str | None
+    problem: str | None
+
+
+def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) -> _Decimals:
+    if isinstance(outcome, _Found) and isinstance(outcome.value, TokenInstance):
+        if outcome.value.decimals is not None:
+            return _Decimals(outcome.value.decimals, "metadata", None)
+        why = outcome.value.problem or "no decimal in METADATA"
+    elif isinstance(outcome, _Missing):
+        why = "the token contract's instance is not on chain"
+    elif isinstance(outcome, _Failed):
+        why = outcome.cause
+    else:
+        why = "the token was not read"
+    configured = settings.token_decimals.get(token)
+    if configured is not None:
+        return _Decimals(configured, "configured", None)
+    return _Decimals(
+        None,
+        None,
+        f"decimals of funding token {token} unknown: {why}; configure them in RECONCILE_TOKEN_DECIMALS",
+    )
+
+
+_COLUMNS: Final = tuple(LEDGER)
+
+
+def _frame(
+    ids: list[str],
+    keys: Mapping[str, str],
+    invalid: Mapping[str, str],
+    outcomes: Mapping[str, _Outcome],
+    decimals: Mapping[str, _Decimals],
+) -> pl.DataFrame:
+    columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+    for contract_id in ids:
+        row = _row(contract_id, keys, invalid, outcomes, decimals)
+        for name in _COLUMNS:
+            columns[name].append(row.get(name))
+    return conform(pl.DataFrame(columns, schema=LEDGER), LEDGER, "ledger")
+
+
+def _row(
+    contract_id: str,
+    keys: Mapping[str, str],
+    invalid: Mapping[str, str],
+    outcomes: Mapping[str, _Outcome],
+    decimals: Mapping[str, _Decimals],
+) -> dict[str, Any]:
+    if contract_id in invalid:
+        return {"contract_id": contract_id, "read_status": "error", "read_error": invalid[contract_id]}
+    outcome = outcomes.get(keys[contract_id]) or _Failed("not read (internal: no outcome recorded)")
+    if isinstance(outcome, _Failed):
+        return {
+            "contract_id": contract_id,
+            "read_status": "error",
+            "read_error": outcome.cause,
+            "latest_ledger": outcome.latest_ledger,
+        }
+    if isinstance(outcome, _Missing):
+        return {
+            "contract_id": contract_id,
+            "read_status": "no_instance",
+            "latest_ledger": outcome.latest_ledger,
+        }
+    value = outcome.value
+    assert isinstance(value, EscrowInstance)
+    row: dict[str, Any] = {
+        "contract_id": contract_id,
+        "read_status": "ok" if value.escrow is not None else "no_escrow",
+        "funding_token": value.funding_token,
+        "distributed_principal": _text(value.distributed_principal),
+        "latest_ledger": outcome.latest_ledger,
+        "last_modified_ledger": outcome.last_modified_ledger,
+        "live_until_ledger": outcome.live_until_ledger,
+    }
+    escrow = value.escrow
+    if escrow is None:
+        return row
+    row.update(
+        escrow_invoice_id=escrow.invoice_id,
+        funded_amount=str(escrow.funded_amount),
+        amount=str(escrow.amount),
+        funding_target=str(escrow.funding_target),
+        escrow_status=escrow.status,
+    )
+    if value.funding_token is None:
+        row["read_error"] = (
+            "the escrow's instance storage has no FundingToken, so its token decimals are unknown"
+        )
+        return row
+    found = decimals[value.funding_token]
+    row.update(token_decimals=found.value, token_decimals_source=found.source, read_error=found.problem)
+    return row
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+__all__ = ["LedgerRead", "LedgerStats", "NetworkFacts", "preflight", "read_ledger"]

@@ -1,0 +1,527 @@
+"""XDR for the ledger reader: contract-instance keys and the fields read from instance entries.
+
+Two paths with one meaning. stellar-sdk's generated XDR classes are the oracle (``*_sdk``): they
+accept every valid entry and explain every invalid one. They are pure Python and cost about
+40 µs per key and 170 µs or more per escrow entry, which would bound a 100k sweep on loopback.
+So the reader first takes a fast path (``*_fast``): instance keys from their fixed byte layout,
+and a small ``struct`` walker over the entry bytes that reads only what the reader needs. The
+walker knows a subset of ``SCVal``; whenever it meets anything else, or anything malformed, it
+returns ``None`` and the SDK path decides, so a fast-path gap can cost time but never change a
+result. tests/test_ledger_xdr.py checks both paths agree over every storage shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+from stellar_sdk import Address, StrKey
+from stellar_sdk import xdr as sx
+
+# LedgerKey{CONTRACT_DATA(6), SCAddress{CONTRACT(1), hash}, SCVal{LEDGER_KEY_CONTRACT_INSTANCE(20)},
+# PERSISTENT(1)}: 48 bytes, only the 32-byte contract hash varies.
+KEY_PREFIX: Final = struct.pack(">II", 6, 1)
+KEY_SUFFIX: Final = struct.pack(">II", 20, 1)
+_CONTRACT_VERSION_BYTE: Final = 2 << 3  # strkey "C..."
+_MAX_DEPTH: Final = 64
+
+ESCROW_FIELDS: Final = ("invoice_id", "funded_amount", "amount", "funding_target", "status")
+_ESCROW_NAMES: Final = frozenset({"Escrow", "FundingToken", "DistributedPrincipal"})
+_METADATA: Final = "Symbol:METADATA"
+_NO_METADATA: Final = "no METADATA in the token's instance storage"
+
+
+class EntryDecodeError(ValueError):
+    """An entry the reader cannot use; the message is the cause shown on the contract's row."""
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowFields:
+    """The ``InvoiceEscrow`` fields the audit compares (amounts in token base units)."""
+
+    invoice_id: str
+    funded_amount: int
+    amount: int
+    funding_target: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class EscrowInstance:
+    """What one escrow contract instance entry says. ``escrow`` is None when storage has no Escrow."""
+
+    contract_hash: bytes
+    escrow: EscrowFields | None
+    funding_token: str | None
+    distributed_principal: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInstance:
+    """A token contract instance: ``decimals`` from SAC ``METADATA``, or ``problem`` saying why not."""
+
+    contract_hash: bytes
+    decimals: int | None
+    problem: str | None
+
+
+# --- contract ids and keys -------------------------------------------------------------------
+
+
+def contract_hash(contract_id: str) -> bytes:
+    """The 32-byte hash inside a ``C...`` strkey; ``ValueError`` for anything else.
+
+    56 base32 characters carry exactly 35 bytes (version, hash, CRC16-XModem little-endian), so
+    there are no padding bits and every accepted string is canonical.
+    """
+    if len(contract_id) != 56 or not contract_id.isascii() or contract_id[0] != "C":
+        raise ValueError("not a 56-character C... contract strkey")
+    try:
+        raw = base64.b32decode(contract_id)
+    except binascii.Error as exc:
+        raise ValueError(f"not base32 ({exc})") from exc
+    if raw[0] != _CONTRACT_VERSION_BYTE:
+        raise ValueError("wrong strkey version byte for a contract")
+    if binascii.crc_hqx(raw[:33], 0) != int.from_bytes(raw[33:], "little"):
+        raise ValueError("strkey checksum mismatch")
+    return raw[1:33]
+
+
+def contract_hash_sdk(contract_id: str) -> bytes:
+    return StrKey.decode_contract(contract_id)
+
+
+@lru_cache(maxsize=4096)
+def contract_id_of(raw_hash: bytes) -> str:
+    """``C...`` strkey of a 32-byte contract hash (cached: token addresses repeat)."""
+    payload = bytes((_CONTRACT_VERSION_BYTE,)) + raw_hash
+    checksum = binascii.crc_hqx(payload, 0).to_bytes(2, "little")
+    return base64.b32encode(payload + checksum).decode("ascii")
+
+
+def instance_key(contract_id: str) -> str:
+    """Base64 ``LedgerKey`` of a contract's instance entry, from the fixed layout."""
+    return base64.b64encode(KEY_PREFIX + contract_hash(contract_id) + KEY_SUFFIX).decode("ascii")
+
+
+def instance_key_sdk(contract_id: str) -> str:
+    key = sx.LedgerKey(
+        type=sx.LedgerEntryType.CONTRACT_DATA,
+        contract_data=sx.LedgerKeyContractData(
+            contract=Address(contract_id).to_xdr_sc_address(),
+            key=sx.SCVal(sx.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+            durability=sx.ContractDataDurability.PERSISTENT,
+        ),
+    )
+    return key.to_xdr()
+
+
+def key_contract_hash(key_b64: str) -> bytes | None:
+    """The contract hash of an instance key, or None if ``key_b64`` is not one."""
+    try:
+        raw = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 48 or raw[:8] != KEY_PREFIX or raw[40:] != KEY_SUFFIX:
+        return None
+    return raw[8:40]
+
+
+# --- the fast walker -------------------------------------------------------------------------
+#
+# It skips what it does not need without building values, and recognises the keys it needs by
+# their exact encoded bytes: once the skipper has checked that every padding byte is zero, XDR is
+# canonical, so byte equality of two encoded keys is equality of the keys.
+
+_u32 = struct.Struct(">I").unpack_from
+_i128 = struct.Struct(">qQ").unpack_from
+_ZERO_PAD: Final = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")  # indexed by n % 4
+# Byte sizes of fixed-size SCVal bodies: bool, void, u32, i32, u64, i64, timepoint, duration,
+# u128, i128, u256, i256, ledger-key-contract-instance.
+_FIXED_SIZE: Final = {0: 4, 1: 0, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8, 9: 16, 10: 16, 11: 32, 12: 32, 20: 0}
+_SYM, _VEC, _MAP, _ADDR, _I128, _U32 = 15, 16, 17, 18, 10, 3
+
+
+class _Unrecognised(Exception):
+    """The fast walker met something it does not handle; the SDK path decides."""
+
+
+def _skip(buf: bytes, pos: int, depth: int) -> int:
+    """The position after the SCVal at ``pos``."""
+    if depth <= 0:
+        raise _Unrecognised
+    (tag,) = _u32(buf, pos)
+    pos += 4
+    size = _FIXED_SIZE.get(tag)
+    if size is not None:
+        if tag == 0 and _u32(buf, pos)[0] > 1:
+            raise _Unrecognised
+        return pos + size
+    if tag == _SYM or tag == 13 or tag == 14:  # symbol, bytes, string
+        (n,) = _u32(buf, pos)
+        end = pos + 4 + n
+        if (tag == _SYM and n > 32) or buf[end : end + (-n % 4)] != _ZERO_PAD[n % 4]:
+            raise _Unrecognised
+        return end + (-n % 4)
+    if tag == _ADDR:
+        (kind,) = _u32(buf, pos)
+        if kind == 1:  # contract: Hash
+            return pos + 36
+        if kind == 0 and _u32(buf, pos + 4)[0] == 0:  # account: PublicKey{ED25519, uint256}
+            return pos + 40
+        raise _Unrecognised
+    if tag == _VEC or tag == _MAP:
+        (present,) = _u32(buf, pos)
+        pos += 4
+        if present == 0:
+            return pos
+        if present != 1:
+            raise _Unrecognised
+        (count,) = _u32(buf, pos)
+        pos += 4
+        if count * 4 > len(buf) - pos:
+            raise _Unrecognised
+        depth -= 1
+        for _ in range(count if tag == _VEC else 2 * count):
+            pos = _skip(buf, pos, depth)
+        return pos
+    raise _Unrecognised  # error, instance, nonce, executable tag...: rare, left to the SDK
+
+
+def _encoded(val: sx.SCVal) -> bytes:
+    return val.to_xdr_bytes()
+
+
+def _unit_key(name: str) -> bytes:
+    """``Vec[Symbol(name)]``: a unit variant of a contract's ``DataKey`` enum, as a storage key."""
+    return _encoded(
+        sx.SCVal(
+            sx.SCValType.SCV_VEC,
+            vec=sx.SCVec([sx.SCVal(sx.SCValType.SCV_SYMBOL, sym=sx.SCSymbol(name.encode()))]),
+        )
+    )
+
+
+def _symbol(name: str) -> bytes:
+    return _encoded(sx.SCVal(sx.SCValType.SCV_SYMBOL, sym=sx.SCSymbol(name.encode())))
+
+
+_ESCROW_KEY, _TOKEN_KEY, _PRINCIPAL_KEY = (
+    _unit_key("Escrow"),
+    _unit_key("FundingToken"),
+    _unit_key("DistributedPrincipal"),
+)
+_METADATA_KEY, _DECIMAL_FIELD = _symbol("METADATA"), _symbol("decimal")
+_ESCROW_FIELD_KEYS: Final = {_symbol(name): name for name in ESCROW_FIELDS}
+_ESCROW_FIELD_TAGS: Final = {
+    "invoice_id": _SYM,
+    "funded_amount": _I128,
+    "amount": _I128,
+    "funding_target": _I128,
+    "status": _U32,
+}
+
+
+def _instance_storage(buf: bytes) -> tuple[bytes, int, int]:
+    """(contract hash, position of the first storage entry, entry count) of an instance entry."""
+    # LedgerEntryData{CONTRACT_DATA(6)}, ContractDataEntry{ext 0, SCAddress{CONTRACT(1), hash},
+    # key SCV_LEDGER_KEY_CONTRACT_INSTANCE(20), PERSISTENT(1), val SCV_CONTRACT_INSTANCE(19)}
+    if buf[:12] != b"\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00\x01" or len(buf) < 64:
+        raise _Unrecognised
+    if buf[44:56] != b"\x00\x00\x00\x14\x00\x00\x00\x01\x00\x00\x00\x13":
+        raise _Unrecognised
+    (executable,) = _u32(buf, 56)
+    pos = 60
+    if executable == 0:  # WASM: Hash
+        pos += 32
+    elif executable != 1:  # 1 = Stellar Asset Contract: void
+        raise _Unrecognised
+    (present,) = _u32(buf, pos)
+    if present == 0:
+        return buf[12:44], pos + 4, 0
+    if present != 1:
+        raise _Unrecognised
+    (count,) = _u32(buf, pos + 4)
+    return buf[12:44], pos + 8, count
+
+
+def _struct_fields(buf: bytes, pos: int, wanted: dict[bytes, str]) -> tuple[dict[str, tuple[int, int]], int]:
+    """{field: (tag, position of its body)} of the wanted fields of the struct at ``pos``, and its end."""
+    if buf[pos : pos + 8] != b"\x00\x00\x00\x11\x00\x00\x00\x01":  # SCV_MAP, present
+        raise _Unrecognised
+    (count,) = _u32(buf, pos + 8)
+    pos += 12
+    found: dict[str, tuple[int, int]] = {}
+    for _ in range(count):
+        if _u32(buf, pos)[0] != _SYM:  # a struct's field names are symbols
+            raise _Unrecognised
+        end = _skip(buf, pos, 2)
+        name = wanted.get(buf[pos:end])
+        if name is not None:
+            if name in found:
+                raise _Unrecognised
+            found[name] = (_u32(buf, end)[0], end + 4)
+        pos = _skip(buf, end, _MAX_DEPTH)
+    return found, pos
+
+
+def _i128_at(buf: bytes, pos: int) -> int:
+    hi, lo = _i128(buf, pos)
+    return (hi << 64) | lo
+
+
+def _escrow_at(buf: bytes, pos: int) -> tuple[EscrowFields, int]:
+    fields, end = _struct_fields(buf, pos, _ESCROW_FIELD_KEYS)
+    if len(fields) != len(ESCROW_FIELDS):
+        raise _Unrecognised
+    for name, (tag, _) in fields.items():
+        if tag != _ESCROW_FIELD_TAGS[name]:
+            raise _Unrecognised
+    at = fields["invoice_id"][1]
+    (n,) = _u32(buf, at)
+    if n > 32:
+        raise _Unrecognised
+    escrow = EscrowFields(
+        invoice_id=buf[at + 4 : at + 4 + n].decode("ascii"),
+        funded_amount=_i128_at(buf, fields["funded_amount"][1]),
+        amount=_i128_at(buf, fields["amount"][1]),
+        funding_target=_i128_at(buf, fields["funding_target"][1]),
+        status=_u32(buf, fields["status"][1])[0],
+    )
+    return escrow, end
+
+
+def decode_escrow_fast(buf: bytes) -> EscrowInstance | None:
+    """The fast path; None when it does not recognise ``buf`` (including every invalid entry)."""
+    try:
+        raw_hash, pos, count = _instance_storage(buf)
+        escrow = token = principal = None
+        seen: set[bytes] = set()
+        for _ in range(count):
+            end = _skip(buf, pos, _MAX_DEPTH)
+            key = buf[pos:end]
+            if key == _ESCROW_KEY or key == _TOKEN_KEY or key == _PRINCIPAL_KEY:
+                if key in seen:
+                    raise _Unrecognised
+                seen.add(key)
+                (tag,) = _u32(buf, end)
+                if key == _ESCROW_KEY:
+                    escrow, pos = _escrow_at(buf, end)
+                    continue
+                if key == _TOKEN_KEY:
+                    if tag != _ADDR or _u32(buf, end + 4)[0] != 1:
+                        raise _Unrecognised
+                    token = contract_id_of(buf[end + 8 : end + 40])
+                elif tag != _I128:
+                    raise _Unrecognised
+                else:
+                    principal = _i128_at(buf, end + 4)
+            pos = _skip(buf, end, _MAX_DEPTH)
+        if pos != len(buf):
+            raise _Unrecognised
+        return EscrowInstance(raw_hash, escrow, token, principal)
+    except (_Unrecognised, struct.error, UnicodeDecodeError, IndexError):
+        return None
+
+
+def decode_token_fast(buf: bytes) -> TokenInstance | None:
+    try:
+        raw_hash, pos, count = _instance_storage(buf)
+        decimals: int | None = None
+        seen = False
+        for _ in range(count):
+            end = _skip(buf, pos, _MAX_DEPTH)
+            if buf[pos:end] == _METADATA_KEY:
+                if seen:
+                    raise _Unrecognised
+                seen = True
+                fields, pos = _struct_fields(buf, end, {_DECIMAL_FIELD: "decimal"})
+                found = fields.get("decimal")
+                if found is None or found[0] != _U32:
+                    raise _Unrecognised  # the SDK path words the problem
+                decimals = _u32(buf, found[1])[0]
+                continue
+            pos = _skip(buf, end, _MAX_DEPTH)
+        if pos != len(buf):
+            raise _Unrecognised
+        if not seen:
+            return TokenInstance(raw_hash, None, _NO_METADATA)
+        return TokenInstance(raw_hash, decimals, None)
+    except (_Unrecognised, struct.error, UnicodeDecodeError, IndexError):
+        return None
+
+
+# --- the SDK path: the oracle, and the fallback for whatever the walker leaves ----------------
+
+
+def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry]]:
+    try:
+        data = sx.LedgerEntryData.from_xdr_bytes(buf)
+    except Exception as exc:  # the generated decoder raises ValueError, EOFError, struct.error...
+        raise EntryDecodeError(f"undecodable LedgerEntryData XDR ({type(exc).__name__}: {exc})") from exc
+    if data.type != sx.LedgerEntryType.CONTRACT_DATA or data.contract_data is None:
+        raise EntryDecodeError(f"entry is {data.type.name}, not CONTRACT_DATA")
+    entry = data.contract_data
+    address = entry.contract
+    if address.type != sx.SCAddressType.SC_ADDRESS_TYPE_CONTRACT or address.contract_id is None:
+        raise EntryDecodeError(f"entry's owner is {address.type.name}, not a contract")
+    if entry.key.type != sx.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE:
+        raise EntryDecodeError(f"entry key is {entry.key.type.name}, not the contract instance")
+    if entry.durability != sx.ContractDataDurability.PERSISTENT:
+        raise EntryDecodeError(f"entry durability is {entry.durability.name}, not PERSISTENT")
+    if entry.val.type != sx.SCValType.SCV_CONTRACT_INSTANCE or entry.val.instance is None:
+        raise EntryDecodeError(f"entry value is {entry.val.type.name}, not a contract instance")
+    storage = entry.val.instance.storage
+    return address.contract_id.contract_id.hash, list(storage.sc_map) if storage else []
+
+
+def _key_name_sdk(key: sx.SCVal) -> str | None:
+    """``Vec[Symbol(x)]`` -> ``x`` (a unit variant of the contract's ``DataKey`` enum, as the escrow
+    stores Escrow, FundingToken...); a bare ``Symbol(x)`` -> ``Symbol:x`` (as a Stellar Asset
+    Contract stores METADATA). Kept apart because storage may hold both ``Symbol("Escrow")`` and
+    ``Vec[Symbol("Escrow")]``, and only the latter is the escrow."""
+    if key.type == sx.SCValType.SCV_SYMBOL and key.sym is not None:
+        return "Symbol:" + _name_text(key.sym.sc_symbol)
+    if key.type == sx.SCValType.SCV_VEC and key.vec is not None and len(key.vec.sc_vec) == 1:
+        first = key.vec.sc_vec[0]
+        if first.type == sx.SCValType.SCV_SYMBOL and first.sym is not None:
+            return _name_text(first.sym.sc_symbol)
+    return None
+
+
+def _name_text(raw: bytes) -> str:
+    # Lossless and never failing: a name that is not ASCII is simply not one the reader looks for.
+    return raw.decode("latin-1")
+
+
+def _symbol_text(raw: bytes) -> str:
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise EntryDecodeError(f"symbol {raw!r} is not ASCII") from exc
+
+
+def _named_sdk(items: list[sx.SCMapEntry], wanted: frozenset[str]) -> dict[str, sx.SCVal]:
+    """The storage values under the ``wanted`` key names; a wanted key twice is ambiguous."""
+    named: dict[str, sx.SCVal] = {}
+    for item in items:
+        name = _key_name_sdk(item.key)
+        if name in wanted:
+            if name in named:
+                raise EntryDecodeError(f"instance storage holds the key {name} twice")
+            named[name] = item.val
+    return named
+
+
+def _struct_sdk(val: sx.SCVal, what: str, wanted: tuple[str, ...]) -> dict[str, sx.SCVal]:
+    if val.type != sx.SCValType.SCV_MAP or val.map is None:
+        raise EntryDecodeError(f"{what} is {val.type.name}, not a struct (map)")
+    fields: dict[str, sx.SCVal] = {}
+    for item in val.map.sc_map:
+        if item.key.type != sx.SCValType.SCV_SYMBOL or item.key.sym is None:
+            raise EntryDecodeError(f"{what} has a {item.key.type.name} field name, not a symbol")
+        name = _name_text(item.key.sym.sc_symbol)
+        if name not in wanted:
+            continue
+        if name in fields:
+            raise EntryDecodeError(f"{what} has the field {name} twice")
+        fields[name] = item.val
+    return fields
+
+
+def _field_sdk(
+    fields: dict[str, sx.SCVal], what: str, name: str, kind: sx.SCValType, read: Callable[[sx.SCVal], Any]
+) -> Any:
+    val = fields.get(name)
+    if val is None:
+        raise EntryDecodeError(f"{what} has no field {name}")
+    if val.type != kind:
+        raise EntryDecodeError(f"{what}.{name} is {val.type.name}, expected {kind.name}")
+    return read(val)
+
+
+def _i128_sdk(val: sx.SCVal) -> int:
+    from stellar_sdk import scval
+
+    return scval.from_int128(val)
+
+
+def escrow_fields_sdk(val: sx.SCVal) -> EscrowFields:
+    """The ``InvoiceEscrow`` struct (as stored, or as ``get_escrow`` returns it) read with stellar-sdk."""
+    from stellar_sdk import scval
+
+    what = "Escrow"
+    fields = _struct_sdk(val, what, ESCROW_FIELDS)
+    t = sx.SCValType
+    return EscrowFields(
+        invoice_id=_field_sdk(
+            fields, what, "invoice_id", t.SCV_SYMBOL, lambda v: _symbol_text(v.sym.sc_symbol)
+        ),
+        funded_amount=_field_sdk(fields, what, "funded_amount", t.SCV_I128, _i128_sdk),
+        amount=_field_sdk(fields, what, "amount", t.SCV_I128, _i128_sdk),
+        funding_target=_field_sdk(fields, what, "funding_target", t.SCV_I128, _i128_sdk),
+        status=_field_sdk(fields, what, "status", t.SCV_U32, scval.from_uint32),
+    )
+
+
+def decode_escrow_sdk(buf: bytes) -> EscrowInstance:
+    """The oracle: decode with stellar-sdk; ``EntryDecodeError`` says what is wrong."""
+    raw_hash, items = _instance_storage_sdk(buf)
+    named = _named_sdk(items, _ESCROW_NAMES)
+    escrow = escrow_fields_sdk(named["Escrow"]) if "Escrow" in named else None
+    token = None
+    if "FundingToken" in named:
+        val = named["FundingToken"]
+        if val.type != sx.SCValType.SCV_ADDRESS or val.address is None:
+            raise EntryDecodeError(f"FundingToken is {val.type.name}, not an address")
+        if val.address.type != sx.SCAddressType.SC_ADDRESS_TYPE_CONTRACT:
+            raise EntryDecodeError(f"FundingToken is a {val.address.type.name} address, not a contract")
+        token = Address.from_xdr_sc_address(val.address).address
+    principal = None
+    if "DistributedPrincipal" in named:
+        val = named["DistributedPrincipal"]
+        if val.type != sx.SCValType.SCV_I128:
+            raise EntryDecodeError(f"DistributedPrincipal is {val.type.name}, expected SCV_I128")
+        principal = _i128_sdk(val)
+    return EscrowInstance(raw_hash, escrow, token, principal)
+
+
+def decode_token_sdk(buf: bytes) -> TokenInstance:
+    from stellar_sdk import scval
+
+    raw_hash, items = _instance_storage_sdk(buf)
+    named = _named_sdk(items, frozenset({_METADATA}))
+    if _METADATA not in named:
+        return TokenInstance(raw_hash, None, _NO_METADATA)
+    try:
+        fields = _struct_sdk(named[_METADATA], "METADATA", ("decimal",))
+        decimals = _field_sdk(fields, "METADATA", "decimal", sx.SCValType.SCV_U32, scval.from_uint32)
+    except EntryDecodeError as exc:
+        return TokenInstance(raw_hash, None, str(exc))
+    return TokenInstance(raw_hash, decimals, None)
+
+
+# --- what the reader calls -------------------------------------------------------------------
+
+
+def decode_escrow_entry(xdr_b64: str) -> EscrowInstance:
+    """Decode one escrow instance entry (base64 ``LedgerEntryData``): fast path, else the SDK."""
+    buf = _b64(xdr_b64)
+    return decode_escrow_fast(buf) or decode_escrow_sdk(buf)
+
+
+def decode_token_entry(xdr_b64: str) -> TokenInstance:
+    buf = _b64(xdr_b64)
+    return decode_token_fast(buf) or decode_token_sdk(buf)
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise EntryDecodeError(f"entry xdr is not base64 ({exc})") from exc

@@ -1,0 +1,290 @@
+"""The ledger reader's fast XDR path against stellar-sdk as the oracle, over every storage shape."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from stellar_sdk import StrKey, scval
+from stellar_sdk import xdr as sx
+
+from reconcile_audit import ledger_xdr as lx
+from reconcile_audit.emulator import state as es
+
+I128_MIN, I128_MAX = -(2**127), 2**127 - 1
+RNG = random.Random(7)
+TOKEN = es.TokenSpec(contract_id=es.random_contract_id(RNG))
+ADMIN = es.random_account_id(RNG)
+SME = es.random_account_id(RNG)
+
+i128s = st.integers(I128_MIN, I128_MAX)
+symbols = st.from_regex(r"[A-Za-z0-9_]{1,32}", fullmatch=True)
+hashes = st.binary(min_size=32, max_size=32)
+
+
+def spec(**changes) -> es.EscrowSpec:
+    values = {
+        "contract_id": es.random_contract_id(RNG),
+        "invoice_id": "INV_0001",
+        "funded_amount": 12_345_000_000,
+        "amount": 50_000_000_000,
+        "funding_target": 50_000_000_000,
+        "funding_token": TOKEN.contract_id,
+        "admin": ADMIN,
+        "sme_address": SME,
+    }
+    values.update(changes)
+    return es.EscrowSpec(**values)
+
+
+def entry_bytes(s: es.EscrowSpec) -> bytes:
+    return es.escrow_instance_entry(s).to_xdr_bytes()
+
+
+def expected(s: es.EscrowSpec) -> lx.EscrowInstance:
+    escrow = (
+        lx.EscrowFields(s.invoice_id, s.funded_amount, s.amount, s.funding_target, s.status)
+        if s.has_escrow
+        else None
+    )
+    token = None if s.storage_shape == "no_funding_token" else s.funding_token
+    return lx.EscrowInstance(StrKey.decode_contract(s.contract_id), escrow, token, s.distributed_principal)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+@given(hashes)
+def test_instance_key_matches_sdk_and_emulator(raw: bytes) -> None:
+    contract_id = StrKey.encode_contract(raw)
+    fast = lx.instance_key(contract_id)
+    assert fast == lx.instance_key_sdk(contract_id) == es.instance_key(contract_id).to_xdr()
+    assert lx.key_contract_hash(fast) == raw
+    assert lx.contract_id_of(raw) == contract_id
+
+
+def _sdk_hash(text: str) -> bytes | None:
+    try:
+        return StrKey.decode_contract(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def _fast_hash(text: str) -> bytes | None:
+    try:
+        return lx.contract_hash(text)
+    except ValueError:
+        return None
+
+
+@given(hashes, st.integers(0, 55), st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567a1=-"))
+def test_contract_hash_accepts_and_rejects_like_sdk(raw: bytes, index: int, char: str) -> None:
+    valid = StrKey.encode_contract(raw)
+    mutated = valid[:index] + char + valid[index + 1 :]
+    for text in (
+        valid,
+        mutated,
+        valid.lower(),
+        valid[:-1],
+        valid + "A",
+        StrKey.encode_ed25519_public_key(raw),
+    ):
+        assert _fast_hash(text) == _sdk_hash(text), text
+
+
+@given(st.text(max_size=60))
+def test_contract_hash_rejects_garbage_like_sdk(text: str) -> None:
+    assert _fast_hash(text) == _sdk_hash(text)
+
+
+# --- escrow entries --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", es.STORAGE_SHAPES)
+@pytest.mark.parametrize("has_escrow", [True, False])
+@pytest.mark.parametrize("principal", [None, 0, 999])
+def test_every_storage_shape_fast_equals_sdk(shape: str, has_escrow: bool, principal: int | None) -> None:
+    s = spec(storage_shape=shape, has_escrow=has_escrow, distributed_principal=principal)
+    buf = entry_bytes(s)
+    fast = lx.decode_escrow_fast(buf)
+    assert fast is not None, "the fast path should recognise every shape the platform writes"
+    assert fast == lx.decode_escrow_sdk(buf) == expected(s)
+    assert lx.decode_escrow_entry(base64.b64encode(buf).decode()) == expected(s)
+
+
+def test_lookalike_keys_are_not_the_escrow() -> None:
+    # extra_keys holds Symbol("Escrow"), Vec[Symbol("EscrowV2")], Vec[Symbol("Escrow"), U32] with decoy structs.
+    s = spec(storage_shape="extra_keys", invoice_id="REAL", funded_amount=5)
+    got = lx.decode_escrow_fast(entry_bytes(s))
+    assert got is not None and got.escrow is not None
+    assert (got.escrow.invoice_id, got.escrow.funded_amount) == ("REAL", 5)
+    assert got.funding_token == TOKEN.contract_id
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    funded=i128s,
+    amount=i128s,
+    target=i128s,
+    principal=st.none() | i128s,
+    invoice_id=symbols,
+    status=st.integers(0, 2**32 - 1),
+    shape=st.sampled_from(es.STORAGE_SHAPES),
+    raw=hashes,
+)
+@example(I128_MIN, I128_MAX, -1, I128_MIN, "x" * 32, 2**32 - 1, "standard", bytes(32))
+@example(0, -(2**64), 2**64, 2**63, "funded_amount", 0, "extra_keys", b"\xff" * 32)
+def test_generated_values_fast_equals_sdk(
+    funded, amount, target, principal, invoice_id, status, shape, raw
+) -> None:
+    s = spec(
+        contract_id=StrKey.encode_contract(raw),
+        funded_amount=funded,
+        amount=amount,
+        funding_target=target,
+        distributed_principal=principal,
+        invoice_id=invoice_id,
+        status=status,
+        storage_shape=shape,
+    )
+    buf = entry_bytes(s)
+    assert lx.decode_escrow_fast(buf) == lx.decode_escrow_sdk(buf) == expected(s)
+
+
+def _oracle(buf: bytes) -> lx.EscrowInstance | str:
+    try:
+        return lx.decode_escrow_sdk(buf)
+    except lx.EntryDecodeError as exc:
+        return f"error: {exc}"
+
+
+@settings(max_examples=300)
+@given(
+    shape=st.sampled_from(es.STORAGE_SHAPES),
+    cut=st.integers(0, 2000),
+    flip_at=st.integers(0, 2000),
+    flip=st.integers(1, 255),
+)
+def test_corrupt_entries_never_disagree_with_sdk(shape: str, cut: int, flip_at: int, flip: int) -> None:
+    good = entry_bytes(spec(storage_shape=shape, distributed_principal=1))
+    truncated = good[: cut % len(good)]
+    flipped = bytearray(good)
+    flipped[flip_at % len(good)] ^= flip
+    for buf in (truncated, bytes(flipped), good + b"\x00\x00\x00\x00"):
+        fast = lx.decode_escrow_fast(buf)
+        oracle = _oracle(buf)
+        # The fast path may decline (None) but must never accept what the SDK rejects, nor differ.
+        assert fast is None or fast == oracle
+
+
+def _key(name: str) -> sx.SCVal:
+    return scval.to_vec([scval.to_symbol(name)])
+
+
+def _custom_entry(storage: list[tuple[sx.SCVal, sx.SCVal]]) -> bytes:
+    """An instance entry with exactly ``storage`` (built with stellar-sdk, in the given order)."""
+    return sx.LedgerEntryData(
+        type=sx.LedgerEntryType.CONTRACT_DATA,
+        contract_data=sx.ContractDataEntry(
+            ext=sx.ExtensionPoint(0),
+            contract=scval.to_address(es.random_contract_id(RNG)).address,
+            key=sx.SCVal(sx.SCValType.SCV_LEDGER_KEY_CONTRACT_INSTANCE),
+            durability=sx.ContractDataDurability.PERSISTENT,
+            val=sx.SCVal(
+                sx.SCValType.SCV_CONTRACT_INSTANCE,
+                instance=sx.SCContractInstance(
+                    executable=sx.ContractExecutable(
+                        sx.ContractExecutableType.CONTRACT_EXECUTABLE_WASM, wasm_hash=sx.Hash(bytes(32))
+                    ),
+                    storage=sx.SCMap([sx.SCMapEntry(key=k, val=v) for k, v in storage]),
+                ),
+            ),
+        ),
+    ).to_xdr_bytes()
+
+
+def _escrow_struct(**overrides: sx.SCVal | None) -> sx.SCVal:
+    fields = {
+        "amount": scval.to_int128(10),
+        "funded_amount": scval.to_int128(5),
+        "funding_target": scval.to_int128(10),
+        "invoice_id": scval.to_symbol("INV_X"),
+        "status": scval.to_uint32(0),
+    }
+    fields.update(overrides)
+    return scval.to_struct({k: v for k, v in fields.items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (
+            [(_key("Escrow"), _escrow_struct(funded_amount=scval.to_uint64(5)))],
+            "Escrow.funded_amount is SCV_U64",
+        ),
+        ([(_key("Escrow"), _escrow_struct(invoice_id=None))], "Escrow has no field invoice_id"),
+        ([(_key("Escrow"), scval.to_uint32(1))], "Escrow is SCV_U32, not a struct"),
+        ([(_key("Escrow"), _escrow_struct(status=scval.to_int32(1)))], "Escrow.status is SCV_I32"),
+        (
+            [(_key("Escrow"), _escrow_struct()), (_key("FundingToken"), scval.to_address(ADMIN))],
+            "FundingToken is a SC_ADDRESS_TYPE_ACCOUNT address",
+        ),
+        (
+            [(_key("Escrow"), _escrow_struct()), (_key("DistributedPrincipal"), scval.to_int64(1))],
+            "DistributedPrincipal is SCV_I64",
+        ),
+    ],
+)
+def test_malformed_escrow_is_an_error_with_cause(storage, message: str) -> None:
+    buf = _custom_entry(storage)
+    assert lx.decode_escrow_fast(buf) is None
+    with pytest.raises(lx.EntryDecodeError, match=message.replace(".", r"\.")):
+        lx.decode_escrow_entry(base64.b64encode(buf).decode())
+
+
+def test_fast_path_declines_unknown_value_types_and_sdk_reads_them() -> None:
+    error = sx.SCVal(
+        sx.SCValType.SCV_ERROR, error=sx.SCError(sx.SCErrorType.SCE_CONTRACT, contract_code=sx.Uint32(3))
+    )
+    buf = _custom_entry([(_key("Escrow"), _escrow_struct()), (_key("LastError"), error)])
+    assert lx.decode_escrow_fast(buf) is None
+    got = lx.decode_escrow_entry(base64.b64encode(buf).decode())
+    assert got.escrow == lx.EscrowFields("INV_X", 5, 10, 10, 0)
+
+
+def test_not_an_instance_entry() -> None:
+    account = sx.LedgerEntryData.from_xdr_bytes(entry_bytes(spec()))
+    account.contract_data.durability = sx.ContractDataDurability.TEMPORARY
+    with pytest.raises(lx.EntryDecodeError, match="TEMPORARY"):
+        lx.decode_escrow_entry(account.to_xdr())
+    with pytest.raises(lx.EntryDecodeError, match="not base64"):
+        lx.decode_escrow_entry("not base64!")
+    with pytest.raises(lx.EntryDecodeError, match="undecodable"):
+        lx.decode_escrow_entry(base64.b64encode(b"\x00\x00\x00\x06junk").decode())
+
+
+# --- token entries ---------------------------------------------------------------------------
+
+
+@given(
+    decimals=st.none() | st.integers(0, 2**32 - 1),
+    name=st.text(max_size=20),
+    symbol=st.from_regex(r"[A-Z]{1,12}", fullmatch=True),
+)
+def test_token_fast_equals_sdk(decimals, name, symbol) -> None:
+    token = es.TokenSpec(contract_id=TOKEN.contract_id, decimals=decimals, name=name, symbol=symbol)
+    buf = es.token_instance_entry(token).to_xdr_bytes()
+    fast = lx.decode_token_fast(buf)
+    assert fast == lx.decode_token_sdk(buf)
+    assert fast is not None and fast.decimals == decimals
+    assert (fast.problem is None) == (decimals is not None)
+
+
+def test_token_metadata_without_decimal() -> None:
+    buf = _custom_entry([(scval.to_symbol("METADATA"), scval.to_struct({"name": scval.to_string("X")}))])
+    assert lx.decode_token_fast(buf) is None
+    got = lx.decode_token_entry(base64.b64encode(buf).decode())
+    assert got.decimals is None and got.problem == "METADATA has no field decimal"
