@@ -74,13 +74,15 @@ RunStatus = Literal["running", "completed", "failed"]
 HealthStatus = Literal["not_run", "stale", "healthy", "findings", "failed"]
 ALL_TENANTS: Final = "(all tenants)"
 
+_COUNT_NAMES: Final = ("total", *CLASSES)
 _STAGING: Final = "reconcile_findings_staging"
 _DUCKDB_LOCK = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 
 
 @dataclass(frozen=True)
-class RunCounts:
-    """Invoices per class in one run; ``total`` is their sum."""
+class RunCounts(Mapping[str, int]):
+    """Invoices per class in one run; ``total`` is their sum. Also a read-only mapping of
+    ``total`` and each class name to its count, for templates and JSON."""
 
     total: int
     match: int
@@ -97,6 +99,17 @@ class RunCounts:
     @property
     def non_match(self) -> int:
         return self.total - self.match
+
+    def __getitem__(self, name: str) -> int:
+        if name not in _COUNT_NAMES:
+            raise KeyError(name)
+        return int(getattr(self, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_COUNT_NAMES)
+
+    def __len__(self) -> int:
+        return len(_COUNT_NAMES)
 
     @classmethod
     def of(cls, findings: pl.DataFrame) -> RunCounts:
@@ -214,7 +227,7 @@ class Health:
 # --- connections and transactions --------------------------------------------------------------
 
 
-def _describe(exc: BaseException, url: str) -> str:
+def describe_error(exc: BaseException, url: str) -> str:
     """``exc`` as one line naming its type, with the state database's password redacted."""
     text = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
     password = url_password(url)
@@ -231,7 +244,7 @@ def _duckdb_lock_holder(exc: BaseException) -> str | None:
 
 
 @contextmanager
-def _session(url: str, *, lock_wait_seconds: float = 0.0) -> Iterator[Connection]:
+def state_session(url: str, *, lock_wait_seconds: float = 0.0) -> Iterator[Connection]:
     """A connection that is always closed: a DuckDB file stays open for no longer than one call.
 
     Another process holding the DuckDB file is retried for ``lock_wait_seconds``, because
@@ -266,27 +279,22 @@ def _transaction(conn: Connection) -> Iterator[None]:
         conn.commit()
 
 
-def _sql(name: str, dialect: str) -> str:
-    """``sql/<name>.<dialect>.sql`` when the dialects differ, else the shared ``sql/<name>.sql``."""
-    specific = SQL_DIR / f"{name}.{dialect}.sql"
-    return read_sql(f"{name}.{dialect}.sql" if specific.exists() else f"{name}.sql")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC. Naive timestamps are refused: their zone would be a guess."""
     if value.utcoffset() is None:
         raise ValueError("timestamps must be timezone-aware")
     return value.astimezone(UTC)
 
 
-def _table_exists(conn: Connection, table: str) -> bool:
+def table_exists(conn: Connection, table: str) -> bool:
     return bool(conn.rows(read_sql("persist/table_exists.sql"), (table,))[0][0])
 
 
-def _frame(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> pl.DataFrame:
+def read_frame(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> pl.DataFrame:
     """A query's result as polars, with every timestamp in UTC (DuckDB uses the session zone)."""
     frame = pl.from_arrow(conn.arrow(sql, params))
     assert isinstance(frame, pl.DataFrame)
@@ -314,7 +322,9 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
 
 def _statements(path: Path) -> tuple[str, ...]:
     """The statements of a migration file: the drivers run one statement per call."""
-    code = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("--"))
+    code = "\n".join(
+        line for line in path.read_text(encoding="utf-8").splitlines() if not line.lstrip().startswith("--")
+    )
     return tuple(part.strip() for part in re.split(r";\s*$", code, flags=re.MULTILINE) if part.strip())
 
 
@@ -343,10 +353,12 @@ def migrate(url: str) -> None:
     Raises :class:`PersistError` with the redacted cause when the database cannot be migrated.
     """
     try:
-        with _session(url) as conn:
+        with state_session(url) as conn:
             _migrate(conn)
     except Exception as exc:
-        raise PersistError(f"cannot migrate the state database {redact_url(url)}: {_describe(exc, url)}") from exc
+        raise PersistError(
+            f"cannot migrate the state database {redact_url(url)}: {describe_error(exc, url)}"
+        ) from exc
 
 
 # --- runs and findings -------------------------------------------------------------------------
@@ -356,8 +368,8 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
     return (
         record.run_key,
         record.tenant_id,
-        _utc(record.started_at),
-        _utc(record.finished_at) if record.finished_at is not None else None,
+        as_utc(record.started_at),
+        as_utc(record.finished_at) if record.finished_at is not None else None,
         record.status,
         record.total,
         record.match,
@@ -373,7 +385,12 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
 
 
 def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int:
-    run_id = int(conn.rows(read_sql("persist/upsert_run.sql"), _run_params(record, results))[0][0])
+    return int(conn.rows(read_sql("persist/upsert_run.sql"), _run_params(record, results))[0][0])
+
+
+def _replace_run(conn: Connection, record: RunRecord, results: str | None) -> int:
+    """Write the run row and drop the findings an earlier run with the same key left."""
+    run_id = _upsert_run(conn, record, results)
     conn.execute(read_sql("persist/delete_findings.sql"), (run_id,))
     return run_id
 
@@ -385,12 +402,12 @@ def start_run(url: str, run_key: str, tenant_id: str | None, started_at: datetim
     """
     record = RunRecord(run_key, tenant_id, started_at, None, "running", **asdict(RunCounts.zero()))
     try:
-        with _session(url) as conn:
+        with state_session(url) as conn:
             _migrate(conn)
             with _transaction(conn):
-                _upsert_run(conn, record, None)
+                _replace_run(conn, record, None)
     except Exception as exc:
-        raise PersistError(f"cannot record the start of run {run_key!r}: {_describe(exc, url)}") from exc
+        raise PersistError(f"cannot record the start of run {run_key!r}: {describe_error(exc, url)}") from exc
 
 
 def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
@@ -416,7 +433,9 @@ def results_digest(rows: pl.DataFrame, *, cap: int = RESULTS_JSON_CAP) -> dict[s
     worst = (
         rows.sort(
             pl.col("drift_rank"),
-            pl.col("class").replace_strict(_CLASS_SEVERITY, default=len(_CLASS_SEVERITY), return_dtype=pl.Int64),
+            pl.col("class").replace_strict(
+                _CLASS_SEVERITY, default=len(_CLASS_SEVERITY), return_dtype=pl.Int64
+            ),
             pl.col("finding_no"),
             nulls_last=True,
         )
@@ -463,13 +482,13 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
     try:
         rows = non_match_rows(findings)
         digest = results_digest(rows)
-        with _session(url) as conn:
+        with state_session(url) as conn:
             _migrate(conn)
             with _transaction(conn):
-                run_id = _upsert_run(conn, record, json.dumps(digest, ensure_ascii=False, default=str))
+                run_id = _replace_run(conn, record, json.dumps(digest, ensure_ascii=False, default=str))
                 _insert_findings(conn, run_id, rows)
     except Exception as exc:
-        cause = _describe(exc, url)
+        cause = describe_error(exc, url)
         logger.error("persisting run %r to %s failed: %s", record.run_key, redact_url(url), cause)
         return PersistOutcome(
             ok=False,
@@ -495,13 +514,16 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
 
 def _mark_failed(url: str, record: RunRecord, cause: str) -> bool:
     failed = replace(
-        record, status="failed", finished_at=record.finished_at or _now(), error_message=f"findings not stored: {cause}"
+        record,
+        status="failed",
+        finished_at=record.finished_at or _now(),
+        error_message=f"findings not stored: {cause}",
     )
     try:
-        with _session(url) as conn, _transaction(conn):
+        with state_session(url) as conn, _transaction(conn):
             _upsert_run(conn, failed, None)
     except Exception as exc:
-        logger.error("could not mark run %r as failed either: %s", record.run_key, _describe(exc, url))
+        logger.error("could not mark run %r as failed either: %s", record.run_key, describe_error(exc, url))
         return False
     return True
 
@@ -512,15 +534,15 @@ def cumulative_mismatches(url: str, tenant_id: str | None) -> int:
     0 before the first run. Raises :class:`PersistError` when the database cannot be read.
     """
     try:
-        with _session(url) as conn:
-            if not _table_exists(conn, "reconciliation_runs"):
+        with state_session(url) as conn:
+            if not table_exists(conn, "reconciliation_runs"):
                 return 0
             return int(conn.rows(read_sql("persist/cumulative_mismatches.sql"), (tenant_id,))[0][0])
     except Exception as exc:
-        raise PersistError(f"cannot read the mismatch history: {_describe(exc, url)}") from exc
+        raise PersistError(f"cannot read the mismatch history: {describe_error(exc, url)}") from exc
 
 
-def _state_database_missing(url: str) -> bool:
+def state_database_missing(url: str) -> bool:
     """A DuckDB state file that does not exist yet: read it as "never ran", without creating it."""
     if dialect_of(url) != "duckdb":
         return False
@@ -539,21 +561,21 @@ def latest_summary(
 
     Raises :class:`PersistError` when the state database cannot be reached.
     """
-    checked_at = _utc(now) if now is not None else _now()
+    checked_at = as_utc(now) if now is not None else _now()
     health = Health("not_run", tenant_id, checked_at, stale_after_hours)
-    if _state_database_missing(url):
+    if state_database_missing(url):
         return health
     try:
-        with _session(url, lock_wait_seconds=2.0) as conn:
-            if not _table_exists(conn, "reconciliation_runs"):
+        with state_session(url, lock_wait_seconds=2.0) as conn:
+            if not table_exists(conn, "reconciliation_runs"):
                 return health
-            latest = _frame(conn, read_sql("persist/latest_finished_run.sql"), (tenant_id,))
+            latest = read_frame(conn, read_sql("persist/latest_finished_run.sql"), (tenant_id,))
     except Exception as exc:
-        raise PersistError(f"cannot read the latest run: {_describe(exc, url)}") from exc
+        raise PersistError(f"cannot read the latest run: {describe_error(exc, url)}") from exc
     if latest.is_empty():
         return health
     run = latest.row(0, named=True)
-    counts = RunCounts(**{name: int(run[name]) for name in ("total", *CLASSES)})
+    counts = RunCounts(**{name: int(run[name]) for name in _COUNT_NAMES})
     ended = run["finished_at"] or run["started_at"]
     if run["status"] == "failed":
         status: HealthStatus = "failed"
@@ -604,34 +626,42 @@ def _acquire(url: str, tenant_id: str | None, holder: str, ttl: timedelta, lock_
     acquired_at = _now()
     lease = Lease(tenant_id, holder, uuid.uuid4().hex, acquired_at, acquired_at + ttl)
     scope = _scope(tenant_id)
-    with _session(url, lock_wait_seconds=lock_wait_seconds) as conn:
+    with state_session(url, lock_wait_seconds=lock_wait_seconds) as conn:
         _migrate(conn)
         with _transaction(conn):
-            before = _frame(conn, read_sql("persist/lease_holder.sql"), (scope,))
+            before = read_frame(conn, read_sql("persist/lease_holder.sql"), (scope,))
             won = conn.rows(
                 read_sql("persist/lease_acquire.sql"),
                 (scope, tenant_id, holder, lease.token, lease.acquired_at, lease.expires_at),
             )
             # Read again after the write: on PostgreSQL a concurrent winner commits in between.
-            current = before if won else _frame(conn, read_sql("persist/lease_holder.sql"), (scope,))
+            current = before if won else read_frame(conn, read_sql("persist/lease_holder.sql"), (scope,))
     if not won:
         raise LeaseHeldError(_tenant_label(tenant_id), _holder_text(current.row(0, named=True)))
     if not before.is_empty():
         logger.warning(
-            "took over the expired lease for %s from %s", _tenant_label(tenant_id), _holder_text(before.row(0, named=True))
+            "took over the expired lease for %s from %s",
+            _tenant_label(tenant_id),
+            _holder_text(before.row(0, named=True)),
         )
     return lease
 
 
 def _release(url: str, lease: Lease, lock_wait_seconds: float) -> None:
     try:
-        with _session(url, lock_wait_seconds=lock_wait_seconds) as conn, _transaction(conn):
-            released = conn.rows(read_sql("persist/lease_release.sql"), (_scope(lease.tenant_id), lease.token))
+        with state_session(url, lock_wait_seconds=lock_wait_seconds) as conn, _transaction(conn):
+            released = conn.rows(
+                read_sql("persist/lease_release.sql"), (_scope(lease.tenant_id), lease.token)
+            )
     except Exception as exc:  # the lease expires on its own; do not mask the run's outcome
-        logger.error("could not release the lease for %s: %s", _tenant_label(lease.tenant_id), _describe(exc, url))
+        logger.error(
+            "could not release the lease for %s: %s", _tenant_label(lease.tenant_id), describe_error(exc, url)
+        )
         return
     if not released:
-        logger.warning("the lease for %s had expired and was taken over during the run", _tenant_label(lease.tenant_id))
+        logger.warning(
+            "the lease for %s had expired and was taken over during the run", _tenant_label(lease.tenant_id)
+        )
 
 
 @contextmanager
@@ -663,7 +693,7 @@ def run_lease(
             raise LeaseHeldError(
                 _tenant_label(tenant_id), f"{locker} has the state database {duckdb_path(url)} open"
             ) from exc
-        raise PersistError(f"cannot take the run lease: {_describe(exc, url)}") from exc
+        raise PersistError(f"cannot take the run lease: {describe_error(exc, url)}") from exc
     try:
         yield lease
     finally:

@@ -1,0 +1,496 @@
+"""Persist on real PostgreSQL and on DuckDB files: migrations, idempotent runs, failures, lease, health."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from reconcile_audit import persist
+from reconcile_audit.db import connect
+from reconcile_audit.errors import LeaseHeldError, PersistError
+from reconcile_audit.persist import RunCounts, RunRecord
+from reconcile_audit.schemas import FINDINGS
+
+I128_MIN = str(-(2**127))
+I128_MAX = str(2**127 - 1)
+T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
+
+
+def finding(invoice_id: str | None, cls: str, **values: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(FINDINGS)
+    row.update(
+        invoice_id=invoice_id,
+        tenant_id="t1",
+        contract_id="C" + "A" * 55,
+        reason_code=f"{cls}_code",
+        reason=f"{cls} because",
+        flags=[],
+        token_decimals=7,
+        db_total_funded=Decimal("12.50"),
+    )
+    row["class"] = cls
+    if cls == "mismatch":
+        row.update(
+            db_funded_base_units="125000000", chain_funded_base_units="124999900", delta_base_units="100"
+        )
+    row.update(values)
+    return row
+
+
+def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=FINDINGS)
+
+
+def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> RunRecord:
+    values: dict[str, Any] = {
+        "run_key": run_key,
+        "tenant_id": "t1",
+        "started_at": T0,
+        "finished_at": T0 + timedelta(minutes=5),
+        "status": "completed",
+        "ledger_min": 100,
+        "ledger_max": 120,
+    }
+    values.update(fields)
+    return RunRecord.from_counts(RunCounts.of(findings), **values)
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return f"duckdb://{tmp_path / 'state.duckdb'}"
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with connect(url) as conn:
+        return conn.rows(sql, params)
+
+
+MIXED = frame(
+    [
+        finding("INV-1", "match"),
+        finding("INV-2", "mismatch", drift_rank=2),
+        finding("INV-3", "error", db_funded_base_units=None),
+        finding("INV-4", "missing_on_chain"),
+        finding("INV-5", "unlinked", contract_id=None),
+        finding("INV-6", "mismatch", drift_rank=1, delta_base_units="5000"),
+    ]
+)
+
+
+def test_migrate_twice_records_each_version_once(state_url: str) -> None:
+    persist.migrate(state_url)
+    persist.migrate(state_url)
+    versions = query(
+        state_url, "SELECT version, name FROM reconcile_audit_schema_migrations ORDER BY version"
+    )
+    assert versions == [(1, "initial")]
+    for table in ("reconciliation_runs", "reconciliation_findings", "reconciliation_leases"):
+        assert query(state_url, f"SELECT count(*) FROM {table}") == [(0,)]
+
+
+def test_concurrent_migrations_on_postgres_do_not_race(pg_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            persist.migrate(pg_url)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert query(pg_url, "SELECT count(*) FROM reconcile_audit_schema_migrations") == [(1,)]
+
+
+def test_persist_writes_counts_digest_and_only_non_match_findings(state_url: str) -> None:
+    outcome = persist.persist_run(state_url, record(MIXED), MIXED)
+    assert outcome.ok and outcome.error is None
+    assert outcome.findings_written == 5 and outcome.results_rows == 5
+    runs = query(
+        state_url,
+        "SELECT run_key, tenant_id, status, total, match, mismatch, missing_on_chain, unlinked, error,"
+        " ledger_min, ledger_max FROM reconciliation_runs",
+    )
+    assert runs == [("run-1", "t1", "completed", 6, 1, 2, 1, 1, 1, 100, 120)]
+    stored = query(
+        state_url,
+        "SELECT finding_no, invoice_id, class, CAST(delta_base_units AS TEXT), flags, db_total_funded"
+        " FROM reconciliation_findings ORDER BY finding_no",
+    )
+    assert [row[:3] for row in stored] == [
+        (2, "INV-2", "mismatch"),
+        (3, "INV-3", "error"),
+        (4, "INV-4", "missing_on_chain"),
+        (5, "INV-5", "unlinked"),
+        (6, "INV-6", "mismatch"),
+    ]
+    assert stored[4][3] == "5000"
+    assert Decimal(str(stored[0][5])) == Decimal("12.50")
+
+
+def test_rerunning_a_run_key_replaces_the_run_and_its_findings(state_url: str) -> None:
+    assert persist.persist_run(state_url, record(MIXED), MIXED).ok
+    smaller = frame([finding("INV-1", "match"), finding("INV-9", "error")])
+    persist.start_run(state_url, "run-1", "t1", T0 + timedelta(hours=1))
+    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("running", 0)]
+    assert query(state_url, "SELECT count(*) FROM reconciliation_findings") == [(0,)]
+    outcome = persist.persist_run(state_url, record(smaller, started_at=T0 + timedelta(hours=1)), smaller)
+    assert outcome.ok
+    assert query(
+        state_url, "SELECT count(*), max(total), max(error), max(mismatch) FROM reconciliation_runs"
+    ) == [(1, 2, 1, 0)]
+    assert query(state_url, "SELECT invoice_id FROM reconciliation_findings") == [("INV-9",)]
+
+
+def test_amounts_at_the_i128_limits_stay_exact(state_url: str) -> None:
+    delta = str(2**128 - 1)  # database at i128 max, chain at i128 min: 39 digits, beyond i128
+    rows = frame(
+        [
+            finding(
+                "INV-X",
+                "mismatch",
+                db_funded_base_units=I128_MAX,
+                chain_funded_base_units=I128_MIN,
+                delta_base_units=delta,
+            )
+        ]
+    )
+    assert persist.persist_run(state_url, record(rows), rows).ok
+    stored = query(
+        state_url,
+        "SELECT CAST(db_funded_base_units AS TEXT), CAST(chain_funded_base_units AS TEXT),"
+        " CAST(delta_base_units AS TEXT) FROM reconciliation_findings",
+    )
+    assert stored == [(I128_MAX, I128_MIN, delta)]
+
+
+HOSTILE = (
+    "'; DROP TABLE reconciliation_runs; --",
+    'INV"); DELETE FROM reconciliation_findings; --',
+    "請求書-😀-ü",
+    "\u202eRTL\u202c",
+    "$1 $2 %s {}",
+    "x" * 5000,
+)
+
+
+def test_hostile_and_unicode_ids_are_stored_as_data(state_url: str) -> None:
+    rows = frame(
+        [
+            finding(invoice_id, "error", tenant_id=invoice_id, reason=f"bad {invoice_id}")
+            for invoice_id in HOSTILE
+        ]
+        + [finding("nul\x00byte", "error")]
+    )
+    outcome = persist.persist_run(state_url, record(rows, run_key=HOSTILE[0], tenant_id=HOSTILE[2]), rows)
+    assert outcome.ok, outcome.error
+    stored = query(state_url, "SELECT invoice_id, reason FROM reconciliation_findings ORDER BY finding_no")
+    assert [row[0] for row in stored] == [*HOSTILE, "nul\ufffdbyte"]
+    assert [row[1] for row in stored[: len(HOSTILE)]] == [f"bad {i}" for i in HOSTILE]
+    assert query(state_url, "SELECT run_key, tenant_id FROM reconciliation_runs") == [
+        (HOSTILE[0], HOSTILE[2])
+    ]
+    assert persist.latest_summary(state_url, HOSTILE[2], now=T0 + timedelta(hours=1)).run_key == HOSTILE[0]
+
+
+def test_results_json_is_capped_worst_first(state_url: str) -> None:
+    count = persist.RESULTS_JSON_CAP + 250
+    rows = frame(
+        [finding("OK", "match")]
+        + [finding(f"U-{i}", "unlinked") for i in range(200)]
+        + [finding(f"M-{i}", "mismatch", drift_rank=count - 200 - i) for i in range(count - 200)]
+    )
+    outcome = persist.persist_run(state_url, record(rows), rows)
+    assert outcome.ok and outcome.findings_written == count
+    assert outcome.results_rows == persist.RESULTS_JSON_CAP
+    (raw,) = query(state_url, "SELECT CAST(results AS TEXT) FROM reconciliation_runs")[0]
+    digest = json.loads(raw)
+    assert digest["cap"] == persist.RESULTS_JSON_CAP
+    assert digest["non_match"] == count and digest["omitted"] == 250
+    assert len(digest["rows"]) == persist.RESULTS_JSON_CAP
+    assert digest["rows"][0]["invoice_id"] == f"M-{count - 201}"  # drift_rank 1 first
+    assert {row["class"] for row in digest["rows"]} == {"mismatch"}  # unlinked ones are the omitted
+    assert set(digest["rows"][0]) == set(persist.RESULTS_COLUMNS)
+
+
+def test_dropped_findings_table_returns_not_ok_logs_and_marks_the_run_failed(
+    state_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    persist.migrate(state_url)
+    with connect(state_url) as conn:
+        conn.execute("DROP TABLE reconciliation_findings")
+        conn.commit()
+    with caplog.at_level(logging.ERROR, logger="reconcile_audit.persist"):
+        outcome = persist.persist_run(state_url, record(MIXED), MIXED)
+    assert not outcome.ok and outcome.marked_failed
+    assert "reconciliation_findings" in (outcome.error or "")
+    assert any(
+        "run-1" in r.getMessage() and "reconciliation_findings" in r.getMessage() for r in caplog.records
+    )
+    health = persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=1))
+    assert health.status == "failed" and "findings not stored" in (health.error or "")
+    assert health.counts is not None and health.counts.mismatch == 2
+    # The failed run keeps its mismatches in the monotonic counter.
+    assert persist.cumulative_mismatches(state_url, "t1") == 2
+
+
+def test_a_constraint_violation_rolls_back_the_whole_run(state_url: str) -> None:
+    good = persist.persist_run(state_url, record(MIXED), MIXED)
+    assert good.ok
+    broken = frame([finding("INV-2", "mismatch"), finding("INV-7", "mismatch", delta_base_units="12.5")])
+    outcome = persist.persist_run(state_url, record(broken), broken)
+    assert not outcome.ok and outcome.marked_failed
+    # The earlier findings of the key survive: the failed transaction changed nothing.
+    assert query(state_url, "SELECT count(*) FROM reconciliation_findings") == [(5,)]
+    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("failed", 2)]
+
+
+def test_a_frame_missing_columns_is_reported_not_raised(state_url: str) -> None:
+    outcome = persist.persist_run(state_url, record(MIXED), MIXED.drop("reason"))
+    assert not outcome.ok and "reason" in (outcome.error or "")
+
+
+def test_unreachable_database_returns_not_ok_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
+    url = "postgresql://auditor:pa55-w0rd-xyz@127.0.0.1:1/nowhere"
+    with caplog.at_level(logging.ERROR, logger="reconcile_audit.persist"):
+        outcome = persist.persist_run(url, record(MIXED), MIXED)
+    assert not outcome.ok and not outcome.marked_failed
+    assert outcome.error and "pa55-w0rd-xyz" not in outcome.error
+    assert caplog.records and all("pa55-w0rd-xyz" not in r.getMessage() for r in caplog.records)
+    with pytest.raises(PersistError) as raised:
+        persist.migrate(url)
+    assert "pa55-w0rd-xyz" not in str(raised.value)
+
+
+def test_run_record_refuses_inconsistent_counts_and_naive_times() -> None:
+    with pytest.raises(ValueError, match="sum to total"):
+        RunRecord(
+            "k",
+            None,
+            T0,
+            None,
+            "completed",
+            total=3,
+            match=1,
+            mismatch=1,
+            missing_on_chain=0,
+            unlinked=0,
+            error=0,
+        )
+    with pytest.raises(ValueError, match="timezone"):
+        RunRecord("k", None, datetime(2026, 1, 1), None, "running", **dict(RunCounts.zero()))
+    with pytest.raises(ValueError, match="status"):
+        RunRecord("k", None, T0, None, "done", **dict(RunCounts.zero()))  # type: ignore[arg-type]
+
+
+# --- health and the monotonic counter ------------------------------------------------------------
+
+
+def test_health_states(state_url: str, tmp_path: Path) -> None:
+    at = T0 + timedelta(hours=1)
+    assert persist.latest_summary(state_url, "t1", now=at).status == "not_run"
+    persist.start_run(state_url, "running-only", "t1", T0)
+    assert persist.latest_summary(state_url, "t1", now=at).status == "not_run"
+
+    clean = frame([finding("INV-1", "match")])
+    assert persist.persist_run(state_url, record(clean, run_key="clean"), clean).ok
+    health = persist.latest_summary(state_url, "t1", now=at)
+    assert health.status == "healthy" and health.run_key == "clean"
+    assert health.counts == RunCounts(total=1, match=1, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
+    assert (health.ledger_min, health.ledger_max) == (100, 120)
+    assert persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=26)).status == "stale"
+    assert persist.latest_summary(state_url, "t1", stale_after_hours=0.5, now=at).status == "stale"
+    # Other scopes are not this one's runs.
+    assert persist.latest_summary(state_url, None, now=at).status == "not_run"
+    assert persist.latest_summary(state_url, "t2", now=at).status == "not_run"
+
+    later = T0 + timedelta(days=1)
+    assert persist.persist_run(
+        state_url, record(MIXED, run_key="findings", started_at=later, finished_at=later), MIXED
+    ).ok
+    health = persist.latest_summary(state_url, "t1", now=later + timedelta(hours=1))
+    assert health.status == "findings" and health.counts is not None and health.counts.non_match == 5
+    data = json.loads(health.to_json())
+    assert data["status"] == "findings" and data["counts"]["non_match"] == 5 and data["counts"]["total"] == 6
+    assert datetime.fromisoformat(data["finished_at"]) == later
+
+    latest = later + timedelta(days=1)
+    failed = RunRecord(
+        "failed",
+        "t1",
+        latest,
+        latest,
+        "failed",
+        **dict(RunCounts.zero()),
+        error_message="cell 'ledger' failed",
+    )
+    assert persist.persist_run(state_url, failed, frame([])).ok
+    health = persist.latest_summary(state_url, "t1", now=latest + timedelta(hours=1))
+    assert health.status == "failed" and health.error == "cell 'ledger' failed"
+
+
+def test_health_of_a_missing_duckdb_file_does_not_create_it(tmp_path: Path) -> None:
+    path = tmp_path / "never.duckdb"
+    health = persist.latest_summary(f"duckdb://{path}")
+    assert health.status == "not_run" and json.loads(health.to_json())["status"] == "not_run"
+    assert not path.exists()
+
+
+def test_cumulative_mismatches_sums_runs_of_the_scope_once(state_url: str) -> None:
+    assert persist.cumulative_mismatches(state_url, "t1") == 0
+    assert persist.persist_run(state_url, record(MIXED, run_key="a"), MIXED).ok
+    assert persist.persist_run(state_url, record(MIXED, run_key="a"), MIXED).ok  # a re-run
+    assert persist.persist_run(state_url, record(MIXED, run_key="b", tenant_id=None), MIXED).ok
+    assert persist.persist_run(state_url, record(MIXED, run_key="c"), MIXED).ok
+    persist.start_run(state_url, "d", "t1", T0)
+    assert persist.cumulative_mismatches(state_url, "t1") == 4
+    assert persist.cumulative_mismatches(state_url, None) == 2
+
+
+# --- the lease --------------------------------------------------------------------------------
+
+
+def test_a_held_lease_refuses_a_second_run_and_names_the_holder(state_url: str) -> None:
+    with persist.run_lease(state_url, "t1", "nightly pid 42 on host-a") as lease:
+        assert lease.expires_at - lease.acquired_at == timedelta(hours=6)
+        with pytest.raises(LeaseHeldError) as raised, persist.run_lease(state_url, "t1", "second"):
+            pass
+        message = str(raised.value)
+        assert raised.value.exit_code == 3
+        assert "nightly pid 42 on host-a since" in message and "'t1'" in message
+        # Scopes are independent: another tenant, the all-tenants run, a tenant named "all".
+        for other in ("t2", None, "all"):
+            with persist.run_lease(state_url, other, "other"):
+                pass
+    with persist.run_lease(state_url, "t1", "second"):
+        pass
+    assert query(state_url, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
+
+
+def test_an_expired_lease_is_taken_over(state_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with ExitStack() as crashed:
+        # A holder that never releases, with a lease that has already expired by the next call.
+        crashed.enter_context(
+            persist.run_lease(state_url, None, "crashed run", ttl=timedelta(microseconds=1))
+        )
+        with caplog.at_level(logging.WARNING, logger="reconcile_audit.persist"):
+            with persist.run_lease(state_url, None, "new run"):
+                assert any("crashed run" in r.getMessage() for r in caplog.records)
+                crashed.close()  # the old holder finishes late: it must not free the new lease
+                with (
+                    pytest.raises(LeaseHeldError, match="new run"),
+                    persist.run_lease(state_url, None, "third"),
+                ):
+                    pass
+        assert any("taken over" in r.getMessage() for r in caplog.records)
+
+
+HOLD_LEASE = textwrap.dedent(
+    """
+    import sys
+    from reconcile_audit import persist
+    with persist.run_lease(sys.argv[1], "t1", "other process"):
+        print("held", flush=True)
+        sys.stdin.readline()
+    print("released", flush=True)
+    """
+)
+
+
+def test_the_lease_holds_across_processes(state_url: str) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LEASE, state_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "held"
+        # DuckDB: the child closed the file, so this process can open it and read the lease row.
+        with (
+            pytest.raises(LeaseHeldError, match="other process since"),
+            persist.run_lease(state_url, "t1", "me"),
+        ):
+            pass
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "released"
+    finally:
+        child.wait(timeout=30)
+    with persist.run_lease(state_url, "t1", "me"):
+        pass
+
+
+HOLD_FILE = textwrap.dedent(
+    """
+    import sys, duckdb
+    connection = duckdb.connect(sys.argv[1])
+    print("open", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_a_duckdb_file_open_in_another_process_counts_as_a_held_lease(tmp_path: Path) -> None:
+    path = tmp_path / "state.duckdb"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FILE, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(LeaseHeldError) as raised:
+            with persist.run_lease(f"duckdb://{path}", None, "me", lock_wait_seconds=0):
+                pass
+        assert f"process {child.pid}" in str(raised.value) and str(path) in str(raised.value)
+        child.stdin.write("\n")
+        child.stdin.flush()
+    finally:
+        child.wait(timeout=30)
+    with persist.run_lease(f"duckdb://{path}", None, "me"):
+        pass
+
+
+@pytest.mark.slow
+def test_one_hundred_thousand_findings_are_written_in_bulk(state_url: str) -> None:
+    count = 100_000
+    rows = frame([finding("OK", "match")]).vstack(
+        pl.DataFrame(
+            {
+                **{name: None for name in FINDINGS},
+                "invoice_id": [f"INV-{i:06d}" for i in range(count)],
+                "class": "mismatch",
+                "reason_code": "amount_differs",
+                "reason": "DB 1,250.00 USDC vs chain 1,249.99 USDC (chain under by 0.01)",
+                "delta_base_units": "100000",
+                "drift_rank": range(1, count + 1),
+                "flags": [["archived"]] * count,
+            },
+            schema=FINDINGS,
+        )
+    )
+    for _ in range(2):  # the second time replaces the first
+        outcome = persist.persist_run(state_url, record(rows), rows)
+        assert outcome.ok and outcome.findings_written == count
+    assert query(state_url, "SELECT count(*), count(DISTINCT invoice_id) FROM reconciliation_findings") == [
+        (count, count)
+    ]
