@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import json
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
+
+from reconcile_audit.deliver import build_email, send_email, write_artifacts
+from reconcile_audit.metrics import RunMetricsInput, build_registry
+from reconcile_audit.report import Report, RunSummary, render_report
+from reconcile_audit.schemas import FINDINGS
+from reconcile_audit.settings import Settings, load_settings
+
+PASSWORD = "s3cr3t-smtp-pa55"
+USER = "reconcile"
+
+
+@dataclass
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    def only_message(self) -> EmailMessage:
+        assert len(self.envelopes) == 1
+        raw = self.envelopes[0].original_content or self.envelopes[0].content
+        assert isinstance(raw, bytes)
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+def authenticate(
+    server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == USER.encode()
+        and auth_data.password == PASSWORD.encode()
+    )
+    # handled=False: aiosmtpd then answers 535 itself (its default, True, sends nothing).
+    return AuthResult(success=ok, handled=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def plain_smtp() -> Iterator[tuple[Inbox, int]]:
+    """No TLS, AUTH allowed in clear (a local relay)."""
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=authenticate,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield inbox, controller.port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
+    """STARTTLS required, AUTH required and only over TLS: what a real relay looks like."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=server_context,
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_required=True,
+        auth_require_tls=True,
+    )
+    controller.start()
+    try:
+        yield inbox, controller.port, client_context
+    finally:
+        controller.stop()
+
+
+def settings_for(
+    port: int, *, starttls: bool, login: bool = True, to: str = "ops@example.com,fin@example.com"
+) -> Settings:
+    params: dict[str, Any] = {
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_starttls": starttls,
+        "alert_email_to": to,
+        "alert_email_from": "audit@example.com",
+    }
+    environ = {}
+    if login:
+        params["smtp_user"] = USER
+        environ["SMTP_PASSWORD"] = PASSWORD
+    return load_settings(params, environ)
+
+
+def report_and_csv(tmp_path: Path) -> tuple[Report, Path, pl.DataFrame]:
+    findings = frame(realistic_rows())
+    report = render_report(findings, history_for(findings), facts())
+    paths = write_artifacts(
+        tmp_path,
+        findings,
+        report,
+        RunSummary.from_run(facts(), report.counts, report),
+        build_registry(RunMetricsInput(success=True, finished_at_epoch=1.0, duration_seconds=1.0)),
+    )
+    return report, paths.results_csv, findings
+
+
+def check_message(message: EmailMessage, report: Report, findings: pl.DataFrame) -> None:
+    assert message.get_content_type() == "multipart/mixed"
+    assert message["Subject"] == report.subject
+    assert "FINDINGS" in message["Subject"] and "3 mismatch" in message["Subject"]
+    parts = list(message.iter_parts())
+    alternative = parts[0]
+    assert alternative.get_content_type() == "multipart/alternative"
+    kinds = [p.get_content_type() for p in alternative.iter_parts()]
+    assert kinds == ["text/plain", "text/html"]  # the richest last: clients show the last they can
+    text_part, html_part = alternative.iter_parts()
+    assert text_part.get_content().replace("\r\n", "\n") == report.text
+    html = html_part.get_content().replace("\r\n", "\n")
+    assert html.rstrip("\n") == report.html.rstrip("\n")
+    assert len(html.encode()) < 100_000
+    attachments = list(message.iter_attachments())
+    assert [a.get_filename() for a in attachments] == ["results.csv"]
+    assert attachments[0].get_content_type() == "text/csv"
+    csv = pl.read_csv(io.StringIO(attachments[0].get_content()), infer_schema=False)
+    assert csv.height == findings.height
+    assert csv["invoice_id"].to_list() == findings["invoice_id"].to_list()
+
+
+def test_plain_smtp_with_login_receives_the_report(plain_smtp: tuple[Inbox, int], tmp_path: Path) -> None:
+    inbox, port = plain_smtp
+    report, csv_path, findings = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=False)
+    message = build_email(settings, report, facts(), [csv_path])
+    outcome = send_email(settings, message)
+    assert outcome.status == "sent", outcome.detail
+    assert outcome.message_bytes == len(message.as_bytes())
+    assert sorted(inbox.envelopes[0].rcpt_tos) == ["fin@example.com", "ops@example.com"]
+    check_message(inbox.only_message(), report, findings)
+
+
+def test_starttls_and_login_against_a_relay_that_requires_both(
+    tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path
+) -> None:
+    inbox, port, client_context = tls_smtp
+    report, csv_path, findings = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=True)
+    outcome = send_email(
+        settings, build_email(settings, report, facts(), [csv_path]), ssl_context=client_context
+    )
+    assert outcome.status == "sent", outcome.detail
+    check_message(inbox.only_message(), report, findings)
+
+
+def test_an_untrusted_certificate_fails_without_raising(
+    tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox, port, _ = tls_smtp
+    report, csv_path, _ = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=True)
+    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))  # system trust store
+    assert outcome.status == "failed" and "SSL" in outcome.detail
+    assert not inbox.envelopes
+    assert PASSWORD not in caplog.text
+
+
+def test_credentials_are_never_sent_in_clear_when_starttls_is_wanted(
+    plain_smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    inbox, port = plain_smtp
+    report, csv_path, _ = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=True)  # the plain server offers no STARTTLS
+    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))
+    assert outcome.status == "failed" and "STARTTLS" in outcome.detail
+    assert not inbox.envelopes
+
+
+def test_wrong_password_is_reported_redacted(
+    plain_smtp: tuple[Inbox, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox, port = plain_smtp
+    report, csv_path, _ = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=False).with_changes(smtp_user="intruder")
+    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))
+    assert outcome.status == "failed" and "Authentication" in outcome.detail
+    assert not inbox.envelopes
+    assert PASSWORD not in caplog.text and PASSWORD not in outcome.detail
+
+
+def test_no_recipients_means_skipped_and_no_server_means_failed(tmp_path: Path) -> None:
+    report, csv_path, _ = report_and_csv(tmp_path)
+    quiet = settings_for(free_port(), starttls=False, to="")
+    assert send_email(quiet, build_email(quiet, report, facts(), [csv_path])).status == "skipped"
+    closed = settings_for(free_port(), starttls=False)
+    outcome = send_email(closed, build_email(closed, report, facts(), [csv_path]), timeout_seconds=5)
+    assert outcome.status == "failed" and "ConnectionRefused" in outcome.detail
+
+
+def test_artifacts(tmp_path: Path) -> None:
+    rows = [
+        *realistic_rows(),
+        finding(
+            '=HYPERLINK("http://x")', "error", reason="bad id", flags=["null_total", "duplicate_summary"]
+        ),
+        mismatch("NEG-1", 100, 10_000_000, drift_rank=9),
+    ]
+    findings = frame(rows)
+    report = render_report(findings, None, facts())
+    summary = RunSummary.from_run(facts(), report.counts, report)
+    registry = build_registry(RunMetricsInput(success=True, finished_at_epoch=1.0, duration_seconds=1.0))
+    paths = write_artifacts(tmp_path / "run-1", findings, report, summary, registry)
+
+    assert paths.report_html.read_text() == report.html
+    assert paths.report_txt.read_text() == report.text
+    data = json.loads(paths.summary_json.read_text())
+    assert data["run_id"] == "20261124T020003Z-acme" and data["status"] == "findings"
+    assert data["total"] == findings.height == sum(data["counts"].values())
+    assert "escrow_reconciliation_mismatches_total" not in paths.metrics_prom.read_text()  # none given
+    assert "escrow_reconciliation_last_run_success 1.0" in paths.metrics_prom.read_text()
+
+    parquet = pl.read_parquet(paths.results_parquet)
+    assert parquet.schema == FINDINGS
+    assert parquet.equals(findings)
+
+    csv = pl.read_csv(paths.results_csv, infer_schema=False)
+    assert csv.columns == list(FINDINGS)
+    by_id = {row["invoice_id"]: row for row in csv.iter_rows(named=True)}
+    hostile = by_id['\'=HYPERLINK("http://x")']  # a formula stays text in a spreadsheet
+    assert hostile["flags"] == "duplicate_summary;null_total"
+    negative = by_id["NEG-1"]
+    assert negative["delta_base_units"] == str(100 * 100_000 - 10_000_000)  # the sign is kept
+    assert negative["db_total_funded"] == "1.00"
+
+
+def test_artifacts_of_a_failed_run_have_the_documented_columns(tmp_path: Path) -> None:
+    failed = facts(status="failed", failure_message="boom")
+    report = render_report(None, None, failed)
+    registry = build_registry(RunMetricsInput(success=False, finished_at_epoch=1.0, duration_seconds=1.0))
+    paths = write_artifacts(tmp_path, None, report, RunSummary.from_run(failed, report.counts), registry)
+    assert pl.read_parquet(paths.results_parquet).schema == FINDINGS
+    assert json.loads(paths.summary_json.read_text())["status"] == "failed"
+    assert "last_success" not in paths.metrics_prom.read_text()
