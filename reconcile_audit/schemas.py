@@ -92,6 +92,40 @@ FINDINGS: Final = pl.Schema(
 )
 
 
+# --- history: FINDINGS compared with earlier runs of the same tenant scope --------------------
+FINDING_STATES: Final = ("new", "persisting")
+HISTORY_FINDINGS: Final = pl.Schema(
+    {
+        **FINDINGS,
+        "finding_state": pl.String,  # new | persisting for non-match rows; null for match
+        "first_seen_at": pl.Datetime("us", "UTC"),  # start of the current unbroken streak; null for match
+        "age_days": pl.Int64,  # whole days since first_seen_at; null for match
+    }
+)
+# Non-match in the previous completed run, now match or no longer extracted.
+RESOLVED_FINDINGS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "contract_id": pl.String,  # as in the previous run
+        "class": pl.String,  # the previous run's class
+        "reason_code": pl.String,  # the previous run's
+        "reason": pl.String,  # the previous run's
+        "first_seen_at": pl.Datetime("us", "UTC"),
+        "resolved_as": pl.String,  # match | not_extracted
+    }
+)
+# The last runs (earlier completed ones, then the current run), oldest first.
+TREND: Final = pl.Schema(
+    {
+        "run_key": pl.String,
+        "started_at": pl.Datetime("us", "UTC"),
+        "total": pl.Int64,
+        **{name: pl.Int64 for name in CLASSES},
+        "current": pl.Boolean,  # the run being compared (not yet persisted)
+    }
+)
+
 def conform(frame: pl.DataFrame, schema: pl.Schema, stage: str) -> pl.DataFrame:
     """Check ``frame`` has every column of ``schema`` with castable types; return it in order.
 

@@ -1,0 +1,182 @@
+"""History: each finding measured against the earlier runs of the same tenant scope.
+
+Reads the state database that :mod:`reconcile_audit.persist` writes, with two queries over the
+runs and the (invoice, run)-indexed findings table, then joins them with the current frame in
+polars; nothing is asked per invoice. Only completed runs count as history: a failed run's
+findings are not a reliable picture of the ledger.
+
+A non-match invoice is ``new`` unless it was a non-match in the previous completed run; then it
+is ``persisting``, and ``first_seen_at`` is the start of the first run of its current unbroken
+streak of non-match runs. Invoices that were non-match in the previous run and are now a match
+or no longer extracted are ``resolved``. Invoices are matched by ``invoice_id`` (unique in the
+source); a row without one is always new.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import polars as pl
+
+from reconcile_audit.db import read_sql
+from reconcile_audit.persist import (
+    RunCounts,
+    as_utc,
+    describe_error,
+    read_frame,
+    state_database_missing,
+    state_session,
+    table_exists,
+)
+from reconcile_audit.schemas import CLASSES, FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND, conform
+from reconcile_audit.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TREND_RUNS: Final = 30
+"""Runs in the trend, the current one included."""
+
+
+@dataclass(frozen=True)
+class HistoryComparison:
+    """The current findings against earlier runs.
+
+    ``findings``: :data:`~reconcile_audit.schemas.HISTORY_FINDINGS` (FINDINGS plus
+    ``finding_state``, ``first_seen_at``, ``age_days``), rows in the input's order.
+    ``resolved``: :data:`~reconcile_audit.schemas.RESOLVED_FINDINGS`. ``trend``:
+    :data:`~reconcile_audit.schemas.TREND`, at most :data:`TREND_RUNS` runs, oldest first, the
+    current run last. ``previous_counts``: the previous completed run's counts, or ``None``.
+    ``warning``: why the history is empty when the state database could not be read.
+    """
+
+    findings: pl.DataFrame
+    resolved: pl.DataFrame
+    trend: pl.DataFrame
+    previous_counts: RunCounts | None
+    previous_run_key: str | None
+    earlier_runs: int  # earlier completed runs in the trend
+    warning: str | None = None
+
+
+_PREVIOUS_FINDINGS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "contract_id": pl.String,
+        "class": pl.String,
+        "reason_code": pl.String,
+        "reason": pl.String,
+        "first_seen_at": pl.Datetime("us", "UTC"),
+        "streak_runs": pl.Int64,
+    }
+)
+_PREVIOUS_RUNS: Final = pl.Schema(
+    {"run_key": pl.String, "started_at": pl.Datetime("us", "UTC"), "total": pl.Int64}
+    | {name: pl.Int64 for name in CLASSES}
+)
+
+
+def _read_history(
+    url: str, tenant_id: str | None, run_key: str, now: datetime
+) -> tuple[pl.DataFrame, pl.DataFrame, str | None]:
+    """(earlier runs newest first, the previous run's findings with streak starts, warning)."""
+    empty = (pl.DataFrame(schema=_PREVIOUS_RUNS), pl.DataFrame(schema=_PREVIOUS_FINDINGS))
+    if state_database_missing(url):
+        return *empty, "no earlier runs: the state database does not exist yet"
+    params = (tenant_id, run_key, now)
+    with state_session(url, lock_wait_seconds=2.0) as conn:
+        if not (table_exists(conn, "reconciliation_runs") and table_exists(conn, "reconciliation_findings")):
+            return *empty, "no earlier runs: the state database has no reconciliation tables yet"
+        runs = read_frame(conn, read_sql("history/previous_runs.sql"), (*params, TREND_RUNS - 1))
+        previous = read_frame(conn, read_sql("history/previous_findings.sql"), params)
+    return conform(runs, _PREVIOUS_RUNS, "history"), conform(previous, _PREVIOUS_FINDINGS, "history"), None
+
+
+def _marked(current: pl.DataFrame, previous: pl.DataFrame, now: datetime) -> pl.DataFrame:
+    since = previous.select("invoice_id", pl.col("first_seen_at").alias("_since")).unique("invoice_id")
+    non_match = pl.col("class").ne_missing("match")
+    first_seen = pl.coalesce("_since", pl.lit(now, dtype=pl.Datetime("us", "UTC")))
+    return (
+        current.join(since, on="invoice_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.when(non_match)
+            .then(pl.when(pl.col("_since").is_not_null()).then(pl.lit("persisting")).otherwise(pl.lit("new")))
+            .alias("finding_state"),
+            pl.when(non_match).then(first_seen).alias("first_seen_at"),
+        )
+        .with_columns(
+            (pl.lit(now, dtype=pl.Datetime("us", "UTC")) - pl.col("first_seen_at"))
+            .dt.total_days()
+            .alias("age_days")
+        )
+        .drop("_since")
+    )
+
+
+def _resolved(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    now_class = current.filter(pl.col("invoice_id").is_not_null()).select(
+        "invoice_id", pl.col("class").alias("_now_class")
+    )
+    return (
+        previous.join(
+            now_class.unique("invoice_id", keep="first"), on="invoice_id", how="left", maintain_order="left"
+        )
+        .filter(pl.col("_now_class").is_null() | (pl.col("_now_class") == "match"))
+        .with_columns(
+            pl.when(pl.col("_now_class").is_null())
+            .then(pl.lit("not_extracted"))
+            .otherwise(pl.lit("match"))
+            .alias("resolved_as")
+        )
+        .select(list(RESOLVED_FINDINGS))
+    )
+
+
+def _trend(runs: pl.DataFrame, current: pl.DataFrame, run_key: str, now: datetime) -> pl.DataFrame:
+    per_class = {name: current.filter(pl.col("class") == name).height for name in CLASSES}
+    this_run = pl.DataFrame(
+        [{"run_key": run_key, "started_at": now, "total": current.height, **per_class, "current": True}],
+        schema=TREND,
+    )
+    earlier = runs.reverse().with_columns(pl.lit(False).alias("current"))
+    return pl.concat([conform(earlier, TREND, "history"), this_run]).tail(TREND_RUNS)
+
+
+def compare_with_history(
+    findings: pl.DataFrame, settings: Settings, *, run_key: str, now: datetime
+) -> HistoryComparison:
+    """Mark each finding new or persisting, list the resolved ones and the trend of the last runs.
+
+    Reads ``settings.state_database_url`` for ``settings.tenant_id``'s scope, excluding
+    ``run_key`` itself and runs that started at or after ``now``. An unreadable or empty state
+    database gives an empty history (every non-match row new) and a logged warning; it never
+    raises over the findings.
+    """
+    now = as_utc(now)
+    current = conform(findings, FINDINGS, "history")
+    url = settings.state_database_url.reveal()
+    try:
+        runs, previous, warning = _read_history(url, settings.tenant_id, run_key, now)
+    except Exception as exc:
+        runs, previous = pl.DataFrame(schema=_PREVIOUS_RUNS), pl.DataFrame(schema=_PREVIOUS_FINDINGS)
+        warning = f"history unavailable, every finding is marked new: {describe_error(exc, url)}"
+    if warning is not None:
+        logger.warning("history for run %r: %s", run_key, warning)
+    previous_run = runs.row(0, named=True) if runs.height else None
+    marked = conform(_marked(current, previous, now), HISTORY_FINDINGS, "history")
+    return HistoryComparison(
+        findings=marked,
+        resolved=_resolved(current, previous),
+        trend=_trend(runs, current, run_key, now),
+        previous_counts=(
+            RunCounts(**{name: int(previous_run[name]) for name in ("total", *CLASSES)})
+            if previous_run
+            else None
+        ),
+        previous_run_key=previous_run["run_key"] if previous_run else None,
+        earlier_runs=runs.height,
+        warning=warning,
+    )
