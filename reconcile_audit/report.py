@@ -245,6 +245,7 @@ class StateRow:
     age_days: str
     first_seen: str
     reason: str
+    resolved_as: str  # resolved rows only: "now matches" or "no longer extracted"
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,10 @@ def _finding_row(row: Mapping[str, Any]) -> FindingRow:
     )
 
 
-def _state_row(row: Mapping[str, Any], *, previous: bool = False) -> StateRow:
+_RESOLVED_AS: Final = {"match": "now matches", "not_extracted": "no longer extracted"}
+
+
+def _state_row(row: Mapping[str, Any]) -> StateRow:
     first_seen = row.get("first_seen_at")
     age = row.get("age_days")
     return StateRow(
@@ -348,6 +352,7 @@ def _state_row(row: Mapping[str, Any], *, previous: bool = False) -> StateRow:
         if isinstance(first_seen, datetime)
         else _plain(first_seen),
         reason=_plain(row["reason"]),
+        resolved_as=_RESOLVED_AS.get(row.get("resolved_as") or "", _plain(row.get("resolved_as"))),
     )
 
 
@@ -392,9 +397,11 @@ def _trend_rows(
             label = started.strftime("%Y-%m-%d %H:%M") if isinstance(started, datetime) else _plain(started)
             values = {c: int(row.get(c) or 0) for c in CLASSES}
             values["total"] = int(row.get("total") or sum(values.values()))
-            runs.append((label, _plain(row.get("run_key")), values, False))
-    if facts.status != "failed" and all(key != facts.run_id for _, key, _, _ in runs):
-        # History compares before persisting, so the trend may not hold this run yet.
+            key = _plain(row.get("run_key"))
+            current = bool(row.get("current")) or key == facts.run_id
+            runs.append((label, key, values, current))
+    if facts.status != "failed" and not any(current for *_, current in runs):
+        # A trend read before this run was stored does not hold it yet.
         runs.append((facts.started_at.strftime("%Y-%m-%d %H:%M"), facts.run_id, dict(counts), True))
     runs = runs[-TREND_RUNS:]
     scale = max((v["total"] - v["match"] for _, _, v, _ in runs), default=0)
@@ -467,6 +474,7 @@ def _view(
     lists: _Lists,
     trend: tuple[TrendRow, ...],
     has_history: bool,
+    history_warning: str | None,
     redact: Callable[[str], str],
 ) -> dict[str, Any]:
     total = counts["total"]
@@ -512,6 +520,7 @@ def _view(
         "total": _format_count(total),
         "total_change": _format_change(total, prev_total),
         "has_history": has_history,
+        "history_warning": _plain(redact(history_warning)) if history_warning else "",
         "has_previous": previous is not None,
         "new": lists.new,
         "persisting": lists.persisting,
@@ -575,9 +584,12 @@ def render_report(
     cap = max(max_bytes // _MIN_ROW_BYTES, 0)
     lists = _lists(frame, history, cap)
     trend = _trend_rows(None if history is None else history.trend, facts, counts)
+    history_warning: str | None = getattr(history, "warning", None)
 
     def view_for(limit: int) -> dict[str, Any]:
-        return _view(facts, counts, previous, lists.cut(limit), trend, history is not None, redact)
+        return _view(
+            facts, counts, previous, lists.cut(limit), trend, history is not None, history_warning, redact
+        )
 
     # Longest cut that fits: size grows with the limit, so bisect on the final inlined bytes.
     low, high = 0, min(lists.longest, cap)

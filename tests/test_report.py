@@ -119,7 +119,7 @@ def test_new_persisting_resolved_and_worst_first() -> None:
     persisting = text[text.index("Persisting findings") : text.index("Resolved since")]
     assert persisting.index("INV-2026-10005") < persisting.index("INV-2026-10001")  # oldest first
     assert "for 12 days, first seen 2026-11-12" in persisting
-    assert "INV-2026-00999 [was Mismatch]" in text
+    assert "INV-2026-00999 [was Mismatch, now matches]" in text
     worst = text[text.index("FINDINGS, WORST FIRST") : text.index("ARCHIVED AND")]
     order = [worst.index(i) for i in ("INV-2026-10003", "INV-2026-10002", "INV-2026-10001", "INV-2026-10004")]
     assert order == sorted(order)

@@ -138,7 +138,10 @@ def history_for(
     runs: int = 29,
     previous_counts: Mapping[str, int] | None = None,
 ) -> SampleHistory:
-    """``persisting``: invoice_id -> age in days; every other non-match finding is new."""
+    """``persisting``: invoice_id -> age in days; every other non-match finding is new.
+
+    The trend holds ``runs`` earlier runs, then the current one (``current`` true), as
+    history.compare_with_history returns it."""
     persisting = dict(persisting or {})
     with_state = findings.with_columns(
         pl.when(pl.col("class") == "match")
@@ -162,7 +165,10 @@ def history_for(
                 "tenant_id": "acme",
                 "class": cls,
                 "reason": reason,
+                "contract_id": CONTRACT,
+                "reason_code": cls,
                 "first_seen_at": STARTED - timedelta(days=3),
+                "resolved_as": "match",
             }
             for inv, cls, reason in resolved
         ],
@@ -171,7 +177,10 @@ def history_for(
             "tenant_id": pl.String,
             "class": pl.String,
             "reason": pl.String,
+            "contract_id": pl.String,
+            "reason_code": pl.String,
             "first_seen_at": pl.Datetime("us", "UTC"),
+            "resolved_as": pl.String,
         },
     )
     trend_rows = []
@@ -189,8 +198,14 @@ def history_for(
                 "started_at": STARTED - timedelta(days=runs - i),
                 "total": sum(counts.values()),
                 **counts,
+                "current": False,
             }
         )
+    current = {c: findings.filter(pl.col("class") == c).height for c in CLASSES}
+    previous_rows = list(trend_rows)
+    trend_rows.append(
+        {"run_key": "current", "started_at": STARTED, "total": findings.height, **current, "current": True}
+    )
     trend = pl.DataFrame(
         trend_rows,
         schema={
@@ -198,10 +213,11 @@ def history_for(
             "started_at": pl.Datetime("us", "UTC"),
             "total": pl.Int64,
             **dict.fromkeys(CLASSES, pl.Int64),
+            "current": pl.Boolean,
         },
     )
-    if previous_counts is None and trend_rows:
-        previous_counts = {c: trend_rows[-1][c] for c in CLASSES}
+    if previous_counts is None and previous_rows:
+        previous_counts = {c: previous_rows[-1][c] for c in CLASSES}
     return SampleHistory(with_state, resolved_frame, trend, previous_counts)
 
 
