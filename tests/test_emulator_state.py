@@ -242,3 +242,35 @@ def test_fast_struct_equals_sdk() -> None:
     for shape in ("standard", "escrow_extra_fields"):
         spec = dataclasses.replace(_escrow(), storage_shape=shape)
         assert encode.escrow_struct_xdr(spec) == escrow_struct(spec).to_xdr_bytes()
+
+
+@pytest.mark.parametrize("with_code", [True, False])
+def test_fast_transaction_data_equals_sdk(with_code: bool) -> None:
+    from reconcile_audit.emulator.state import ESCROW_WASM_HASH
+
+    contract = _escrow().contract_id
+    keys = [instance_key(contract)]
+    if with_code:
+        keys.append(
+            stellar_xdr.LedgerKey(
+                type=stellar_xdr.LedgerEntryType.CONTRACT_CODE,
+                contract_code=stellar_xdr.LedgerKeyContractCode(hash=stellar_xdr.Hash(ESCROW_WASM_HASH)),
+            )
+        )
+    expected = stellar_xdr.SorobanTransactionData(
+        ext=stellar_xdr.SorobanTransactionDataExt(0),
+        resources=stellar_xdr.SorobanResources(
+            footprint=stellar_xdr.LedgerFootprint(read_only=keys, read_write=[]),
+            instructions=stellar_xdr.Uint32(123_456),
+            disk_read_bytes=stellar_xdr.Uint32(7),
+            write_bytes=stellar_xdr.Uint32(0),
+        ),
+        resource_fee=stellar_xdr.Int64(90_353),
+    ).to_xdr_bytes()
+    fast_keys = [encode.instance_key_xdr(contract)]
+    if with_code:
+        fast_keys.append(encode.contract_code_key_xdr(ESCROW_WASM_HASH))
+    fast = encode.soroban_transaction_data_xdr(
+        fast_keys, instructions=123_456, disk_read_bytes=7, write_bytes=0, resource_fee=90_353
+    )
+    assert fast == expected

@@ -93,6 +93,29 @@ def instance_key_xdr(contract_id: str) -> bytes:
     return _CONTRACT_DATA + sc_address_xdr(contract_id) + _INSTANCE_KEY_TAIL
 
 
+def contract_code_key_xdr(wasm_hash: bytes) -> bytes:
+    """XDR of the ``LedgerKey`` of a contract's Wasm code entry."""
+    return _U32(stellar_xdr.LedgerEntryType.CONTRACT_CODE.value) + wasm_hash
+
+
+def soroban_transaction_data_xdr(
+    read_only: list[bytes], *, instructions: int, disk_read_bytes: int, write_bytes: int, resource_fee: int
+) -> bytes:
+    """XDR of a ``SorobanTransactionData`` (ext v0) with a read-only footprint of encoded keys."""
+    return b"".join(
+        (
+            _U32(0),  # ext v0
+            _U32(len(read_only)),
+            *read_only,
+            _U32(0),  # no read-write keys: the invocations are read-only
+            _U32(instructions),
+            _U32(disk_read_bytes),
+            _U32(write_bytes),
+            _I64(resource_fee),
+        )
+    )
+
+
 def _xdr(value: stellar_xdr.SCVal) -> bytes:
     return value.to_xdr_bytes()
 
@@ -193,9 +216,11 @@ def token_entry_xdr(spec: state.TokenSpec) -> bytes:
 
 
 __all__ = [
+    "contract_code_key_xdr",
     "escrow_entry_xdr",
     "escrow_struct_xdr",
     "instance_key_xdr",
     "sc_address_xdr",
+    "soroban_transaction_data_xdr",
     "token_entry_xdr",
 ]
