@@ -1,0 +1,180 @@
+"""The ``reconcile-audit`` command: run, demo, summary, migrate.
+
+Exit codes (DESIGN.md): 0 clean, 1 findings, 2 the run failed, 3 another run holds the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconcile_audit import __version__
+from reconcile_audit.errors import ReconcileAuditError
+from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
+from reconcile_audit.runner import EXIT_FAILED, RunOutcome, RunRequest
+
+app = typer.Typer(
+    name="reconcile-audit",
+    help="Nightly escrow reconciliation audit: database invoices against Soroban escrow contracts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+OutputDir = Annotated[
+    Path, typer.Option("--output-dir", "-o", help="Artifacts go to <output-dir>/<run_id>/.")
+]
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parse_parameters(pairs: list[str]) -> dict[str, str]:
+    """``-p name value`` arrives as a flat list ``[name, value, name, value]``; ``name=value`` also works."""
+    parameters: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{pair!r}: expected name=value", param_hint="-p/--parameter")
+        parameters[name.strip()] = value
+    return parameters
+
+
+def _finish(outcome: RunOutcome) -> None:
+    stream = sys.stdout if outcome.exit_code in (0, 1) else sys.stderr
+    print(outcome.message, file=stream)
+    if outcome.failed_cell:
+        print(f"failed cell: {outcome.failed_cell}", file=sys.stderr)
+    if outcome.run_dir and outcome.run_dir.exists():
+        print(f"run folder: {outcome.run_dir}", file=stream)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def run(
+    parameter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--parameter",
+            "-p",
+            help="Notebook parameter as name=value (repeatable). See `papermill --help-notebook`.",
+        ),
+    ] = None,
+    output_dir: OutputDir = DEFAULT_OUTPUT_DIR,
+    tenant: Annotated[str | None, typer.Option(help="Reconcile one tenant only.")] = None,
+    run_key: Annotated[
+        str | None, typer.Option(help="Idempotency key; default: <tenant or all>:<UTC date>.")
+    ] = None,
+    prepare_only: Annotated[
+        bool, typer.Option("--prepare-only", help="Write the parameterised notebook without running it.")
+    ] = False,
+    deliver: Annotated[
+        bool, typer.Option(help="Send the email and push metrics when they are configured.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Execute the audit notebook and write report, results and metrics to <output-dir>/<run_id>/.
+
+    Exit 0 clean, 1 findings, 2 failed, 3 another run holds the lease. Secrets come from the
+    environment only (DATABASE_URL's password, SMTP_PASSWORD), never from -p.
+    """
+    from reconcile_audit import runner
+
+    _configure_logging(verbose)
+    parameters: dict[str, object] = dict(_parse_parameters(parameter or []))
+    if tenant is not None:
+        parameters["tenant_id"] = tenant
+    if run_key is not None:
+        parameters["run_key"] = run_key
+    request = RunRequest(
+        parameters=parameters,
+        output_dir=output_dir,
+        prepare_only=prepare_only,
+        deliver=deliver,
+        progress_bar=sys.stderr.isatty(),
+    )
+    _finish(runner.run(request))
+
+
+@app.command()
+def demo(
+    invoices: Annotated[int, typer.Option(min=50, help="Synthetic invoices to reconcile.")] = 10_000,
+    output_dir: OutputDir = DEFAULT_OUTPUT_DIR,
+    history_runs: Annotated[
+        int, typer.Option(min=0, max=10, help="Earlier nightly runs to replay first, for the trend.")
+    ] = 3,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Build a local demo database and emulator, then run the same audit as `run` (no network)."""
+    from reconcile_audit import demo as demo_module
+
+    _configure_logging(verbose)
+    outcome = demo_module.run_demo(
+        invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
+    )
+    if outcome.run_dir is not None and (outcome.run_dir / "report.html").exists():
+        print(f"report: {outcome.run_dir / 'report.html'}")
+    _finish(outcome)
+
+
+@app.command()
+def summary(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
+    tenant: Annotated[str | None, typer.Option(help="The tenant's latest run.")] = None,
+) -> None:
+    """The latest run and the health status: not_run, stale, healthy, findings or failed."""
+    from reconcile_audit import persist
+    from reconcile_audit.settings import load_settings
+
+    try:
+        settings = load_settings({"tenant_id": tenant} if tenant else {})
+        health = persist.latest_summary(
+            settings.state_database_url.reveal(),
+            settings.tenant_id,
+            stale_after_hours=settings.stale_after_hours,
+        )
+    except ReconcileAuditError as exc:
+        print(f"summary: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from exc
+    if as_json:
+        print(health.to_json())
+    else:
+        data = json.loads(health.to_json())
+        for key, value in data.items():
+            print(f"{key}: {value}")
+
+
+@app.command()
+def migrate() -> None:
+    """Create or update the tool's own tables in the state database (idempotent)."""
+    from reconcile_audit import persist
+    from reconcile_audit.settings import load_settings, redact_url
+
+    try:
+        settings = load_settings({})
+        url = settings.state_database_url.reveal()
+        persist.migrate(url)
+    except ReconcileAuditError as exc:
+        print(f"migrate: {exc}", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILED) from exc
+    print(f"migrated {redact_url(url)}")
+
+
+@app.command()
+def version() -> None:
+    """Print the tool's version."""
+    print(__version__)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

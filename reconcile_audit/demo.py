@@ -1,0 +1,434 @@
+"""The embedded demo: synthetic invoices in a DuckDB file, their escrows on a loopback emulator.
+
+``reconcile-audit demo`` builds both, replays a few earlier nights through the real stages (on
+slightly different ledger states, so the report's trend, new, persisting and resolved sections
+show real history), then runs the same notebook as ``reconcile-audit run``. The notebook's own
+stored defaults use :func:`embedded_demo` to be self-sufficient (nbval runs it that way).
+
+Every class and every flag is planted at least once; :attr:`DemoData.planted` says where, for
+the tests. The data is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final
+
+import polars as pl
+
+from reconcile_audit import db, sourcedb
+from reconcile_audit.emulator.server import Emulator
+from reconcile_audit.emulator.state import (
+    EscrowSpec,
+    LedgerState,
+    TokenSpec,
+    random_account_id,
+    random_contract_id,
+)
+from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
+
+log = logging.getLogger(__name__)
+
+LEDGERS_PER_DAY: Final = 17_280  # 5-second ledgers
+LATEST_LEDGER: Final = 2_000_000
+TENANTS: Final = ("acme", "globex", "initech")
+RECONCILABLE: Final = ("linked_escrow", "funded", "partially_funded")
+DEMO_DATABASE: Final = "demo.duckdb"
+BASE_TIME: Final = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+# kind -> how many invoices carry it. Every class and flag of schemas.CLASSES / FLAGS appears.
+PLANTED_KINDS: Final = (
+    "mismatch_db_over",  # chain holds less than the database says
+    "mismatch_chain_over",  # chain holds more (new tonight)
+    "mismatch_new_large",  # a large new drift (new tonight)
+    "invoice_id_mismatch",  # the escrow's invoice_id is another invoice's
+    "missing_instance",  # valid address, no contract instance on chain
+    "no_escrow",  # instance without Escrow in its storage
+    "unlinked",  # no escrow address known
+    "bad_checksum",  # address with a wrong strkey checksum
+    "invalid_invoice_id",  # fails the backend's id rule
+    "hostile_invoice_id",  # markup as an id: must render as text
+    "unknown_decimals",  # funding token without METADATA and no configured decimals
+    "archived",  # liveUntilLedgerSeq 0
+    "ttl_expiring",  # TTL ends within the warning window
+    "duplicate_summary",  # two escrow_summaries rows
+    "null_total",  # NULL total_funded, escrow funded 0: a match with the flag
+    "no_summary",  # no summary row at all, escrow funded: a mismatch with the flag
+    "mapped_address",  # address from ESCROW_ADDR_BY_INVOICE, not escrow_operations
+)
+NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """Source rows (the three ``sourcedb`` frames), the ledger state, and where findings were planted."""
+
+    invoices: pl.DataFrame
+    summaries: pl.DataFrame
+    operations: pl.DataFrame
+    escrows: tuple[EscrowSpec, ...]
+    tokens: tuple[TokenSpec, ...]
+    escrow_addr_by_invoice: str
+    planted: Mapping[str, tuple[str, ...]]  # kind -> invoice ids
+    # nights_ago -> {contract_id: funded_amount} on that night, for the replayed history.
+    earlier_funding: Mapping[int, Mapping[str, int]]
+    latest_ledger: int = LATEST_LEDGER
+
+    def ledger_state(self, nights_ago: int = 0) -> LedgerState:
+        """The chain as it was ``nights_ago`` nights before tonight."""
+        overrides = self.earlier_funding.get(nights_ago, {}) if nights_ago else {}
+        escrows = tuple(
+            replace(spec, funded_amount=overrides[spec.contract_id])
+            if spec.contract_id in overrides
+            else spec
+            for spec in self.escrows
+        )
+        return LedgerState(
+            latest_ledger=self.latest_ledger - nights_ago * LEDGERS_PER_DAY,
+            escrows=escrows,
+            tokens=self.tokens,
+        )
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _money(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def _broken_checksum(contract_id: str) -> str:
+    """Same length and alphabet, one character changed: the strkey checksum no longer holds."""
+    position = 20
+    swapped = "B" if contract_id[position] != "B" else "C"
+    return contract_id[:position] + swapped + contract_id[position + 1 :]
+
+
+def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int = 3) -> DemoData:
+    """``invoices`` reconcilable invoices (plus a few the extract must skip), their escrows, and
+    the planted findings. ``history_nights`` earlier nights get their own drifts, resolved since.
+    """
+    if invoices < 50:
+        raise ValueError("the demo needs at least 50 invoices to plant every finding")
+    rng = random.Random(seed)
+    tokens = {
+        "USDC": TokenSpec(contract_id=random_contract_id(rng), decimals=7, name="USD Coin", symbol="USDC"),
+        "EURC": TokenSpec(contract_id=random_contract_id(rng), decimals=6, name="Euro Coin", symbol="EURC"),
+        "NOMETA": TokenSpec(contract_id=random_contract_id(rng), decimals=None, name="Legacy", symbol="LGCY"),
+    }
+    admin = random_account_id(rng)
+    invoice_rows: list[dict[str, Any]] = []
+    summary_rows: list[dict[str, Any]] = []
+    operation_rows: list[dict[str, Any]] = []
+    escrows: list[EscrowSpec] = []
+    planted: dict[str, list[str]] = {kind: [] for kind in PLANTED_KINDS}
+    mappings: list[dict[str, Any]] = []
+    tonight_only: dict[str, int] = {}  # contract_id -> funded amount that matched on earlier nights
+    regular: list[tuple[str, int]] = []  # (contract_id, funded) of plain matching escrows
+
+    # The first invoices carry the planted kinds, in order; the rest are plain matches.
+    plan = [*PLANTED_KINDS, "mismatch_db_over", "archived", "unlinked"]
+    for n in range(invoices):
+        kind = plan[n] if n < len(plan) else None
+        pk = _uuid(rng)
+        invoice_id = f"INV_{n:07d}"
+        currency = "EURC" if rng.random() < 0.25 else "USDC"
+        if kind == "unknown_decimals":
+            currency = "LGCY"
+        token = tokens["NOMETA" if kind == "unknown_decimals" else currency]
+        decimals = token.decimals if token.decimals is not None else 7
+        scale = 10 ** (decimals - 2)
+        amount_cents = rng.randrange(500_00, 250_000_00)
+        funded_cents = amount_cents if rng.random() < 0.6 else rng.randrange(0, amount_cents)
+        escrow_invoice_id = invoice_id
+        if kind == "invalid_invoice_id":
+            invoice_id = f"INV {n:07d}/draft"
+        elif kind == "hostile_invoice_id":
+            invoice_id = f'<img src=x onerror="alert({n})">'
+        invoice_rows.append(
+            {
+                "id": pk,
+                "invoice_id": invoice_id,
+                "tenant_id": TENANTS[n % len(TENANTS)],
+                "status": "funded" if funded_cents == amount_cents else rng.choice(RECONCILABLE),
+                "amount": _money(amount_cents),
+                "currency": currency,
+            }
+        )
+        updated = BASE_TIME + timedelta(minutes=n)
+        if kind == "null_total":
+            summary_rows.append({"invoice_id": pk, "total_funded": None, "last_updated_at": updated})
+            funded_cents = 0
+        elif kind != "no_summary":
+            summary_rows.append(
+                {"invoice_id": pk, "total_funded": _money(funded_cents), "last_updated_at": updated}
+            )
+        if kind == "duplicate_summary":
+            # An older row with another total: the extract must take the latest, not add them up.
+            older = updated - timedelta(days=3)
+            summary_rows.append(
+                {"invoice_id": pk, "total_funded": _money(funded_cents // 2), "last_updated_at": older}
+            )
+
+        contract_id = random_contract_id(rng)
+        if kind != "unlinked":
+            if kind == "mapped_address":
+                mappings.append({"invoiceId": invoice_id, "escrowAddress": contract_id, "isActive": True})
+            else:
+                address = _broken_checksum(contract_id) if kind == "bad_checksum" else contract_id
+                # A failed earlier attempt: resolve must take the latest completed create.
+                if n % 97 == 0:
+                    operation_rows.append(
+                        {
+                            "invoice_id": pk,
+                            "operation_type": "create",
+                            "contract_id": random_contract_id(rng),
+                            "status": "failed",
+                            "completed_at": None,
+                        }
+                    )
+                operation_rows.append(
+                    {
+                        "invoice_id": pk,
+                        "operation_type": "create",
+                        "contract_id": address,
+                        "status": "completed",
+                        "completed_at": updated - timedelta(days=30),
+                    }
+                )
+        if kind is not None:
+            planted[kind].append(invoice_id)
+
+        chain_funded = funded_cents * scale
+        if kind == "mismatch_db_over":
+            chain_funded -= rng.randrange(1, 5_000_00) * scale
+        elif kind == "mismatch_chain_over":
+            chain_funded += 12_34 * scale
+        elif kind == "mismatch_new_large":
+            chain_funded -= 40_000_00 * scale
+        elif kind == "no_summary":
+            chain_funded = max(chain_funded, 1_000_00 * scale)
+        if kind in NEW_TONIGHT:
+            tonight_only[contract_id] = funded_cents * scale
+        if kind in ("missing_instance", "unlinked"):
+            continue
+        live_until = 3_000_000
+        if kind == "archived":
+            live_until = 0
+        elif kind == "ttl_expiring":
+            live_until = LATEST_LEDGER + 2_000
+        escrows.append(
+            EscrowSpec(
+                contract_id=contract_id,
+                invoice_id="INV_9999999" if kind == "invoice_id_mismatch" else escrow_invoice_id,
+                funded_amount=chain_funded,
+                amount=amount_cents * scale,
+                funding_target=amount_cents * scale,
+                funding_token=token.contract_id,
+                admin=admin,
+                sme_address=random_account_id(rng),
+                status=1 if funded_cents == amount_cents else 0,
+                has_escrow=kind != "no_escrow",
+                live_until_ledger=live_until,
+                last_modified_ledger=LATEST_LEDGER - rng.randrange(1, 200_000),
+            )
+        )
+        if kind is None:
+            regular.append((contract_id, chain_funded))
+
+    # Invoices the extract must skip: not yet reconcilable, or soft-deleted.
+    for n, (status, deleted) in enumerate((("draft", None), ("funded", BASE_TIME), ("cancelled", None))):
+        pk = _uuid(rng)
+        invoice_rows.append(
+            {
+                "id": pk,
+                "invoice_id": f"SKIP_{n:03d}",
+                "tenant_id": TENANTS[n % len(TENANTS)],
+                "status": status,
+                "amount": "100.00",
+                "currency": "USDC",
+                "deleted_at": deleted,
+            }
+        )
+        summary_rows.append({"invoice_id": pk, "total_funded": "1.00", "last_updated_at": BASE_TIME})
+
+    earlier: dict[int, dict[str, int]] = {}
+    for night in range(1, history_nights + 1):
+        # Each earlier night some plain escrows were still catching up with the database.
+        drifted = rng.sample(regular, k=min(len(regular), 2 + 2 * night))
+        funding = {
+            cid: funded + rng.choice((-1, 1)) * rng.randrange(1, 100_00) * 10**5 for cid, funded in drifted
+        }
+        earlier[night] = MappingProxyType({**funding, **tonight_only})
+
+    return DemoData(
+        invoices=_frame(invoice_rows, INVOICE_COLUMNS),
+        summaries=_frame(summary_rows, SUMMARY_COLUMNS),
+        operations=_frame(operation_rows, OPERATION_COLUMNS),
+        escrows=tuple(escrows),
+        tokens=tuple(tokens.values()),
+        escrow_addr_by_invoice=json.dumps({"mappings": mappings}),
+        planted=MappingProxyType({kind: tuple(ids) for kind, ids in planted.items()}),
+        earlier_funding=MappingProxyType(earlier),
+    )
+
+
+_TIME = pl.Datetime("us", "UTC")
+INVOICE_COLUMNS: Final = pl.Schema(
+    {
+        "id": pl.String,
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "status": pl.String,
+        "amount": pl.String,
+        "currency": pl.String,
+        "deleted_at": _TIME,
+    }
+)
+SUMMARY_COLUMNS: Final = pl.Schema(
+    {"invoice_id": pl.String, "total_funded": pl.String, "last_updated_at": _TIME}
+)
+OPERATION_COLUMNS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "operation_type": pl.String,
+        "contract_id": pl.String,
+        "status": pl.String,
+        "completed_at": _TIME,
+    }
+)
+
+
+def _frame(rows: list[dict[str, Any]], schema: pl.Schema) -> pl.DataFrame:
+    return pl.DataFrame([{name: row.get(name) for name in schema} for row in rows], schema=schema)
+
+
+def write_source_database(url: str, data: DemoData) -> None:
+    """Create the source tables at ``url`` (PostgreSQL or DuckDB) and bulk-load the demo rows."""
+    with db.connect(url) as conn:
+        sourcedb.create_source_schema(conn)
+        sourcedb.load_source_rows(conn, data.invoices, data.summaries, data.operations)
+
+
+def fresh_duckdb(path: Path) -> str:
+    """``duckdb:///path`` after removing an earlier demo file: a rerun starts from scratch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    return f"duckdb://{path.resolve()}"
+
+
+def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -> Mapping[str, int]:
+    """Run the stages (extract to persist) against the chain as it was ``nights_ago`` nights ago.
+
+    This is real history for the final run to compare with: the same stages on a different
+    ledger state, stored under that night's run key and start time. Returns the class counts.
+    """
+    from reconcile_audit import classify, extract, ledger, persist, pipeline, resolve
+    from reconcile_audit.settings import load_settings
+
+    started_at = tonight - timedelta(days=nights_ago)
+    run_key = pipeline.default_run_key(None, started_at)
+    with Emulator(data.ledger_state(nights_ago)) as emulator:
+        # An empty environment: the replay must not pick up the operator's production settings.
+        settings = load_settings(
+            {
+                "database_url": url,
+                "rpc_url": emulator.url,
+                "escrow_addr_by_invoice": data.escrow_addr_by_invoice,
+                "run_key": run_key,
+            },
+            {},
+        )
+        persist.start_run(url, run_key, None, started_at)
+        invoices = extract.extract_invoices(settings)
+        resolved = resolve.resolve_addresses(invoices, settings.escrow_addr_by_invoice)
+        ledger.preflight(settings)
+        ledger_read = ledger.read_ledger(pipeline.contract_ids_to_read(resolved), settings, progress=False)
+        findings = classify.classify(
+            resolved,
+            ledger_read.frame,
+            tolerance_base_units=settings.tolerance_base_units,
+            ttl_warning_ledgers=settings.ttl_warning_ledgers,
+        )
+    counts = pipeline.counts_of(findings)
+    record = pipeline.run_record(
+        run_key=run_key,
+        tenant_id=None,
+        started_at=started_at,
+        finished_at=started_at + timedelta(minutes=2),
+        counts=counts,
+        ledger_read=ledger_read,
+    )
+    outcome = persist.persist_run(url, record, findings)
+    if not outcome.ok:
+        raise RuntimeError(f"replaying night -{nights_ago} could not be stored: {outcome.error}")
+    return counts
+
+
+@dataclass(frozen=True)
+class EmbeddedDemo:
+    """What the notebook needs to run on demo data: a database URL, an RPC URL, the mapping JSON."""
+
+    database_url: str
+    rpc_url: str
+    escrow_addr_by_invoice: str
+    data: DemoData
+
+
+@contextmanager
+def embedded_demo(
+    workdir: Path, *, invoices: int = 300, history_nights: int = 0, seed: int = 7
+) -> Iterator[EmbeddedDemo]:
+    """A demo database in ``workdir`` (history replayed for ``history_nights``) and an emulator
+    serving tonight's escrows, for as long as the block runs."""
+    data = build_dataset(invoices, seed=seed, history_nights=history_nights)
+    url = fresh_duckdb(workdir / DEMO_DATABASE)
+    write_source_database(url, data)
+    tonight = datetime.now(UTC)
+    for nights_ago in range(history_nights, 0, -1):
+        replay_night(data, url, nights_ago, tonight)
+    with Emulator(data.ledger_state(0)) as emulator:
+        yield EmbeddedDemo(url, emulator.url, data.escrow_addr_by_invoice, data)
+
+
+def run_demo(
+    *,
+    invoices: int = 10_000,
+    output_dir: Path = DEFAULT_OUTPUT_DIR,
+    history_runs: int = 3,
+    progress: bool = False,
+    seed: int = 7,
+) -> Any:
+    """Build the demo, then run the notebook through :func:`reconcile_audit.runner.run`.
+
+    Returns the runner's ``RunOutcome``: the same exit codes and folder layout as ``run``. The
+    demo database lives in ``<output_dir>/demo/`` and is rebuilt on every call.
+    """
+    from reconcile_audit import runner
+
+    output_dir = output_dir.resolve()
+    demo_dir = output_dir / "demo"
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir)
+    with embedded_demo(demo_dir, invoices=invoices, history_nights=history_runs, seed=seed) as embedded:
+        log.info("demo: %d invoices in %s, emulator at %s", invoices, embedded.database_url, embedded.rpc_url)
+        environ = {
+            "DATABASE_URL": embedded.database_url,
+            "RECONCILE_STATE_DATABASE_URL": embedded.database_url,
+            "SOROBAN_RPC_URL": embedded.rpc_url,
+            "ESCROW_ADDR_BY_INVOICE": embedded.escrow_addr_by_invoice,
+        }
+        request = runner.RunRequest(output_dir=output_dir, deliver=False, progress_bar=progress)
+        return runner.run(request, environ)

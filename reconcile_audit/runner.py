@@ -1,0 +1,397 @@
+"""Run the audit notebook with papermill: parameters, kernel, lease, artifacts and the exit code.
+
+The notebook does the work; this module only prepares and guards its execution, so that the
+nightly job and an analyst's rerun execute exactly the same cells. Exit codes follow DESIGN.md:
+0 clean, 1 findings, 2 the run failed, 3 another run holds the lease.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from reconcile_audit import pipeline
+from reconcile_audit.errors import ConfigError, LeaseHeldError, NotebookExecutionError, ReconcileAuditError
+from reconcile_audit.paths import DEFAULT_OUTPUT_DIR, NOTEBOOK_PATH
+from reconcile_audit.schemas import CLASSES
+from reconcile_audit.settings import ENVIRONMENT, Settings, load_settings, url_password
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME: Final = "reconcile-audit"
+EXIT_CLEAN: Final = 0
+EXIT_FINDINGS: Final = 1
+EXIT_FAILED: Final = 2
+EXIT_LEASE_HELD: Final = 3
+
+# Parameters the runner sets itself; a user who passes them would fight the run layout.
+RUNNER_OWNED: Final = frozenset({"output_dir"})
+_DESCRIPTION = re.compile(r"^\s*#\s*papermill_description\s*=\s*(\S.*?)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What one ``reconcile-audit run`` was asked to do. ``parameters`` are notebook parameters."""
+
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    prepare_only: bool = False
+    deliver: bool = True
+    notebook: Path = NOTEBOOK_PATH
+    kernel_name: str = KERNEL_NAME
+    progress_bar: bool = False
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The result the CLI turns into an exit code and a line for the operator."""
+
+    exit_code: int
+    status: str  # clean | findings | failed | lease_held | prepared
+    message: str
+    run_id: str | None = None
+    run_dir: Path | None = None
+    failed_cell: str | None = None
+    summary: Mapping[str, Any] | None = None
+
+
+def notebook_parameters(notebook: Path = NOTEBOOK_PATH) -> dict[str, dict[str, Any]]:
+    """The notebook's parameters as papermill sees them: name -> {default, inferred_type_name, help}."""
+    import papermill
+
+    return {name: dict(info) for name, info in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def coerce_parameter(name: str, value: Any, known: Mapping[str, Mapping[str, Any]]) -> Any:
+    """Turn a command-line string into the type the notebook's default has.
+
+    papermill writes the value as a Python literal, so ``"300"`` for an ``int`` parameter must
+    become ``300`` here or the notebook would compare a string with numbers.
+    """
+    if not isinstance(value, str):
+        return value
+    kind = str(known.get(name, {}).get("inferred_type_name", "str"))
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true or false")
+    except ValueError as exc:
+        raise ConfigError(name, f"cannot read {value!r} as {kind}: {exc}") from exc
+    return value
+
+
+def check_parameters(given: Mapping[str, Any], known: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Validate ``given`` against the notebook's parameters; return them coerced.
+
+    Raises :class:`ConfigError` listing unknown names and the known ones, for a parameter the
+    runner owns, and for a password inside a URL (papermill would write it into the notebook).
+    """
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(
+            ", ".join(unknown), f"unknown notebook parameter; known: {', '.join(sorted(known))}"
+        )
+    owned = sorted(set(given) & RUNNER_OWNED)
+    if owned:
+        raise ConfigError(", ".join(owned), "set by the runner; use --output-dir")
+    checked = {name: coerce_parameter(name, value, known) for name, value in given.items()}
+    for name, value in checked.items():
+        if isinstance(value, str) and "url" in name and url_password(value):
+            raise ConfigError(
+                name,
+                "a password must not be a parameter (papermill writes parameters into the executed "
+                f"notebook); put the URL in {ENVIRONMENT.get(name, 'the environment')} instead",
+            )
+    return checked
+
+
+def ensure_kernel(name: str = KERNEL_NAME) -> str:
+    """Make sure a kernel ``name`` that runs THIS interpreter exists; register it when missing.
+
+    Cron and systemd start with an empty Jupyter path, so a kernel installed for a user is not
+    found; installing into ``sys.prefix`` ties the kernel to the environment that runs the tool.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        spec = manager.get_kernel_spec(name)
+        if spec.argv and Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return name
+        log.info("kernel %s runs %s, not this interpreter; registering it again", name, spec.argv[:1])
+    except NoSuchKernel:
+        log.info("registering Jupyter kernel %s in %s", name, sys.prefix)
+    install(kernel_spec_manager=manager, kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
+    return name
+
+
+def settings_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of notebook parameters that are settings (the rest steer the notebook)."""
+    return {name: value for name, value in parameters.items() if name in ENVIRONMENT}
+
+
+def failing_cell(notebook_path: Path) -> tuple[str, str]:
+    """(name, detail) of the cell that failed in an executed notebook.
+
+    The name is its ``papermill_description`` when it has one, else its position.
+    """
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for index, cell in enumerate(notebook.cells):
+        errors = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+        flagged = cell.get("metadata", {}).get("papermill", {}).get("exception") is True
+        if errors or flagged:
+            match = _DESCRIPTION.search(cell.source)
+            name = match.group(1) if match else f"cell {index}"
+            detail = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "cell raised"
+            return name, detail
+    return "unknown", "papermill reported an error but no cell carries one"
+
+
+def scrub_secrets(directory: Path, secret_values: tuple[str, ...]) -> list[Path]:
+    """Replace every secret in the run's text artifacts with ``***``; return the files changed.
+
+    Tracebacks and driver messages can echo a connection string; the executed notebook keeps
+    cell outputs verbatim, so this is the last line of defence, not the first.
+    """
+    changed = []
+    values = tuple(v for v in secret_values if v)
+    if not values:
+        return changed
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.suffix in {".parquet", ".png"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        cleaned = text
+        for value in values:
+            cleaned = cleaned.replace(value, "***")
+        if cleaned != text:
+            path.write_text(cleaned, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+@contextmanager
+def environment(overrides: Mapping[str, str] | None) -> Iterator[None]:
+    """Set variables for the duration of a run: the kernel inherits this process's environment."""
+    if not overrides:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def _record_failure(
+    settings: Settings,
+    request: RunRequest,
+    *,
+    run_id: str,
+    run_key: str,
+    run_dir: Path,
+    clock: pipeline.StageClock,
+    cell: str,
+    detail: str,
+) -> dict[str, Any]:
+    """Record the failed run (state DB, artifacts, metrics) and write summary.json. Never raises.
+
+    The notebook died part-way, so the runner is the only one left to tell the health check and
+    the alerting that this night failed.
+    """
+    message = settings.redact(f"cell {cell!r} failed: {detail}")
+    payload: dict[str, Any] = {
+        "run_id": run_id,
+        "status": "failed",
+        "total": 0,
+        "counts": dict.fromkeys(CLASSES, 0),
+        "failure_message": message,
+    }
+    try:
+        summary = pipeline.record_failed_run(
+            settings,
+            run_id=run_id,
+            run_key=run_key,
+            out_dir=run_dir,
+            clock=clock,
+            failure_message=message,
+            send=request.deliver,
+        )
+        payload = pipeline.summary_payload(summary)
+    except Exception as exc:  # the summary.json below must be written whatever broke above
+        log.error("recording the failed run also failed: %s", settings.redact(f"{type(exc).__name__}: {exc}"))
+        payload["record_error"] = settings.redact(f"{type(exc).__name__}: {exc}")
+    payload["failed_cell"] = cell
+    _write_json(run_dir / "summary.json", payload)
+    return payload
+
+
+def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOutcome:
+    """Execute (or only prepare) the notebook for one run. Never raises a ReconcileAuditError.
+
+    ``environ`` adds variables for this run only (the demo passes DATABASE_URL and the emulator's
+    SOROBAN_RPC_URL this way); secrets must arrive there, never in ``request.parameters``.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    clock = pipeline.StageClock()
+    started_at = clock.started_at
+    try:
+        known = notebook_parameters(request.notebook)
+        parameters = check_parameters(request.parameters, known)
+        with environment(environ):
+            settings = load_settings(settings_parameters(parameters))
+    except ConfigError as exc:
+        return RunOutcome(EXIT_FAILED, "failed", f"configuration: {exc}")
+
+    run_id = pipeline.new_run_id(started_at)
+    run_key = settings.run_key or pipeline.default_run_key(settings.tenant_id, started_at)
+    run_dir = request.output_dir.resolve() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    notebook_out = run_dir / "notebook.ipynb"
+    injected = {**parameters, "output_dir": str(run_dir), "run_key": run_key, "run_id": run_id}
+    if "deliver" in known:
+        injected["deliver"] = request.deliver and bool(parameters.get("deliver", True))
+    if "progress" in known and "progress" not in parameters:
+        # A text progress bar would only add noise to the executed notebook kept as the record.
+        injected["progress"] = False
+    injected = {name: value for name, value in injected.items() if name in known}
+
+    if request.prepare_only:
+        papermill.execute_notebook(
+            str(request.notebook), str(notebook_out), parameters=injected, prepare_only=True
+        )
+        return RunOutcome(
+            EXIT_CLEAN, "prepared", f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir
+        )
+
+    from reconcile_audit import persist
+
+    state_url = settings.state_database_url.reveal()
+    holder = f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+    failure: tuple[str, str] | None = None
+    try:
+        with environment(environ):
+            kernel = ensure_kernel(request.kernel_name)
+            with persist.run_lease(state_url, settings.tenant_id, holder):
+                try:
+                    papermill.execute_notebook(
+                        str(request.notebook),
+                        str(notebook_out),
+                        parameters=injected,
+                        kernel_name=kernel,
+                        progress_bar=request.progress_bar,
+                    )
+                except PapermillExecutionError:
+                    failure = failing_cell(notebook_out)
+                except Exception as exc:  # the kernel did not start or died: no cell holds the error
+                    failure = ("kernel", f"{type(exc).__name__}: {exc}")
+                if failure is not None:
+                    # Still under the lease: no other run may start before this one is recorded.
+                    return _failed(settings, request, run_id, run_key, run_dir, clock, *failure)
+    except LeaseHeldError as exc:
+        # The run never started: nothing of it should remain to be mistaken for a result.
+        _remove_empty(run_dir)
+        return RunOutcome(EXIT_LEASE_HELD, "lease_held", str(exc), run_id=run_id)
+    except ReconcileAuditError as exc:
+        # The state database or the kernel setup failed before the notebook ran.
+        with environment(environ):
+            return _failed(settings, request, run_id, run_key, run_dir, clock, "runner", str(exc))
+    finally:
+        if run_dir.exists():
+            scrub_secrets(run_dir, settings.secrets)
+
+    return _completed(run_id, run_dir)
+
+
+def _failed(
+    settings: Settings,
+    request: RunRequest,
+    run_id: str,
+    run_key: str,
+    run_dir: Path,
+    clock: pipeline.StageClock,
+    cell: str,
+    detail: str,
+) -> RunOutcome:
+    summary = _record_failure(
+        settings,
+        request,
+        run_id=run_id,
+        run_key=run_key,
+        run_dir=run_dir,
+        clock=clock,
+        cell=cell,
+        detail=detail,
+    )
+    notebook = run_dir / "notebook.ipynb"
+    error = NotebookExecutionError(cell, settings.redact(detail), str(notebook))
+    message = str(error) if notebook.exists() else f"{cell}: {settings.redact(detail)}"
+    return RunOutcome(
+        EXIT_FAILED, "failed", message, run_id=run_id, run_dir=run_dir, failed_cell=cell, summary=summary
+    )
+
+
+def _completed(run_id: str, run_dir: Path) -> RunOutcome:
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        return RunOutcome(
+            EXIT_FAILED,
+            "failed",
+            f"the notebook finished but wrote no readable summary.json ({exc})",
+            run_id=run_id,
+            run_dir=run_dir,
+        )
+    status = summary.get("status")
+    exit_code = {"clean": EXIT_CLEAN, "findings": EXIT_FINDINGS}.get(str(status), EXIT_FAILED)
+    report = run_dir / "report.html"
+    return RunOutcome(
+        exit_code,
+        str(status),
+        f"{status}: {summary.get('total', '?')} invoices; report: {report}",
+        run_id=run_id,
+        run_dir=run_dir,
+        summary=summary,
+    )
+
+
+def _remove_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
