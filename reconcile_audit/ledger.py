@@ -12,7 +12,7 @@ poisoned key cannot take 199 innocent ones down; whatever still fails becomes ``
 the cause. An entry that does not decode is read again (at most ``MAX_REREADS`` times, since a
 corrupt body can be a transport fault) and then becomes an ``error`` row. Entries for keys that
 were not asked for are counted (``faults_by_kind["unrequested_entry"]``) and otherwise ignored.
-After ``BREAKER_FAILURES`` consecutive batches fail with no success in between, the remaining
+After ``RetryPolicy.breaker_failures`` calls fail in a row with no success between, the remaining
 batches are not sent: the RPC is down, and waiting out every backoff would only delay the report.
 
 The reader runs on asyncio; :func:`read_ledger` is synchronous and works with or without a running
@@ -61,7 +61,6 @@ from reconcile_audit.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_REREADS: Final = 2
-BREAKER_FAILURES: Final = 8
 
 
 @dataclass(frozen=True)
@@ -174,8 +173,6 @@ class _Sweep:
     entries: int = 0
     batches: int = 0
     bisect_budget: int = 0
-    consecutive_failures: int = 0
-    last_failure: str = ""
 
     @property
     def counters(self) -> TransportCounters:
@@ -194,12 +191,6 @@ class _Sweep:
     async def fetch(
         self, keys: list[str], decode: Decoder, *, retries: int | None = None, reread: int = 0
     ) -> None:
-        if self.consecutive_failures >= BREAKER_FAILURES:
-            self._fail(
-                keys,
-                f"not sent: the RPC failed {self.consecutive_failures} batches in a row ({self.last_failure})",
-            )
-            return
         try:
             answer = await self.client.call(
                 "getLedgerEntries",
@@ -211,7 +202,6 @@ class _Sweep:
         except RpcFault as fault:
             await self._after_fault(keys, decode, fault)
             return
-        self.consecutive_failures = 0
         self.ledgers.append(answer.latest_ledger)
         await self._take(keys, decode, answer, reread)
 
@@ -220,7 +210,7 @@ class _Sweep:
         if fault.split and len(keys) > 1:
             await asyncio.gather(self.fetch(keys[:half], decode), self.fetch(keys[half:], decode))
             return
-        if len(keys) > 1 and self.bisect_budget >= 2:
+        if len(keys) > 1 and self.bisect_budget >= 2 and fault.kind != "breaker":
             self.bisect_budget -= 2
             self.counters.fault("bisect")
             retries = self.policy.bisect_retries
@@ -230,8 +220,6 @@ class _Sweep:
             )
             return
         verdict = "retries exhausted" if fault.transient else "not retried"
-        self.consecutive_failures += 1
-        self.last_failure = str(fault)
         self._fail(keys, f"getLedgerEntries failed ({verdict}): {fault}")
 
     def _fail(self, keys: list[str], cause: str) -> None:

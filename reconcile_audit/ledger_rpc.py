@@ -60,6 +60,7 @@ class RetryPolicy:
     max_non_json_retries: int = 2
     bisect_retries: int = 1  # retries for each half of a batch being bisected
     bisect_budget: int = 256  # extra requests a run may spend bisecting failing batches
+    breaker_failures: int = 8  # calls failing in a row, with no success between, that open the breaker
 
 
 class RpcFault(Exception):
@@ -129,6 +130,8 @@ class RpcClient:
         self._session: aiohttp.ClientSession | None = None
         self._concurrency = concurrency
         self._ids = itertools.count(1)
+        self.consecutive_failures = 0
+        self.last_failure = ""
 
     async def __aenter__(self) -> RpcClient:
         connector = aiohttp.TCPConnector(limit=self._concurrency, force_close=False)
@@ -165,7 +168,7 @@ class RpcClient:
             return True
 
         backoff = wait_exponential_jitter(
-            initial=self.policy.initial_backoff, max=self.policy.max_backoff, jitter=self.policy.jitter
+            multiplier=self.policy.initial_backoff, max=self.policy.max_backoff, jitter=self.policy.jitter
         )
 
         def wait(state: RetryCallState) -> float:
@@ -179,6 +182,26 @@ class RpcClient:
             self.counters.retries += 1
 
         attempts = (self.max_retries if retries is None else retries) + 1
+        try:
+            result = await self._call(method, params, model, attempts, should_retry, wait, before_sleep)
+        except RpcFault as fault:
+            if fault.kind != "breaker" and not (fault.split and can_split):
+                self.consecutive_failures += 1
+                self.last_failure = str(fault)
+            raise
+        self.consecutive_failures = 0
+        return result
+
+    async def _call(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        model: type[M],
+        attempts: int,
+        should_retry: Callable[[RetryCallState], bool],
+        wait: Callable[[RetryCallState], float],
+        before_sleep: Callable[[RetryCallState], None],
+    ) -> M:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
             wait=wait,
@@ -197,6 +220,13 @@ class RpcClient:
             raise AssertionError(f"a getLedgerEntries request must carry at most {MAX_KEYS} keys")
         body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
         async with self._semaphore:
+            if self.consecutive_failures >= self.policy.breaker_failures:
+                # The RPC is down: waiting out every remaining batch's backoff would only delay the report.
+                raise RpcFault(
+                    "breaker",
+                    f"not sent: {self.consecutive_failures} calls failed in a row (last: {self.last_failure})",
+                    transient=False,
+                )
             self.counters.requests += 1
             try:
                 async with self._session.post(
@@ -230,7 +260,9 @@ class RpcClient:
             code = answer.error.code
             message = answer.error.message or ""
             if code in TRANSIENT_RPC:
-                raise self._fault(f"rpc_{code}", message, True, retry_after=retry_after, split=code == SPLIT_RPC)
+                raise self._fault(
+                    f"rpc_{code}", message, True, retry_after=retry_after, split=code == SPLIT_RPC
+                )
             raise self._fault(f"rpc_{code}", f"{message} (not retried: a client error)", False)
         if status != 200:
             raise self._fault(f"http_{status}", _snippet(raw), False)

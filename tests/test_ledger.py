@@ -1,0 +1,411 @@
+"""The ledger reader against the real emulator over real HTTP: shapes, faults, tokens, loops."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import polars as pl
+import pytest
+
+from reconcile_audit.emulator import (
+    FAULT_KINDS,
+    STORAGE_SHAPES,
+    Emulator,
+    EscrowSpec,
+    FaultPlan,
+    LedgerState,
+    TokenSpec,
+    random_account_id,
+    random_contract_id,
+)
+from reconcile_audit.errors import RpcPreflightError
+from reconcile_audit.ledger import LedgerRead, NetworkFacts, preflight, read_ledger
+from reconcile_audit.ledger_rpc import RetryPolicy, retry_after_seconds
+from reconcile_audit.ledger_simulate import read_ledger_simulated
+from reconcile_audit.schemas import LEDGER
+from reconcile_audit.settings import load_settings
+
+FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.02, jitter=0.002, max_retry_after=0.05)
+LATEST = 1_000_000
+TRANSIENT = tuple(k for k in FAULT_KINDS if k != "rpc_32602")
+PERMANENT_ERRORS = (
+    "http_429",
+    "http_503",
+    "http_504",
+    "rpc_32001",
+    "rpc_32003",
+    "rpc_32603",
+    "rpc_32602",
+    "drop_connection",
+    "non_json",
+    "corrupt_xdr",
+    "http_429_text",
+)
+
+rng = random.Random(20261124)
+TOKEN = TokenSpec(contract_id=random_contract_id(rng), decimals=7)
+BARE_TOKEN = TokenSpec(contract_id=random_contract_id(rng), decimals=None)  # no METADATA
+ADMIN = random_account_id(rng)
+
+
+def escrow(n: int, **changes) -> EscrowSpec:
+    values = {
+        "contract_id": random_contract_id(rng),
+        "invoice_id": f"INV_{n:05d}",
+        "funded_amount": n * 10_000_000,
+        "amount": 1_000_000_000,
+        "funding_target": 1_000_000_000,
+        "funding_token": TOKEN.contract_id,
+        "admin": ADMIN,
+        "sme_address": random_account_id(rng),
+        "status": n % 5,
+    }
+    values.update(changes)
+    return EscrowSpec(**values)
+
+
+SHAPED = tuple(
+    escrow(i, storage_shape=shape, distributed_principal=None if i % 2 else 10**9 + i)
+    for i, shape in enumerate(STORAGE_SHAPES * 2)
+)
+SPECIAL = {
+    "archived": escrow(100, live_until_ledger=0),
+    "expiring": escrow(101, live_until_ledger=LATEST + 5),
+    "no_escrow": escrow(102, has_escrow=False),
+    "other_invoice": escrow(103, invoice_id="SOMEONE_ELSE"),
+    "bare_token": escrow(104, funding_token=BARE_TOKEN.contract_id),
+    "i128_limits": escrow(105, funded_amount=-(2**127), amount=2**127 - 1, funding_target=-1),
+}
+BULK = tuple(escrow(200 + i) for i in range(420))
+ESCROWS = SHAPED + tuple(SPECIAL.values()) + BULK
+STATE = LedgerState(latest_ledger=LATEST, escrows=ESCROWS, tokens=(TOKEN, BARE_TOKEN))
+MISSING = random_contract_id(rng)  # a valid address with no instance on chain
+ALL_IDS = [e.contract_id for e in ESCROWS] + [MISSING]
+
+
+def settings_for(url: str, **params):
+    base = {"rpc_url": url, "rpc_max_retries": 10, "rpc_timeout_seconds": 5, "rpc_concurrency": 4}
+    base.update(params)
+    return load_settings(base, {})
+
+
+def read(emu: Emulator, ids=None, policy: RetryPolicy = FAST, **params) -> LedgerRead:
+    return read_ledger(
+        ALL_IDS if ids is None else ids, settings_for(emu.url, **params), progress=False, policy=policy
+    )
+
+
+def rows(result: LedgerRead) -> dict[str, dict]:
+    return {row["contract_id"]: row for row in result.frame.iter_rows(named=True)}
+
+
+def expect_ok(row: dict, spec: EscrowSpec) -> None:
+    assert row["read_status"] == "ok", row
+    assert row["escrow_invoice_id"] == spec.invoice_id
+    assert row["funded_amount"] == str(spec.funded_amount)
+    assert row["amount"] == str(spec.amount)
+    assert row["funding_target"] == str(spec.funding_target)
+    assert row["escrow_status"] == spec.status
+    assert row["distributed_principal"] == (
+        None if spec.distributed_principal is None else str(spec.distributed_principal)
+    )
+    assert row["last_modified_ledger"] == spec.last_modified_ledger
+    assert row["live_until_ledger"] == spec.live_until_ledger
+    assert row["latest_ledger"] == LATEST
+
+
+@pytest.fixture(scope="module")
+def clean() -> LedgerRead:
+    with Emulator(STATE) as emu:
+        return read(emu)
+
+
+def test_frame_schema_and_one_row_per_distinct_id(clean: LedgerRead) -> None:
+    assert clean.frame.schema == LEDGER
+    assert clean.frame["contract_id"].to_list() == ALL_IDS
+    with Emulator(STATE) as emu:
+        doubled = read(emu, ids=[*ALL_IDS[:5], *ALL_IDS[:5], None, ""])
+    assert doubled.frame["contract_id"].to_list() == ALL_IDS[:5]
+
+
+@pytest.mark.parametrize("index", range(len(SHAPED)))
+def test_every_storage_shape_round_trips(clean: LedgerRead, index: int) -> None:
+    spec = SHAPED[index]
+    row = rows(clean)[spec.contract_id]
+    if spec.storage_shape == "no_funding_token":
+        assert row["read_status"] == "ok" and row["funding_token"] is None
+        assert row["token_decimals"] is None and "no FundingToken" in row["read_error"]
+        row = {**row, "read_error": None}
+    else:
+        assert row["funding_token"] == TOKEN.contract_id
+        assert (row["token_decimals"], row["token_decimals_source"], row["read_error"]) == (
+            7,
+            "metadata",
+            None,
+        )
+    expect_ok(row, spec)
+
+
+def test_special_escrows(clean: LedgerRead) -> None:
+    got = rows(clean)
+    expect_ok(got[SPECIAL["archived"].contract_id], SPECIAL["archived"])
+    assert got[SPECIAL["archived"].contract_id]["live_until_ledger"] == 0
+    expect_ok(got[SPECIAL["expiring"].contract_id], SPECIAL["expiring"])
+    expect_ok(got[SPECIAL["i128_limits"].contract_id], SPECIAL["i128_limits"])
+    # The reader reports what the escrow stores; classify decides that a differing id is a finding.
+    assert got[SPECIAL["other_invoice"].contract_id]["escrow_invoice_id"] == "SOMEONE_ELSE"
+    no_escrow = got[SPECIAL["no_escrow"].contract_id]
+    assert no_escrow["read_status"] == "no_escrow" and no_escrow["funded_amount"] is None
+    missing = got[MISSING]
+    assert missing["read_status"] == "no_instance" and missing["latest_ledger"] == LATEST
+
+
+def test_token_without_metadata_and_no_fallback(clean: LedgerRead) -> None:
+    row = rows(clean)[SPECIAL["bare_token"].contract_id]
+    assert (
+        row["read_status"] == "ok" and row["token_decimals"] is None and row["token_decimals_source"] is None
+    )
+    assert BARE_TOKEN.contract_id in row["read_error"] and "METADATA" in row["read_error"]
+    assert "RECONCILE_TOKEN_DECIMALS" in row["read_error"]
+
+
+def test_token_without_metadata_uses_configured_decimals() -> None:
+    ids = [SPECIAL["bare_token"].contract_id, SHAPED[0].contract_id]
+    with Emulator(STATE) as emu:
+        result = read(emu, ids=ids, token_decimals={BARE_TOKEN.contract_id: 6, TOKEN.contract_id: 2})
+        stats = emu.stats
+    bare, standard = (rows(result)[i] for i in ids)
+    assert (bare["token_decimals"], bare["token_decimals_source"], bare["read_error"]) == (
+        6,
+        "configured",
+        None,
+    )
+    # METADATA wins over configuration when the chain has it.
+    assert (standard["token_decimals"], standard["token_decimals_source"]) == (7, "metadata")
+    assert stats.requests["getLedgerEntries"] == 2  # the escrows, then each distinct token once
+
+
+def test_summary_stats_and_ledger_range(clean: LedgerRead) -> None:
+    s = clean.stats
+    assert s.batches == 3 + 1 and s.requests == 4 and s.retries == 0
+    assert s.entries == len(ESCROWS) + 2 and s.entries_per_second > 0
+    assert (clean.ledger_min, clean.ledger_max) == (LATEST, LATEST)
+    line = clean.summary_line()
+    assert line.startswith(f"ledger: {len(ALL_IDS):,} escrows in 4 requests (0 retries), ")
+    assert line.endswith(f"entries/s, ledgers {LATEST}-{LATEST}")
+
+
+def test_a_sweep_spans_ledgers() -> None:
+    with Emulator(STATE, ledger_step_per_request=1) as emu:
+        result = read(emu, rpc_concurrency=1)
+    assert (result.ledger_min, result.ledger_max) == (LATEST, LATEST + 3)
+    assert sorted(result.frame["latest_ledger"].unique().to_list()) == [LATEST, LATEST + 1, LATEST + 2]
+
+
+def test_never_more_than_200_keys_per_request() -> None:
+    settings = settings_for("http://unused").with_changes(rpc_batch_size=500)  # bypasses load_settings' check
+    with Emulator(STATE) as emu:
+        result = read_ledger(ALL_IDS, settings.with_changes(rpc_url=emu.url), progress=False, policy=FAST)
+        stats = emu.stats
+    assert stats.faults_total == 0 and (result.frame["read_status"] == "error").sum() == 0
+    assert stats.requests["getLedgerEntries"] == -(-len(ALL_IDS) // 200) + 1
+    assert stats.keys_requested == len(ALL_IDS) + 2
+
+
+def test_invalid_address_is_an_error_row_and_never_sent() -> None:
+    good = SHAPED[0].contract_id
+    bad = good[:-1] + ("A" if good[-1] != "A" else "B")  # checksum no longer matches
+    with Emulator(STATE) as emu:
+        result = read(emu, ids=[bad, good, "GABC"])
+        stats = emu.stats
+    got = rows(result)
+    assert got[bad]["read_status"] == "error" and "checksum" in got[bad]["read_error"]
+    assert got["GABC"]["read_status"] == "error" and "invalid contract address" in got["GABC"]["read_error"]
+    assert got[good]["read_status"] == "ok"
+    assert stats.keys_requested == 2  # the good escrow and its token
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+def comparable(result: LedgerRead) -> pl.DataFrame:
+    return result.frame.drop("latest_ledger")
+
+
+@pytest.mark.parametrize("kind", TRANSIENT)
+def test_each_transient_fault_alone_leaves_no_error(clean: LedgerRead, kind: str) -> None:
+    plan = FaultPlan(rate=0.5, kinds=(kind,), seed=3, retry_after_seconds=0.01, delay_seconds=0.02)
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, rpc_batch_size=40)
+        injected = emu.stats.faults.get(kind, 0)
+    assert injected > 0, "the fault must actually have been injected"
+    assert comparable(result).equals(comparable(clean))
+    if kind not in ("delay", "unrequested_entry"):
+        assert result.stats.retries > 0 or result.stats.faults_by_kind
+    if kind == "unrequested_entry":
+        assert result.stats.faults_by_kind["unrequested_entry"] == injected
+
+
+@pytest.mark.slow
+def test_twenty_percent_mixed_transient_faults_end_with_zero_errors(clean: LedgerRead) -> None:
+    plan = FaultPlan(rate=0.2, kinds=TRANSIENT, seed=11, retry_after_seconds=0.01, delay_seconds=0.02)
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, rpc_batch_size=25)
+        injected = emu.stats.faults_total
+    assert injected >= 5
+    assert (result.frame["read_status"] == "error").sum() == 0
+    assert comparable(result).equals(comparable(clean))
+
+
+@pytest.mark.parametrize("kind", PERMANENT_ERRORS)
+def test_poisoned_contracts_alone_become_errors(clean: LedgerRead, kind: str) -> None:
+    poisoned = {BULK[7].contract_id: kind, BULK[300].contract_id: kind}
+    with Emulator(STATE, FaultPlan(poisoned=poisoned, retry_after_seconds=0.01)) as emu:
+        result = read(emu, rpc_max_retries=2)
+    errors = result.frame.filter(pl.col("read_status") == "error")
+    assert sorted(errors["contract_id"].to_list()) == sorted(poisoned)
+    assert all(errors["read_error"].str.len_chars() > 10)
+    innocent = comparable(result).filter(~pl.col("contract_id").is_in(list(poisoned)))
+    assert innocent.equals(comparable(clean).filter(~pl.col("contract_id").is_in(list(poisoned))))
+
+
+def test_poisoned_client_error_is_never_retried() -> None:
+    poisoned = {BULK[0].contract_id: "rpc_32602"}
+    with Emulator(STATE, FaultPlan(poisoned=poisoned)) as emu:
+        result = read(emu, ids=[BULK[0].contract_id])
+        stats = emu.stats
+    assert stats.requests["getLedgerEntries"] == 1 and result.stats.retries == 0
+    assert "-32602" in rows(result)[BULK[0].contract_id]["read_error"]
+
+
+@pytest.mark.parametrize("kind", ["delay", "unrequested_entry"])
+def test_poisoned_harmless_faults_cost_no_rows(clean: LedgerRead, kind: str) -> None:
+    poisoned = {BULK[7].contract_id: kind}
+    with Emulator(STATE, FaultPlan(poisoned=poisoned, delay_seconds=0.05)) as emu:
+        result = read(emu)
+    assert comparable(result).equals(comparable(clean))
+
+
+def test_timeouts_are_retried_then_only_the_slow_contract_fails(clean: LedgerRead) -> None:
+    slow = BULK[9].contract_id
+    policy = RetryPolicy(initial_backoff=0.001, max_backoff=0.01, jitter=0.0, bisect_retries=0)
+    with Emulator(STATE, FaultPlan(poisoned={slow: "delay"}, delay_seconds=0.6)) as emu:
+        ids = [e.contract_id for e in BULK[:16]]
+        result = read(emu, ids=ids, policy=policy, rpc_timeout_seconds=0.2, rpc_max_retries=1)
+    got = rows(result)
+    assert got[slow]["read_status"] == "error" and "timeout" in got[slow]["read_error"]
+    assert sum(r["read_status"] == "ok" for r in got.values()) == 15
+    assert result.stats.faults_by_kind["timeout"] >= 2
+
+
+def test_retry_after_is_honoured() -> None:
+    plan = FaultPlan(rate=1.0, kinds=("http_429",), retry_after_seconds=0.4)
+    policy = RetryPolicy(initial_backoff=0.001, max_backoff=0.001, jitter=0.0, max_retry_after=5)
+    with Emulator(STATE, plan) as emu:
+        started = time.monotonic()
+        result = read(emu, ids=[BULK[0].contract_id], policy=policy, rpc_max_retries=1)
+        elapsed = time.monotonic() - started
+    assert result.stats.retries == 1 and "http_429" in rows(result)[BULK[0].contract_id]["read_error"]
+    assert elapsed >= 0.4  # it waited the server's Retry-After, not its own 1 ms backoff
+
+
+def test_a_dead_rpc_trips_the_breaker_instead_of_waiting_out_every_batch() -> None:
+    plan = FaultPlan(rate=1.0, kinds=("http_503",))
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, rpc_batch_size=10, rpc_max_retries=1, rpc_concurrency=1)
+        sent = emu.stats.requests["getLedgerEntries"]
+    assert (result.frame["read_status"] == "error").all()
+    assert sent < 400  # without the breaker: 44 batches bisected down to single keys, thousands of requests
+    assert "in a row" in result.frame["read_error"][-1] and "http_503" in result.frame["read_error"][-1]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2", 2.0), ("0.05", 0.05), (" 7 ", 7.0), ("-3", 0.0), ("soon", None), (None, None), ("", None)],
+)
+def test_retry_after_parsing(value, expected) -> None:
+    assert retry_after_seconds(value) == expected
+
+
+def test_retry_after_http_date() -> None:
+    assert retry_after_seconds("Tue, 24 Nov 2026 05:00:10 GMT", now=1795496400.0) == pytest.approx(10.0)
+
+
+# --- preflight, event loops, the simulate fallback --------------------------------------------
+
+
+def test_preflight_passes_on_the_right_network() -> None:
+    with Emulator(STATE) as emu:
+        facts = preflight(settings_for(emu.url))
+    assert facts == NetworkFacts(STATE.network_passphrase, STATE.protocol_version, LATEST)
+
+
+def test_preflight_refuses_the_wrong_network() -> None:
+    with Emulator(STATE) as emu, pytest.raises(RpcPreflightError, match="wrong network") as raised:
+        preflight(settings_for(emu.url, network_passphrase="Public Global Stellar Network ; September 2015"))
+    assert raised.value.exit_code == 2
+
+
+def test_preflight_refuses_an_unreachable_rpc() -> None:
+    with Emulator(STATE) as emu:
+        url = emu.url
+    with pytest.raises(RpcPreflightError, match="not usable"):
+        preflight(settings_for(url, rpc_max_retries=1), policy=FAST)
+
+
+def test_preflight_needs_a_url() -> None:
+    with pytest.raises(RpcPreflightError, match="SOROBAN_RPC_URL"):
+        preflight(load_settings({}, {}))
+
+
+def test_read_ledger_inside_a_running_event_loop(clean: LedgerRead) -> None:
+    async def notebook_cell() -> tuple[LedgerRead, NetworkFacts]:
+        asyncio.get_running_loop()  # as in a Jupyter kernel: asyncio.run would refuse here
+        with Emulator(STATE) as emu:
+            return read(emu), preflight(settings_for(emu.url))
+
+    result, facts = asyncio.run(notebook_cell())
+    assert comparable(result).equals(comparable(clean)) and facts.latest_ledger == LATEST
+
+
+def test_progress_bar_does_not_change_the_result(clean: LedgerRead, capsys) -> None:
+    with Emulator(STATE) as emu:
+        result = read_ledger(ALL_IDS, settings_for(emu.url), progress=True, policy=FAST)
+    assert comparable(result).equals(comparable(clean))
+    assert "getLedgerEntries" in capsys.readouterr().err
+
+
+def test_simulate_fallback_gives_the_same_escrows(clean: LedgerRead) -> None:
+    picks = [*SHAPED[:5], SPECIAL["no_escrow"], SPECIAL["bare_token"], SPECIAL["other_invoice"]]
+    ids = [e.contract_id for e in picks] + [MISSING]
+    with Emulator(STATE) as emu:
+        settings = settings_for(emu.url, rpc_use_simulate=True)
+        result = read_ledger(ids, settings, progress=False, policy=FAST)
+        stats = emu.stats
+    assert "getLedgerEntries" not in stats.requests
+    got, batched = rows(result), rows(clean)
+    same = ["read_status", "escrow_invoice_id", "funded_amount", "amount", "funding_target", "escrow_status"]
+    for spec in [*picks[:5], SPECIAL["other_invoice"]]:
+        row = got[spec.contract_id]
+        assert {c: row[c] for c in same} == {c: batched[spec.contract_id][c] for c in same}
+        assert row["live_until_ledger"] is None  # a simulation does not say
+        if spec.storage_shape == "no_funding_token":
+            assert row["token_decimals"] is None and "funding token unknown" in row["read_error"]
+        else:
+            assert (row["funding_token"], row["token_decimals"]) == (TOKEN.contract_id, 7)
+    assert got[MISSING]["read_status"] == "no_instance"
+    assert got[SPECIAL["no_escrow"].contract_id]["read_status"] == "error"
+    assert got[SPECIAL["bare_token"].contract_id]["token_decimals"] is None
+    # get_escrow for each id, get_funding_token for each of the 7 escrows read, decimals once per token
+    assert stats.requests["simulateTransaction"] == len(ids) + 7 + 2
+
+
+def test_simulate_reference_path_is_one_call_per_invoice() -> None:
+    ids = [e.contract_id for e in BULK[:10]]
+    with Emulator(STATE) as emu:
+        result = read_ledger_simulated(ids, settings_for(emu.url), progress=False, with_funding_token=False)
+        stats = emu.stats
+    assert stats.requests["simulateTransaction"] == 10
+    assert (result.frame["read_status"] == "ok").all()
