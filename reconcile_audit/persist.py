@@ -328,23 +328,30 @@ def _statements(path: Path) -> tuple[str, ...]:
     return tuple(part.strip() for part in re.split(r";\s*$", code, flags=re.MULTILINE) if part.strip())
 
 
+def _pending(conn: Connection) -> list[Migration]:
+    applied: set[int] = set()
+    if table_exists(conn, "reconcile_audit_schema_migrations"):
+        applied = {int(row[0]) for row in conn.rows(read_sql("migrations/applied.sql"))}
+    return [migration for migration in migrations(conn.dialect) if migration.version not in applied]
+
+
 def _migrate(conn: Connection) -> tuple[int, ...]:
-    applied_now: list[int] = []
+    # Read first: an up-to-date database needs no DDL rights, no lock and no CREATE ... IF NOT
+    # EXISTS, which PostgreSQL checks against the schema's CREATE privilege even when it exists.
+    if not _pending(conn):
+        return ()
     with _transaction(conn):
         if conn.dialect == "postgres":
             conn.execute(read_sql("migrations/lock.postgres.sql"))
         conn.execute(read_sql("migrations/schema_migrations.sql"))
-        applied = {int(row[0]) for row in conn.rows(read_sql("migrations/applied.sql"))}
-        for migration in migrations(conn.dialect):
-            if migration.version in applied:
-                continue
+        pending = _pending(conn)  # again under the lock: a concurrent migrate may have finished
+        for migration in pending:
             for statement in migration.statements:
                 conn.execute(statement)
             conn.execute(read_sql("migrations/record.sql"), (migration.version, migration.name, _now()))
-            applied_now.append(migration.version)
-    if applied_now:
-        logger.info("state database: applied migrations %s", applied_now)
-    return tuple(applied_now)
+    if pending:
+        logger.info("state database: applied migrations %s", [m.version for m in pending])
+    return tuple(m.version for m in pending)
 
 
 def migrate(url: str) -> None:

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from reconcile_audit import persist
-from reconcile_audit.db import connect
+from reconcile_audit.db import connect, read_sql
 from reconcile_audit.errors import LeaseHeldError, PersistError
 from reconcile_audit.persist import RunCounts, RunRecord
 from reconcile_audit.schemas import FINDINGS
@@ -494,3 +494,32 @@ def test_one_hundred_thousand_findings_are_written_in_bulk(state_url: str) -> No
     assert query(state_url, "SELECT count(*), count(DISTINCT invoice_id) FROM reconciliation_findings") == [
         (count, count)
     ]
+
+
+def test_a_role_without_ddl_rights_persists_after_migration(pg_url: str) -> None:
+    """Production runs as an application role; only `migrate` needs to create tables."""
+    import uuid
+
+    import adbc_driver_manager as adbc_errors
+
+    role = f"reconcile_app_{uuid.uuid4().hex[:8]}"
+    persist.migrate(pg_url)
+    with connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    app_url = pg_url.replace("postgres@", f"{role}@", 1)
+    try:
+        assert persist.persist_run(app_url, record(MIXED), MIXED).ok
+        with persist.run_lease(app_url, "t1", "app role"):
+            pass
+        assert persist.latest_summary(app_url, "t1", now=T0 + timedelta(hours=1)).status == "findings"
+        # The role really cannot create: even the IF NOT EXISTS form of an existing table fails.
+        with connect(app_url) as conn, pytest.raises(adbc_errors.Error, match="permission denied"):
+            conn.execute(read_sql("migrations/schema_migrations.sql"))
+    finally:
+        with connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
