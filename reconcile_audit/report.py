@@ -41,6 +41,7 @@ FINDING_CLASSES: Final = tuple(c for c in CLASSES if c != "match")
 # Order of findings of equal (or no) drift: money first, then what blocks reading money.
 _CLASS_ORDER: Final = {"mismatch": 0, "missing_on_chain": 1, "error": 2, "unlinked": 3, "match": 4}
 TREND_RUNS: Final = 30
+SECONDARY_ROWS: Final = 50  # rows at most in the new / persisting / resolved / expiry lists
 BAR_MAX_PX: Final = 240
 # Every listed row renders to at least this many bytes, which bounds the search for the cut.
 _MIN_ROW_BYTES: Final = 32
@@ -431,13 +432,22 @@ class _Lists:
     expiry: Section
 
     def cut(self, limit: int) -> _Lists:
+        """The worst-findings list gets ``limit`` rows; the others at most SECONDARY_ROWS, so on a
+        bad night the ranked list, which says where the money is, keeps most of the budget."""
+        secondary = min(limit, SECONDARY_ROWS)
         return _Lists(
-            *(getattr(self, name).cut(limit) for name in ("new", "persisting", "resolved", "worst", "expiry"))
+            new=self.new.cut(secondary),
+            persisting=self.persisting.cut(secondary),
+            resolved=self.resolved.cut(secondary),
+            worst=self.worst.cut(limit),
+            expiry=self.expiry.cut(secondary),
         )
 
     @property
     def longest(self) -> int:
-        return max(s.total for s in (self.new, self.persisting, self.resolved, self.worst, self.expiry))
+        """The largest limit that still changes what :meth:`cut` shows."""
+        others = max(s.total for s in (self.new, self.persisting, self.resolved, self.expiry))
+        return max(self.worst.total, min(others, SECONDARY_ROWS))
 
 
 def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Lists:
