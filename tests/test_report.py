@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import struct
 import subprocess
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -320,3 +321,48 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
     screenshot(html, png, tmp_path / "profile")
     assert png.exists() and png.stat().st_size > 50_000  # a blank page is a few kB
     assert _png_size(png) == (1200, 2600)
+
+
+def test_secondary_lists_are_capped_so_the_ranked_list_keeps_the_budget() -> None:
+    rows = [mismatch(f"INV-{i:04d}", 100_000 + i, 1_000_000_000, drift_rank=120 - i) for i in range(120)]
+    findings = frame(rows)
+    report = render_report(findings, history_for(findings), facts())
+    assert report.findings_shown == 120 and report.findings_omitted == 0
+    text = report.text
+    new = text[text.index("New findings") : text.index("Persisting findings")]
+    assert new.count("  - INV-") == 50
+    assert "70 more not shown (of 120); the full list is in results.csv." in new
+    assert "70 more not shown</b> (of 120)" in report.html
+
+
+def test_a_trend_without_the_current_run_gets_it_appended() -> None:
+    findings = frame(realistic_rows())
+    history = history_for(findings, runs=3)
+    earlier = history.trend.filter(~pl.col("current")).drop("current")
+    report = render_report(findings, replace(history, trend=earlier), facts())
+    trend = report.text[report.text.index("TREND OF THE LAST 4 RUNS") : report.text.index("Audit record")]
+    assert trend.count("(this run)") == 1
+    assert "2026-11-24 02:00 (this run)  invoices 48, findings 6" in trend
+
+
+def test_history_warning_is_shown() -> None:
+    findings = frame(realistic_rows())
+
+    @dataclass(frozen=True)
+    class Degraded:
+        findings: pl.DataFrame
+        resolved: pl.DataFrame
+        trend: pl.DataFrame
+        previous_counts: None = None
+        warning: str = "state database postgresql://u:pw@db unreachable"
+
+    base = history_for(findings, runs=0)
+    report = render_report(
+        findings,
+        Degraded(base.findings, base.resolved, base.trend),
+        facts(),
+        redact=lambda s: s.replace("pw", "***"),
+    )
+    assert "History incomplete:" in report.html and "postgresql://u:***@db unreachable" in report.text
+    assert "pw@" not in report.html
+    assert "No previous run to compare with." in report.text
