@@ -1,0 +1,312 @@
+"""`reconcile-audit run/summary/migrate` end to end: real papermill and kernel, real PostgreSQL,
+real HTTP to the emulator. Runs are shared through module-scoped fixtures (each costs a kernel).
+
+The database URLs carry a password (the test server trusts every login, so any password works)
+and SMTP_PASSWORD is set, so every artifact can be searched for both.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from reconcile_audit import demo, persist
+from reconcile_audit.cli import app
+from reconcile_audit.emulator.server import Emulator
+from reconcile_audit.schemas import CLASSES, FINDINGS
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+DB_PASSWORD = "pg-Pw-7f3a9c"
+SMTP_PASSWORD = "smtp-Pw-b41e2d"
+SECRETS = (DB_PASSWORD, SMTP_PASSWORD)
+ARTIFACTS = (
+    "notebook.ipynb",
+    "report.html",
+    "report.txt",
+    "summary.json",
+    "results.parquet",
+    "results.csv",
+    "metrics.prom",
+)
+
+
+def _admin(pg_server: str, sql: str) -> None:
+    import adbc_driver_postgresql.dbapi as pg
+
+    with pg.connect(pg_server, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute(sql)
+
+
+@pytest.fixture(scope="module")
+def databases(pg_server: str) -> Iterator[dict[str, str]]:
+    """Three fresh databases: one with planted findings, one clean, one for the failing run."""
+    base = pg_server.rsplit("/", 1)[0]
+    names = {
+        role: f"reconcile_cli_{role}_{uuid.uuid4().hex[:8]}" for role in ("findings", "clean", "failing")
+    }
+    for name in names.values():
+        _admin(pg_server, f'CREATE DATABASE "{name}"')
+    try:
+        yield {role: f"{base}/{name}" for role, name in names.items()}
+    finally:
+        for name in names.values():
+            _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_password(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    user, _, host = rest.partition("@")
+    return f"{scheme}://{user}:{DB_PASSWORD}@{host}"
+
+
+@pytest.fixture(scope="module")
+def dataset() -> demo.DemoData:
+    return demo.build_dataset(90, history_nights=0)
+
+
+def clean_subset(data: demo.DemoData) -> demo.DemoData:
+    """Only the plain invoices: every one a match, no flag."""
+    planted = {invoice for ids in data.planted.values() for invoice in ids}
+    invoices = data.invoices.filter(
+        ~pl.col("invoice_id").is_in(list(planted)) & ~pl.col("invoice_id").str.starts_with("SKIP_")
+    )
+    keep = invoices.get_column("id")
+    return demo.DemoData(
+        invoices=invoices,
+        summaries=data.summaries.filter(pl.col("invoice_id").is_in(keep.implode())),
+        operations=data.operations.filter(pl.col("invoice_id").is_in(keep.implode())),
+        escrows=data.escrows,
+        tokens=data.tokens,
+        escrow_addr_by_invoice='{"mappings": []}',
+        planted={},
+        earlier_funding={},
+    )
+
+
+@pytest.fixture(scope="module")
+def emulator(dataset: demo.DemoData) -> Iterator[Emulator]:
+    with Emulator(dataset.ledger_state(0)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def loaded(databases: dict[str, str], dataset: demo.DemoData) -> dict[str, str]:
+    demo.write_source_database(databases["findings"], dataset)
+    clean = clean_subset(dataset)
+    demo.write_source_database(databases["clean"], clean)
+    demo.write_source_database(databases["failing"], clean)
+    return databases
+
+
+def environment(url: str, emulator: Emulator, dataset: demo.DemoData) -> dict[str, str]:
+    return {
+        "DATABASE_URL": with_password(url),
+        "SOROBAN_RPC_URL": emulator.url,
+        "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
+        "SMTP_PASSWORD": SMTP_PASSWORD,
+        "SMTP_USER": "reconcile",
+        "RECONCILE_STATE_DATABASE_URL": "",
+        "RECONCILE_TENANT_ID": "",
+        "ALERT_EMAIL_TO": "",
+        "PUSHGATEWAY_URL": "",
+    }
+
+
+class Run:
+    def __init__(self, result, out: Path) -> None:
+        self.result = result
+        self.out = out
+        folders = [p for p in out.iterdir() if p.is_dir()]
+        self.folder = folders[0] if len(folders) == 1 else None
+
+    @property
+    def summary(self) -> dict:
+        assert self.folder is not None
+        return json.loads((self.folder / "summary.json").read_text(encoding="utf-8"))
+
+    def text(self, name: str) -> str:
+        assert self.folder is not None
+        return (self.folder / name).read_text(encoding="utf-8")
+
+
+def invoke(args: list[str], env: dict[str, str]):
+    return CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+
+
+def run_cli(tmp_path_factory, name: str, args: list[str], env: dict[str, str]) -> Run:
+    out = tmp_path_factory.mktemp(name)
+    return Run(invoke(["run", "--output-dir", str(out), *args], env), out)
+
+
+@pytest.fixture(scope="module")
+def findings_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
+    env = environment(loaded["findings"], emulator, dataset)
+    return run_cli(tmp_path_factory, "findings", ["--run-key", "test:findings"], env)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
+    env = environment(loaded["clean"], emulator, dataset)
+    return run_cli(tmp_path_factory, "clean", ["-p", "ttl_warning_ledgers=1000"], env)
+
+
+@pytest.fixture(scope="module")
+def failing_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
+    broken = tmp_path_factory.mktemp("sql") / "broken_extract.sql"
+    broken.write_text("SELECT id AS invoice_pk FROM invoices WHERE tenant_id = $1 AND (", encoding="utf-8")
+    env = environment(loaded["failing"], emulator, dataset)
+    return run_cli(tmp_path_factory, "failing", ["-p", f"extract_sql_path={broken}"], env)
+
+
+# --- the run with findings -----------------------------------------------------------------------
+
+
+def test_findings_run_exits_1_with_every_artifact(findings_run, dataset):
+    assert findings_run.result.exit_code == 1, findings_run.result.output
+    assert findings_run.folder is not None
+    for name in ARTIFACTS:
+        assert (findings_run.folder / name).is_file(), name
+    assert str(findings_run.folder / "report.html") in findings_run.result.output
+
+
+def test_summary_json_counts_every_class(findings_run, dataset):
+    summary = findings_run.summary
+    reconcilable = dataset.invoices.filter(~pl.col("invoice_id").str.starts_with("SKIP_")).height
+    assert summary["status"] == "findings"
+    assert summary["run_id"] == findings_run.folder.name
+    assert summary["total"] == reconcilable == sum(summary["counts"].values())
+    assert set(summary["counts"]) == set(CLASSES)
+    assert all(summary["counts"][name] > 0 for name in CLASSES), summary["counts"]
+
+
+def test_results_hold_one_row_per_invoice_with_the_documented_columns(findings_run):
+    results = pl.read_parquet(findings_run.folder / "results.parquet")
+    assert results.height == findings_run.summary["total"]
+    assert set(FINDINGS) <= set(results.columns)
+    assert pl.read_csv(findings_run.folder / "results.csv", infer_schema=False).height == results.height
+
+
+def test_report_says_findings_and_keeps_hostile_ids_as_text(findings_run, dataset):
+    html = findings_run.text("report.html")
+    assert "FINDINGS" in html
+    assert "<script" not in html.lower()
+    assert '<img src=x onerror="alert' not in html
+    assert "&lt;img src=x onerror=" in html
+    assert "FINDINGS" in findings_run.text("report.txt")
+
+
+def test_executed_notebook_keeps_parameters_and_the_ledger_read_ran_in_the_kernel(findings_run):
+    notebook = nbformat.read(findings_run.folder / "notebook.ipynb", as_version=4)
+    injected = [c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    assert f'run_id = "{findings_run.folder.name}"' in injected[0].source
+    ledger_cell = next(c for c in notebook.cells if "#papermill_description=ledger" in c.source)
+    printed = "".join(o.get("text", "") for o in ledger_cell.outputs if o.output_type == "stream")
+    # The reader ran inside the kernel's event loop and read every escrow over HTTP.
+    assert "ledger:" in printed and "requests" in printed
+    assert not any(o.output_type == "error" for c in notebook.cells for o in c.get("outputs", []))
+
+
+def test_no_secret_in_any_artifact_or_output(findings_run):
+    assert findings_run.folder is not None
+    for path in findings_run.out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in SECRETS:
+                assert secret.encode() not in data, f"{secret} leaked into {path.name}"
+    for secret in SECRETS:
+        assert secret not in findings_run.result.output
+
+
+def test_summary_command_reads_the_health(findings_run, loaded, emulator, dataset):
+    env = environment(loaded["findings"], emulator, dataset)
+    result = invoke(["summary", "--json"], env)
+    assert result.exit_code == 0, result.output
+    health = json.loads(result.output)
+    assert health["status"] == "findings"
+    assert health["run_key"] == "test:findings"
+    assert DB_PASSWORD not in result.output
+    plain = invoke(["summary"], env)
+    assert plain.exit_code == 0 and "status: findings" in plain.output
+
+
+# --- clean, failing, lease, prepare-only, parameters --------------------------------------------
+
+
+def test_clean_run_exits_0(clean_run):
+    assert clean_run.result.exit_code == 0, clean_run.result.output
+    summary = clean_run.summary
+    assert summary["status"] == "clean"
+    assert summary["counts"]["match"] == summary["total"] > 0
+    assert "CLEAN" in clean_run.text("report.html")
+
+
+def test_failing_cell_exits_2_names_the_cell_and_records_the_failure(failing_run, loaded):
+    result = failing_run.result
+    assert result.exit_code == 2, result.output
+    assert "extract" in result.output
+    summary = failing_run.summary
+    assert summary["status"] == "failed"
+    assert summary["failed_cell"] == "extract"
+    notebook = failing_run.text("notebook.ipynb")
+    assert "papermill-error-cell" in notebook  # papermill's banner stays in the executed notebook
+    assert "FAILED" in failing_run.text("report.html")
+    metrics = failing_run.text("metrics.prom")
+    assert "escrow_reconciliation_last_run_success 0.0" in metrics
+    assert "escrow_reconciliation_last_success_timestamp_seconds" not in metrics
+    health = persist.latest_summary(loaded["failing"])
+    assert health.status == "failed"
+    for secret in SECRETS:
+        assert secret not in notebook and secret not in result.output
+
+
+def test_lease_held_exits_3_and_names_the_holder(tmp_path, loaded, emulator, dataset):
+    env = environment(loaded["clean"], emulator, dataset)
+    with persist.run_lease(loaded["clean"], None, "nightly on host-a"):
+        result = invoke(["run", "--output-dir", str(tmp_path)], env)
+    assert result.exit_code == 3, result.output
+    assert "nightly on host-a" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_only_writes_the_parameterised_notebook(tmp_path, loaded, emulator, dataset):
+    env = environment(loaded["clean"], emulator, dataset)
+    result = invoke(["run", "--prepare-only", "--output-dir", str(tmp_path), "--tenant", "acme"], env)
+    assert result.exit_code == 0, result.output
+    (folder,) = list(tmp_path.iterdir())
+    assert [p.name for p in folder.iterdir()] == ["notebook.ipynb"]
+    notebook = nbformat.read(folder / "notebook.ipynb", as_version=4)
+    injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert 'tenant_id = "acme"' in injected.source
+    assert all(c.get("outputs", []) == [] for c in notebook.cells if c.cell_type == "code")
+    assert DB_PASSWORD not in (folder / "notebook.ipynb").read_text(encoding="utf-8")
+
+
+def test_unknown_parameter_exits_2_listing_the_known_ones(tmp_path):
+    result = invoke(["run", "--output-dir", str(tmp_path), "-p", "bogus=1"], {})
+    assert result.exit_code == 2
+    assert "bogus" in result.output and "tenant_id" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_password_parameter_exits_2_without_echoing_it(tmp_path):
+    url = f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1/x"
+    result = invoke(["run", "--output-dir", str(tmp_path), "-p", f"database_url={url}"], {})
+    assert result.exit_code == 2
+    assert "DATABASE_URL" in result.output and DB_PASSWORD not in result.output
+
+
+def test_migrate_is_idempotent_and_redacts(loaded):
+    env = {"DATABASE_URL": with_password(loaded["clean"]), "RECONCILE_STATE_DATABASE_URL": ""}
+    for _ in range(2):
+        result = invoke(["migrate"], env)
+        assert result.exit_code == 0, result.output
+        assert "migrated" in result.output and DB_PASSWORD not in result.output

@@ -1,0 +1,109 @@
+"""Runner pieces that need no notebook execution: parameters, kernel, failing cell, scrubbing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from reconcile_audit import pipeline, runner
+from reconcile_audit.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def known():
+    return runner.notebook_parameters()
+
+
+def test_unknown_parameter_is_rejected_with_the_known_names(known):
+    with pytest.raises(ConfigError) as caught:
+        runner.check_parameters({"tenant": "acme", "bogus": 1}, known)
+    assert caught.value.setting == "bogus, tenant"
+    assert "tenant_id" in caught.value.problem and "demo_invoices" in caught.value.problem
+
+
+def test_values_take_the_notebook_default_type(known):
+    checked = runner.check_parameters(
+        {"demo_invoices": "120", "deliver": "false", "progress": "yes", "tenant_id": "42"}, known
+    )
+    assert checked == {"demo_invoices": 120, "deliver": False, "progress": True, "tenant_id": "42"}
+    with pytest.raises(ConfigError, match="demo_invoices"):
+        runner.check_parameters({"demo_invoices": "many"}, known)
+    with pytest.raises(ConfigError, match="deliver"):
+        runner.check_parameters({"deliver": "perhaps"}, known)
+
+
+def test_password_in_a_url_parameter_is_refused(known):
+    with pytest.raises(ConfigError) as caught:
+        runner.check_parameters({"database_url": "postgresql://app:hunter2@db/x"}, known)
+    assert "DATABASE_URL" in caught.value.problem
+    assert "hunter2" not in str(caught.value)
+    # Without a password the URL is an ordinary parameter.
+    assert runner.check_parameters({"database_url": "postgresql://app@db/x"}, known)
+
+
+def test_output_dir_belongs_to_the_runner(known):
+    with pytest.raises(ConfigError, match="output-dir"):
+        runner.check_parameters({"output_dir": "/tmp/x"}, known)
+
+
+def test_kernel_is_registered_for_this_interpreter():
+    name = runner.ensure_kernel()
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert Path(spec.argv[0]).resolve() == Path(sys.executable).resolve()
+    assert Path(spec.resource_dir).resolve().is_relative_to(Path(sys.prefix).resolve())
+    assert runner.ensure_kernel() == name  # idempotent
+
+
+def _executed(tmp_path: Path, cells: list) -> Path:
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(new_notebook(cells=cells), path)
+    return path
+
+
+def test_failing_cell_is_named_by_its_description(tmp_path):
+    ok = new_code_cell("#papermill_description=extract\nx = 1")
+    bad = new_code_cell("#papermill_description=ledger\nraise RpcPreflightError('down')")
+    bad.outputs = [new_output("error", ename="RpcPreflightError", evalue="down", traceback=[])]
+    name, detail = runner.failing_cell(_executed(tmp_path, [ok, bad]))
+    assert (name, detail) == ("ledger", "RpcPreflightError: down")
+
+
+def test_failing_cell_without_description_is_named_by_position(tmp_path):
+    bad = new_code_cell("1/0")
+    bad.outputs = [new_output("error", ename="ZeroDivisionError", evalue="division by zero", traceback=[])]
+    assert runner.failing_cell(_executed(tmp_path, [new_code_cell("x = 1"), bad]))[0] == "cell 1"
+
+
+def test_scrub_replaces_secrets_in_text_artifacts_only(tmp_path):
+    (tmp_path / "report.html").write_text("dsn postgresql://u:pw-123@h/db", encoding="utf-8")
+    (tmp_path / "summary.json").write_text(json.dumps({"ok": True}), encoding="utf-8")
+    (tmp_path / "blob.bin").write_bytes(b"\xff\xfepw-123")
+    changed = runner.scrub_secrets(tmp_path, ("pw-123",))
+    assert changed == [tmp_path / "report.html"]
+    assert (tmp_path / "report.html").read_text(encoding="utf-8") == "dsn postgresql://u:***@h/db"
+
+
+def test_environment_is_restored_after_the_run(monkeypatch):
+    monkeypatch.setenv("RECONCILE_TEST_KEEP", "before")
+    monkeypatch.delenv("RECONCILE_TEST_NEW", raising=False)
+    with runner.environment({"RECONCILE_TEST_KEEP": "during", "RECONCILE_TEST_NEW": "x"}):
+        assert os.environ["RECONCILE_TEST_KEEP"] == "during"
+    assert os.environ["RECONCILE_TEST_KEEP"] == "before"
+    assert "RECONCILE_TEST_NEW" not in os.environ
+
+
+def test_run_ids_sort_by_time_and_keys_are_per_day():
+    from datetime import UTC, datetime
+
+    early = pipeline.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = pipeline.new_run_id(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
+    assert early.startswith("20260102T030405Z-") and early < late
+    assert pipeline.default_run_key("acme", datetime(2026, 1, 2, 23, 0, tzinfo=UTC)) == "acme:2026-01-02"
+    assert pipeline.default_run_key(None, datetime(2026, 1, 2, tzinfo=UTC)) == "all:2026-01-02"
