@@ -107,12 +107,14 @@ def send_email(
     message: EmailMessage,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    implicit_tls: bool | None = None,
     timeout_seconds: float = 30.0,
 ) -> DeliveryOutcome:
     """Send ``message`` to ``settings.alert_email_to`` over SMTP; never raises.
 
-    Port 465 means implicit TLS. Otherwise STARTTLS is used when ``smtp_starttls`` is set and the
-    server offers it; credentials are then never sent over a connection that did not upgrade.
+    ``implicit_tls`` (default: port 465) connects with TLS from the first byte. Otherwise STARTTLS
+    is used when ``smtp_starttls`` is set and the server offers it; credentials are then never
+    sent over a connection that did not upgrade.
     ``ssl_context`` defaults to the system trust store (pass one to trust a private CA).
     """
     recipients = tuple(settings.alert_email_to)
@@ -122,8 +124,9 @@ def send_email(
         return _failed(settings, "SMTP_HOST is not set", None, recipients)
     size = len(message.as_bytes())
     context = ssl_context or ssl.create_default_context()
+    tls_from_start = settings.smtp_port == 465 if implicit_tls is None else implicit_tls
     try:
-        if settings.smtp_port == 465:
+        if tls_from_start:
             client: smtplib.SMTP = smtplib.SMTP_SSL(
                 settings.smtp_host, settings.smtp_port, timeout=timeout_seconds, context=context
             )
@@ -131,8 +134,8 @@ def send_email(
             client = smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=timeout_seconds)
         with client:
             client.ehlo()
-            secure = settings.smtp_port == 465
-            if settings.smtp_starttls and settings.smtp_port != 465 and client.has_extn("starttls"):
+            secure = tls_from_start
+            if settings.smtp_starttls and not secure and client.has_extn("starttls"):
                 client.starttls(context=context)
                 client.ehlo()
                 secure = True

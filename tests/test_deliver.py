@@ -115,6 +115,31 @@ def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
         controller.stop()
 
 
+@pytest.fixture
+def implicit_tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
+    """TLS from the first byte (what port 465 speaks), AUTH required."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    inbox = Inbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        ssl_context=server_context,
+        authenticator=authenticate,
+        auth_required=True,
+        # aiosmtpd only counts STARTTLS as TLS for this check; the socket here is TLS throughout.
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield inbox, controller.port, client_context
+    finally:
+        controller.stop()
+
+
 def settings_for(
     port: int, *, starttls: bool, login: bool = True, to: str = "ops@example.com,fin@example.com"
 ) -> Settings:
@@ -188,6 +213,16 @@ def test_starttls_and_login_against_a_relay_that_requires_both(
     outcome = send_email(
         settings, build_email(settings, report, facts(), [csv_path]), ssl_context=client_context
     )
+    assert outcome.status == "sent", outcome.detail
+    check_message(inbox.only_message(), report, findings)
+
+
+def test_implicit_tls_and_login(implicit_tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path) -> None:
+    inbox, port, client_context = implicit_tls_smtp
+    report, csv_path, findings = report_and_csv(tmp_path)
+    settings = settings_for(port, starttls=True)
+    message = build_email(settings, report, facts(), [csv_path])
+    outcome = send_email(settings, message, ssl_context=client_context, implicit_tls=True)
     assert outcome.status == "sent", outcome.detail
     check_message(inbox.only_message(), report, findings)
 
