@@ -51,10 +51,14 @@ class Entry(NamedTuple):
 
     key: str
     fragment: str
-    xdr: str
     contract_id: str
     last_modified: int
     live_until: int
+
+    @property
+    def xdr(self) -> str:
+        # Kept only inside the fragment: a second copy would cost ~100 MB at 100k escrows.
+        return self.fragment.split('"xdr":"', 1)[1].split('"', 1)[0]
 
 
 def entry_fragment(key: str, xdr: str, last_modified: int, live_until: int) -> str:
@@ -94,21 +98,22 @@ class RpcNode:
         self._lock = threading.Lock()
         self.escrows = {spec.contract_id: spec for spec in ledger.escrows}
         self.tokens = {spec.contract_id: spec for spec in ledger.tokens}
-        entries: dict[str, Entry] = {}
-        for spec in ledger.escrows:
-            entries[_b64(encode.instance_key_xdr(spec.contract_id))] = self._entry(
-                spec.contract_id,
-                encode.escrow_entry_xdr(spec),
-                spec.last_modified_ledger,
-                spec.live_until_ledger,
-            )
-        for token in ledger.tokens:
-            entries[_b64(encode.instance_key_xdr(token.contract_id))] = self._entry(
-                token.contract_id,
-                encode.token_entry_xdr(token),
-                token.last_modified_ledger,
-                token.live_until_ledger,
-            )
+        built = [
+            *(
+                self._entry(
+                    e.contract_id, encode.escrow_entry_xdr(e), e.last_modified_ledger, e.live_until_ledger
+                )
+                for e in ledger.escrows
+            ),
+            *(
+                self._entry(
+                    t.contract_id, encode.token_entry_xdr(t), t.last_modified_ledger, t.live_until_ledger
+                )
+                for t in ledger.tokens
+            ),
+        ]
+        entries = {entry.key: entry for entry in built}
+        del built
         self.entries = entries
         self.key_of = {entry.contract_id: entry.key for entry in entries.values()}
         self._simulation_data: dict[str, str] = {}
@@ -123,12 +128,7 @@ class RpcNode:
         key = _b64(encode.instance_key_xdr(contract_id))
         xdr = _b64(data)
         return Entry(
-            key,
-            entry_fragment(key, xdr, last_modified, live_until),
-            xdr,
-            contract_id,
-            last_modified,
-            live_until,
+            key, entry_fragment(key, xdr, last_modified, live_until), contract_id, last_modified, live_until
         )
 
     def advance(self, ledgers: int) -> int:
