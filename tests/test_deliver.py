@@ -217,6 +217,7 @@ def test_starttls_and_login_against_a_relay_that_requires_both(
     check_message(inbox.only_message(), report, findings)
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_implicit_tls_and_login(implicit_tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path) -> None:
     inbox, port, client_context = implicit_tls_smtp
     report, csv_path, findings = report_and_csv(tmp_path)
