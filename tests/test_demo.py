@@ -1,0 +1,127 @@
+"""The demo: planted data of every class and flag, replayed history, and `reconcile-audit demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from reconcile_audit import db, demo
+from reconcile_audit.cli import app
+from reconcile_audit.schemas import CLASSES, FLAGS
+
+# kind -> (class, flag that must be set or None)
+EXPECTED = {
+    "mismatch_db_over": ("mismatch", None),
+    "mismatch_chain_over": ("mismatch", None),
+    "mismatch_new_large": ("mismatch", None),
+    "invoice_id_mismatch": ("mismatch", None),
+    "missing_instance": ("missing_on_chain", None),
+    "no_escrow": ("missing_on_chain", None),
+    "unlinked": ("unlinked", None),
+    "bad_checksum": ("error", None),
+    "invalid_invoice_id": ("error", None),
+    "hostile_invoice_id": ("error", None),
+    "unknown_decimals": ("error", None),
+    "archived": ("match", "archived"),
+    "ttl_expiring": ("match", "ttl_expiring"),
+    "duplicate_summary": ("match", "duplicate_summary"),
+    "null_total": ("match", "null_total"),
+    "no_summary": ("mismatch", "null_total"),
+    "mapped_address": ("match", None),
+}
+
+
+def test_every_kind_is_planted_and_earlier_nights_differ():
+    data = demo.build_dataset(60, history_nights=2)
+    assert set(EXPECTED) == set(demo.PLANTED_KINDS)
+    assert all(data.planted[kind] for kind in demo.PLANTED_KINDS)
+    assert data.invoices.get_column("invoice_id").is_unique().all()
+    tonight = {spec.contract_id: spec.funded_amount for spec in data.ledger_state(0).escrows}
+    for night in (1, 2):
+        earlier = data.ledger_state(night)
+        assert earlier.latest_ledger == data.latest_ledger - night * demo.LEDGERS_PER_DAY
+        changed = {s.contract_id for s in earlier.escrows if s.funded_amount != tonight[s.contract_id]}
+        assert len(changed) >= 4  # a few plain drifts that night, plus tonight's new ones still matching
+    mapping = json.loads(data.escrow_addr_by_invoice)["mappings"]
+    assert [m["invoiceId"] for m in mapping] == list(data.planted["mapped_address"])
+
+
+def test_same_seed_same_data():
+    first, second = demo.build_dataset(55, seed=3), demo.build_dataset(55, seed=3)
+    assert first.invoices.equals(second.invoices) and first.escrows == second.escrows
+
+
+def test_refuses_too_few_invoices():
+    with pytest.raises(ValueError, match="at least 50"):
+        demo.build_dataset(10)
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """`reconcile-audit demo` twice into the same folder: the second must replace, not pile up."""
+    out = tmp_path_factory.mktemp("demo")
+    args = ["demo", "--invoices", "120", "--history-runs", "2", "--output-dir", str(out)]
+    env = {"DATABASE_URL": "", "ALERT_EMAIL_TO": "", "PUSHGATEWAY_URL": "", "RECONCILE_TENANT_ID": ""}
+    results = [CliRunner().invoke(app, args, env=env, catch_exceptions=False) for _ in range(2)]
+    return out, results
+
+
+@pytest.mark.slow
+def test_demo_exits_1_and_prints_the_report(demo_runs):
+    out, results = demo_runs
+    for result in results:
+        assert result.exit_code == 1, result.output
+        assert "report: " in result.output and "report.html" in result.output
+    runs = sorted(p for p in out.iterdir() if p.is_dir() and p.name != "demo")
+    assert len(runs) == 2
+
+
+@pytest.mark.slow
+def test_demo_findings_cover_every_class_and_flag(demo_runs):
+    out, _ = demo_runs
+    latest = sorted(p for p in out.iterdir() if p.is_dir() and p.name != "demo")[-1]
+    summary = json.loads((latest / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "findings"
+    assert all(summary["counts"][name] > 0 for name in CLASSES), summary["counts"]
+    results = pl.read_parquet(latest / "results.parquet")
+    assert set(results.get_column("flags").explode().drop_nulls()) == set(FLAGS)
+    data = demo.build_dataset(120, history_nights=2)
+    by_id = {row["invoice_id"]: row for row in results.iter_rows(named=True)}
+    for kind, (klass, flag) in EXPECTED.items():
+        for invoice_id in data.planted[kind]:
+            row = by_id[invoice_id]
+            assert row["class"] == klass, (kind, row["reason"])
+            if flag:
+                assert flag in row["flags"], (kind, row["flags"])
+    mapped = by_id[data.planted["mapped_address"][0]]
+    assert mapped["address_source"] == "escrow_addr_by_invoice"
+
+
+@pytest.mark.slow
+def test_demo_history_shows_persisting_new_and_resolved(demo_runs):
+    out, _ = demo_runs
+    latest = sorted(p for p in out.iterdir() if p.is_dir() and p.name != "demo")[-1]
+    results = pl.read_parquet(latest / "results.parquet")
+    data = demo.build_dataset(120, history_nights=2)
+    state = {row["invoice_id"]: row for row in results.iter_rows(named=True)}
+    persisting = state[data.planted["mismatch_db_over"][0]]
+    assert persisting["finding_state"] == "persisting" and persisting["age_days"] == 2
+    assert state[data.planted["mismatch_chain_over"][0]]["finding_state"] == "new"
+    text = (latest / "report.txt").read_text(encoding="utf-8").lower()
+    assert "resolved" in text and "persisting" in text
+    # The rebuilt demo database holds the replayed nights and tonight, once each.
+    url = f"duckdb://{(out / 'demo' / demo.DEMO_DATABASE).resolve()}"
+    with db.connect(url) as conn:
+        keys = [row[0] for row in conn.rows("SELECT run_key FROM reconciliation_runs ORDER BY started_at")]
+    assert len(keys) == 3 and len(set(keys)) == 3
+
+
+def test_demo_database_is_replaced(tmp_path: Path):
+    url = demo.fresh_duckdb(tmp_path / "demo.duckdb")
+    demo.write_source_database(url, demo.build_dataset(50))
+    again = demo.fresh_duckdb(tmp_path / "demo.duckdb")
+    assert again == url and not (tmp_path / "demo.duckdb").exists()
