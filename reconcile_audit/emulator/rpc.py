@@ -376,7 +376,11 @@ def _invocation(
     ):
         return None
     call = function.invoke_contract
+    function_name = call.function_name.sc_symbol.decode("utf-8", errors="replace")
     contract = known.get(call.contract_address.to_xdr_bytes())
     if contract is None:
-        contract = Address.from_xdr_sc_address(call.contract_address).address
-    return contract, call.function_name.sc_symbol.decode(), list(call.args)
+        try:
+            contract = Address.from_xdr_sc_address(call.contract_address).address
+        except ValueError:
+            return None  # a muxed, balance or pool address: nothing the emulator can call
+    return contract, function_name, list(call.args)
