@@ -12,6 +12,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import itertools
 import json
 import struct
 import threading
@@ -98,24 +99,17 @@ class RpcNode:
         self._lock = threading.Lock()
         self.escrows = {spec.contract_id: spec for spec in ledger.escrows}
         self.tokens = {spec.contract_id: spec for spec in ledger.tokens}
-        built = [
-            *(
-                self._entry(
-                    e.contract_id, encode.escrow_entry_xdr(e), e.last_modified_ledger, e.live_until_ledger
-                )
-                for e in ledger.escrows
-            ),
-            *(
-                self._entry(
-                    t.contract_id, encode.token_entry_xdr(t), t.last_modified_ledger, t.live_until_ledger
-                )
-                for t in ledger.tokens
-            ),
-        ]
-        entries = {entry.key: entry for entry in built}
-        del built
-        self.entries = entries
-        self.key_of = {entry.contract_id: entry.key for entry in entries.values()}
+        escrow_entries = (
+            self._entry(
+                e.contract_id, encode.escrow_entry_xdr(e), e.last_modified_ledger, e.live_until_ledger
+            )
+            for e in ledger.escrows
+        )
+        token_entries = (
+            self._entry(t.contract_id, encode.token_entry_xdr(t), t.last_modified_ledger, t.live_until_ledger)
+            for t in ledger.tokens
+        )
+        self.entries = {entry.key: entry for entry in itertools.chain(escrow_entries, token_entries)}
         self._simulation_data: dict[str, str] = {}
 
     @functools.cached_property
