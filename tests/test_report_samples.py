@@ -136,6 +136,7 @@ def history_for(
     persisting: Mapping[str, int] | None = None,
     resolved: Sequence[tuple[str, str, str]] = (),
     runs: int = 29,
+    matches: int = 40,
     previous_counts: Mapping[str, int] | None = None,
 ) -> SampleHistory:
     """``persisting``: invoice_id -> age in days; every other non-match finding is new.
@@ -186,7 +187,7 @@ def history_for(
     trend_rows = []
     for i in range(runs):
         counts = {
-            "match": 40,
+            "match": matches,
             "mismatch": (i % 5),
             "missing_on_chain": 1 if i > 20 else 0,
             "unlinked": 1,
