@@ -393,3 +393,15 @@ def test_the_plan_is_frozen_against_later_changes() -> None:
 @pytest.mark.parametrize(("seconds", "header"), [(0.05, "0.05"), (2, "2"), (2.0, "2"), (0, "0")])
 def test_retry_after_header(seconds: float, header: str) -> None:
     assert retry_after_header(seconds) == header
+
+
+def test_a_plan_pickles_for_a_child_process() -> None:
+    import pickle
+
+    plan = FaultPlan(rate=0.3, kinds=("http_503",), seed=4, poisoned={POISON: "corrupt_xdr"})
+    copy = pickle.loads(pickle.dumps(plan))
+    assert copy == plan
+    assert copy.poisoned[POISON] == "corrupt_xdr"
+    with pytest.raises(TypeError):
+        copy.poisoned[POISON] = "http_503"  # type: ignore[index]
+    assert pickle.loads(pickle.dumps(STATE)) == STATE

@@ -77,6 +77,14 @@ class FaultPlan:
         # Freeze a caller's dict so the plan cannot change under a running server.
         object.__setattr__(self, "poisoned", MappingProxyType(dict(self.poisoned)))
 
+    # A mappingproxy does not pickle; a plan handed to a child process must.
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "poisoned": dict(self.poisoned)}
+
+    def __setstate__(self, fields: dict[str, object]) -> None:
+        self.__dict__.update(fields)
+        object.__setattr__(self, "poisoned", MappingProxyType(dict(fields["poisoned"])))  # type: ignore[call-overload]
+
 
 def retry_after_header(seconds: float) -> str:
     """Integral seconds as RFC 9110 wants them; a fraction is kept so tests can stay fast."""
