@@ -274,12 +274,12 @@ class _Sweep:
 
 
 def _key_hash(key: str) -> bytes:
-    return base64.b64decode(key)[8:40]
+    return binascii.a2b_base64(key)[8:40]
 
 
 def _canonical_key(key: str) -> str:
     try:
-        return base64.b64encode(base64.b64decode(key, validate=True)).decode("ascii")
+        return base64.b64encode(binascii.a2b_base64(key, strict_mode=True)).decode("ascii")
     except (binascii.Error, ValueError):
         return key
 
@@ -399,6 +399,8 @@ def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) ->
 
 
 _COLUMNS: Final = tuple(LEDGER)
+_NO_TOKEN: Final = "the escrow's instance storage has no FundingToken, so its token decimals are unknown"
+Row = tuple[Any, ...]  # the LEDGER columns, in order
 
 
 def _frame(
@@ -408,12 +410,10 @@ def _frame(
     outcomes: Mapping[str, _Outcome],
     decimals: Mapping[str, _Decimals],
 ) -> pl.DataFrame:
-    columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-    for contract_id in ids:
-        row = _row(contract_id, keys, invalid, outcomes, decimals)
-        for name in _COLUMNS:
-            columns[name].append(row.get(name))
-    return conform(pl.DataFrame(columns, schema=LEDGER), LEDGER, "ledger")
+    rows = [_row(contract_id, keys, invalid, outcomes, decimals) for contract_id in ids]
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in _COLUMNS]
+    frame = pl.DataFrame(dict(zip(_COLUMNS, columns, strict=True)), schema=LEDGER)
+    return conform(frame, LEDGER, "ledger")
 
 
 def _row(
@@ -422,52 +422,45 @@ def _row(
     invalid: Mapping[str, str],
     outcomes: Mapping[str, _Outcome],
     decimals: Mapping[str, _Decimals],
-) -> dict[str, Any]:
+) -> Row:
+    """One LEDGER row: contract_id, read_status, read_error, escrow_invoice_id, funded_amount,
+    amount, funding_target, escrow_status, funding_token, distributed_principal, token_decimals,
+    token_decimals_source, latest_ledger, last_modified_ledger, live_until_ledger."""
     if contract_id in invalid:
-        return {"contract_id": contract_id, "read_status": "error", "read_error": invalid[contract_id]}
+        return (contract_id, "error", invalid[contract_id], *(None,) * 12)
     outcome = outcomes.get(keys[contract_id]) or _Failed("not read (internal: no outcome recorded)")
     if isinstance(outcome, _Failed):
-        return {
-            "contract_id": contract_id,
-            "read_status": "error",
-            "read_error": outcome.cause,
-            "latest_ledger": outcome.latest_ledger,
-        }
+        return (contract_id, "error", outcome.cause, *(None,) * 9, outcome.latest_ledger, None, None)
     if isinstance(outcome, _Missing):
-        return {
-            "contract_id": contract_id,
-            "read_status": "no_instance",
-            "latest_ledger": outcome.latest_ledger,
-        }
+        return (contract_id, "no_instance", None, *(None,) * 9, outcome.latest_ledger, None, None)
     value = outcome.value
     assert isinstance(value, EscrowInstance)
-    row: dict[str, Any] = {
-        "contract_id": contract_id,
-        "read_status": "ok" if value.escrow is not None else "no_escrow",
-        "funding_token": value.funding_token,
-        "distributed_principal": _text(value.distributed_principal),
-        "latest_ledger": outcome.latest_ledger,
-        "last_modified_ledger": outcome.last_modified_ledger,
-        "live_until_ledger": outcome.live_until_ledger,
-    }
+    token = value.funding_token
+    ledgers = (outcome.latest_ledger, outcome.last_modified_ledger, outcome.live_until_ledger)
+    principal = _text(value.distributed_principal)
     escrow = value.escrow
     if escrow is None:
-        return row
-    row.update(
-        escrow_invoice_id=escrow.invoice_id,
-        funded_amount=str(escrow.funded_amount),
-        amount=str(escrow.amount),
-        funding_target=str(escrow.funding_target),
-        escrow_status=escrow.status,
+        return (contract_id, "no_escrow", None, *(None,) * 5, token, principal, None, None, *ledgers)
+    if token is None:
+        error, known, source = _NO_TOKEN, None, None
+    else:
+        found = decimals[token]
+        error, known, source = found.problem, found.value, found.source
+    return (
+        contract_id,
+        "ok",
+        error,
+        escrow.invoice_id,
+        str(escrow.funded_amount),
+        str(escrow.amount),
+        str(escrow.funding_target),
+        escrow.status,
+        token,
+        principal,
+        known,
+        source,
+        *ledgers,
     )
-    if value.funding_token is None:
-        row["read_error"] = (
-            "the escrow's instance storage has no FundingToken, so its token decimals are unknown"
-        )
-        return row
-    found = decimals[value.funding_token]
-    row.update(token_decimals=found.value, token_decimals_source=found.source, read_error=found.problem)
-    return row
 
 
 def _text(value: int | None) -> str | None:

@@ -115,6 +115,30 @@ def test_every_storage_shape_fast_equals_sdk(shape: str, has_escrow: bool, princ
     assert lx.decode_escrow_entry(base64.b64encode(buf).decode()) == expected(s)
 
 
+@pytest.mark.parametrize("shape", es.STORAGE_SHAPES)
+def test_learned_templates_read_other_escrows_of_the_shape(shape: str) -> None:
+    first, second = (
+        spec(storage_shape=shape),
+        spec(storage_shape=shape, invoice_id="Z" * 32, funded_amount=-7),
+    )
+    lx.decode_escrow_fast(entry_bytes(first))
+    assert (
+        lx._decode_by_template(entry_bytes(second))
+        == lx.decode_escrow_sdk(entry_bytes(second))
+        == expected(second)
+    )
+
+
+def test_template_rejects_an_invoice_id_whose_length_lies() -> None:
+    s = spec(invoice_id="ABCDE")
+    good = entry_bytes(s)
+    lx.decode_escrow_fast(good)
+    at = good.index(b"ABCDE") - 4
+    lying = good[:at] + (4).to_bytes(4, "big") + good[at + 4 :]  # says 4 bytes, 5 follow
+    assert lx._decode_by_template(lying) is None
+    assert lx.decode_escrow_fast(lying) is None or lx.decode_escrow_fast(lying) == _oracle(lying)
+
+
 def test_lookalike_keys_are_not_the_escrow() -> None:
     # extra_keys holds Symbol("Escrow"), Vec[Symbol("EscrowV2")], Vec[Symbol("Escrow"), U32] with decoy structs.
     s = spec(storage_shape="extra_keys", invoice_id="REAL", funded_amount=5)
@@ -151,7 +175,9 @@ def test_generated_values_fast_equals_sdk(
         storage_shape=shape,
     )
     buf = entry_bytes(s)
-    assert lx.decode_escrow_fast(buf) == lx.decode_escrow_sdk(buf) == expected(s)
+    assert (
+        lx.decode_escrow_walk(buf) == lx.decode_escrow_fast(buf) == lx.decode_escrow_sdk(buf) == expected(s)
+    )
 
 
 def _oracle(buf: bytes) -> lx.EscrowInstance | str:
@@ -173,11 +199,12 @@ def test_corrupt_entries_never_disagree_with_sdk(shape: str, cut: int, flip_at: 
     truncated = good[: cut % len(good)]
     flipped = bytearray(good)
     flipped[flip_at % len(good)] ^= flip
+    lx.decode_escrow_fast(good)  # the template of this shape is learnt
     for buf in (truncated, bytes(flipped), good + b"\x00\x00\x00\x00"):
-        fast = lx.decode_escrow_fast(buf)
         oracle = _oracle(buf)
-        # The fast path may decline (None) but must never accept what the SDK rejects, nor differ.
-        assert fast is None or fast == oracle
+        # The fast paths may decline (None) but must never accept what the SDK rejects, nor differ.
+        for fast in (lx.decode_escrow_fast(buf), lx.decode_escrow_walk(buf), lx._decode_by_template(buf)):
+            assert fast is None or fast == oracle
 
 
 def _key(name: str) -> sx.SCVal:
