@@ -7,6 +7,7 @@ Metrics themselves are built and pushed by :mod:`reconcile_audit.metrics`.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import mimetypes
@@ -37,6 +38,7 @@ _CONTENT_TYPES: Final = {
 }
 # Exact integer columns: their leading "-" is a sign, never a spreadsheet formula.
 _NUMERIC_TEXT: Final = frozenset({"db_funded_base_units", "chain_funded_base_units", "delta_base_units"})
+MAX_ATTACHMENT_BYTES: Final = 10_000_000  # before base64; common relays cap a message at 10-25 MB
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -60,31 +62,64 @@ class ArtifactPaths:
 
 
 def build_email(
-    settings: Settings, report: Report, facts: RunFacts, attachments: Sequence[Path]
+    settings: Settings,
+    report: Report,
+    facts: RunFacts,
+    attachments: Sequence[Path],
+    *,
+    max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
 ) -> EmailMessage:
     """``multipart/mixed`` holding ``multipart/alternative`` (text, then HTML) and the attachments.
 
-    The text part comes first because clients show the last alternative they understand.
+    The text part comes first because clients show the last alternative they understand. An
+    attachment over ``max_attachment_bytes`` is sent gzip-compressed; if it is still too big it
+    is left out and a short ``attachments-not-included.txt`` says where the file is, because
+    relays refuse messages of tens of megabytes and the report must still arrive.
     """
     message = EmailMessage()
-    message["Subject"] = settings.redact(report.subject)
-    message["From"] = settings.alert_email_from
-    message["To"] = ", ".join(settings.alert_email_to)
+    message["Subject"] = _header(settings.redact(report.subject))
+    message["From"] = _header(settings.alert_email_from)
+    message["To"] = _header(", ".join(settings.alert_email_to))
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = make_msgid(domain=_domain_of(settings.alert_email_from))
-    message["X-Reconcile-Run-Id"] = facts.run_id
+    message["X-Reconcile-Run-Id"] = _header(facts.run_id)
     message["X-Reconcile-Status"] = facts.status
     message.set_content(report.text, subtype="plain", charset="utf-8")
     message.add_alternative(report.html, subtype="html", charset="utf-8")
+    left_out: list[str] = []
     for path in attachments:
+        size = path.stat().st_size
         maintype, subtype = _content_type(path)
-        if maintype == "text":
+        if size <= max_attachment_bytes and maintype == "text":
             message.add_attachment(
                 path.read_text(encoding="utf-8"), subtype=subtype, charset="utf-8", filename=path.name
             )
-        else:
+        elif size <= max_attachment_bytes:
             message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name)
+        else:
+            packed = gzip.compress(path.read_bytes(), mtime=0)
+            if len(packed) <= max_attachment_bytes:
+                message.add_attachment(
+                    packed, maintype="application", subtype="gzip", filename=f"{path.name}.gz"
+                )
+            else:
+                left_out.append(f"{path.name} ({size:,} bytes)")
+    if left_out:
+        LOGGER.warning("attachments too large for the email, left out: %s", ", ".join(left_out))
+        note = (
+            f"Too large to attach even compressed (limit {max_attachment_bytes:,} bytes): "
+            f"{', '.join(left_out)}.\nThe files are in the run's output folder, {facts.run_id}/, "
+            "on the host that ran the audit.\n"
+        )
+        message.add_attachment(
+            note, subtype="plain", charset="utf-8", filename="attachments-not-included.txt"
+        )
     return message
+
+
+def _header(value: str) -> str:
+    # A line break in a header value would start a new header (or, in the email package, raise).
+    return " ".join(value.splitlines())
 
 
 def _domain_of(address: str) -> str:

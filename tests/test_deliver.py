@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import gzip
 import io
 import json
 import socket
@@ -316,3 +317,36 @@ def test_artifacts_of_a_failed_run_have_the_documented_columns(tmp_path: Path) -
     assert pl.read_parquet(paths.results_parquet).schema == FINDINGS
     assert json.loads(paths.summary_json.read_text())["status"] == "failed"
     assert "last_success" not in paths.metrics_prom.read_text()
+
+
+def _reparsed(message: EmailMessage) -> EmailMessage:
+    parsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def test_a_large_attachment_is_compressed_or_left_out_with_a_note(tmp_path: Path) -> None:
+    report, csv_path, _ = report_and_csv(tmp_path)
+    settings = settings_for(free_port(), starttls=False)
+    size = csv_path.stat().st_size
+
+    packed = _reparsed(build_email(settings, report, facts(), [csv_path], max_attachment_bytes=size - 1))
+    (attachment,) = packed.iter_attachments()
+    assert attachment.get_filename() == "results.csv.gz"
+    assert attachment.get_content_type() == "application/gzip"
+    assert gzip.decompress(attachment.get_content()) == csv_path.read_bytes()
+
+    omitted = _reparsed(build_email(settings, report, facts(), [csv_path], max_attachment_bytes=10))
+    (note,) = omitted.iter_attachments()
+    assert note.get_filename() == "attachments-not-included.txt"
+    assert f"results.csv ({size:,} bytes)" in note.get_content()
+
+
+def test_header_values_cannot_inject_headers(tmp_path: Path) -> None:
+    report, csv_path, _ = report_and_csv(tmp_path)
+    settings = settings_for(free_port(), starttls=False)
+    message = _reparsed(
+        build_email(settings, report, facts(run_id="r1\nBcc: victim@example.com"), [csv_path])
+    )
+    assert message["Bcc"] is None
+    assert message["X-Reconcile-Run-Id"] == "r1 Bcc: victim@example.com"
