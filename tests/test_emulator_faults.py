@@ -24,7 +24,7 @@ from reconcile_audit.emulator import (
     synthetic_state,
 )
 from reconcile_audit.emulator.encode import escrow_entry_xdr
-from reconcile_audit.emulator.faults import REQUEST_FAULTS, retry_after_header
+from reconcile_audit.emulator.faults import RATE_LIMIT_ERROR, REQUEST_FAULTS, retry_after_header
 from reconcile_audit.emulator.state import escrow_struct
 
 STATE = synthetic_state(600, seed=42)
@@ -86,7 +86,7 @@ def test_http_429_has_retry_after_and_a_json_rpc_body(emulator: Emulator) -> Non
     response = _post(emulator.url, BATCHES[0])
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "0.05"
-    assert response.json()["error"]["code"] != 0
+    assert response.json()["error"]["code"] == RATE_LIMIT_ERROR[0]
     assert _faults(emulator, before) == {"http_429": 1}
 
 

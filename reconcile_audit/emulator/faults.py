@@ -46,6 +46,10 @@ RPC_ERRORS: Final[Mapping[str, tuple[int, str]]] = MappingProxyType(
     }
 )
 
+# The JSON-RPC body of an ``http_429``: a code outside the transient set, so a client has to look
+# at the HTTP status (and Retry-After) to know it may retry.
+RATE_LIMIT_ERROR: Final = (-32005, "rate limit exceeded")
+
 
 @dataclass(frozen=True)
 class FaultPlan:

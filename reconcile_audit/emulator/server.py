@@ -23,6 +23,7 @@ from aiohttp import web
 
 from reconcile_audit.emulator import encode
 from reconcile_audit.emulator.faults import (
+    RATE_LIMIT_ERROR,
     REQUEST_FAULTS,
     RPC_ERRORS,
     FaultDecider,
@@ -317,7 +318,7 @@ class Emulator:
                 {
                     "jsonrpc": "2.0",
                     "id": request_id,
-                    "error": {"code": -32005, "message": "rate limit exceeded"},
+                    "error": {"code": RATE_LIMIT_ERROR[0], "message": RATE_LIMIT_ERROR[1]},
                 }
             )
             return web.Response(
