@@ -78,10 +78,12 @@ class RunFacts:
 class HistoryView(Protocol):
     """What the report reads from ``history.HistoryComparison``.
 
-    ``findings``: FINDINGS plus ``finding_state`` (new | persisting | null), ``first_seen_at``,
-    ``age_days``. ``resolved``: invoice_id, tenant_id, ``class`` and ``reason`` of the previous
-    run, first_seen_at. ``trend``: up to 30 earlier runs, oldest first (run_key, started_at,
-    total and one column per class). ``previous_counts``: the previous run's class counts.
+    ``findings``: HISTORY_FINDINGS (FINDINGS plus ``finding_state`` new | persisting | null,
+    ``first_seen_at``, ``age_days``). ``resolved``: RESOLVED_FINDINGS (the previous run's
+    ``class`` and ``reason``, ``first_seen_at``, ``resolved_as``). ``trend``: TREND, the last runs
+    oldest first with the current one flagged ``current`` (appended here when absent).
+    ``previous_counts``: the previous completed run's counts, or None. An optional ``warning``
+    attribute (why history is incomplete) is shown when present.
     """
 
     @property
@@ -105,12 +107,15 @@ class Report:
     findings_omitted: int  # findings (non-match rows) not listed there
     html_bytes: int  # UTF-8 size of ``html``, after inlining
     subject: str
-    counts: Mapping[str, int] = field(default_factory=dict)  # one entry per class, plus "total"
+    counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # per class + "total"
 
 
 # --- formatting --------------------------------------------------------------------------------
 def _group(digits: str) -> str:
-    return f"{int(digits):,}"
+    """Thousands separators on a digit string, without int(): Python refuses int() of very long
+    strings, and an amount column of bad input must not crash the report."""
+    head = len(digits) % 3 or 3
+    return ",".join([digits[:head], *(digits[i : i + 3] for i in range(head, len(digits), 3))])
 
 
 def format_base_units(base_units: str | int | None, decimals: int | None, *, signed: bool = False) -> str:
@@ -122,7 +127,7 @@ def format_base_units(base_units: str | int | None, decimals: int | None, *, sig
     if base_units is None:
         return "n/a"
     text = str(base_units).strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
         return "n/a"
     negative = text.startswith("-")
     digits = text.lstrip("+-").lstrip("0") or "0"
@@ -311,6 +316,8 @@ def _drift_text(row: Mapping[str, Any]) -> str:
     if delta is None or row["token_decimals"] is None:
         return ""
     amount = format_base_units(delta, row["token_decimals"], signed=True)
+    if amount == "n/a":
+        return ""
     currency = _plain(row["currency"])
     if amount.startswith("+"):
         return f"DB over by {amount[1:]} {currency}".rstrip()

@@ -366,3 +366,17 @@ def test_history_warning_is_shown() -> None:
     assert "History incomplete:" in report.html and "postgresql://u:***@db unreachable" in report.text
     assert "pw@" not in report.html
     assert "No previous run to compare with." in report.text
+
+
+def test_malformed_amount_text_never_crashes_the_report() -> None:
+    rows = [
+        finding("BAD-1", "mismatch", drift_rank=1, chain_funded_base_units="12abc", delta_base_units="x"),
+        finding("HUGE-1", "mismatch", drift_rank=2, chain_funded_base_units="9" * 5000, token_decimals=None),
+        finding("DIGITS-1", "mismatch", drift_rank=3, chain_funded_base_units="\u0661\u0662"),
+    ]
+    report = render_report(frame(rows), None, facts())
+    worst = report.text[report.text.index("FINDINGS, WORST FIRST") :]
+    assert "BAD-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst
+    assert "HUGE-1 (tenant acme) [Mismatch] DB 1,250.00, chain 99,999,999" in worst
+    assert "BAD-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a\n" in worst  # no drift claimed
+    assert "DIGITS-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst
