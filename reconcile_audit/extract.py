@@ -1,0 +1,134 @@
+"""Extract: every reconcilable invoice from the source database, in one Arrow-native query.
+
+The query is ``sql/extract_invoices.sql`` (or the user's file, ``settings.extract_sql_path``),
+run once with ``$1`` bound to the tenant id or NULL. PostgreSQL answers through ADBC, DuckDB
+through its own Arrow export; both land in a polars frame with schema ``INVOICES``, sorted by
+``invoice_id`` so every run lists invoices in the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import polars as pl
+
+from reconcile_audit import db
+from reconcile_audit.errors import ExtractError, SourceSchemaError
+from reconcile_audit.schemas import INVOICES, conform
+from reconcile_audit.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXTRACT_SQL = "extract_invoices.sql"
+
+# Each pattern yields the table and/or column a database says is missing. PostgreSQL:
+# 'relation "x" does not exist', 'column x.y does not exist', 'column "y" does not exist',
+# 'column "y" of relation "x" does not exist'. DuckDB: 'Table with name x does not exist',
+# 'Table "x" does not have a column named "y"', 'Referenced column "y" not found'.
+_SCHEMA_ERROR_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r'relation "(?P<table>[^"]+)" does not exist'),
+    re.compile(r'column "(?P<column>[^"]+)" of relation "(?P<table>[^"]+)" does not exist'),
+    re.compile(r'column (?P<table>[^\s".]+)\.(?P<column>[^\s"]+) does not exist'),
+    re.compile(r'column "(?P<column>[^"]+)" does not exist'),
+    re.compile(r"Table with name (?P<table>[^\s!]+) does not exist"),
+    re.compile(r'Table "(?P<table>[^"]+)" does not have a column named "(?P<column>[^"]+)"'),
+    re.compile(r'Referenced column "(?P<column>[^"]+)" not found'),
+)
+
+
+def schema_error_from(message: str) -> SourceSchemaError | None:
+    """A :class:`SourceSchemaError` naming table and column, if ``message`` reports one missing."""
+    for pattern in _SCHEMA_ERROR_PATTERNS:
+        match = pattern.search(message)
+        if match is not None:
+            found = match.groupdict()
+            table = found.get("table")
+            if table is not None:
+                table = table.rsplit(".", 1)[-1]  # "public.invoices" -> "invoices"
+            column = found.get("column")
+            detail = "missing column" if column else "missing table"
+            return SourceSchemaError(table, column, f"{detail} ({_first_line(message)})")
+    return None
+
+
+def _first_line(message: str) -> str:
+    # Drivers append the query text and a caret diagram; the first line names the problem.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else message
+
+
+def _query_text(settings: Settings) -> tuple[str, str]:
+    """The SQL to run and a name for it in messages."""
+    path: Path | None = settings.extract_sql_path
+    if path is None:
+        return db.read_sql(EXTRACT_SQL), EXTRACT_SQL
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except OSError as exc:
+        raise ExtractError(f"cannot read the extract SQL file {path}: {exc.strerror or exc}") from exc
+
+
+def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    """``frame`` checked and cast to ``INVOICES``; a clear error names what a user query lacks."""
+    missing = [name for name in INVOICES if name not in frame.columns]
+    if missing:
+        raise ExtractError(
+            f"the extract query {source} did not return the columns {missing}; "
+            f"it must return {list(INVOICES)}"
+        )
+    cents_dtype = frame.schema["db_total_funded_cents"]
+    if cents_dtype.is_float() or (isinstance(cents_dtype, pl.Decimal) and (cents_dtype.scale or 0) > 0):
+        # Casting would truncate fractions of a cent (or floats) silently; money stays exact.
+        raise ExtractError(
+            f"the extract query {source} returned db_total_funded_cents as {cents_dtype}; "
+            "it must be an integer count of cents, e.g. CAST(total_funded * 100 AS BIGINT)"
+        )
+    for name, dtype in INVOICES.items():
+        try:
+            frame.get_column(name).cast(dtype, strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            raise ExtractError(
+                f"the extract query {source} returned column {name!r} as "
+                f"{frame.schema[name]}, which does not convert to {dtype}"
+            ) from exc
+    return conform(frame, INVOICES, "extract").select(list(INVOICES)).sort("invoice_id", "invoice_pk")
+
+
+def extract_invoices(settings: Settings) -> pl.DataFrame:
+    """Every reconcilable invoice of ``settings.tenant_id`` (all tenants when None): ``INVOICES``.
+
+    Raises :class:`SourceSchemaError` when a table or column is missing (naming both when the
+    database does), and :class:`ExtractError` for any other failure, including a user query
+    that does not return the documented columns.
+    """
+    sql, source = _query_text(settings)
+    url = settings.database_url.reveal()
+    started = time.perf_counter()
+    try:
+        with db.connect(url) as conn:
+            table = conn.arrow(sql, [settings.tenant_id])
+    except Exception as exc:
+        if isinstance(exc, (SourceSchemaError, ExtractError)):
+            raise
+        message = settings.redact(str(exc))
+        schema_error = schema_error_from(message)
+        if schema_error is not None:
+            raise schema_error from exc
+        raise ExtractError(f"the extract query {source} failed: {_first_line(message)}") from exc
+    try:
+        frame = pl.from_arrow(table)
+    except Exception as exc:  # an Arrow type polars cannot hold, e.g. PostgreSQL numeric
+        raise ExtractError(f"the extract query {source} returned a column polars cannot read: {exc}") from exc
+    assert isinstance(frame, pl.DataFrame)
+    invoices = _to_invoices(frame, source)
+    logger.info(
+        "extract: %d invoices in %.2f s (%s, tenant %s)",
+        invoices.height,
+        time.perf_counter() - started,
+        db.dialect_of(url),
+        settings.tenant_id or "all",
+    )
+    return invoices

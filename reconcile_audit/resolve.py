@@ -1,0 +1,218 @@
+"""Resolve: each invoice's escrow contract address, validated; ``INVOICES`` -> ``RESOLVED``.
+
+Precedence: the latest completed ``create`` row of ``escrow_operations`` (``op_contract_id``)
+wins whenever it is present; the backend's ``ESCROW_ADDR_BY_INVOICE`` mapping fills in only
+for invoices without one. The database is the record of what was deployed, the mapping is a
+configuration override that can go stale. When both exist and differ, the operations address
+is still used and the mapping's address goes into the extra column ``address_conflict`` (null
+otherwise), which classify mentions in the reason sentence.
+
+Addresses are trimmed; an empty one counts as absent. A present address that is not a valid
+contract strkey (``C...``, 56 characters, checksum) gets a human reason in ``address_error``;
+stellar-sdk's ``StrKey`` is the judge of validity. Invoice ids are checked against the
+backend's rule ``^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`` into ``invoice_id_error``.
+
+Validation is vectorised in polars except the checksum, checked once per distinct well-formed
+address by :func:`contract_checksum_ok`: the standard library's base32 and CRC16-XModem
+(``binascii.crc_hqx``) in C, tested against stellar-sdk's ``StrKey.is_valid_contract`` as the
+oracle. stellar-sdk computes the CRC in pure Python (10 to 18 µs per address, 10 to 18 s for a
+million); this path takes about 5 µs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Final
+
+import polars as pl
+
+from reconcile_audit.errors import ConfigError
+from reconcile_audit.schemas import INVOICES, RESOLVED, conform
+
+INVOICE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ESCROW_ADDR_BY_INVOICE: Final = "ESCROW_ADDR_BY_INVOICE"
+SOURCE_OPERATIONS: Final = "escrow_operations"
+SOURCE_MAPPING: Final = "escrow_addr_by_invoice"
+_STRKEY_LENGTH: Final = 56
+_CONTRACT_VERSION_BYTE: Final = 2 << 3  # stellar-sdk _VersionByte.CONTRACT
+# What a strkey's first letter says it is (stellar-sdk's version bytes).
+_STRKEY_KINDS: Final = {
+    "G": "an account address (G...)",
+    "M": "a muxed account address (M...)",
+    "S": "a secret seed (S...)",
+    "T": "a pre-authorized transaction hash (T...)",
+    "X": "a hash-x signer (X...)",
+    "P": "a signed-payload signer (P...)",
+    "B": "a claimable balance id (B...)",
+    "L": "a liquidity pool id (L...)",
+}
+
+
+def parse_escrow_addr_by_invoice(raw: str | None) -> dict[str, str]:
+    """Active mappings of the backend's JSON as ``{invoiceId: escrowAddress}``.
+
+    Shape: ``{"mappings": [{"invoiceId": str, "escrowAddress": str, "isActive": bool}]}``.
+    ``isActive`` defaults to true when absent; inactive entries are ignored. Anything else, or
+    two active entries giving one invoice different addresses, raises :class:`ConfigError`
+    naming ``ESCROW_ADDR_BY_INVOICE``.
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        document: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            ESCROW_ADDR_BY_INVOICE, f"not valid JSON ({exc.msg} at position {exc.pos})"
+        ) from exc
+    if not isinstance(document, dict) or not isinstance(document.get("mappings"), list):
+        raise ConfigError(ESCROW_ADDR_BY_INVOICE, 'expected an object {"mappings": [...]}')
+    active: dict[str, str] = {}
+    for index, entry in enumerate(document["mappings"]):
+        where = f"mappings[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(ESCROW_ADDR_BY_INVOICE, f"{where} is not an object")
+        invoice_id, address = entry.get("invoiceId"), entry.get("escrowAddress")
+        is_active = entry.get("isActive", True)
+        if not isinstance(invoice_id, str) or not isinstance(address, str):
+            raise ConfigError(ESCROW_ADDR_BY_INVOICE, f"{where} needs string invoiceId and escrowAddress")
+        if not isinstance(is_active, bool):
+            raise ConfigError(ESCROW_ADDR_BY_INVOICE, f"{where}.isActive must be true or false")
+        if not is_active:
+            continue
+        address = address.strip()
+        if active.get(invoice_id, address) != address:
+            raise ConfigError(
+                ESCROW_ADDR_BY_INVOICE,
+                f"invoice {invoice_id!r} has two active mappings: {active[invoice_id]} and {address}",
+            )
+        active[invoice_id] = address
+    return active
+
+
+def contract_address_error(address: str) -> str | None:
+    """Why ``address`` is not a valid contract strkey, in words; None when it is valid."""
+    return _address_errors(pl.Series([address], dtype=pl.String)).item(0, "address_error")
+
+
+def contract_checksum_ok(address: str) -> bool:
+    """Whether a well-formed address (``C``, 56 characters of A-Z2-7) decodes to a contract
+    version byte with a matching CRC16-XModem checksum. Same verdict as stellar-sdk."""
+    try:
+        raw = base64.b32decode(address)
+    except (binascii.Error, ValueError):
+        return False
+    return (
+        len(raw) == 35
+        and raw[0] == _CONTRACT_VERSION_BYTE
+        and binascii.crc_hqx(raw[:-2], 0) == int.from_bytes(raw[-2:], "little")
+    )
+
+
+def _address_problems(addresses: pl.Series) -> pl.Series:
+    """Shape problems of each address (prefix, length, alphabet); null when well formed."""
+    frame = pl.DataFrame({"a": addresses})
+    first = pl.col("a").str.slice(0, 1)
+    kind = first.replace_strict(_STRKEY_KINDS, default=None, return_dtype=pl.String)
+    length = pl.col("a").str.len_chars()
+    problem = (
+        pl.when(pl.col("a").str.contains(r"[^A-Z2-7]"))
+        .then(
+            pl.lit("contains characters outside the strkey alphabet (A-Z and 2-7")
+            + pl.when(pl.col("a").str.contains(r"[a-z]"))
+            .then(pl.lit(", upper case only"))
+            .otherwise(pl.lit(""))
+            + pl.lit(")")
+        )
+        .when((first != "C") & kind.is_not_null())
+        .then(pl.lit("not a contract address: it is ") + kind + pl.lit("; a contract id starts with C"))
+        .when(first != "C")
+        .then(pl.lit("wrong prefix '") + first + pl.lit("': a contract id starts with C"))
+        .when(length != _STRKEY_LENGTH)
+        .then(
+            pl.lit("wrong length: ")
+            + length.cast(pl.String)
+            + pl.lit(f" characters, a contract id has {_STRKEY_LENGTH}")
+        )
+        .otherwise(None)
+    )
+    return frame.select(problem.alias("problem")).get_column("problem")
+
+
+def _address_errors(addresses: pl.Series) -> pl.DataFrame:
+    """``contract_id`` -> ``address_error`` for each distinct non-null address."""
+    distinct = addresses.drop_nulls().unique()
+    problems = _address_problems(distinct)
+    errors = [
+        problem if problem is not None else (None if contract_checksum_ok(address) else "bad checksum")
+        for address, problem in zip(distinct.to_list(), problems.to_list(), strict=True)
+    ]
+    return pl.DataFrame(
+        {"contract_id": distinct, "address_error": errors},
+        schema={"contract_id": pl.String, "address_error": pl.String},
+    )
+
+
+def _invoice_id_error() -> pl.Expr:
+    invoice_id = pl.col("invoice_id")
+    return (
+        pl.when(invoice_id.is_null() | (invoice_id == ""))
+        .then(pl.lit("invoice id is empty"))
+        .when(invoice_id.str.contains(INVOICE_ID_PATTERN))
+        .then(None)
+        .when(invoice_id.str.len_chars() > 128)
+        .then(pl.lit("invoice id is longer than 128 characters"))
+        .when(~invoice_id.str.contains(r"^[A-Za-z0-9]"))
+        .then(pl.lit("invoice id must start with a letter or digit"))
+        .otherwise(pl.lit("invoice id may only contain letters, digits and . _ : -"))
+    )
+
+
+def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None) -> pl.DataFrame:
+    """``invoices`` (``INVOICES``) with each one's contract address chosen and validated.
+
+    Returns ``RESOLVED`` plus the extra column ``address_conflict`` (see the module docstring).
+    Row order and count are those of ``invoices``. Raises :class:`ConfigError` only for a
+    malformed ``escrow_addr_by_invoice``; bad addresses and ids become data.
+    """
+    mapping = parse_escrow_addr_by_invoice(escrow_addr_by_invoice)
+    mapping_frame = pl.DataFrame(
+        {"invoice_id": list(mapping), "_mapped": list(mapping.values())},
+        schema={"invoice_id": pl.String, "_mapped": pl.String},
+    )
+    base = conform(invoices, INVOICES, "resolve").select(list(INVOICES))
+    op_address = pl.col("op_contract_id").str.strip_chars()
+    mapped = pl.col("_mapped")
+    joined = (
+        base.with_row_index("_row")
+        .join(mapping_frame, on="invoice_id", how="left")
+        .sort("_row")
+        .with_columns(
+            op_address.replace("", None).alias("_op"),
+            mapped.replace("", None).alias("_mapped"),
+        )
+        .with_columns(
+            pl.coalesce("_op", "_mapped").alias("contract_id"),
+            pl.when(pl.col("_op").is_not_null())
+            .then(pl.lit(SOURCE_OPERATIONS))
+            .when(pl.col("_mapped").is_not_null())
+            .then(pl.lit(SOURCE_MAPPING))
+            .alias("address_source"),
+            pl.when(
+                pl.col("_op").is_not_null()
+                & pl.col("_mapped").is_not_null()
+                & (pl.col("_op") != pl.col("_mapped"))
+            )
+            .then(pl.col("_mapped"))
+            .alias("address_conflict"),
+            _invoice_id_error().alias("invoice_id_error"),
+        )
+    )
+    errors = _address_errors(joined.get_column("contract_id"))
+    resolved = joined.join(errors, on="contract_id", how="left", nulls_equal=False).sort("_row")
+    return conform(
+        resolved.select(*RESOLVED.names(), "address_conflict"),
+        RESOLVED,
+        "resolve",
+    )
