@@ -513,7 +513,10 @@ def _view(
         "status_word": STATUS_WORDS[facts.status],
         "headline": headline,
         "failure_message": _plain(redact(facts.failure_message)) if facts.failure_message else "",
-        "persist_error": _plain(redact(facts.persist_error)) if facts.persist_error else "",
+        "persist_error": _plain(redact(facts.persist_error)).rstrip(". ") if facts.persist_error else "",
+        "persist_consequence": "History and the health check miss this run."
+        if facts.status == "failed"
+        else "The findings below are complete; history and the health check miss this run.",
         "delivery_notes": tuple(_plain(redact(n)) for n in facts.delivery_notes),
         "facts": (
             ("Run", _plain(facts.run_id)),
@@ -545,6 +548,9 @@ def _view(
         "worst": lists.worst,
         "expiry": lists.expiry,
         "trend": trend,
+        "trend_title": f"Trend of the last {len(trend)} run{'' if len(trend) == 1 else 's'}"
+        if trend
+        else "Trend of recent runs",
         "legend": tuple((c, CLASS_WORDS[c]) for c in FINDING_CLASSES),
         "bar_max_px": BAR_MAX_PX,
         # Relative: the report sits beside the notebook in reports/<run_id>/ and in the email.
