@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import gc
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import polars as pl
 from stellar_sdk.soroban_rpc import GetHealthResponse, GetLedgerEntriesResponse, GetNetworkResponse
@@ -138,8 +140,7 @@ async def _preflight(settings: Settings, policy: RetryPolicy) -> NetworkFacts:
 # --- the sweep -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Found:
+class _Found(NamedTuple):
     value: EscrowInstance | TokenInstance
     latest_ledger: int
     last_modified_ledger: int
@@ -303,9 +304,27 @@ def read_ledger(
 
         result = read_ledger_simulated(ids, settings, progress=progress, policy=policy)
     else:
-        result = run_sync(lambda: _read(ids, settings, policy, progress))
+        with _collector_paused():
+            result = run_sync(lambda: _read(ids, settings, policy, progress))
     log.info(result.summary_line())
     return result
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the sweep, restoring its state after.
+
+    The sweep allocates about ten small acyclic objects per escrow; the collector's passes over
+    them (and over everything else alive in the process) cost about a fifth of a 100k sweep.
+    Reference counting still frees everything; cycles made meanwhile are collected afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from stellar_sdk import Address, StrKey
 from stellar_sdk import xdr as sx
@@ -41,8 +41,9 @@ class EntryDecodeError(ValueError):
     """An entry the reader cannot use; the message is the cause shown on the contract's row."""
 
 
-@dataclass(frozen=True, slots=True)
-class EscrowFields:
+# NamedTuples rather than frozen dataclasses: equally immutable, and about 3x cheaper to build,
+# which counts when 100k of them are made per sweep.
+class EscrowFields(NamedTuple):
     """The ``InvoiceEscrow`` fields the audit compares (amounts in token base units)."""
 
     invoice_id: str
@@ -52,8 +53,7 @@ class EscrowFields:
     status: int
 
 
-@dataclass(frozen=True, slots=True)
-class EscrowInstance:
+class EscrowInstance(NamedTuple):
     """What one escrow contract instance entry says. ``escrow`` is None when storage has no Escrow."""
 
     contract_hash: bytes
@@ -62,8 +62,7 @@ class EscrowInstance:
     distributed_principal: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class TokenInstance:
+class TokenInstance(NamedTuple):
     """A token contract instance: ``decimals`` from SAC ``METADATA``, or ``problem`` saying why not."""
 
     contract_hash: bytes
@@ -432,23 +431,25 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
         match = template.pattern.fullmatch(buf)
         if match is None:
             continue
+        get = match.group
         escrow = None
         if template.has_escrow:
-            invoice_id = match["invoice_id"]
-            if len(invoice_id) != match["id_len"][3] or len(match["id_pad"]) != -len(invoice_id) % 4:
+            invoice_id, id_len, id_pad = get("invoice_id", "id_len", "id_pad")
+            if len(invoice_id) != id_len[3] or len(id_pad) != -len(invoice_id) % 4:
                 return None
+            funded, amount, target, status = get("funded_amount", "amount", "funding_target", "status")
             escrow = EscrowFields(
-                invoice_id=invoice_id.decode("ascii"),
-                funded_amount=int.from_bytes(match["funded_amount"], "big", signed=True),
-                amount=int.from_bytes(match["amount"], "big", signed=True),
-                funding_target=int.from_bytes(match["funding_target"], "big", signed=True),
-                status=int.from_bytes(match["status"], "big"),
+                invoice_id.decode("ascii"),
+                int.from_bytes(funded, "big", signed=True),
+                int.from_bytes(amount, "big", signed=True),
+                int.from_bytes(target, "big", signed=True),
+                int.from_bytes(status, "big"),
             )
         return EscrowInstance(
-            match["hash"],
+            get("hash"),
             escrow,
-            contract_id_of(match["token"]) if template.has_token else None,
-            int.from_bytes(match["principal"], "big", signed=True) if template.has_principal else None,
+            contract_id_of(get("token")) if template.has_token else None,
+            int.from_bytes(get("principal"), "big", signed=True) if template.has_principal else None,
         )
     return None
 
