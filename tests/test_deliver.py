@@ -350,3 +350,35 @@ def test_header_values_cannot_inject_headers(tmp_path: Path) -> None:
     )
     assert message["Bcc"] is None
     assert message["X-Reconcile-Run-Id"] == "r1 Bcc: victim@example.com"
+
+
+def test_no_secret_reaches_an_artifact_the_email_or_the_log(
+    plain_smtp: tuple[Inbox, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inbox, port = plain_smtp
+    db_password = "db-pa55-w0rd"
+    settings = load_settings(
+        {
+            "database_url": f"postgresql://audit:{db_password}@db.internal/ledger",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_starttls": False,
+            "smtp_user": USER,
+            "alert_email_to": "ops@example.com",
+        },
+        {"SMTP_PASSWORD": PASSWORD},
+    )
+    leak = f"connect to postgresql://audit:{db_password}@db.internal failed; smtp login {PASSWORD}"
+    failed = facts(status="failed", failure_message=leak, persist_error=leak, delivery_notes=(leak,))
+    report = render_report(None, None, failed, redact=settings.redact)
+    summary = RunSummary.from_run(failed, report.counts, report, redact=settings.redact)
+    registry = build_registry(RunMetricsInput(success=False, finished_at_epoch=1.0, duration_seconds=1.0))
+    paths = write_artifacts(tmp_path, None, report, summary, registry)
+    outcome = send_email(settings, build_email(settings, report, failed, [paths.results_csv]))
+    assert outcome.status == "sent", outcome.detail
+
+    received = inbox.envelopes[0].original_content or b""
+    texts = [p.read_bytes() for p in tmp_path.iterdir()] + [received, caplog.text.encode()]
+    for secret in (db_password, PASSWORD):
+        assert all(secret.encode() not in text for text in texts), secret
+    assert b"postgresql://audit:***@db.internal" in paths.summary_json.read_bytes()
