@@ -409,3 +409,24 @@ def test_simulate_reference_path_is_one_call_per_invoice() -> None:
         stats = emu.stats
     assert stats.requests["simulateTransaction"] == 10
     assert (result.frame["read_status"] == "ok").all()
+
+
+def test_nothing_to_read_sends_nothing() -> None:
+    with Emulator(STATE) as emu:
+        result = read(emu, ids=[])
+        stats = emu.stats
+    assert result.frame.height == 0 and result.frame.schema == LEDGER
+    assert (result.ledger_min, result.ledger_max, result.stats.requests) == (None, None, 0)
+    assert "getLedgerEntries" not in stats.requests
+    assert result.summary_line().endswith("no ledger read")
+
+
+def test_busy_answers_split_the_batch() -> None:
+    plan = FaultPlan(rate=1.0, kinds=("rpc_32001",), seed=5)
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, ids=[e.contract_id for e in BULK[:8]], rpc_max_retries=3)
+        stats = emu.stats
+    # Every request is refused, so the batch halves down to single keys, which are then retried.
+    assert stats.requests["getLedgerEntries"] >= 1 + 2 + 4 + 8
+    assert (result.frame["read_status"] == "error").all()
+    assert result.frame["read_error"].str.contains("-32001").all()
