@@ -1,0 +1,292 @@
+"""Classify: every resolved invoice against its ledger reading, into exactly one class.
+
+The decision is DuckDB SQL (``sql/classify.sql``) over the two Arrow frames, in exact integer
+arithmetic (HUGEINT and BIGNUM, never floats). The reason sentence is then written in Python
+from the exact integers the SQL returns.
+
+Classes and reason codes, in priority order (the first that applies wins):
+
+=================================  ===================  ========================================
+reason_code                         class                when
+=================================  ===================  ========================================
+``invalid_invoice_id``              error                ``invoice_id_error`` is set
+``no_address``                      unlinked             no contract address is known
+``invalid_address``                 error                ``address_error`` is set
+``not_read``                        error                the ledger frame has no row for the address
+``read_error``                      error                ``read_status`` is ``error`` (reason carries ``read_error``)
+``no_instance``                     missing_on_chain     no contract instance on chain
+``no_escrow``                       missing_on_chain     an instance without ``Escrow`` in its storage
+``unknown_read_status``             error                ``read_status`` is none of ok/no_instance/no_escrow/error
+``undecodable_amount``              error                ``funded_amount`` is not i128 integer text
+``unknown_token_decimals``          error                ``token_decimals`` is null
+``unsupported_token_decimals``      error                ``token_decimals`` outside 0..38
+``invoice_id_mismatch``             mismatch             the escrow stores another ``invoice_id``
+``db_amount_not_representable``     mismatch             decimals < 2 and the DB total has finer cents
+``equal``                           match                database and chain amounts are equal
+``within_tolerance``                match                ``|delta| <= tolerance_base_units``
+``db_over_chain``                   mismatch             the database total is larger
+``chain_over_db``                   mismatch             the chain amount is larger
+=================================  ===================  ========================================
+
+Amounts: the database total in base units is ``cents * 10^(decimals - 2)`` (for decimals 0 or
+1, ``cents / 10^(2 - decimals)`` when that is exact). ``delta_base_units`` is database minus
+chain. ``drift_rank`` ranks the ``db_over_chain`` / ``chain_over_db`` rows by absolute drift in
+major units (1 = worst, ties share a rank), compared exactly across tokens of different
+decimals; it is null for every other row.
+
+Flags (sorted): ``archived`` (``live_until_ledger`` 0 or below ``latest_ledger``),
+``duplicate_summary`` (``summary_row_count > 1``), ``null_total`` (``total_was_null``),
+``ttl_expiring`` (not archived and ``live_until_ledger - latest_ledger <= ttl_warning_ledgers``).
+
+When resolve recorded an ``address_conflict`` (``ESCROW_ADDR_BY_INVOICE`` disagrees with
+``escrow_operations``), the reason sentence ends with a note naming the other address.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+import duckdb
+import polars as pl
+
+from reconcile_audit import db
+from reconcile_audit.schemas import CLASSES, FINDINGS, LEDGER, RESOLVED, conform
+
+logger = logging.getLogger(__name__)
+
+CLASSIFY_SQL: Final = "classify.sql"
+# Most urgent first: the order reports and summaries list classes in.
+CLASS_ORDER: Final = ("mismatch", "missing_on_chain", "error", "unlinked", "match")
+REASON_CODES: Final = {
+    "invalid_invoice_id": "error",
+    "no_address": "unlinked",
+    "invalid_address": "error",
+    "not_read": "error",
+    "read_error": "error",
+    "no_instance": "missing_on_chain",
+    "no_escrow": "missing_on_chain",
+    "unknown_read_status": "error",
+    "undecodable_amount": "error",
+    "unknown_token_decimals": "error",
+    "unsupported_token_decimals": "error",
+    "invoice_id_mismatch": "mismatch",
+    "db_amount_not_representable": "mismatch",
+    "equal": "match",
+    "within_tolerance": "match",
+    "db_over_chain": "mismatch",
+    "chain_over_db": "mismatch",
+}
+DEFAULT_TTL_WARNING_LEDGERS: Final = 17_280 * 7  # about a week of 5-second ledgers
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Invoices per class. ``total`` is always the sum of the five classes."""
+
+    total: int
+    match: int
+    mismatch: int
+    missing_on_chain: int
+    unlinked: int
+    error: int
+
+    def __post_init__(self) -> None:
+        if self.total != sum(self.by_class().values()):
+            raise ValueError(f"total {self.total} is not the sum of the classes {self.by_class()}")
+
+    def by_class(self) -> dict[str, int]:
+        """``{class: count}`` in ``CLASS_ORDER``."""
+        return {name: getattr(self, name) for name in CLASS_ORDER}
+
+    @property
+    def non_match(self) -> int:
+        return self.total - self.match
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return iter((f.name, getattr(self, f.name)) for f in fields(self))
+
+
+def count_classes(findings: pl.DataFrame) -> ClassCounts:
+    """How many findings fall in each class. Raises ``ValueError`` on a class outside ``CLASSES``."""
+    counts = findings.get_column("class").value_counts()
+    by_class: dict[str, int] = {row[0]: int(row[1]) for row in counts.iter_rows()}
+    unknown = set(by_class) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"findings hold unknown classes {sorted(map(str, unknown))}")
+    return ClassCounts(total=findings.height, **{name: by_class.get(name, 0) for name in CLASSES})
+
+
+def format_major(base_units: int, decimals: int) -> str:
+    """``base_units`` of a token with ``decimals`` as major units, exactly, with thousands
+    separators and at least two fraction digits (fewer only if the token has fewer):
+    ``format_major(12499900000, 7) == "1,249.99"``."""
+    sign = "-" if base_units < 0 else ""
+    digits = str(abs(base_units))
+    if decimals <= 0:
+        return f"{sign}{int(digits):,}"
+    digits = digits.rjust(decimals + 1, "0")
+    whole, fraction = digits[:-decimals], digits[-decimals:]
+    keep = max(len(fraction.rstrip("0")), min(2, decimals))
+    return f"{sign}{int(whole):,}.{fraction[:keep]}"
+
+
+def _with_currency(amount: str, currency: str | None) -> str:
+    return f"{amount} {currency}" if currency else amount
+
+
+def _amounts_sentence(row: dict[str, Any]) -> str:
+    return _amounts_text(
+        row["db_total_funded_cents"],
+        int(row["chain_funded_base_units"]),
+        row["delta_base_units"],
+        row["token_decimals"],
+        row["currency"],
+    )
+
+
+def _amounts_text(cents: int, chain: int, delta: str | None, decimals: int, currency: str | None) -> str:
+    db_text = _with_currency(format_major(cents, 2), currency)
+    chain_text = _with_currency(format_major(chain, decimals), currency)
+    if delta is None:
+        return f"DB {db_text} vs chain {chain_text}"
+    value = int(delta)
+    if value == 0:
+        return f"DB {db_text} equals chain {chain_text}"
+    side = "under" if value > 0 else "over"
+    return f"DB {db_text} vs chain {chain_text} (chain {side} by {format_major(abs(value), decimals)})"
+
+
+def _reason(row: dict[str, Any], tolerance_base_units: int) -> str:
+    code = row["reason_code"]
+    contract = row["contract_id"]
+    if code == "invalid_invoice_id":
+        text = f"invalid invoice id {row['invoice_id']!r}: {row['invoice_id_error']}"
+    elif code == "no_address":
+        text = "no escrow address: no completed create operation and no active ESCROW_ADDR_BY_INVOICE mapping"
+    elif code == "invalid_address":
+        text = f"invalid escrow address {contract!r} (from {row['address_source']}): {row['address_error']}"
+    elif code == "not_read":
+        text = f"the ledger read has no result for {contract}"
+    elif code == "read_error":
+        text = f"ledger read failed for {contract}: {row['read_error'] or 'no cause given'}"
+    elif code == "no_instance":
+        text = f"no contract instance on chain at {contract}"
+    elif code == "no_escrow":
+        text = f"the contract instance at {contract} stores no Escrow"
+    elif code == "unknown_read_status":
+        text = f"the ledger reader returned an unknown read status {row['read_status']!r} for {contract}"
+    elif code == "undecodable_amount":
+        text = f"the escrow's funded_amount {row['chain_funded_text']!r} is not an i128 integer"
+    elif code == "unknown_token_decimals":
+        cause = f": {row['read_error']}" if row["read_error"] else ""
+        text = f"the decimals of funding token {row['funding_token']} are unknown{cause}"
+    elif code == "unsupported_token_decimals":
+        text = f"token decimals {row['token_decimals']} are outside the supported range 0 to 38"
+    elif code == "invoice_id_mismatch":
+        text = (
+            f"the escrow at {contract} belongs to invoice {row['escrow_invoice_id']!r}, "
+            f"not {row['invoice_id']!r}; {_amounts_sentence(row)}"
+        )
+    elif code == "db_amount_not_representable":
+        decimals = row["token_decimals"]
+        text = (
+            f"DB {_with_currency(format_major(row['db_total_funded_cents'], 2), row['currency'])} is not a whole "
+            f"number of base units of a {decimals}-decimal token; chain "
+            f"{_with_currency(format_major(int(row['chain_funded_base_units']), decimals), row['currency'])}"
+        )
+    elif code == "within_tolerance":
+        text = f"{_amounts_sentence(row)}, within the tolerance of {tolerance_base_units:,} base units"
+    else:  # equal, db_over_chain, chain_over_db
+        text = _amounts_sentence(row)
+    if row["address_conflict"] is not None:
+        text += (
+            f". Note: ESCROW_ADDR_BY_INVOICE maps this invoice to {row['address_conflict']}; "
+            "the escrow_operations address was used"
+        )
+    return text
+
+
+_REASON_INPUTS: Final = (
+    "reason_code",
+    "invoice_id",
+    "contract_id",
+    "currency",
+    "token_decimals",
+    "db_total_funded_cents",
+    "chain_funded_base_units",
+    "delta_base_units",
+    "address_conflict",
+)
+_AMOUNT_CODES: Final = frozenset({"equal", "db_over_chain", "chain_over_db"})
+
+
+def _reasons(raw: pl.DataFrame, tolerance_base_units: int) -> list[str]:
+    """The reason sentence of each row. The common amount codes take a lean path over plain
+    column lists; the rare ones build a dict for :func:`_reason`."""
+    columns = [raw.get_column(name).to_list() for name in _REASON_INPUTS]
+    reasons = []
+    for index, (code, _, _, currency, decimals, cents, chain, delta, conflict) in enumerate(
+        zip(*columns, strict=True)
+    ):
+        if code in _AMOUNT_CODES and conflict is None:
+            reasons.append(_amounts_text(cents, int(chain), delta, decimals, currency))
+        else:
+            reasons.append(_reason(raw.row(index, named=True), tolerance_base_units))
+    return reasons
+
+
+def _resolved_input(resolved: pl.DataFrame) -> pl.DataFrame:
+    frame = conform(resolved, RESOLVED, "classify (resolved)")
+    conflict = (
+        pl.col("address_conflict").cast(pl.String)
+        if "address_conflict" in frame.columns
+        else pl.lit(None, dtype=pl.String).alias("address_conflict")
+    )
+    return frame.select(*RESOLVED.names(), conflict).with_row_index("_row")
+
+
+def classify(
+    resolved: pl.DataFrame,
+    ledger_frame: pl.DataFrame,
+    *,
+    tolerance_base_units: int = 0,
+    ttl_warning_ledgers: int = DEFAULT_TTL_WARNING_LEDGERS,
+) -> pl.DataFrame:
+    """One ``FINDINGS`` row per row of ``resolved``, in the same order (module docstring).
+
+    ``ledger_frame`` is the ``LEDGER`` frame. A valid address missing from it becomes an
+    ``error`` row (``not_read``), never a dropped invoice.
+    """
+    if tolerance_base_units < 0:
+        raise ValueError("tolerance_base_units must not be negative")
+    started = time.perf_counter()
+    resolved_input = _resolved_input(resolved).to_arrow(compat_level=pl.CompatLevel.oldest())
+    ledger_input = (
+        conform(ledger_frame, LEDGER, "classify (ledger)")
+        .select(LEDGER.names())
+        .to_arrow(compat_level=pl.CompatLevel.oldest())
+    )
+    with duckdb.connect() as conn:
+        conn.register("resolved_input", resolved_input)
+        conn.register("ledger_input", ledger_input)
+        table = conn.sql(
+            db.read_sql(CLASSIFY_SQL), params=[str(tolerance_base_units), ttl_warning_ledgers]
+        ).to_arrow_table()
+    raw = pl.from_arrow(table)
+    assert isinstance(raw, pl.DataFrame)
+    # Sorting here is cheaper than an ORDER BY over every wide row in DuckDB.
+    raw = raw.sort("_row")
+    reasons = _reasons(raw, tolerance_base_units)
+    findings = conform(raw.with_columns(pl.Series("reason", reasons, dtype=pl.String)), FINDINGS, "classify")
+    findings = findings.select(FINDINGS.names())
+    logger.info(
+        "classify: %d invoices in %.2f s (%s)",
+        findings.height,
+        time.perf_counter() - started,
+        ", ".join(f"{name} {count}" for name, count in count_classes(findings).by_class().items()),
+    )
+    return findings

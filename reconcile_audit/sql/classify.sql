@@ -1,0 +1,166 @@
+-- reconcile-audit classify: one findings row per resolved invoice (reconcile_audit.classify).
+-- DuckDB over two registered Arrow frames:
+--   resolved_input  RESOLVED plus _row (input order) and address_conflict
+--   ledger_input    LEDGER
+-- $1: tolerance in base units, as exact integer text.   $2: TTL warning, in ledgers.
+--
+-- Arithmetic is exact: the chain amount is HUGEINT (i128), the database amount is
+-- cents * 10^(decimals - 2) built as digits and cast to BIGNUM, so nothing overflows and no
+-- float is involved. BIGNUM has exact +, -, and comparisons, but abs() and * return DOUBLE,
+-- hence the CASE for absolute values and digit padding for powers of ten.
+WITH ledger_one AS (
+    -- The ledger reader sends one row per contract; should it repeat one, the newest read wins
+    -- rather than the join multiplying invoices.
+    SELECT *
+    FROM ledger_input
+    QUALIFY row_number() OVER (
+        PARTITION BY contract_id ORDER BY latest_ledger DESC NULLS LAST, read_status, funded_amount
+    ) = 1
+),
+joined AS (
+    SELECT
+        r.*,
+        l.contract_id IS NOT NULL AS was_read,
+        l.read_status,
+        l.read_error,
+        l.escrow_invoice_id,
+        l.funded_amount AS chain_funded_text,
+        l.escrow_status,
+        l.funding_token,
+        l.token_decimals,
+        l.latest_ledger,
+        l.last_modified_ledger,
+        l.live_until_ledger,
+        -- TRY_CAST alone would round '1.5' to 2: only plain integer text is an i128 here.
+        CASE
+            WHEN regexp_full_match(l.funded_amount, '-?[0-9]{1,39}')
+                THEN CAST(TRY_CAST(l.funded_amount AS HUGEINT) AS BIGNUM)
+        END AS chain_base
+    FROM resolved_input AS r
+    LEFT JOIN ledger_one AS l
+        ON l.contract_id = r.contract_id AND r.address_error IS NULL
+),
+amounts AS (
+    SELECT
+        *,
+        CASE
+            WHEN token_decimals BETWEEN 2 AND 38
+                THEN CAST(CAST(db_total_funded_cents AS VARCHAR) || repeat('0', CAST(token_decimals - 2 AS INTEGER)) AS BIGNUM)
+            WHEN token_decimals = 1 AND db_total_funded_cents % 10 = 0
+                THEN CAST(db_total_funded_cents // 10 AS BIGNUM)
+            WHEN token_decimals = 0 AND db_total_funded_cents % 100 = 0
+                THEN CAST(db_total_funded_cents // 100 AS BIGNUM)
+        END AS db_base
+    FROM joined
+),
+deltas AS (
+    SELECT
+        *,
+        db_base - chain_base AS delta,
+        CASE WHEN db_base - chain_base < CAST(0 AS BIGNUM) THEN chain_base - db_base ELSE db_base - chain_base END
+            AS abs_delta
+    FROM amounts
+),
+classified AS (
+    SELECT
+        *,
+        CASE
+            WHEN invoice_id_error IS NOT NULL THEN 'invalid_invoice_id'
+            WHEN contract_id IS NULL THEN 'no_address'
+            WHEN address_error IS NOT NULL THEN 'invalid_address'
+            WHEN NOT was_read THEN 'not_read'
+            WHEN read_status = 'error' THEN 'read_error'
+            WHEN read_status = 'no_instance' THEN 'no_instance'
+            WHEN read_status = 'no_escrow' THEN 'no_escrow'
+            WHEN read_status IS DISTINCT FROM 'ok' THEN 'unknown_read_status'
+            WHEN chain_base IS NULL THEN 'undecodable_amount'
+            WHEN token_decimals IS NULL THEN 'unknown_token_decimals'
+            WHEN NOT (token_decimals BETWEEN 0 AND 38) THEN 'unsupported_token_decimals'
+            WHEN escrow_invoice_id IS DISTINCT FROM invoice_id THEN 'invoice_id_mismatch'
+            WHEN db_base IS NULL THEN 'db_amount_not_representable'
+            WHEN delta = CAST(0 AS BIGNUM) THEN 'equal'
+            WHEN abs_delta <= CAST($1 AS BIGNUM) THEN 'within_tolerance'
+            WHEN delta > CAST(0 AS BIGNUM) THEN 'db_over_chain'
+            ELSE 'chain_over_db'
+        END AS reason_code
+    FROM deltas
+),
+with_class AS (
+    SELECT
+        *,
+        CASE
+            WHEN reason_code IN ('equal', 'within_tolerance') THEN 'match'
+            WHEN reason_code IN ('invoice_id_mismatch', 'db_amount_not_representable', 'db_over_chain', 'chain_over_db')
+                THEN 'mismatch'
+            WHEN reason_code IN ('no_instance', 'no_escrow') THEN 'missing_on_chain'
+            WHEN reason_code = 'no_address' THEN 'unlinked'
+            ELSE 'error'
+        END AS class,
+        reason_code IN ('db_over_chain', 'chain_over_db') AS drifted,
+        live_until_ledger IS NOT NULL
+            AND (live_until_ledger <= 0 OR live_until_ledger < latest_ledger) AS archived
+    FROM classified
+),
+drift_scale AS (
+    SELECT max(token_decimals) AS max_decimals FROM with_class WHERE drifted
+),
+drift_ranks AS (
+    -- Drift in major units, compared exactly: every |delta| is scaled to the largest decimals
+    -- among drifted rows by appending zeros, then compared as BIGNUM. Ranked over the drifted
+    -- rows alone, a narrow frame, and joined back.
+    SELECT
+        with_class._row,
+        rank() OVER (
+            ORDER BY CAST(
+                CAST(with_class.abs_delta AS VARCHAR)
+                || repeat('0', CAST(drift_scale.max_decimals - with_class.token_decimals AS INTEGER))
+                AS BIGNUM
+            ) DESC
+        ) AS drift_rank
+    FROM with_class, drift_scale
+    WHERE with_class.drifted
+)
+SELECT
+    with_class._row,
+    invoice_id,
+    tenant_id,
+    contract_id,
+    class,
+    reason_code,
+    CASE WHEN token_decimals BETWEEN 0 AND 38 THEN CAST(db_base AS VARCHAR) END AS db_funded_base_units,
+    CAST(chain_base AS VARCHAR) AS chain_funded_base_units,
+    CAST(delta AS VARCHAR) AS delta_base_units,
+    drift_ranks.drift_rank,
+    token_decimals,
+    currency,
+    TRY_CAST(TRY_CAST(db_total_funded_cents AS DECIMAL(38, 0)) * 0.01 AS DECIMAL(15, 2)) AS db_total_funded,
+    list_filter(
+        -- Listed in sorted order, so the result is sorted.
+        [
+            CASE WHEN archived THEN 'archived' END,
+            CASE WHEN summary_row_count > 1 THEN 'duplicate_summary' END,
+            CASE WHEN total_was_null THEN 'null_total' END,
+            CASE
+                WHEN NOT archived AND live_until_ledger - latest_ledger <= $2 THEN 'ttl_expiring'
+            END
+        ],
+        lambda flag: flag IS NOT NULL
+    ) AS flags,
+    escrow_invoice_id,
+    escrow_status,
+    funding_token,
+    address_source,
+    latest_ledger,
+    last_modified_ledger,
+    live_until_ledger,
+    -- For the reason sentence, built in Python from these exact values.
+    db_total_funded_cents,
+    CAST(abs_delta AS VARCHAR) AS abs_delta_base_units,
+    read_status,
+    read_error,
+    chain_funded_text,
+    address_error,
+    invoice_id_error,
+    address_conflict
+FROM with_class
+LEFT JOIN drift_ranks USING (_row)
