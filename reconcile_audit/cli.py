@@ -122,8 +122,6 @@ def demo(
     outcome = demo_module.run_demo(
         invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
     )
-    if outcome.run_dir is not None and (outcome.run_dir / "report.html").exists():
-        print(f"report: {outcome.run_dir / 'report.html'}")
     _finish(outcome)
 
 

@@ -151,6 +151,9 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         scale = 10 ** (decimals - 2)
         amount_cents = rng.randrange(500_00, 250_000_00)
         funded_cents = amount_cents if rng.random() < 0.6 else rng.randrange(0, amount_cents)
+        if kind == "mismatch_new_large":
+            # Large enough that the 40,000.00 shortfall below leaves a positive amount on chain.
+            amount_cents = funded_cents = rng.randrange(100_000_00, 250_000_00)
         escrow_invoice_id = invoice_id
         if kind == "invalid_invoice_id":
             invoice_id = f"INV {n:07d}/draft"

@@ -383,10 +383,21 @@ def _completed(run_id: str, run_dir: Path) -> RunOutcome:
     return RunOutcome(
         exit_code,
         str(status),
-        f"{status}: {summary.get('total', '?')} invoices; report: {report}",
+        f"{str(status).upper()}: {_attention(summary)}; report: {report}",
         run_id=run_id,
         run_dir=run_dir,
         summary=summary,
+    )
+
+
+def _attention(summary: Mapping[str, Any]) -> str:
+    total = int(summary.get("total") or 0)
+    counts = summary.get("counts") or {}
+    non_match = total - int(counts.get("match", 0))
+    return (
+        f"{non_match:,} of {total:,} invoices need attention"
+        if non_match
+        else f"all {total:,} invoices match"
     )
 
 
