@@ -17,7 +17,7 @@ demo: $(VENV)
 test: $(VENV)
 	$(BIN)/ruff check reconcile_audit tests benchmarks
 	$(BIN)/pytest
-	$(BIN)/pytest --nbval-lax --current-env notebooks/reconcile_escrow.ipynb
+	$(BIN)/pytest --nbval-lax --nbval-current-env notebooks/reconcile_escrow.ipynb
 
 lint: $(VENV)
 	$(BIN)/ruff check reconcile_audit tests benchmarks
