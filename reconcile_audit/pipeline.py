@@ -390,12 +390,3 @@ def trend_chart_html(trend: pl.DataFrame, *, width_px: int = 320) -> str:
         rows.append((label, {name: int(run[name] or 0) for name in CLASSES if name != "match"}))
     return _bar_rows(rows, width_px)
 
-
-def report_iframe_html(html_text: str, *, height_px: int = 720) -> str:
-    """The report in an iframe, so its inlined styles cannot restyle the notebook around it."""
-    from html import escape
-
-    return (
-        f'<iframe srcdoc="{escape(html_text, quote=True)}" style="width:100%;height:{height_px}px;'
-        'border:1px solid #ccc" sandbox></iframe>'
-    )
