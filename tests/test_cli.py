@@ -7,14 +7,25 @@ and SMTP_PASSWORD is set, so every artifact can be searched for both.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import socket
+import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import polars as pl
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from conftest import require_binary
 from typer.testing import CliRunner
 
 from reconcile_audit import demo, persist
@@ -36,6 +47,93 @@ ARTIFACTS = (
     "results.csv",
     "metrics.prom",
 )
+
+
+SMTP_USER = "reconcile"
+
+
+@dataclass
+class Inbox:
+    messages: list[email.message.EmailMessage] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
+        return "250 Message accepted"
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and auth_data.password == SMTP_PASSWORD.encode()
+    return AuthResult(success=ok, handled=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server (aiosmtpd) that checks the password, as a local relay would."""
+    inbox = Inbox()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate, auth_require_tls=False
+    )
+    controller.start()
+    try:
+        yield inbox, controller.port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def pushgateway() -> Iterator[str]:
+    binary = require_binary("prometheus-pushgateway")
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Pushgateway did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def gateway_samples(url: str) -> dict[str, float]:
+    """``name{labels}`` -> value of our samples on the gateway."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("escrow_reconciliation_"):
+            name, _, value = line.rpartition(" ")
+            found[name.replace(',instance=""', "").replace('instance="",', "")] = float(value)
+    return found
+
+
+def delivery(smtp: tuple[Inbox, int], pushgateway: str) -> dict[str, str]:
+    return {
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp[1]),
+        "SMTP_USER": SMTP_USER,
+        "SMTP_STARTTLS": "false",
+        "ALERT_EMAIL_TO": "ops@example.com",
+        "PUSHGATEWAY_URL": pushgateway,
+    }
 
 
 def _admin(pg_server: str, sql: str) -> None:
@@ -112,7 +210,7 @@ def environment(url: str, emulator: Emulator, dataset: demo.DemoData) -> dict[st
         "SOROBAN_RPC_URL": emulator.url,
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
         "SMTP_PASSWORD": SMTP_PASSWORD,
-        "SMTP_USER": "reconcile",
+        "SMTP_HOST": "",
         "RECONCILE_STATE_DATABASE_URL": "",
         "RECONCILE_TENANT_ID": "",
         "ALERT_EMAIL_TO": "",
@@ -147,8 +245,8 @@ def run_cli(tmp_path_factory, name: str, args: list[str], env: dict[str, str]) -
 
 
 @pytest.fixture(scope="module")
-def findings_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
-    env = environment(loaded["findings"], emulator, dataset)
+def findings_run(tmp_path_factory, loaded, emulator, dataset, smtp, pushgateway) -> Run:
+    env = environment(loaded["findings"], emulator, dataset) | delivery(smtp, pushgateway)
     return run_cli(tmp_path_factory, "findings", ["--run-key", "test:findings"], env)
 
 
@@ -159,10 +257,10 @@ def clean_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
 
 
 @pytest.fixture(scope="module")
-def failing_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
+def failing_run(tmp_path_factory, loaded, emulator, dataset, smtp, pushgateway) -> Run:
     broken = tmp_path_factory.mktemp("sql") / "broken_extract.sql"
     broken.write_text("SELECT id AS invoice_pk FROM invoices WHERE tenant_id = $1 AND (", encoding="utf-8")
-    env = environment(loaded["failing"], emulator, dataset)
+    env = environment(loaded["failing"], emulator, dataset) | delivery(smtp, pushgateway)
     return run_cli(tmp_path_factory, "failing", ["-p", f"extract_sql_path={broken}"], env)
 
 
@@ -226,6 +324,28 @@ def test_no_secret_in_any_artifact_or_output(findings_run):
         assert secret not in findings_run.result.output
 
 
+def test_findings_run_emails_the_report_and_pushes_metrics(findings_run, smtp, pushgateway):
+    inbox, _ = smtp
+    received = [m for m in inbox.messages if m["X-Reconcile-Run-Id"] == findings_run.folder.name]
+    assert len(received) == 1
+    message = received[0]
+    assert "FINDINGS" in message["Subject"]
+    body = message.get_body(("html",))
+    assert body is not None and "FINDINGS" in body.get_content()
+    assert message.get_body(("plain",)) is not None
+    attachments = [part.get_filename() for part in message.iter_attachments()]
+    assert "results.csv" in attachments
+    delivered = findings_run.summary["delivery"]
+    assert any(note.startswith("email sent") for note in delivered), delivered
+    assert any(note.startswith("metrics push pushed") for note in delivered), delivered
+    pushed = gateway_samples(pushgateway)
+    assert pushed['escrow_reconciliation_invoices{class="mismatch",job="escrow_reconciliation"}'] > 0
+    assert "escrow_reconciliation_last_success_timestamp_seconds" in "".join(pushed)
+    assert (findings_run.folder / "metrics.prom").read_text(encoding="utf-8").count(
+        "escrow_reconciliation_"
+    ) > 5
+
+
 def test_summary_command_reads_the_health(findings_run, loaded, emulator, dataset):
     env = environment(loaded["findings"], emulator, dataset)
     result = invoke(["summary", "--json"], env)
@@ -264,6 +384,7 @@ def test_failing_cell_exits_2_names_the_cell_and_records_the_failure(failing_run
     assert "escrow_reconciliation_last_success_timestamp_seconds" not in metrics
     health = persist.latest_summary(loaded["failing"])
     assert health.status == "failed"
+    assert any(note.startswith("metrics push pushed") for note in summary["delivery"]), summary["delivery"]
     for secret in SECRETS:
         assert secret not in notebook and secret not in result.output
 
