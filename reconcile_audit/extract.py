@@ -29,14 +29,21 @@ EXTRACT_SQL = "extract_invoices.sql"
 # 'column "y" of relation "x" does not exist'. DuckDB: 'Table with name x does not exist',
 # 'Table "x" does not have a column named "y"', 'Referenced column "y" not found'.
 _SCHEMA_ERROR_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r'relation "(?P<table>[^"]+)" does not exist'),
     re.compile(r'column "(?P<column>[^"]+)" of relation "(?P<table>[^"]+)" does not exist'),
+    re.compile(r'relation "(?P<table>[^"]+)" does not exist'),
     re.compile(r'column (?P<table>[^\s".]+)\.(?P<column>[^\s"]+) does not exist'),
     re.compile(r'column "(?P<column>[^"]+)" does not exist'),
     re.compile(r"Table with name (?P<table>[^\s!]+) does not exist"),
     re.compile(r'Table "(?P<table>[^"]+)" does not have a column named "(?P<column>[^"]+)"'),
     re.compile(r'Referenced column "(?P<column>[^"]+)" not found'),
 )
+
+
+_TENANT_PARAMETER = re.compile(r"\$1(?!\d)")
+
+
+def _strip_sql_comments(sql: str) -> str:
+    return re.sub(r"--[^\n]*", "", sql)
 
 
 def schema_error_from(message: str) -> SourceSchemaError | None:
@@ -105,11 +112,19 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     that does not return the documented columns.
     """
     sql, source = _query_text(settings)
+    # A user's query may ignore the tenant; binding an unused $1 is an error in both drivers.
+    uses_tenant = _TENANT_PARAMETER.search(_strip_sql_comments(sql)) is not None
+    if not uses_tenant and settings.tenant_id is not None:
+        raise ExtractError(
+            f"the extract query {source} does not use $1, so it cannot filter by tenant "
+            f"{settings.tenant_id!r}; bind $1 to the tenant id (NULL for all tenants)"
+        )
+    params = [settings.tenant_id] if uses_tenant else []
     url = settings.database_url.reveal()
     started = time.perf_counter()
     try:
         with db.connect(url) as conn:
-            table = conn.arrow(sql, [settings.tenant_id])
+            table = conn.arrow(sql, params)
     except Exception as exc:
         if isinstance(exc, (SourceSchemaError, ExtractError)):
             raise

@@ -1,0 +1,385 @@
+"""Extract against real PostgreSQL and an embedded DuckDB file, with the same assertions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from reconcile_audit import db, extract, sourcedb
+from reconcile_audit.errors import ExtractError, SourceSchemaError
+from reconcile_audit.schemas import INVOICES
+from reconcile_audit.settings import load_settings
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+HOSTILE_IDS = (
+    "'; DROP TABLE invoices; --",
+    "quote\"double'single",
+    "emoji-🦄-id",
+    "ctl\x01\x1f\x7fchars",
+    "ünïcødé",
+    "back\\slash",
+)
+
+
+@pytest.fixture(params=["postgres", "duckdb"])
+def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL with empty source tables: PostgreSQL (real server) or a DuckDB file."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"duckdb://{tmp_path / 'source.duckdb'}"
+    with db.connect(url) as conn:
+        sourcedb.create_source_schema(conn)
+    return url
+
+
+def _pk() -> str:
+    return str(uuid.uuid4())
+
+
+class Source:
+    """Rows for the three tables, built up by a test and loaded in one go."""
+
+    def __init__(self) -> None:
+        self.invoices: list[dict[str, object]] = []
+        self.summaries: list[dict[str, object]] = []
+        self.operations: list[dict[str, object]] = []
+
+    def invoice(
+        self,
+        invoice_id: str,
+        *,
+        status: str = "funded",
+        tenant: str | None = "tenant-a",
+        currency: str | None = "USDC",
+        deleted: bool = False,
+        totals: tuple[tuple[Decimal | None, datetime], ...] = (),
+        creates: tuple[tuple[str, str, datetime | None], ...] = (),
+    ) -> str:
+        pk = _pk()
+        self.invoices.append(
+            {
+                "id": pk,
+                "invoice_id": invoice_id,
+                "tenant_id": tenant,
+                "status": status,
+                "amount": Decimal("1000.00"),
+                "currency": currency,
+                "deleted_at": T0 if deleted else None,
+            }
+        )
+        for total, at in totals:
+            self.summaries.append({"invoice_id": pk, "total_funded": total, "last_updated_at": at})
+        for contract_id, op_status, at in creates:
+            self.operations.append(
+                {
+                    "invoice_id": pk,
+                    "operation_type": "create",
+                    "contract_id": contract_id,
+                    "status": op_status,
+                    "completed_at": at,
+                }
+            )
+        return pk
+
+    def operation(self, pk: str, operation_type: str, contract_id: str, status: str, at: datetime) -> None:
+        self.operations.append(
+            {
+                "invoice_id": pk,
+                "operation_type": operation_type,
+                "contract_id": contract_id,
+                "status": status,
+                "completed_at": at,
+            }
+        )
+
+    def load(self, url: str) -> None:
+        invoices = pl.DataFrame(
+            self.invoices,
+            schema={
+                "id": pl.String,
+                "invoice_id": pl.String,
+                "tenant_id": pl.String,
+                "status": pl.String,
+                "amount": pl.Decimal(15, 2),
+                "currency": pl.String,
+                "deleted_at": pl.Datetime("us", "UTC"),
+            },
+        )
+        summaries = pl.DataFrame(
+            self.summaries,
+            schema={
+                "invoice_id": pl.String,
+                "total_funded": pl.Decimal(15, 2),
+                "last_updated_at": pl.Datetime("us", "UTC"),
+            },
+        )
+        operations = pl.DataFrame(
+            self.operations,
+            schema={
+                "invoice_id": pl.String,
+                "operation_type": pl.String,
+                "contract_id": pl.String,
+                "status": pl.String,
+                "completed_at": pl.Datetime("us", "UTC"),
+            },
+        )
+        with db.connect(url) as conn:
+            sourcedb.load_source_rows(conn, invoices, summaries, operations)
+
+
+def _extract(url: str, **params: object) -> pl.DataFrame:
+    return extract.extract_invoices(load_settings({"database_url": url, **params}, {}))
+
+
+def _by_id(frame: pl.DataFrame) -> dict[str, dict[str, object]]:
+    return {row["invoice_id"]: row for row in frame.iter_rows(named=True)}
+
+
+def test_scope_summaries_and_operations(source_url: str) -> None:
+    src = Source()
+    src.invoice("A-plain", totals=((Decimal("1250.00"), T0),), creates=(("CPLAIN", "completed", T0),))
+    src.invoice("B-linked", status="linked_escrow")
+    src.invoice("C-partial", status="partially_funded", totals=((Decimal("0.01"), T0),))
+    src.invoice("X-draft", status="draft")
+    src.invoice("X-settled", status="settled")
+    src.invoice("X-deleted", deleted=True, totals=((Decimal("5.00"), T0),))
+    # Duplicate summaries: the latest by last_updated_at wins; equal timestamps fall to the
+    # highest id, i.e. the row loaded last.
+    src.invoice(
+        "D-dup",
+        totals=(
+            (Decimal("1.00"), T0),
+            (Decimal("3.00"), T0 + timedelta(days=2)),
+            (Decimal("2.00"), T0 + timedelta(days=1)),
+        ),
+    )
+    src.invoice("E-tie", totals=((Decimal("7.00"), T0), (Decimal("8.00"), T0)))
+    src.invoice("F-null", totals=((None, T0),))
+    src.invoice("G-null-latest", totals=((Decimal("9.00"), T0), (None, T0 + timedelta(hours=1))))
+    src.invoice("H-max", totals=((Decimal("9999999999999.99"), T0),))
+    src.invoice("I-negative", totals=((Decimal("-0.01"), T0),))
+    # Operations: the latest completed create wins; pending, failed and other types never do.
+    ops = src.invoice(
+        "J-ops",
+        creates=(
+            ("COLD", "completed", T0),
+            ("CNEW", "completed", T0 + timedelta(days=1)),
+            ("CPENDING", "pending", T0 + timedelta(days=5)),
+        ),
+    )
+    src.operation(ops, "fund", "CFUND", "completed", T0 + timedelta(days=9))
+    src.invoice("K-failed-only", creates=(("CFAILED", "failed", T0),))
+    src.invoice("L-null-time", creates=(("CNULLTIME", "completed", None), ("CTIMED", "completed", T0)))
+    src.load(source_url)
+
+    frame = _extract(source_url)
+    assert frame.schema == INVOICES
+    rows = _by_id(frame)
+    assert sorted(rows) == sorted(
+        [
+            "A-plain",
+            "B-linked",
+            "C-partial",
+            "D-dup",
+            "E-tie",
+            "F-null",
+            "G-null-latest",
+            "H-max",
+            "I-negative",
+            "J-ops",
+            "K-failed-only",
+            "L-null-time",
+        ]
+    )
+    assert frame.get_column("invoice_id").to_list() == sorted(rows)  # deterministic order
+    assert rows["A-plain"] | {"invoice_pk": None} == {
+        "invoice_pk": None,
+        "invoice_id": "A-plain",
+        "tenant_id": "tenant-a",
+        "status": "funded",
+        "currency": "USDC",
+        "db_total_funded_cents": 125000,
+        "total_was_null": False,
+        "summary_row_count": 1,
+        "op_contract_id": "CPLAIN",
+    }
+    assert uuid.UUID(str(rows["A-plain"]["invoice_pk"]))
+    assert (
+        rows["B-linked"]["db_total_funded_cents"],
+        rows["B-linked"]["total_was_null"],
+        rows["B-linked"]["summary_row_count"],
+    ) == (0, True, 0)
+    assert rows["C-partial"]["db_total_funded_cents"] == 1
+    assert (rows["D-dup"]["db_total_funded_cents"], rows["D-dup"]["summary_row_count"]) == (300, 3)
+    assert (rows["E-tie"]["db_total_funded_cents"], rows["E-tie"]["summary_row_count"]) == (800, 2)
+    assert (
+        rows["F-null"]["db_total_funded_cents"],
+        rows["F-null"]["total_was_null"],
+        rows["F-null"]["summary_row_count"],
+    ) == (0, True, 1)
+    assert (rows["G-null-latest"]["db_total_funded_cents"], rows["G-null-latest"]["total_was_null"]) == (
+        0,
+        True,
+    )
+    assert rows["H-max"]["db_total_funded_cents"] == 999_999_999_999_999
+    assert rows["I-negative"]["db_total_funded_cents"] == -1
+    assert rows["J-ops"]["op_contract_id"] == "CNEW"
+    assert rows["K-failed-only"]["op_contract_id"] is None
+    assert rows["L-null-time"]["op_contract_id"] == "CTIMED"
+
+
+def test_tenant_filter_and_hostile_strings_stay_data(source_url: str) -> None:
+    src = Source()
+    for index, hostile in enumerate(HOSTILE_IDS):
+        src.invoice(
+            hostile,
+            tenant=hostile,
+            currency=hostile,
+            totals=((Decimal(index), T0),),
+            creates=((f"C{index}", "completed", T0),),
+        )
+    src.invoice("plain", tenant="tenant-b")
+    src.invoice("no-tenant", tenant=None)
+    src.load(source_url)
+
+    everything = _extract(source_url)
+    assert sorted(everything.get_column("invoice_id").to_list()) == sorted(
+        [*HOSTILE_IDS, "plain", "no-tenant"]
+    )
+    for index, hostile in enumerate(HOSTILE_IDS):
+        only = _extract(source_url, tenant_id=hostile)
+        assert only.get_column("invoice_id").to_list() == [hostile]
+        assert only.row(0, named=True)["currency"] == hostile
+        assert only.row(0, named=True)["db_total_funded_cents"] == index * 100
+    assert _extract(source_url, tenant_id="tenant-b").get_column("invoice_id").to_list() == ["plain"]
+    assert _extract(source_url, tenant_id="nobody").height == 0
+    with db.connect(source_url) as conn:  # the injection attempt did nothing
+        assert conn.rows("SELECT count(*) FROM invoices")[0][0] == len(HOSTILE_IDS) + 2
+
+
+def test_empty_source_gives_empty_frame_of_the_schema(source_url: str) -> None:
+    frame = _extract(source_url)
+    assert frame.height == 0
+    assert frame.schema == INVOICES
+
+
+@pytest.mark.parametrize(
+    ("statement", "table", "column"),
+    [
+        ("DROP TABLE escrow_summaries", "escrow_summaries", None),
+        ("DROP TABLE invoices", "invoices", None),
+        ("ALTER TABLE escrow_summaries DROP COLUMN last_updated_at", "escrow_summaries", "last_updated_at"),
+        ("ALTER TABLE escrow_operations DROP COLUMN completed_at", "escrow_operations", "completed_at"),
+        ("ALTER TABLE invoices DROP COLUMN deleted_at", "invoices", "deleted_at"),
+        (
+            "ALTER TABLE escrow_summaries RENAME COLUMN total_funded TO funded_total",
+            "escrow_summaries",
+            "total_funded",
+        ),
+    ],
+)
+def test_schema_errors_name_table_and_column(
+    source_url: str, statement: str, table: str, column: str | None
+) -> None:
+    with db.connect(source_url) as conn:
+        conn.execute(statement)
+        conn.commit()
+    with pytest.raises(SourceSchemaError) as raised:
+        _extract(source_url)
+    assert raised.value.table == table
+    assert raised.value.column == column
+    assert table in str(raised.value)
+    if column:
+        assert f"{table}.{column}" in str(raised.value)
+
+
+def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
+    src = Source()
+    src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
+    src.invoice("other", status="funded")
+    src.load(source_url)
+    good = tmp_path / "mine.sql"
+    good.write_text(
+        "SELECT CAST(invoices.id AS TEXT) AS invoice_pk, invoices.invoice_id, invoices.tenant_id,"
+        " invoices.status, invoices.currency,"
+        " CAST(456 AS BIGINT) AS db_total_funded_cents, FALSE AS total_was_null,"
+        " CAST(1 AS BIGINT) AS summary_row_count, CAST(NULL AS TEXT) AS op_contract_id,"
+        " 'extra' AS my_extra_column"
+        " FROM invoices WHERE invoices.status = 'custom_status'"
+        " AND (CAST($1 AS TEXT) IS NULL OR invoices.tenant_id = CAST($1 AS TEXT))",
+        encoding="utf-8",
+    )
+    frame = _extract(source_url, extract_sql_path=str(good))
+    assert frame.schema == INVOICES
+    assert frame.get_column("invoice_id").to_list() == ["keep"]
+    assert frame.get_column("db_total_funded_cents").to_list() == [456]
+
+    lacking = tmp_path / "lacking.sql"
+    lacking.write_text(
+        "SELECT CAST(invoices.id AS TEXT) AS invoice_pk, invoices.invoice_id FROM invoices", encoding="utf-8"
+    )
+    with pytest.raises(ExtractError) as raised:
+        _extract(source_url, extract_sql_path=str(lacking))
+    message = str(raised.value)
+    assert str(lacking) in message
+    for name in ("tenant_id", "db_total_funded_cents", "op_contract_id"):
+        assert name in message
+
+    with pytest.raises(ExtractError, match=r"does not use \$1"):
+        _extract(source_url, extract_sql_path=str(lacking), tenant_id="tenant-a")
+
+    major_units = tmp_path / "major.sql"
+    major_units.write_text(
+        good.read_text().replace("CAST(456 AS BIGINT)", "CAST(4.56 AS DECIMAL(15, 2))"), encoding="utf-8"
+    )
+    with pytest.raises(ExtractError, match="db_total_funded_cents"):
+        _extract(source_url, extract_sql_path=str(major_units))
+
+    with pytest.raises(ExtractError, match="cannot read"):
+        _extract(source_url, extract_sql_path=str(tmp_path / "absent.sql"))
+
+    broken = tmp_path / "broken.sql"
+    broken.write_text("SELEKT nonsense", encoding="utf-8")
+    with pytest.raises(ExtractError, match=r"broken\.sql"):
+        _extract(source_url, extract_sql_path=str(broken))
+
+    wrong_table = tmp_path / "wrong_table.sql"
+    wrong_table.write_text("SELECT * FROM invoice_table", encoding="utf-8")
+    with pytest.raises(SourceSchemaError) as schema_raised:
+        _extract(source_url, extract_sql_path=str(wrong_table))
+    assert schema_raised.value.table == "invoice_table"
+
+
+def test_unreachable_database_is_an_extract_error_without_the_password(pg_server: str) -> None:
+    url = "postgresql://postgres:hunter2-secret@127.0.0.1:1/nowhere"
+    with pytest.raises(ExtractError) as raised:
+        _extract(url)
+    assert "hunter2-secret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("message", "table", "column"),
+    [
+        ('ERROR:  relation "public.escrow_summaries" does not exist', "escrow_summaries", None),
+        ("ERROR:  column escrow_operations.completed_at does not exist", "escrow_operations", "completed_at"),
+        ('ERROR:  column "total_funded" does not exist', None, "total_funded"),
+        ('ERROR:  column "x" of relation "invoices" does not exist', "invoices", "x"),
+        ("Catalog Error: Table with name invoices does not exist!", "invoices", None),
+        ('Binder Error: Table "invoices" does not have a column named "tenant_id"', "invoices", "tenant_id"),
+        ('Binder Error: Referenced column "status" not found in FROM clause!', None, "status"),
+    ],
+)
+def test_schema_error_parsing(message: str, table: str | None, column: str | None) -> None:
+    error = extract.schema_error_from(message)
+    assert error is not None
+    assert (error.table, error.column) == (table, column)
+
+
+def test_other_errors_are_not_schema_errors() -> None:
+    assert extract.schema_error_from("ERROR:  division by zero") is None
