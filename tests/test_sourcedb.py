@@ -60,7 +60,7 @@ def test_money_must_not_be_float(source_url: str) -> None:
     invoices, summaries, operations = _frames(1)
     with db.connect(source_url) as conn:
         sourcedb.create_source_schema(conn)
-        with pytest.raises(TypeError, match="escrow_summaries.total_funded"):
+        with pytest.raises(TypeError, match=r"escrow_summaries\.total_funded"):
             sourcedb.load_source_rows(
                 conn, invoices, summaries.with_columns(pl.lit(1.5).alias("total_funded")), operations
             )
