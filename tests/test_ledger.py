@@ -430,3 +430,25 @@ def test_busy_answers_split_the_batch() -> None:
     assert stats.requests["getLedgerEntries"] >= 1 + 2 + 4 + 8
     assert (result.frame["read_status"] == "error").all()
     assert result.frame["read_error"].str.contains("-32001").all()
+
+
+def test_preflight_retries_transient_faults() -> None:
+    plan = FaultPlan(
+        rate=0.6, kinds=TRANSIENT, seed=2, methods=("getNetwork", "getHealth"), retry_after_seconds=0.01
+    )
+    with Emulator(STATE, plan) as emu:
+        facts = preflight(settings_for(emu.url), policy=FAST)
+        injected = emu.stats.faults_total
+    assert facts.latest_ledger == LATEST and injected > 0
+
+
+def test_preflight_gives_up_on_a_client_error() -> None:
+    plan = FaultPlan(rate=1.0, kinds=("rpc_32602",), methods=("getNetwork",))
+    with Emulator(STATE, plan) as emu, pytest.raises(RpcPreflightError, match="-32602"):
+        preflight(settings_for(emu.url), policy=FAST)
+
+
+def test_summary_is_logged_at_info(caplog) -> None:
+    with Emulator(STATE) as emu, caplog.at_level("INFO", logger="reconcile_audit.ledger"):
+        result = read(emu, ids=ALL_IDS[:3])
+    assert result.summary_line() in caplog.messages
