@@ -369,7 +369,7 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         entries=sweep.entries,
         seconds=seconds,
         entries_per_second=sweep.entries / seconds if seconds > 0 else 0.0,
-        faults_by_kind=MappingProxyType(dict(counters.faults or {})),
+        faults_by_kind=MappingProxyType(dict(counters.faults)),
     )
     return LedgerRead(
         frame=frame,

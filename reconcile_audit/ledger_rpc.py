@@ -5,8 +5,8 @@ drops the HTTP status and ``Retry-After`` of an answer that parses, and turns a 
 non-JSON-RPC body into a pydantic ``ValidationError``. So this module posts the JSON-RPC itself,
 classifies every outcome into an :class:`RpcFault` (transient or not), and parses answers with
 stellar-sdk's own response models (``Response[GetLedgerEntriesResponse]`` ...). Measured, the
-pydantic parse of a 200-entry answer costs a few µs per entry, next to ~20 µs to decode the entry
-itself, so the models stay on the hot path.
+pydantic-core parse of a 200-entry answer costs about 1-3 µs per entry, of a client total near
+16 µs per escrow, so the models stay on the hot path.
 
 Retry policy (tenacity): exponential backoff with jitter, never shorter than the server's
 ``Retry-After`` (capped by :attr:`RetryPolicy.max_retry_after`), at most
@@ -27,7 +27,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import aiohttp
@@ -89,13 +89,9 @@ class TransportCounters:
 
     requests: int = 0
     retries: int = 0
-    faults: Counter[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.faults = Counter()
+    faults: Counter[str] = field(default_factory=Counter)
 
     def fault(self, kind: str, n: int = 1) -> None:
-        assert self.faults is not None
         self.faults[kind] += n
 
 

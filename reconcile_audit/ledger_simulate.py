@@ -159,7 +159,7 @@ async def _read(
         entries=entries,
         seconds=seconds,
         entries_per_second=entries / seconds if seconds > 0 else 0.0,
-        faults_by_kind=MappingProxyType(dict(counters.faults or {})),
+        faults_by_kind=MappingProxyType(dict(counters.faults)),
     )
     return LedgerRead(
         conform(frame, LEDGER, "ledger"), min(ledgers, default=None), max(ledgers, default=None), stats
