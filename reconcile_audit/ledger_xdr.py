@@ -3,11 +3,13 @@
 Two paths with one meaning. stellar-sdk's generated XDR classes are the oracle (``*_sdk``): they
 accept every valid entry and explain every invalid one. They are pure Python and cost about
 40 µs per key and 170 µs or more per escrow entry, which would bound a 100k sweep on loopback.
-So the reader first takes a fast path (``*_fast``): instance keys from their fixed byte layout,
-and a small ``struct`` walker over the entry bytes that reads only what the reader needs. The
-walker knows a subset of ``SCVal``; whenever it meets anything else, or anything malformed, it
-returns ``None`` and the SDK path decides, so a fast-path gap can cost time but never change a
-result. tests/test_ledger_xdr.py checks both paths agree over every storage shape.
+So the reader first takes a fast path: instance keys from their fixed byte layout (about 2 µs),
+and for entries, a template learnt from the layout of entries already decoded (about 3 µs), else
+a small ``struct`` walker over the entry bytes that reads only what the reader needs (about
+15 µs). The walker knows a subset of ``SCVal``; whenever it meets anything else, or anything
+malformed, it returns ``None`` and the SDK path decides, so a fast-path gap can cost time but
+never change a result. tests/test_ledger_xdr.py checks all paths agree with stellar-sdk over every
+storage shape, generated values and corrupted entries.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
-from stellar_sdk import Address, StrKey
+from stellar_sdk import Address
 from stellar_sdk import xdr as sx
 
 # LedgerKey{CONTRACT_DATA(6), SCAddress{CONTRACT(1), hash}, SCVal{LEDGER_KEY_CONTRACT_INSTANCE(20)},
@@ -94,10 +96,6 @@ def contract_hash(contract_id: str) -> bytes:
     if binascii.crc_hqx(raw[:33], 0) != int.from_bytes(raw[33:], "little"):
         raise ValueError("strkey checksum mismatch")
     return raw[1:33]
-
-
-def contract_hash_sdk(contract_id: str) -> bytes:
-    return StrKey.decode_contract(contract_id)
 
 
 @lru_cache(maxsize=4096)
