@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,6 +147,20 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
 def settings_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The subset of notebook parameters that are settings (the rest steer the notebook)."""
     return {name: value for name, value in parameters.items() if name in ENVIRONMENT}
+
+
+@contextmanager
+def ipc_kernel_config() -> Iterator[Any]:
+    """Kernel manager configuration: IPC sockets in a private (0700) temporary folder.
+
+    The kernel's environment holds the run's secrets; on loopback TCP any local user could reach
+    its ports (ipykernel warns about exactly that on every start). nbclient still creates, owns
+    and shuts down the kernel; only its transport changes.
+    """
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="reconcile-audit-kernel-") as folder:
+        yield Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "kernel")}})
 
 
 def failing_cell(notebook_path: Path) -> tuple[str, str]:
@@ -308,13 +323,15 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
             kernel = ensure_kernel(request.kernel_name)
             with persist.run_lease(state_url, settings.tenant_id, holder):
                 try:
-                    papermill.execute_notebook(
-                        str(request.notebook),
-                        str(notebook_out),
-                        parameters=injected,
-                        kernel_name=kernel,
-                        progress_bar=request.progress_bar,
-                    )
+                    with ipc_kernel_config() as config:
+                        papermill.execute_notebook(
+                            str(request.notebook),
+                            str(notebook_out),
+                            parameters=injected,
+                            kernel_name=kernel,
+                            progress_bar=request.progress_bar,
+                            config=config,
+                        )
                 except PapermillExecutionError:
                     failure = failing_cell(notebook_out)
                 except Exception as exc:  # the kernel did not start or died: no cell holds the error

@@ -313,6 +313,17 @@ def test_executed_notebook_keeps_parameters_and_the_ledger_read_ran_in_the_kerne
     assert not any(o.output_type == "error" for c in notebook.cells for o in c.get("outputs", []))
 
 
+def test_the_kernel_is_shut_down_after_the_run(findings_run):
+    import psutil
+
+    kernels = [
+        child
+        for child in psutil.Process().children(recursive=True)
+        if any("ipykernel" in part for part in child.cmdline())
+    ]
+    assert kernels == []
+
+
 def test_no_secret_in_any_artifact_or_output(findings_run):
     assert findings_run.folder is not None
     for path in findings_run.out.rglob("*"):
