@@ -1,0 +1,659 @@
+"""Classify: every class, reason and flag; exact amounts at the i128 limits; property tests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from stellar_sdk import StrKey
+
+from reconcile_audit import classify as classify_module
+from reconcile_audit.classify import (
+    CLASS_ORDER,
+    REASON_CODES,
+    ClassCounts,
+    classify,
+    count_classes,
+    format_major,
+)
+from reconcile_audit.schemas import CLASSES, FINDINGS, FLAGS, LEDGER, RESOLVED
+
+I128_MAX = 2**127 - 1
+I128_MIN = -(2**127)
+I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+CONTRACTS = [StrKey.encode_contract(bytes([i]) * 32) for i in range(1, 41)]
+TOKEN = StrKey.encode_contract(b"\xee" * 32)
+
+
+def resolved_row(invoice_id: str = "INV-1", **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "invoice_pk": f"pk-{invoice_id}",
+        "invoice_id": invoice_id,
+        "tenant_id": "tenant-a",
+        "status": "funded",
+        "currency": "USDC",
+        "db_total_funded_cents": 125_000,
+        "total_was_null": False,
+        "summary_row_count": 1,
+        "op_contract_id": CONTRACTS[0],
+        "contract_id": CONTRACTS[0],
+        "address_source": "escrow_operations",
+        "address_error": None,
+        "invoice_id_error": None,
+    }
+    row.update(overrides)
+    return row
+
+
+def ledger_row(contract_id: str = CONTRACTS[0], **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "contract_id": contract_id,
+        "read_status": "ok",
+        "read_error": None,
+        "escrow_invoice_id": "INV-1",
+        "funded_amount": "12500000000",
+        "amount": "20000000000",
+        "funding_target": "20000000000",
+        "escrow_status": 1,
+        "funding_token": TOKEN,
+        "distributed_principal": None,
+        "token_decimals": 7,
+        "token_decimals_source": "metadata",
+        "latest_ledger": 1_000_000,
+        "last_modified_ledger": 999_000,
+        "live_until_ledger": 5_000_000,
+    }
+    row.update(overrides)
+    return row
+
+
+def frames(resolved: list[dict[str, Any]], ledger: list[dict[str, Any]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return pl.DataFrame(resolved, schema=RESOLVED), pl.DataFrame(ledger, schema=LEDGER)
+
+
+def one(
+    resolved: dict[str, Any], ledger: list[dict[str, Any]] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    findings = classify(*frames([resolved], [ledger_row()] if ledger is None else ledger), **kwargs)
+    assert findings.height == 1
+    return findings.row(0, named=True)
+
+
+def test_the_documented_example_sentence() -> None:
+    row = one(resolved_row(), [ledger_row(funded_amount="12499900000")])
+    assert (row["class"], row["reason_code"]) == ("mismatch", "db_over_chain")
+    assert row["reason"] == "DB 1,250.00 USDC vs chain 1,249.99 USDC (chain under by 0.01)"
+    assert (row["db_funded_base_units"], row["chain_funded_base_units"], row["delta_base_units"]) == (
+        "12500000000",
+        "12499900000",
+        "100000",
+    )
+    assert row["db_total_funded"] == Decimal("1250.00")
+    assert row["drift_rank"] == 1
+    assert row["token_decimals"] == 7
+    assert row["flags"] == []
+    assert (row["escrow_invoice_id"], row["escrow_status"], row["funding_token"]) == ("INV-1", 1, TOKEN)
+    assert (row["latest_ledger"], row["last_modified_ledger"], row["live_until_ledger"]) == (
+        1_000_000,
+        999_000,
+        5_000_000,
+    )
+    assert row["address_source"] == "escrow_operations"
+
+
+_REASON_CASES: list[tuple[dict[str, Any], list[dict[str, Any]], str, str, str]] = [
+    (resolved_row(), [ledger_row()], "match", "equal", "DB 1,250.00 USDC equals chain 1,250.00 USDC"),
+    (
+        resolved_row(),
+        [ledger_row(funded_amount="12500000001")],
+        "mismatch",
+        "chain_over_db",
+        "(chain over by 0.0000001)",
+    ),
+    (
+        resolved_row(invoice_id_error="invoice id is empty", invoice_id=""),
+        [ledger_row()],
+        "error",
+        "invalid_invoice_id",
+        "invoice id is empty",
+    ),
+    (
+        resolved_row(contract_id=None, op_contract_id=None, address_source=None),
+        [],
+        "unlinked",
+        "no_address",
+        "no escrow address",
+    ),
+    (
+        resolved_row(contract_id="GABC", address_error="wrong length"),
+        [],
+        "error",
+        "invalid_address",
+        "'GABC' (from escrow_operations): wrong length",
+    ),
+    (resolved_row(), [], "error", "not_read", "no result"),
+    (resolved_row(), [ledger_row(CONTRACTS[1])], "error", "not_read", "no result"),
+    (
+        resolved_row(),
+        [ledger_row(read_status="error", read_error="HTTP 503 after 6 retries")],
+        "error",
+        "read_error",
+        "HTTP 503 after 6 retries",
+    ),
+    (
+        resolved_row(),
+        [ledger_row(read_status="no_instance", funded_amount=None)],
+        "missing_on_chain",
+        "no_instance",
+        "no contract instance",
+    ),
+    (
+        resolved_row(),
+        [ledger_row(read_status="no_escrow", funded_amount=None)],
+        "missing_on_chain",
+        "no_escrow",
+        "stores no Escrow",
+    ),
+    (resolved_row(), [ledger_row(read_status="weird")], "error", "unknown_read_status", "'weird'"),
+    (resolved_row(), [ledger_row(read_status=None)], "error", "unknown_read_status", "None"),
+    (resolved_row(), [ledger_row(funded_amount=None)], "error", "undecodable_amount", "None"),
+    (resolved_row(), [ledger_row(funded_amount="1.5")], "error", "undecodable_amount", "'1.5'"),
+    (resolved_row(), [ledger_row(funded_amount="1e3")], "error", "undecodable_amount", "'1e3'"),
+    (resolved_row(), [ledger_row(funded_amount=" 12")], "error", "undecodable_amount", "' 12'"),
+    (
+        resolved_row(),
+        [ledger_row(funded_amount=str(I128_MAX + 1))],
+        "error",
+        "undecodable_amount",
+        "not an i128",
+    ),
+    (
+        resolved_row(),
+        [ledger_row(funded_amount=str(I128_MIN - 1))],
+        "error",
+        "undecodable_amount",
+        "not an i128",
+    ),
+    (
+        resolved_row(),
+        [ledger_row(token_decimals=None, read_error="token has no METADATA")],
+        "error",
+        "unknown_token_decimals",
+        "token has no METADATA",
+    ),
+    (resolved_row(), [ledger_row(token_decimals=39)], "error", "unsupported_token_decimals", "39"),
+    (resolved_row(), [ledger_row(token_decimals=-1)], "error", "unsupported_token_decimals", "-1"),
+    (
+        resolved_row(),
+        [ledger_row(escrow_invoice_id="INV-2")],
+        "mismatch",
+        "invoice_id_mismatch",
+        "belongs to invoice 'INV-2', not 'INV-1'",
+    ),
+    (
+        resolved_row(),
+        [ledger_row(escrow_invoice_id=None)],
+        "mismatch",
+        "invoice_id_mismatch",
+        "belongs to invoice None",
+    ),
+    (
+        resolved_row(db_total_funded_cents=1),
+        [ledger_row(token_decimals=0, funded_amount="0")],
+        "mismatch",
+        "db_amount_not_representable",
+        "0-decimal token",
+    ),
+    (
+        resolved_row(db_total_funded_cents=11),
+        [ledger_row(token_decimals=1, funded_amount="1")],
+        "mismatch",
+        "db_amount_not_representable",
+        "1-decimal token",
+    ),
+    (
+        resolved_row(db_total_funded_cents=1200),
+        [ledger_row(token_decimals=0, funded_amount="12")],
+        "match",
+        "equal",
+        "DB 12.00 USDC equals chain 12 USDC",
+    ),
+    (
+        resolved_row(db_total_funded_cents=1230),
+        [ledger_row(token_decimals=1, funded_amount="123")],
+        "match",
+        "equal",
+        "equals chain 12.3 USDC",
+    ),
+]
+
+
+@pytest.mark.parametrize(("resolved", "ledger", "klass", "code", "reason_part"), _REASON_CASES)
+def test_every_reason_code(
+    resolved: dict[str, Any], ledger: list[dict[str, Any]], klass: str, code: str, reason_part: str
+) -> None:
+    row = one(resolved, ledger)
+    assert (row["class"], row["reason_code"]) == (klass, code)
+    assert REASON_CODES[code] == klass
+    assert reason_part in row["reason"]
+
+
+def test_every_reason_code_is_exercised() -> None:
+    # Guards the table above against a new code added to classify without a test.
+    tested = {"equal", "chain_over_db", "db_over_chain", "within_tolerance"} | {
+        case[3] for case in _REASON_CASES
+    }
+    assert tested == set(REASON_CODES)
+
+
+def test_tolerance_boundaries() -> None:
+    def at(delta: int, tolerance: int) -> tuple[str, str]:
+        row = one(
+            resolved_row(),
+            [ledger_row(funded_amount=str(12_500_000_000 - delta))],
+            tolerance_base_units=tolerance,
+        )
+        return row["class"], row["reason_code"]
+
+    assert at(0, 0) == ("match", "equal")
+    assert at(1, 0) == ("mismatch", "db_over_chain")
+    assert at(5, 5) == ("match", "within_tolerance")
+    assert at(-5, 5) == ("match", "within_tolerance")
+    assert at(6, 5) == ("mismatch", "db_over_chain")
+    assert at(-6, 5) == ("mismatch", "chain_over_db")
+    huge = 10**60  # beyond any integer type but BIGNUM
+    assert at(I64_MAX, huge) == ("match", "within_tolerance")
+    row = one(resolved_row(), [ledger_row(funded_amount="12499999995")], tolerance_base_units=5)
+    assert row["reason"].endswith("within the tolerance of 5 base units")
+    assert row["drift_rank"] is None
+    with pytest.raises(ValueError, match="negative"):
+        one(resolved_row(), tolerance_base_units=-1)
+
+
+def test_flags() -> None:
+    cases = {
+        "archived-zero": (
+            resolved_row("archived-zero"),
+            ledger_row(CONTRACTS[0], escrow_invoice_id="archived-zero", live_until_ledger=0),
+        ),
+        "archived-below": (
+            resolved_row("archived-below", contract_id=CONTRACTS[1]),
+            ledger_row(CONTRACTS[1], escrow_invoice_id="archived-below", live_until_ledger=999_999),
+        ),
+        "expiring-edge": (
+            resolved_row("expiring-edge", contract_id=CONTRACTS[2]),
+            ledger_row(CONTRACTS[2], escrow_invoice_id="expiring-edge", live_until_ledger=1_000_100),
+        ),
+        "expiring-now": (
+            resolved_row("expiring-now", contract_id=CONTRACTS[3]),
+            ledger_row(CONTRACTS[3], escrow_invoice_id="expiring-now", live_until_ledger=1_000_000),
+        ),
+        "fresh": (
+            resolved_row("fresh", contract_id=CONTRACTS[4]),
+            ledger_row(CONTRACTS[4], escrow_invoice_id="fresh", live_until_ledger=1_000_101),
+        ),
+        "duplicate-null": (
+            resolved_row(
+                "duplicate-null",
+                contract_id=CONTRACTS[5],
+                summary_row_count=3,
+                total_was_null=True,
+                db_total_funded_cents=0,
+            ),
+            ledger_row(
+                CONTRACTS[5], escrow_invoice_id="duplicate-null", funded_amount="0", live_until_ledger=0
+            ),
+        ),
+        "unlinked-null": (
+            resolved_row("unlinked-null", contract_id=None, total_was_null=True, summary_row_count=0),
+            None,
+        ),
+        "missing": (
+            resolved_row("missing", contract_id=CONTRACTS[6]),
+            ledger_row(
+                CONTRACTS[6], read_status="no_instance", live_until_ledger=None, latest_ledger=1_000_000
+            ),
+        ),
+    }
+    resolved = [r for r, _ in cases.values()]
+    ledger = [entry for _, entry in cases.values() if entry is not None]
+    findings = classify(*frames(resolved, ledger), ttl_warning_ledgers=100)
+    flags = dict(
+        zip(findings.get_column("invoice_id").to_list(), findings.get_column("flags").to_list(), strict=True)
+    )
+    assert flags == {
+        "archived-zero": ["archived"],
+        "archived-below": ["archived"],
+        "expiring-edge": ["ttl_expiring"],
+        "expiring-now": ["ttl_expiring"],
+        "fresh": [],
+        "duplicate-null": ["archived", "duplicate_summary", "null_total"],
+        "unlinked-null": ["null_total"],
+        "missing": [],
+    }
+    for value in flags.values():
+        assert set(value) <= set(FLAGS) and value == sorted(value)
+    # Flags sit beside the class; an archived escrow with equal amounts still matches.
+    assert findings.filter(pl.col("invoice_id") == "archived-zero").item(0, "class") == "match"
+
+
+@pytest.mark.parametrize(
+    ("cents", "decimals", "chain"),
+    [
+        (I64_MAX, 38, I128_MIN),  # delta far beyond i128
+        (I64_MIN, 38, I128_MAX),
+        (I64_MAX, 7, I128_MAX),
+        (0, 7, I128_MIN),
+        (0, 7, I128_MAX),
+        (-1, 2, I128_MAX),
+        (999_999_999_999_999, 18, I128_MAX),
+        (I64_MIN + 8, 0, I128_MIN),  # the most negative whole number of units
+    ],
+)
+def test_amounts_at_the_i128_limits_are_exact(cents: int, decimals: int, chain: int) -> None:
+    row = one(
+        resolved_row(db_total_funded_cents=cents),
+        [ledger_row(funded_amount=str(chain), token_decimals=decimals)],
+    )
+    db_base = cents * 10 ** (decimals - 2) if decimals >= 2 else cents // 10 ** (2 - decimals)
+    assert row["db_funded_base_units"] == str(db_base)
+    assert row["chain_funded_base_units"] == str(chain)
+    assert row["delta_base_units"] == str(db_base - chain)
+    assert row["class"] == "mismatch"
+    assert row["reason_code"] == ("db_over_chain" if db_base > chain else "chain_over_db")
+    assert format_major(abs(db_base - chain), decimals) in row["reason"]
+    if abs(cents) >= 10**15:
+        assert row["db_total_funded"] is None  # beyond DECIMAL(15,2): absent, never wrapped
+
+
+def test_equal_at_the_i128_maximum() -> None:
+    chain = I128_MAX - I128_MAX % 10**20  # a whole number of cents at 22 decimals
+    cents = chain // 10**20
+    assert cents <= I64_MAX
+    row = one(
+        resolved_row(db_total_funded_cents=cents), [ledger_row(funded_amount=str(chain), token_decimals=22)]
+    )
+    assert (row["class"], row["delta_base_units"]) == ("match", "0")
+
+
+def test_drift_rank_compares_major_units_exactly_across_decimals() -> None:
+    resolved = [
+        resolved_row("seven-1.00", contract_id=CONTRACTS[0], db_total_funded_cents=200),
+        resolved_row("two-0.99", contract_id=CONTRACTS[1], db_total_funded_cents=199),
+        resolved_row("eighteen-1.00", contract_id=CONTRACTS[2], db_total_funded_cents=200),
+        resolved_row("seven-tiny", contract_id=CONTRACTS[3], db_total_funded_cents=100),
+        resolved_row("equal", contract_id=CONTRACTS[4], db_total_funded_cents=100),
+        resolved_row("id-mismatch", contract_id=CONTRACTS[5], db_total_funded_cents=10**12),
+        resolved_row("chain-over-huge", contract_id=CONTRACTS[6], db_total_funded_cents=0),
+    ]
+    ledger = [
+        ledger_row(CONTRACTS[0], escrow_invoice_id="seven-1.00", funded_amount=str(10**7), token_decimals=7),
+        ledger_row(CONTRACTS[1], escrow_invoice_id="two-0.99", funded_amount="100", token_decimals=2),
+        ledger_row(
+            CONTRACTS[2], escrow_invoice_id="eighteen-1.00", funded_amount=str(10**18), token_decimals=18
+        ),
+        ledger_row(
+            CONTRACTS[3], escrow_invoice_id="seven-tiny", funded_amount=str(10**7 + 1), token_decimals=7
+        ),
+        ledger_row(CONTRACTS[4], escrow_invoice_id="equal", funded_amount=str(10**7), token_decimals=7),
+        ledger_row(CONTRACTS[5], escrow_invoice_id="someone-else", funded_amount="0"),
+        ledger_row(
+            CONTRACTS[6], escrow_invoice_id="chain-over-huge", funded_amount=str(I128_MAX), token_decimals=38
+        ),
+    ]
+    findings = classify(*frames(resolved, ledger))
+    ranks = dict(
+        zip(
+            findings.get_column("invoice_id").to_list(),
+            findings.get_column("drift_rank").to_list(),
+            strict=True,
+        )
+    )
+    assert ranks == {
+        "chain-over-huge": 1,  # 1.7 major units at 38 decimals
+        "seven-1.00": 2,  # 1.00 major, tied
+        "eighteen-1.00": 2,
+        "two-0.99": 4,
+        "seven-tiny": 5,
+        "equal": None,
+        "id-mismatch": None,  # an id mismatch compares another invoice's escrow: not a drift
+    }
+
+
+def test_rows_are_kept_in_order_and_never_multiplied() -> None:
+    resolved = [
+        resolved_row("z-last", contract_id=CONTRACTS[0]),
+        resolved_row("a-shares", contract_id=CONTRACTS[0]),
+        resolved_row("m-dup-ledger", contract_id=CONTRACTS[1]),
+    ]
+    ledger = [
+        ledger_row(CONTRACTS[0], escrow_invoice_id="z-last"),
+        ledger_row(CONTRACTS[1], escrow_invoice_id="m-dup-ledger", latest_ledger=5),
+        ledger_row(CONTRACTS[1], escrow_invoice_id="m-dup-ledger", latest_ledger=7, funded_amount="1"),
+    ]
+    findings = classify(*frames(resolved, ledger))
+    assert findings.get_column("invoice_id").to_list() == ["z-last", "a-shares", "m-dup-ledger"]
+    assert findings.get_column("reason_code").to_list() == ["equal", "invoice_id_mismatch", "db_over_chain"]
+    assert findings.item(2, "latest_ledger") == 7  # the newest reading wins
+
+
+def test_address_conflict_is_noted_in_the_reason() -> None:
+    resolved = pl.DataFrame([resolved_row()], schema=RESOLVED).with_columns(
+        pl.lit(CONTRACTS[9]).alias("address_conflict")
+    )
+    findings = classify(resolved, pl.DataFrame([ledger_row()], schema=LEDGER))
+    assert findings.columns == FINDINGS.names()
+    reason = findings.item(0, "reason")
+    assert reason.startswith("DB 1,250.00 USDC equals chain 1,250.00 USDC. Note: ESCROW_ADDR_BY_INVOICE maps")
+    assert CONTRACTS[9] in reason
+
+
+def test_hostile_strings_stay_data() -> None:
+    hostile = "'; DROP TABLE x; --\"🦄\x01"
+    row = one(
+        resolved_row(hostile, currency=hostile, tenant_id=hostile, invoice_id_error=None),
+        [ledger_row(escrow_invoice_id=hostile)],
+    )
+    assert (row["invoice_id"], row["tenant_id"], row["currency"], row["class"]) == (
+        hostile,
+        hostile,
+        hostile,
+        "match",
+    )
+    assert row["reason"] == f"DB 1,250.00 {hostile} equals chain 1,250.00 {hostile}"
+
+
+def test_no_currency_still_reads() -> None:
+    row = one(resolved_row(currency=None), [ledger_row(funded_amount="0")])
+    assert row["reason"] == "DB 1,250.00 vs chain 0.00 (chain under by 1,250.00)"
+
+
+def test_empty_frames() -> None:
+    findings = classify(pl.DataFrame(schema=RESOLVED), pl.DataFrame(schema=LEDGER))
+    assert findings.height == 0
+    assert findings.schema == FINDINGS
+    assert count_classes(findings) == ClassCounts(
+        total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0
+    )
+
+
+def test_count_classes() -> None:
+    findings = pl.DataFrame({"class": ["match", "match", "error", "unlinked"]})
+    counts = count_classes(findings)
+    assert counts == ClassCounts(total=4, match=2, mismatch=0, missing_on_chain=0, unlinked=1, error=1)
+    assert counts.non_match == 2
+    assert list(counts.by_class()) == list(CLASS_ORDER)
+    assert dict(counts)["total"] == 4
+    assert set(CLASS_ORDER) == set(CLASSES)
+    with pytest.raises(ValueError, match="sum"):
+        ClassCounts(total=5, match=2, mismatch=0, missing_on_chain=0, unlinked=1, error=1)
+    with pytest.raises(ValueError, match="unknown classes"):
+        count_classes(pl.DataFrame({"class": ["match", "bogus"]}))
+
+
+@pytest.mark.parametrize(
+    ("value", "decimals", "text"),
+    [
+        (12_499_900_000, 7, "1,249.99"),
+        (12_499_912_345, 7, "1,249.9912345"),
+        (0, 7, "0.00"),
+        (1, 7, "0.0000001"),
+        (-100_000, 7, "-0.01"),
+        (125_000, 2, "1,250.00"),
+        (1234, 0, "1,234"),
+        (1234, 1, "123.4"),
+        (1230, 1, "123.0"),
+        (I128_MIN, 0, f"{I128_MIN:,}"),
+        (I128_MAX, 38, "1.70141183460469231731687303715884105727"),
+    ],
+)
+def test_format_major(value: int, decimals: int, text: str) -> None:
+    assert format_major(value, decimals) == text
+
+
+@given(
+    value=st.integers(min_value=-(2**200), max_value=2**200), decimals=st.integers(min_value=0, max_value=60)
+)
+def test_format_major_is_exact(value: int, decimals: int) -> None:
+    text = format_major(value, decimals).replace(",", "")
+    whole, _, fraction = text.partition(".")
+    assert len(fraction) <= max(decimals, 0)
+    sign = -1 if whole.startswith("-") else 1
+    assert sign * int(whole.lstrip("-") + fraction.ljust(decimals, "0")) == value
+
+
+# --- property-based: random frames against a Python-integer oracle -----------------------------
+
+_STATUSES = ["ok", "ok", "ok", "no_instance", "no_escrow", "error", "bogus"]
+_AMOUNTS = st.one_of(
+    st.integers(min_value=I128_MIN, max_value=I128_MAX).map(str),
+    st.integers(min_value=-(10**12), max_value=10**12).map(str),
+    st.sampled_from([None, "", "1.5", "abc", str(I128_MAX + 1), "-0", "007"]),
+)
+
+
+@st.composite
+def random_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    invoice_ids = [f"INV-{i}" for i in range(draw(st.integers(min_value=0, max_value=30)))]
+    pool = CONTRACTS[: draw(st.integers(min_value=1, max_value=12))]
+    resolved = []
+    for invoice_id in invoice_ids:
+        contract = draw(st.one_of(st.none(), st.sampled_from(pool), st.just("CBAD")))
+        resolved.append(
+            resolved_row(
+                invoice_id,
+                contract_id=contract,
+                address_error="bad checksum" if contract == "CBAD" else None,
+                invoice_id_error=draw(st.sampled_from([None, None, None, "invoice id is empty"])),
+                db_total_funded_cents=draw(
+                    st.one_of(
+                        st.integers(min_value=I64_MIN, max_value=I64_MAX),
+                        st.integers(min_value=-5, max_value=10**6),
+                    )
+                ),
+                total_was_null=draw(st.booleans()),
+                summary_row_count=draw(st.integers(min_value=0, max_value=3)),
+            )
+        )
+    ledger = []
+    for contract in draw(st.lists(st.sampled_from(pool), unique=True)):
+        ledger.append(
+            ledger_row(
+                contract,
+                read_status=draw(st.sampled_from(_STATUSES)),
+                read_error=draw(st.sampled_from([None, "boom"])),
+                escrow_invoice_id=draw(st.sampled_from([None, *invoice_ids[:4], "INV-x"])),
+                funded_amount=draw(_AMOUNTS),
+                token_decimals=draw(
+                    st.one_of(
+                        st.none(), st.integers(min_value=-2, max_value=40), st.sampled_from([0, 1, 2, 7])
+                    )
+                ),
+                latest_ledger=draw(st.integers(min_value=0, max_value=10**6)),
+                live_until_ledger=draw(st.one_of(st.none(), st.integers(min_value=0, max_value=2 * 10**6))),
+            )
+        )
+    tolerance = draw(st.one_of(st.just(0), st.integers(min_value=0, max_value=10**40)))
+    resolved_frame, ledger_frame = frames(resolved, ledger)
+    return resolved_frame, ledger_frame, tolerance
+
+
+def oracle(resolved: dict[str, Any], ledger: dict[str, Any] | None, tolerance: int) -> tuple[str, int | None]:
+    """(reason_code, delta) computed with Python integers, following the documented priority."""
+    if resolved["invoice_id_error"] is not None:
+        return "invalid_invoice_id", None
+    if resolved["contract_id"] is None:
+        return "no_address", None
+    if resolved["address_error"] is not None:
+        return "invalid_address", None
+    if ledger is None:
+        return "not_read", None
+    status = ledger["read_status"]
+    if status in ("error", "no_instance", "no_escrow"):
+        return {"error": "read_error"}.get(status, status), None
+    if status != "ok":
+        return "unknown_read_status", None
+    text = ledger["funded_amount"]
+    digits = text[1:] if text and text.startswith("-") else text
+    if not digits or not digits.isdigit() or not digits.isascii() or not I128_MIN <= int(text) <= I128_MAX:
+        return "undecodable_amount", None
+    chain = int(text)
+    decimals = ledger["token_decimals"]
+    if decimals is None:
+        return "unknown_token_decimals", None
+    if not 0 <= decimals <= 38:
+        return "unsupported_token_decimals", None
+    cents = resolved["db_total_funded_cents"]
+    if decimals >= 2:
+        db_base: int | None = cents * 10 ** (decimals - 2)
+    else:
+        scale = 10 ** (2 - decimals)
+        db_base = cents // scale if cents % scale == 0 else None
+    delta = None if db_base is None else db_base - chain
+    if ledger["escrow_invoice_id"] != resolved["invoice_id"]:
+        return "invoice_id_mismatch", delta
+    if delta is None:
+        return "db_amount_not_representable", None
+    if delta == 0:
+        return "equal", 0
+    if abs(delta) <= tolerance:
+        return "within_tolerance", delta
+    return ("db_over_chain" if delta > 0 else "chain_over_db"), delta
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(random_frames())
+def test_property_every_invoice_once_in_exactly_one_class(
+    case: tuple[pl.DataFrame, pl.DataFrame, int],
+) -> None:
+    resolved, ledger, tolerance = case
+    findings = classify(resolved, ledger, tolerance_base_units=tolerance)
+    assert findings.height == resolved.height
+    assert findings.schema == FINDINGS
+    assert findings.get_column("invoice_id").to_list() == resolved.get_column("invoice_id").to_list()
+    assert findings.get_column("class").is_in(list(CLASSES)).all()
+    assert findings.get_column("reason").is_not_null().all()
+    counts = count_classes(findings)
+    assert counts.total == resolved.height == sum(counts.by_class().values())
+
+    readings = {row["contract_id"]: row for row in ledger.iter_rows(named=True)}
+    for want, got in zip(resolved.iter_rows(named=True), findings.iter_rows(named=True), strict=True):
+        code, delta = oracle(want, readings.get(want["contract_id"]), tolerance)
+        assert got["reason_code"] == code, (want, got)
+        assert got["class"] == REASON_CODES[code]
+        if code in ("equal", "within_tolerance", "db_over_chain", "chain_over_db", "invoice_id_mismatch"):
+            assert got["delta_base_units"] == (None if delta is None else str(delta))
+        if got["class"] == "match":
+            assert delta is not None and abs(delta) <= tolerance
+        assert (got["drift_rank"] is not None) == (code in ("db_over_chain", "chain_over_db"))
+
+
+def test_module_exports() -> None:
+    assert classify_module.DEFAULT_TTL_WARNING_LEDGERS == 17_280 * 7
