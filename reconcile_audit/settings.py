@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from reconcile_audit.errors import ConfigError
+from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
 
 TESTNET_PASSPHRASE = "Test SDF Network ; September 2015"
 PUBLIC_PASSPHRASE = "Public Global Stellar Network ; September 2015"
@@ -195,7 +196,8 @@ ENVIRONMENT = {
     "output_dir": "RECONCILE_OUTPUT_DIR",
 }
 SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
-DEFAULT_DATABASE_URL = "duckdb:///reports/demo.duckdb"
+# The database `reconcile-audit demo` builds (`duckdb:///reports/...` would be /reports at the root).
+DEFAULT_DATABASE_URL = f"duckdb://{DEFAULT_OUTPUT_DIR / 'demo' / 'demo.duckdb'}"
 
 
 def load_settings(
