@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -383,3 +384,109 @@ def test_schema_error_parsing(message: str, table: str | None, column: str | Non
 
 def test_other_errors_are_not_schema_errors() -> None:
     assert extract.schema_error_from("ERROR:  division by zero") is None
+
+
+def test_source_to_findings_end_to_end(source_url: str) -> None:
+    """The stages chained over a real database: every class and flag planted through SQL rows."""
+    from stellar_sdk import Keypair, StrKey
+
+    from reconcile_audit.classify import classify, count_classes
+    from reconcile_audit.resolve import resolve_addresses
+    from reconcile_audit.schemas import LEDGER
+
+    c = [StrKey.encode_contract(bytes([i]) * 32) for i in range(1, 12)]
+    bad_checksum = c[0][:-1] + ("A" if c[0][-1] != "A" else "B")
+    account = Keypair.from_raw_ed25519_seed(b"\x09" * 32).public_key
+    src = Source()
+    src.invoice("match", totals=((Decimal("1250.00"), T0),), creates=((c[0], "completed", T0),))
+    src.invoice("drift", totals=((Decimal("1250.00"), T0),), creates=((c[1], "completed", T0),))
+    src.invoice(
+        "dup",
+        totals=((Decimal("1.00"), T0), (Decimal("2.00"), T0 + timedelta(days=1))),
+        creates=((c[2], "completed", T0),),
+    )
+    src.invoice("nulltotal", totals=((None, T0),), creates=((c[3], "completed", T0),))
+    src.invoice("mapped", totals=((Decimal("5.00"), T0),))
+    src.invoice("inactive", totals=((Decimal("5.00"), T0),))
+    src.invoice("gone", creates=((c[5], "completed", T0),))
+    src.invoice("badsum", creates=((bad_checksum, "completed", T0),))
+    src.invoice("account", creates=((account, "completed", T0),))
+    src.invoice("'; DROP TABLE invoices; --", creates=((c[6], "completed", T0),))
+    src.invoice("readerr", creates=((c[7], "completed", T0),))
+    src.invoice("unread", creates=((c[8], "completed", T0),))
+    src.invoice("otherid", creates=((c[9], "completed", T0),))
+    src.invoice("deleted", deleted=True, creates=((c[10], "completed", T0),))
+    src.load(source_url)
+    mapping = json.dumps(
+        {
+            "mappings": [
+                {"invoiceId": "mapped", "escrowAddress": c[4], "isActive": True},
+                {"invoiceId": "inactive", "escrowAddress": c[4], "isActive": False},
+            ]
+        }
+    )
+    resolved = resolve_addresses(_extract(source_url), mapping)
+
+    def entry(contract: str, invoice_id: str, funded: str | None = "0", **extra: object) -> dict[str, object]:
+        row: dict[str, object] = {name: None for name in LEDGER}
+        row.update(
+            contract_id=contract,
+            read_status="ok",
+            escrow_invoice_id=invoice_id,
+            funded_amount=funded,
+            token_decimals=7,
+            latest_ledger=1000,
+            last_modified_ledger=900,
+            live_until_ledger=10**6,
+        )
+        row.update(extra)
+        return row
+
+    ledger = pl.DataFrame(
+        [
+            entry(c[0], "match", "12500000000"),
+            entry(c[1], "drift", "12499900000", live_until_ledger=500),
+            entry(c[2], "dup", "20000000", live_until_ledger=1100),
+            entry(c[3], "nulltotal", "0"),
+            entry(c[4], "mapped", "50000000"),
+            entry(c[5], "gone", None, read_status="no_instance"),
+            entry(c[7], "readerr", None, read_status="error", read_error="HTTP 503 after 6 retries"),
+            entry(c[9], "someone-else", "0"),
+        ],
+        schema=LEDGER,
+    )
+    findings = classify(resolved, ledger, ttl_warning_ledgers=200)
+    got = {
+        r["invoice_id"]: (r["class"], r["reason_code"], r["flags"]) for r in findings.iter_rows(named=True)
+    }
+    assert got == {
+        "match": ("match", "equal", []),
+        "drift": ("mismatch", "db_over_chain", ["archived"]),
+        "dup": ("match", "equal", ["duplicate_summary", "ttl_expiring"]),
+        "nulltotal": ("match", "equal", ["null_total"]),
+        "mapped": ("match", "equal", []),
+        "inactive": ("unlinked", "no_address", []),
+        "gone": ("missing_on_chain", "no_instance", ["null_total"]),
+        "badsum": ("error", "invalid_address", ["null_total"]),
+        "account": ("error", "invalid_address", ["null_total"]),
+        "'; DROP TABLE invoices; --": ("error", "invalid_invoice_id", ["null_total"]),
+        "readerr": ("error", "read_error", ["null_total"]),
+        "unread": ("error", "not_read", ["null_total"]),
+        "otherid": ("mismatch", "invoice_id_mismatch", ["null_total"]),
+    }
+    drift = findings.filter(pl.col("invoice_id") == "drift").row(0, named=True)
+    assert drift["reason"] == "DB 1,250.00 USDC vs chain 1,249.99 USDC (chain under by 0.01)"
+    assert drift["db_total_funded"] == Decimal("1250.00")
+    assert (
+        findings.filter(pl.col("invoice_id") == "mapped").item(0, "address_source")
+        == "escrow_addr_by_invoice"
+    )
+    counts = count_classes(findings)
+    assert (
+        counts.total,
+        counts.match,
+        counts.mismatch,
+        counts.missing_on_chain,
+        counts.unlinked,
+        counts.error,
+    ) == (13, 4, 2, 1, 1, 5)
