@@ -1,8 +1,11 @@
 -- The non-match invoices of the previous completed run, each with the start of its current
 -- streak: the earliest run of the unbroken series of consecutive earlier runs (ending with the
 -- previous one) in which the invoice was a finding. Same parameters $1..$3 as previous_runs.sql.
--- Gaps and islands: numbering an invoice's appearances by run recency, the streak is where the
--- recency equals that number.
+--
+-- Gaps and islands in one pass over the scope's findings (a hash join and one window sort, a
+-- plan that stays linear whatever the planner's statistics): numbering an invoice's runs by
+-- recency (1 = the previous run), its streak is the runs whose recency equals that number, so
+-- only invoices found in the previous run keep any row.
 WITH runs AS (
     SELECT
         id,
@@ -14,39 +17,26 @@ WITH runs AS (
       AND run_key <> $2
       AND started_at < CAST($3 AS TIMESTAMPTZ)
 ),
-previous AS (
-    SELECT invoice_id, tenant_id, contract_id, class, reason_code, reason
-    FROM (
-        SELECT
-            f.invoice_id, f.tenant_id, f.contract_id, f.class, f.reason_code, f.reason,
-            row_number() OVER (PARTITION BY f.invoice_id ORDER BY f.finding_no) AS copy
-        FROM reconciliation_findings AS f
-        JOIN runs AS r ON r.id = f.run_id
-        WHERE r.recency = 1 AND f.invoice_id IS NOT NULL
-    ) AS numbered
-    WHERE copy = 1
-),
 appearances AS (
-    SELECT DISTINCT f.invoice_id, r.recency, r.started_at
+    SELECT
+        f.invoice_id, f.tenant_id, f.contract_id, f.class, f.reason_code, f.reason,
+        r.recency, r.started_at,
+        r.recency - dense_rank() OVER (PARTITION BY f.invoice_id ORDER BY r.recency) AS gap
     FROM reconciliation_findings AS f
     JOIN runs AS r ON r.id = f.run_id
-    WHERE f.invoice_id IN (SELECT invoice_id FROM previous)
-),
-streaks AS (
-    SELECT invoice_id, min(started_at) AS first_seen_at, count(*) AS streak_runs
-    FROM (
-        SELECT
-            invoice_id,
-            started_at,
-            recency - row_number() OVER (PARTITION BY invoice_id ORDER BY recency) AS gap
-        FROM appearances
-    ) AS numbered
-    WHERE gap = 0
-    GROUP BY invoice_id
+    WHERE f.invoice_id IS NOT NULL
 )
+-- An id twice in one run (the source should prevent it) reports the smallest of its values.
 SELECT
-    p.invoice_id, p.tenant_id, p.contract_id, p.class, p.reason_code, p.reason,
-    s.first_seen_at, s.streak_runs
-FROM previous AS p
-JOIN streaks AS s ON s.invoice_id = p.invoice_id
-ORDER BY p.invoice_id
+    invoice_id,
+    min(tenant_id) FILTER (WHERE recency = 1) AS tenant_id,
+    min(contract_id) FILTER (WHERE recency = 1) AS contract_id,
+    min(class) FILTER (WHERE recency = 1) AS class,
+    min(reason_code) FILTER (WHERE recency = 1) AS reason_code,
+    min(reason) FILTER (WHERE recency = 1) AS reason,
+    min(started_at) AS first_seen_at,
+    count(DISTINCT recency) AS streak_runs
+FROM appearances
+WHERE gap = 0
+GROUP BY invoice_id
+ORDER BY invoice_id
