@@ -25,6 +25,7 @@ import css_inline
 import jinja2
 import polars as pl
 
+from reconcile_audit.classify import count_classes, format_major
 from reconcile_audit.paths import TEMPLATES_DIR
 from reconcile_audit.schemas import CLASSES, FINDINGS
 
@@ -111,39 +112,30 @@ class Report:
 
 
 # --- formatting --------------------------------------------------------------------------------
-def _group(digits: str) -> str:
-    """Thousands separators on a digit string, without int(): Python refuses int() of very long
-    strings, and an amount column of bad input must not crash the report."""
-    head = len(digits) % 3 or 3
-    return ",".join([digits[:head], *(digits[i : i + 3] for i in range(head, len(digits), 3))])
+# Python's int() refuses text past 4,300 digits; an i128 has at most 39.
+_INTEGER_TEXT: Final = re.compile(r"[+-]?[0-9]{1,4000}")
 
 
 def format_base_units(base_units: str | int | None, decimals: int | None, *, signed: bool = False) -> str:
     """Exact major-unit text of an integer amount: ``("12500000000", 7) -> "1,250.00"``.
 
-    Works on the digit string so i128 extremes stay exact. At least two decimals are kept (when
-    the token has them); trailing zeros past that are dropped (``1,249.9999999``).
+    The digits come from classify's exact formatter (at least two decimals, trailing zeros past
+    them dropped: ``1,249.9999999``); this adds a typographic minus, an optional plus, and "n/a"
+    for text that is not an integer, so bad input never crashes the report.
     """
     if base_units is None:
         return "n/a"
     text = str(base_units).strip()
-    if not re.fullmatch(r"[+-]?[0-9]+", text):
+    if not _INTEGER_TEXT.fullmatch(text):
         return "n/a"
-    negative = text.startswith("-")
-    digits = text.lstrip("+-").lstrip("0") or "0"
+    value = int(text)
     if decimals is None or decimals < 0:
-        body = _group(digits) + " base units"
-    elif decimals == 0:
-        body = _group(digits)
+        body = f"{abs(value):,} base units"
     else:
-        digits = digits.rjust(decimals + 1, "0")
-        whole, frac = digits[:-decimals], digits[-decimals:]
-        frac = frac.rstrip("0").ljust(min(2, decimals), "0")
-        body = _group(whole) + (f".{frac}" if frac else "")
-    is_zero = set(text.lstrip("+-")) <= {"0"}
-    if negative and not is_zero:
+        body = format_major(abs(value), decimals)
+    if value < 0:
         return "\u2212" + body
-    return ("+" + body) if signed and not is_zero else body
+    return "+" + body if signed and value > 0 else body
 
 
 def format_decimal(value: Decimal | None) -> str:
@@ -206,12 +198,10 @@ def _identity(text: str) -> str:
 # --- counts ------------------------------------------------------------------------------------
 def class_counts(findings: pl.DataFrame | None) -> dict[str, int]:
     """Rows per class (every class present, 0 when absent) plus ``total``."""
-    counts = dict.fromkeys(CLASSES, 0)
-    if findings is not None and findings.height:
-        for name, n in findings.group_by("class").len().iter_rows():
-            counts[name if name in counts else "error"] += n
-    counts["total"] = sum(counts[c] for c in CLASSES)
-    return counts
+    if findings is None or findings.is_empty():
+        return {**dict.fromkeys(CLASSES, 0), "total": 0}
+    counts = count_classes(findings)
+    return {**counts.by_class(), "total": counts.total}
 
 
 def status_of(counts: Mapping[str, int]) -> Status:
