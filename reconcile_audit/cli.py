@@ -81,6 +81,10 @@ def run(
     deliver: Annotated[
         bool, typer.Option(help="Send the email and push metrics when they are configured.")
     ] = True,
+    cell_timeout: Annotated[
+        float | None,
+        typer.Option(min=1, help="Fail the run when one cell runs longer than this many seconds."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Execute the audit notebook and write report, results and metrics to <output-dir>/<run_id>/.
@@ -102,6 +106,7 @@ def run(
         prepare_only=prepare_only,
         deliver=deliver,
         progress_bar=sys.stderr.isatty(),
+        cell_timeout_seconds=cell_timeout,
     )
     _finish(runner.run(request))
 

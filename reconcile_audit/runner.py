@@ -50,6 +50,7 @@ class RunRequest:
     notebook: Path = NOTEBOOK_PATH
     kernel_name: str = KERNEL_NAME
     progress_bar: bool = False
+    cell_timeout_seconds: float | None = None  # None: a cell may run as long as it needs
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,16 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
         log.info("kernel %s runs %s, not this interpreter; registering it again", name, spec.argv[:1])
     except NoSuchKernel:
         log.info("registering Jupyter kernel %s in %s", name, sys.prefix)
-    install(kernel_spec_manager=manager, kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix)
+    try:
+        install(
+            kernel_spec_manager=manager, kernel_name=name, display_name=f"Python ({name})", prefix=sys.prefix
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"kernel {name}",
+            f"cannot register it in {sys.prefix} ({exc}); run `{sys.executable} -m ipykernel install "
+            f"--prefix {sys.prefix} --name {name}` as the environment's owner",
+        ) from exc
     return name
 
 
@@ -166,20 +176,28 @@ def ipc_kernel_config() -> Iterator[Any]:
 def failing_cell(notebook_path: Path) -> tuple[str, str]:
     """(name, detail) of the cell that failed in an executed notebook.
 
-    The name is its ``papermill_description`` when it has one, else its position.
+    The cell with an error output (or papermill's exception mark) wins; failing that, the cell
+    papermill last saw running (a timeout or a dead kernel leaves no error output). The name is
+    its ``papermill_description`` when it has one, else its position.
     """
     import nbformat
 
-    notebook = nbformat.read(notebook_path, as_version=4)
+    try:
+        notebook = nbformat.read(notebook_path, as_version=4)
+    except (OSError, ValueError):
+        return "unknown", "the executed notebook could not be read"
+    running: tuple[str, str] | None = None
     for index, cell in enumerate(notebook.cells):
         errors = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
-        flagged = cell.get("metadata", {}).get("papermill", {}).get("exception") is True
-        if errors or flagged:
-            match = _DESCRIPTION.search(cell.source)
-            name = match.group(1) if match else f"cell {index}"
+        papermill_meta = cell.get("metadata", {}).get("papermill", {})
+        match = _DESCRIPTION.search(cell.get("source", ""))
+        name = match.group(1) if match else f"cell {index}"
+        if errors or papermill_meta.get("exception") is True:
             detail = f"{errors[0]['ename']}: {errors[0]['evalue']}" if errors else "cell raised"
             return name, detail
-    return "unknown", "papermill reported an error but no cell carries one"
+        if running is None and papermill_meta.get("status") == "running":
+            running = (name, "the cell did not finish")
+    return running or ("unknown", "papermill reported an error but no cell carries one")
 
 
 def scrub_secrets(directory: Path, secret_values: tuple[str, ...]) -> list[Path]:
@@ -330,12 +348,14 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                             parameters=injected,
                             kernel_name=kernel,
                             progress_bar=request.progress_bar,
+                            execution_timeout=request.cell_timeout_seconds,
                             config=config,
                         )
                 except PapermillExecutionError:
                     failure = failing_cell(notebook_out)
-                except Exception as exc:  # the kernel did not start or died: no cell holds the error
-                    failure = ("kernel", f"{type(exc).__name__}: {exc}")
+                except Exception as exc:  # a timeout or a dead kernel: no cell output holds the error
+                    cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
+                    failure = (cell if cell != "unknown" else "kernel", f"{type(exc).__name__}: {exc}")
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
                     return _failed(settings, request, run_id, run_key, run_dir, clock, *failure)

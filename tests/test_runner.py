@@ -107,3 +107,36 @@ def test_run_ids_sort_by_time_and_keys_are_per_day():
     assert early.startswith("20260102T030405Z-") and early < late
     assert pipeline.default_run_key("acme", datetime(2026, 1, 2, 23, 0, tzinfo=UTC)) == "acme:2026-01-02"
     assert pipeline.default_run_key(None, datetime(2026, 1, 2, tzinfo=UTC)) == "all:2026-01-02"
+
+
+def _tiny_notebook(path: Path, body: str) -> Path:
+    parameters = new_code_cell(
+        'output_dir: str = ""  # where\nrun_key: str = ""  # key\nrun_id: str = ""  # id',
+        metadata={"tags": ["parameters"]},
+    )
+    notebook = new_notebook(
+        cells=[parameters, new_code_cell(body)],
+        metadata={
+            "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+            "language_info": {"name": "python"},
+        },
+    )
+    nbformat.write(notebook, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_cell_past_the_timeout_fails_the_run_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", f"duckdb://{tmp_path / 'state.duckdb'}")
+    for name in ("RECONCILE_STATE_DATABASE_URL", "ALERT_EMAIL_TO", "PUSHGATEWAY_URL", "RECONCILE_TENANT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    notebook = _tiny_notebook(
+        tmp_path / "slow.ipynb", "#papermill_description=ledger\nimport time\ntime.sleep(60)"
+    )
+    request = runner.RunRequest(
+        output_dir=tmp_path / "out", notebook=notebook, cell_timeout_seconds=2, deliver=False
+    )
+    outcome = runner.run(request)
+    assert outcome.exit_code == 2 and outcome.failed_cell == "ledger", outcome.message
+    summary = json.loads((outcome.run_dir / "summary.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "failed" and summary["failed_cell"] == "ledger"
