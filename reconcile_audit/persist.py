@@ -81,8 +81,9 @@ _DUCKDB_LOCK = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (
 
 @dataclass(frozen=True)
 class RunCounts(Mapping[str, int]):
-    """Invoices per class in one run; ``total`` is their sum. Also a read-only mapping of
-    ``total`` and each class name to its count, for templates and JSON."""
+    """Invoices per class of a stored run; ``total`` is their sum. The fields of
+    ``classify.ClassCounts``, and also a read-only mapping of ``total`` and each class to its
+    count, which is what the report and ``summary --json`` read."""
 
     total: int
     match: int
@@ -112,13 +113,9 @@ class RunCounts(Mapping[str, int]):
         return len(_COUNT_NAMES)
 
     @classmethod
-    def of(cls, findings: pl.DataFrame) -> RunCounts:
-        """Counts of a FINDINGS frame (every row is in exactly one class)."""
-        counted = dict(findings.group_by("class").len().iter_rows())
-        unknown = set(counted) - set(CLASSES)
-        if unknown:
-            raise ValueError(f"findings hold classes outside {CLASSES}: {sorted(map(str, unknown))}")
-        return cls(total=findings.height, **{name: int(counted.get(name, 0)) for name in CLASSES})
+    def of(cls, counts: Any) -> RunCounts:
+        """From any object with ``total`` and one attribute per class (``classify.ClassCounts``)."""
+        return cls(**{name: int(getattr(counts, name)) for name in _COUNT_NAMES})
 
     @classmethod
     def zero(cls) -> RunCounts:
@@ -159,8 +156,8 @@ class RunRecord:
 
     @classmethod
     def from_counts(cls, counts: Any, **fields: Any) -> RunRecord:
-        """Build from any object with ``total`` and one attribute per class (e.g. ``ClassCounts``)."""
-        return cls(total=counts.total, **{name: getattr(counts, name) for name in CLASSES}, **fields)
+        """Build from any object with ``total`` and one attribute per class (``classify.ClassCounts``)."""
+        return cls(**asdict(RunCounts.of(counts)), **fields)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from reconcile_audit import persist
+from reconcile_audit.classify import count_classes
 from reconcile_audit.history import TREND_RUNS, compare_with_history
 from reconcile_audit.persist import RunCounts, RunRecord
 from reconcile_audit.schemas import FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND
@@ -46,7 +47,7 @@ def persisted(
 ) -> None:
     findings = frame(classes, tenant)
     record = RunRecord.from_counts(
-        RunCounts.of(findings),
+        count_classes(findings),
         run_key=run_key,
         tenant_id=tenant,
         started_at=started_at,

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 from reconcile_audit import persist
+from reconcile_audit.classify import count_classes
 from reconcile_audit.db import connect, read_sql
 from reconcile_audit.errors import LeaseHeldError, PersistError
 from reconcile_audit.persist import RunCounts, RunRecord
@@ -64,7 +65,7 @@ def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> Run
         "ledger_max": 120,
     }
     values.update(fields)
-    return RunRecord.from_counts(RunCounts.of(findings), **values)
+    return RunRecord.from_counts(count_classes(findings), **values)
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
