@@ -289,6 +289,7 @@ def record_failed_run(
     clock: StageClock,
     failure_message: str,
     send: bool,
+    already_persisted: bool = False,
 ) -> RunSummary:
     """The runner's path when a notebook cell failed: the notebook cannot finish its own record.
 
@@ -296,6 +297,10 @@ def record_failed_run(
     writes every artifact (empty results), and when ``send`` emails the report and pushes the
     failure metrics, which leave the last-success timestamp untouched. Each step is independent:
     an unreachable state database must not stop the metrics that would alert on it.
+
+    ``already_persisted``: the notebook's persist cell completed before the failure (render or
+    deliver broke). Its run row and findings are then kept: rewriting the run as failed would
+    delete findings the history needs, and the reconciliation itself did complete.
     """
     from reconcile_audit import persist, report
 
@@ -310,9 +315,11 @@ def record_failed_run(
         failed=True,
         error_message=message,
     )
-    outcome = persist.persist_run(
-        settings.state_database_url.reveal(), record, pl.DataFrame(schema=_findings())
-    )
+    outcome = None
+    if not already_persisted:
+        outcome = persist.persist_run(
+            settings.state_database_url.reveal(), record, pl.DataFrame(schema=_findings())
+        )
     facts = run_facts(
         run_id=run_id,
         status="failed",
@@ -389,4 +396,3 @@ def trend_chart_html(trend: pl.DataFrame, *, width_px: int = 320) -> str:
         label = str(run["run_key"]) + (" (this run)" if run.get("current") else "")
         rows.append((label, {name: int(run[name] or 0) for name in CLASSES if name != "match"}))
     return _bar_rows(rows, width_px)
-

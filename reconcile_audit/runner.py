@@ -200,6 +200,22 @@ def failing_cell(notebook_path: Path) -> tuple[str, str]:
     return running or ("unknown", "papermill reported an error but no cell carries one")
 
 
+def cell_completed(notebook_path: Path, description: str) -> bool:
+    """Whether the cell labelled ``#papermill_description=<description>`` ran to completion."""
+    import nbformat
+
+    try:
+        notebook = nbformat.read(notebook_path, as_version=4)
+    except (OSError, ValueError):
+        return False
+    for cell in notebook.cells:
+        match = _DESCRIPTION.search(cell.get("source", ""))
+        if match and match.group(1) == description:
+            papermill_meta = cell.get("metadata", {}).get("papermill", {})
+            return papermill_meta.get("status") == "completed" and papermill_meta.get("exception") is not True
+    return False
+
+
 def scrub_secrets(directory: Path, secret_values: tuple[str, ...]) -> list[Path]:
     """Replace every secret in the run's text artifacts with ``***``; return the files changed.
 
@@ -281,6 +297,7 @@ def _record_failure(
             clock=clock,
             failure_message=message,
             send=request.deliver,
+            already_persisted=cell_completed(run_dir / "notebook.ipynb", "persist"),
         )
         payload = pipeline.summary_payload(summary)
     except Exception as exc:  # the summary.json below must be written whatever broke above
