@@ -12,6 +12,10 @@ Tables (``reconcile_audit/sql/migrations/<dialect>/``, applied by :func:`migrate
   (``results.parquet``); indexed by ``(invoice_id, run_id)`` for history.
 - ``reconciliation_leases``: one row per tenant scope while a run holds it.
 
+A run whose findings cannot be stored is written as ``failed`` with its counts kept
+(``PersistOutcome.marked_failed``), so :func:`cumulative_mismatches`, which sums every finished
+run, already includes its mismatches.
+
 The tenant scope: ``tenant_id=None`` is the all-tenants run, a scope of its own. Health,
 cumulative counts, leases and history always compare a run with runs of the same scope.
 

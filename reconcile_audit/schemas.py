@@ -126,6 +126,7 @@ TREND: Final = pl.Schema(
     }
 )
 
+
 def conform(frame: pl.DataFrame, schema: pl.Schema, stage: str) -> pl.DataFrame:
     """Check ``frame`` has every column of ``schema`` with castable types; return it in order.
 
