@@ -43,7 +43,8 @@ class Connection:
     def arrow(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         """Run one query and return its whole result as an Arrow table."""
         if self.dialect == "duckdb":
-            return self.raw.execute(sql, list(params)).to_arrow_table()
+            # A relation streams straight to Arrow; a DB-API result would copy every row once more.
+            return self.raw.sql(sql, params=list(params) or None).to_arrow_table()
         with self.raw.cursor() as cursor:
             cursor.execute(sql, tuple(params) if params else None)
             return cursor.fetch_arrow_table()
