@@ -527,6 +527,29 @@ def test_format_major_is_exact(value: int, decimals: int) -> None:
     assert sign * int(whole.lstrip("-") + fraction.ljust(decimals, "0")) == value
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.one_of(
+                st.integers(min_value=I128_MIN, max_value=I128_MAX),
+                st.integers(min_value=-(10**7), max_value=10**7),
+            ),
+            st.integers(min_value=0, max_value=38),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_vectorised_format_major_agrees_with_the_python_one(values: list[tuple[int, int]]) -> None:
+    frame = pl.DataFrame(
+        {"v": [str(v) for v, _ in values], "d": [d for _, d in values]},
+        schema={"v": pl.String, "d": pl.Int64},
+    )
+    got = frame.select(classify_module.format_major_expr(pl.col("v"), pl.col("d"))).to_series().to_list()
+    assert got == [format_major(v, d) for v, d in values]
+
+
 # --- property-based: random frames against a Python-integer oracle -----------------------------
 
 _STATUSES = ["ok", "ok", "ok", "no_instance", "no_escrow", "error", "bogus"]
@@ -653,6 +676,18 @@ def test_property_every_invoice_once_in_exactly_one_class(
         if got["class"] == "match":
             assert delta is not None and abs(delta) <= tolerance
         assert (got["drift_rank"] is not None) == (code in ("db_over_chain", "chain_over_db"))
+        if code in ("equal", "db_over_chain", "chain_over_db"):
+            assert delta is not None
+            decimals = readings[want["contract_id"]]["token_decimals"]
+            chain = int(readings[want["contract_id"]]["funded_amount"])
+            db_text = f"{format_major(want['db_total_funded_cents'], 2)} USDC"
+            chain_text = f"{format_major(chain, decimals)} USDC"
+            if delta == 0:
+                expected = f"DB {db_text} equals chain {chain_text}"
+            else:
+                side = "under" if delta > 0 else "over"
+                expected = f"DB {db_text} vs chain {chain_text} (chain {side} by {format_major(abs(delta), decimals)})"
+            assert got["reason"] == expected
 
 
 def test_module_exports() -> None:
