@@ -384,6 +384,27 @@ def _bar_rows(rows: list[tuple[str, Mapping[str, int]]], width_px: int) -> str:
     return "<table>" + "".join(lines) + "</table>"
 
 
+def settings_table(settings: Settings, *, max_chars: int = 100) -> pl.DataFrame:
+    """The settings as a two-column frame, secrets redacted and long values (a large
+    ESCROW_ADDR_BY_INVOICE) cut, so the executed notebook stays small and safe to keep."""
+    from dataclasses import fields
+
+    from reconcile_audit.settings import REDACTED, Secret, redact_url
+
+    names, values = [], []
+    for item in fields(settings):
+        value = getattr(settings, item.name)
+        if isinstance(value, Secret):
+            text = redact_url(value.reveal()) if "url" in item.name else REDACTED
+        else:
+            text = "" if value is None else str(value)
+        if len(text) > max_chars:
+            text = f"{text[:max_chars]}... ({len(text):,} characters)"
+        names.append(item.name)
+        values.append(text)
+    return pl.DataFrame({"setting": names, "value": values})
+
+
 def class_chart_html(counts: Mapping[str, int], *, width_px: int = 320) -> str:
     """One bar per class, scaled to the largest; counts written beside each bar."""
     return _bar_rows([(name, {name: int(counts.get(name, 0))}) for name in CLASSES], width_px)

@@ -152,3 +152,17 @@ def test_cell_completed_reads_papermill_status(tmp_path):
     assert not runner.cell_completed(path, "render")
     assert not runner.cell_completed(path, "deliver")
     assert not runner.cell_completed(tmp_path / "missing.ipynb", "persist")
+
+
+def test_settings_table_redacts_and_cuts_long_values():
+    from reconcile_audit.settings import load_settings
+
+    settings = load_settings(
+        {"escrow_addr_by_invoice": '{"mappings": [' + "{}," * 400 + "{}]}"},
+        {"DATABASE_URL": "postgresql://app:pw-9x@db/x", "SMTP_PASSWORD": "smtp-9x"},
+    )
+    table = dict(pipeline.settings_table(settings).iter_rows())
+    assert table["database_url"] == "postgresql://app:***@db/x"
+    assert table["smtp_password"] == "***"
+    assert table["escrow_addr_by_invoice"].endswith("characters)") and len(table["escrow_addr_by_invoice"]) < 140
+    assert "pw-9x" not in str(table) and "smtp-9x" not in str(table)
