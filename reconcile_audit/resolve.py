@@ -2,14 +2,14 @@
 
 Precedence: the latest completed ``create`` row of ``escrow_operations`` (``op_contract_id``)
 wins whenever it is present; the backend's ``ESCROW_ADDR_BY_INVOICE`` mapping fills in only
-for invoices without one. The database is the record of what was deployed, the mapping is a
-configuration override that can go stale. When both exist and differ, the operations address
+for invoices without one. The database records what was deployed; the mapping is
+configuration, which can go stale. When both exist and differ, the operations address
 is still used and the mapping's address goes into the extra column ``address_conflict`` (null
 otherwise), which classify mentions in the reason sentence.
 
 Addresses are trimmed; an empty one counts as absent. A present address that is not a valid
 contract strkey (``C...``, 56 characters, checksum) gets a human reason in ``address_error``;
-stellar-sdk's ``StrKey`` is the judge of validity. Invoice ids are checked against the
+the verdict is always stellar-sdk's ``StrKey.is_valid_contract``. Invoice ids are checked against the
 backend's rule ``^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`` into ``invoice_id_error``.
 
 Validation is vectorised in polars except the checksum, checked once per distinct well-formed
@@ -210,7 +210,7 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
         )
     )
     errors = _address_errors(joined.get_column("contract_id"))
-    resolved = joined.join(errors, on="contract_id", how="left", nulls_equal=False).sort("_row")
+    resolved = joined.join(errors, on="contract_id", how="left").sort("_row")
     return conform(
         resolved.select(*RESOLVED.names(), "address_conflict"),
         RESOLVED,
