@@ -357,7 +357,7 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
     assert schema_raised.value.table == "invoice_table"
 
 
-def test_unreachable_database_is_an_extract_error_without_the_password(pg_server: str) -> None:
+def test_unreachable_database_is_an_extract_error_without_the_password() -> None:
     url = "postgresql://postgres:hunter2-secret@127.0.0.1:1/nowhere"
     with pytest.raises(ExtractError) as raised:
         _extract(url)
