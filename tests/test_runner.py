@@ -164,5 +164,7 @@ def test_settings_table_redacts_and_cuts_long_values():
     table = dict(pipeline.settings_table(settings).iter_rows())
     assert table["database_url"] == "postgresql://app:***@db/x"
     assert table["smtp_password"] == "***"
-    assert table["escrow_addr_by_invoice"].endswith("characters)") and len(table["escrow_addr_by_invoice"]) < 140
+    assert (
+        table["escrow_addr_by_invoice"].endswith("characters)") and len(table["escrow_addr_by_invoice"]) < 140
+    )
     assert "pw-9x" not in str(table) and "smtp-9x" not in str(table)
