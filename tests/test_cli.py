@@ -442,3 +442,11 @@ def test_migrate_is_idempotent_and_redacts(loaded):
         result = invoke(["migrate"], env)
         assert result.exit_code == 0, result.output
         assert "migrated" in result.output and DB_PASSWORD not in result.output
+
+
+def test_summary_before_any_run_is_not_run(tmp_path):
+    env = {"DATABASE_URL": f"duckdb://{tmp_path / 'never.duckdb'}", "RECONCILE_STATE_DATABASE_URL": ""}
+    result = invoke(["summary", "--json"], env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["status"] == "not_run"
+    assert not (tmp_path / "never.duckdb").exists()
