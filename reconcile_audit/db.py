@@ -51,7 +51,8 @@ class Connection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         if self.dialect == "duckdb":
-            self.raw.execute(sql, list(params))
+            # DuckDB 2 refuses new work on a connection that holds an unfinished result.
+            self.raw.execute(sql, list(params)).fetchall()
             return
         with self.raw.cursor() as cursor:
             cursor.execute(sql, tuple(params) if params else None)

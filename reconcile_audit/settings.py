@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from reconcile_audit.errors import ConfigError
 from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
@@ -57,6 +57,17 @@ def url_password(url: str) -> str | None:
         return urlsplit(url).password
     except ValueError:
         return None
+
+
+def url_credentials(url: str) -> list[str]:
+    """The password and every query-string value of ``url``: the places API keys hide."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = [parts.password] if parts.password else []
+    found.extend(value for _, value in parse_qsl(parts.query) if len(value) >= 4)
+    return found
 
 
 def redact_url(url: str) -> str:
@@ -113,7 +124,7 @@ class Settings:
             if isinstance(value, Secret):
                 value = redact_url(value.reveal()) if "url" in f.name else REDACTED
             shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+        return self.redact(f"Settings({', '.join(shown)})")
 
     __str__ = __repr__
 
@@ -125,6 +136,10 @@ class Settings:
             password = url_password(url)
             if password:
                 found.append(password)
+        # RPC providers and gateways often carry an API key in the URL's userinfo or query.
+        for url in (self.rpc_url, self.pushgateway_url):
+            if url:
+                found.extend(url_credentials(url))
         if self.smtp_password:
             found.append(self.smtp_password.reveal())
         return tuple(found)

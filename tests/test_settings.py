@@ -44,3 +44,15 @@ def test_log_lines_are_redacted():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "connecting %s", ("pw=hunter2",), None)
     RedactingFilter(("hunter2",)).filter(record)
     assert record.getMessage() == "connecting pw=***"
+
+
+def test_rpc_and_pushgateway_credentials_are_secrets():
+    settings = load_settings(
+        {
+            "rpc_url": "https://rpc.example/soroban?apikey=k3y-abcdef",
+            "pushgateway_url": "http://u:pgpass@pg:9091",
+        },
+        {},
+    )
+    assert {"k3y-abcdef", "pgpass"} <= set(settings.secrets)
+    assert "k3y-abcdef" not in repr(settings) and "pgpass" not in repr(settings)
