@@ -195,7 +195,9 @@ def cumulative_mismatches(
     except PersistError as exc:
         log.warning("mismatch counter left out of the metrics: %s", exc)
         return None
-    if persist_outcome is not None and persist_outcome.ok:
+    # A run whose findings failed to store is still written as `failed` with its counts when
+    # possible (marked_failed), and the stored total then already holds its mismatches.
+    if persist_outcome is not None and (persist_outcome.ok or persist_outcome.marked_failed):
         return stored
     return stored + int(counts.get("mismatch", 0))
 
