@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from reconcile_audit import db
-from reconcile_audit.errors import ExtractError, SourceSchemaError
+from reconcile_audit.errors import ExtractError, ReconcileAuditError, SourceSchemaError
 from reconcile_audit.schemas import INVOICES, conform
 from reconcile_audit.settings import Settings
 
@@ -125,14 +125,16 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     try:
         with db.connect(url) as conn:
             table = conn.arrow(sql, params)
+    except ReconcileAuditError:
+        raise
     except Exception as exc:
-        if isinstance(exc, (SourceSchemaError, ExtractError)):
-            raise
         message = settings.redact(str(exc))
+        # Chain the driver's error only when it holds no secret: tracebacks are printed whole.
+        cause = exc if message == str(exc) else None
         schema_error = schema_error_from(message)
         if schema_error is not None:
-            raise schema_error from exc
-        raise ExtractError(f"the extract query {source} failed: {_first_line(message)}") from exc
+            raise schema_error from cause
+        raise ExtractError(f"the extract query {source} failed: {_first_line(message)}") from cause
     try:
         frame = pl.from_arrow(table)
     except Exception as exc:  # an Arrow type polars cannot hold, e.g. PostgreSQL numeric

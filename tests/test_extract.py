@@ -490,3 +490,14 @@ def test_source_to_findings_end_to_end(source_url: str) -> None:
         counts.unlinked,
         counts.error,
     ) == (13, 4, 2, 1, 1, 5)
+
+
+def test_a_secret_in_a_driver_error_is_redacted_and_not_chained(pg_server: str) -> None:
+    # PostgreSQL echoes the missing database's name; here that name is the password.
+    host = pg_server.split("@", 1)[1].rsplit("/", 1)[0]
+    url = f"postgresql://postgres:Zq7secretdb@{host}/Zq7secretdb"
+    with pytest.raises(ExtractError) as raised:
+        _extract(url)
+    assert "Zq7secretdb" not in str(raised.value)
+    assert "***" in str(raised.value)
+    assert raised.value.__cause__ is None
