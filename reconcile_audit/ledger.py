@@ -52,10 +52,11 @@ from reconcile_audit.ledger_xdr import (
     EntryDecodeError,
     EscrowInstance,
     TokenInstance,
+    contract_hash,
     contract_id_of,
     decode_escrow_entry,
     decode_token_entry,
-    instance_key,
+    instance_key_of_hash,
 )
 from reconcile_audit.schemas import LEDGER, conform
 from reconcile_audit.settings import Settings
@@ -174,6 +175,7 @@ class _Sweep:
     entries: int = 0
     batches: int = 0
     bisect_budget: int = 0
+    hashes: dict[str, bytes] = field(default_factory=dict)  # key -> the contract hash inside it
 
     @property
     def counters(self) -> TransportCounters:
@@ -266,16 +268,11 @@ class _Sweep:
             return _Failed(f"undecodable entry: {exc}", latest)
         except Exception as exc:  # a decoder bug must cost one row, never the run
             return _Failed(f"undecodable entry ({type(exc).__name__}: {exc})", latest)
-        expected = _key_hash(key)
-        if value.contract_hash != expected:
+        if value.contract_hash != self.hashes[key]:
             return _Failed(
                 f"the entry answered for this key belongs to {contract_id_of(value.contract_hash)}", latest
             )
         return _Found(value, latest, last_modified, live_until)
-
-
-def _key_hash(key: str) -> bytes:
-    return binascii.a2b_base64(key)[8:40]
 
 
 def _canonical_key(key: str) -> str:
@@ -330,12 +327,16 @@ def _collector_paused() -> Iterator[None]:
 async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:
     started = time.perf_counter()
     keys: dict[str, str] = {}
+    hashes: dict[str, bytes] = {}  # key -> the contract hash inside it, to check each entry's owner
     invalid: dict[str, str] = {}
     for contract_id in ids:
         try:
-            keys[contract_id] = instance_key(contract_id)
+            raw = contract_hash(contract_id)
         except ValueError as exc:
             invalid[contract_id] = f"invalid contract address: {exc}"
+            continue
+        keys[contract_id] = key = instance_key_of_hash(raw)
+        hashes[key] = raw
     batch_size = max(1, min(settings.rpc_batch_size, MAX_KEYS))
     bar = tqdm(
         total=-(-len(keys) // batch_size),
@@ -346,10 +347,11 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
     )
     try:
         async with client_for(settings, policy) as client:
-            sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget)
+            sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes)
             await sweep.read(list(keys.values()), decode_escrow_entry, lambda: bar.update(1))
             tokens = _funding_tokens(keys, sweep.outcomes)
-            token_keys = {token: instance_key(token) for token in tokens}
+            token_keys = {token: instance_key_of_hash(contract_hash(token)) for token in tokens}
+            hashes.update((key, contract_hash(token)) for token, key in token_keys.items())
             if token_keys:
                 bar.total += -(-len(token_keys) // batch_size)
                 bar.refresh()

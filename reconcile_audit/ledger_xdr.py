@@ -108,7 +108,11 @@ def contract_id_of(raw_hash: bytes) -> str:
 
 def instance_key(contract_id: str) -> str:
     """Base64 ``LedgerKey`` of a contract's instance entry, from the fixed layout."""
-    return base64.b64encode(KEY_PREFIX + contract_hash(contract_id) + KEY_SUFFIX).decode("ascii")
+    return instance_key_of_hash(contract_hash(contract_id))
+
+
+def instance_key_of_hash(raw_hash: bytes) -> str:
+    return base64.b64encode(KEY_PREFIX + raw_hash + KEY_SUFFIX).decode("ascii")
 
 
 def instance_key_sdk(contract_id: str) -> str:
