@@ -17,8 +17,8 @@ demo: $(VENV)
 
 test: $(VENV)
 	$(BIN)/ruff check reconcile_audit tests benchmarks
-	$(BIN)/pytest
-	$(BIN)/pytest --nbval-lax --nbval-current-env notebooks/reconcile_escrow.ipynb
+	# One session, so the closing line counts every test: the suite, then nbval over the notebook.
+	$(BIN)/pytest tests notebooks/reconcile_escrow.ipynb --nbval-lax --nbval-current-env
 
 lint: $(VENV)
 	$(BIN)/ruff check reconcile_audit tests benchmarks
