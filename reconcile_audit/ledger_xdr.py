@@ -349,10 +349,30 @@ _MAX_TEMPLATES: Final = 16
 
 @dataclass(frozen=True, slots=True)
 class _Template:
+    """A compiled layout and the index (in ``match.groups()``) of each value; -1 when absent."""
+
     pattern: re.Pattern[bytes]
     has_escrow: bool
-    has_token: bool
-    has_principal: bool
+    invoice_id: int
+    funded_amount: int
+    amount: int
+    funding_target: int
+    status: int
+    token: int
+    principal: int
+
+    @classmethod
+    def of(cls, pattern: re.Pattern[bytes]) -> _Template:
+        def index(name: str) -> int:
+            return pattern.groupindex.get(name, 0) - 1
+
+        return cls(
+            pattern,
+            "invoice_id" in pattern.groupindex,
+            *(index(name) for name in ("invoice_id", "funded_amount", "amount", "funding_target", "status")),
+            index("token"),
+            index("principal"),
+        )
 
 
 _templates: list[_Template] = []
@@ -425,7 +445,9 @@ def _learn_escrow_template(buf: bytes) -> _Template | None:
         compiled = re.compile(b"".join(parts), re.DOTALL)
     except (_Unrecognised, struct.error, re.error):
         return None
-    return _Template(compiled, _ESCROW_KEY in found, _TOKEN_KEY in found, _PRINCIPAL_KEY in found)
+    if _ESCROW_KEY in found and "invoice_id" not in compiled.groupindex:
+        return None
+    return _Template.of(compiled)
 
 
 def _decode_by_template(buf: bytes) -> EscrowInstance | None:
@@ -433,25 +455,29 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
         match = template.pattern.fullmatch(buf)
         if match is None:
             continue
-        get = match.group
+        # Group numbers, not names: one groups() call is cheaper than eight name lookups.
+        g = match.groups()
         escrow = None
         if template.has_escrow:
-            invoice_id, id_len, id_pad = get("invoice_id", "id_len", "id_pad")
+            invoice_id, id_len, id_pad = (
+                g[template.invoice_id],
+                g[template.invoice_id - 1],
+                g[template.invoice_id + 1],
+            )
             if len(invoice_id) != id_len[3] or len(id_pad) != -len(invoice_id) % 4:
                 return None
-            funded, amount, target, status = get("funded_amount", "amount", "funding_target", "status")
             escrow = EscrowFields(
                 invoice_id.decode("ascii"),
-                int.from_bytes(funded, "big", signed=True),
-                int.from_bytes(amount, "big", signed=True),
-                int.from_bytes(target, "big", signed=True),
-                int.from_bytes(status, "big"),
+                int.from_bytes(g[template.funded_amount], "big", signed=True),
+                int.from_bytes(g[template.amount], "big", signed=True),
+                int.from_bytes(g[template.funding_target], "big", signed=True),
+                int.from_bytes(g[template.status], "big"),
             )
         return EscrowInstance(
-            get("hash"),
+            g[0],
             escrow,
-            contract_id_of(get("token")) if template.has_token else None,
-            int.from_bytes(get("principal"), "big", signed=True) if template.has_principal else None,
+            contract_id_of(g[template.token]) if template.token >= 0 else None,
+            int.from_bytes(g[template.principal], "big", signed=True) if template.principal >= 0 else None,
         )
     return None
 
