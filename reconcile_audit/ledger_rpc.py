@@ -64,7 +64,7 @@ class RetryPolicy:
 
 
 class RpcFault(Exception):
-    """One failed attempt. ``kind`` is a short tag (``http_503``, ``rpc_-32001``, ``timeout``...)."""
+    """One failed attempt. ``kind`` is a short tag (``http_503``, ``rpc_32001``, ``timeout``...)."""
 
     def __init__(
         self,
@@ -254,12 +254,11 @@ class RpcClient:
             raise self._fault(f"http_{status}", detail, True, retry_after=retry_after)
         if answer is not None and answer.error is not None:
             code = answer.error.code
-            message = answer.error.message or ""
+            # Kinds named as the emulator's FAULT_KINDS name them (rpc_32001); the text keeps the sign.
+            kind, message = f"rpc_{abs(code)}", f"JSON-RPC error {code}: {answer.error.message or ''}"
             if code in TRANSIENT_RPC:
-                raise self._fault(
-                    f"rpc_{code}", message, True, retry_after=retry_after, split=code == SPLIT_RPC
-                )
-            raise self._fault(f"rpc_{code}", f"{message} (not retried: a client error)", False)
+                raise self._fault(kind, message, True, retry_after=retry_after, split=code == SPLIT_RPC)
+            raise self._fault(kind, message, False)
         if status != 200:
             raise self._fault(f"http_{status}", _snippet(raw), False)
         if answer is None:
