@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import duckdb
@@ -83,9 +83,16 @@ REASON_CODES: Final = {
 DEFAULT_TTL_WARNING_LEDGERS: Final = 17_280 * 7  # about a week of 5-second ledgers
 
 
+COUNT_NAMES: Final = ("total", *CLASSES)
+
+
 @dataclass(frozen=True)
-class ClassCounts:
-    """Invoices per class. ``total`` is always the sum of the five classes."""
+class ClassCounts(Mapping[str, int]):
+    """Invoices per class. ``total`` is always the sum of the five classes, none negative.
+
+    Also a read-only mapping of ``total`` and each class to its count: what the report,
+    ``summary.json`` and ``summary --json`` read. Persisted runs read back as this type too.
+    """
 
     total: int
     match: int
@@ -95,8 +102,9 @@ class ClassCounts:
     error: int
 
     def __post_init__(self) -> None:
-        if self.total != sum(self.by_class().values()):
-            raise ValueError(f"total {self.total} is not the sum of the classes {self.by_class()}")
+        per_class = self.by_class()
+        if any(count < 0 for count in per_class.values()) or self.total != sum(per_class.values()):
+            raise ValueError(f"counts must be non-negative and sum to total {self.total}: {per_class}")
 
     def by_class(self) -> dict[str, int]:
         """``{class: count}`` in ``CLASS_ORDER``."""
@@ -106,8 +114,27 @@ class ClassCounts:
     def non_match(self) -> int:
         return self.total - self.match
 
-    def __iter__(self) -> Iterator[tuple[str, int]]:
-        return iter((f.name, getattr(self, f.name)) for f in fields(self))
+    def __getitem__(self, name: str) -> int:
+        if name not in COUNT_NAMES:
+            raise KeyError(name)
+        return int(getattr(self, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COUNT_NAMES)
+
+    def __len__(self) -> int:
+        return len(COUNT_NAMES)
+
+    @classmethod
+    def of(cls, counts: Any) -> ClassCounts:
+        """From a mapping or any object with ``total`` and one attribute per class."""
+        if isinstance(counts, Mapping):
+            return cls(**{name: int(counts[name]) for name in COUNT_NAMES})
+        return cls(**{name: int(getattr(counts, name)) for name in COUNT_NAMES})
+
+    @classmethod
+    def zero(cls) -> ClassCounts:
+        return cls(total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
 
 
 def count_classes(findings: pl.DataFrame) -> ClassCounts:

@@ -21,9 +21,9 @@ from typing import Final
 
 import polars as pl
 
+from reconcile_audit.classify import ClassCounts
 from reconcile_audit.db import read_sql
 from reconcile_audit.persist import (
-    RunCounts,
     as_utc,
     describe_error,
     read_frame,
@@ -55,7 +55,7 @@ class HistoryComparison:
     findings: pl.DataFrame
     resolved: pl.DataFrame
     trend: pl.DataFrame
-    previous_counts: RunCounts | None
+    previous_counts: ClassCounts | None
     previous_run_key: str | None
     earlier_runs: int  # earlier completed runs in the trend
     warning: str | None = None
@@ -171,11 +171,7 @@ def compare_with_history(
         findings=marked,
         resolved=_resolved(current, previous),
         trend=_trend(runs, current, run_key, now),
-        previous_counts=(
-            RunCounts(**{name: int(previous_run[name]) for name in ("total", *CLASSES)})
-            if previous_run
-            else None
-        ),
+        previous_counts=(ClassCounts.of(previous_run) if previous_run else None),
         previous_run_key=previous_run["run_key"] if previous_run else None,
         earlier_runs=runs.height,
         warning=warning,

@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 import polars as pl
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+from reconcile_audit.classify import COUNT_NAMES, ClassCounts
 from reconcile_audit.db import Connection, dialect_of, duckdb_path, open_connection, read_sql
 from reconcile_audit.errors import LeaseHeldError, PersistError
 from reconcile_audit.paths import SQL_DIR
@@ -78,52 +79,8 @@ RunStatus = Literal["running", "completed", "failed"]
 HealthStatus = Literal["not_run", "stale", "healthy", "findings", "failed"]
 ALL_TENANTS: Final = "(all tenants)"
 
-_COUNT_NAMES: Final = ("total", *CLASSES)
 _STAGING: Final = "reconcile_findings_staging"
 _DUCKDB_LOCK = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
-
-
-@dataclass(frozen=True)
-class RunCounts(Mapping[str, int]):
-    """Invoices per class of a stored run; ``total`` is their sum. The fields of
-    ``classify.ClassCounts``, and also a read-only mapping of ``total`` and each class to its
-    count, which is what the report and ``summary --json`` read."""
-
-    total: int
-    match: int
-    mismatch: int
-    missing_on_chain: int
-    unlinked: int
-    error: int
-
-    def __post_init__(self) -> None:
-        per_class = [getattr(self, name) for name in CLASSES]
-        if any(count < 0 for count in per_class) or sum(per_class) != self.total:
-            raise ValueError(f"counts must be non-negative and sum to total: {self}")
-
-    @property
-    def non_match(self) -> int:
-        return self.total - self.match
-
-    def __getitem__(self, name: str) -> int:
-        if name not in _COUNT_NAMES:
-            raise KeyError(name)
-        return int(getattr(self, name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_COUNT_NAMES)
-
-    def __len__(self) -> int:
-        return len(_COUNT_NAMES)
-
-    @classmethod
-    def of(cls, counts: Any) -> RunCounts:
-        """From any object with ``total`` and one attribute per class (``classify.ClassCounts``)."""
-        return cls(**{name: int(getattr(counts, name)) for name in _COUNT_NAMES})
-
-    @classmethod
-    def zero(cls) -> RunCounts:
-        return cls(total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
 
 
 @dataclass(frozen=True)
@@ -152,16 +109,16 @@ class RunRecord:
             value = getattr(self, name)
             if value is not None and value.utcoffset() is None:
                 raise ValueError(f"{name} must be timezone-aware")
-        RunCounts(total=self.total, **{name: getattr(self, name) for name in CLASSES})
+        ClassCounts(total=self.total, **{name: getattr(self, name) for name in CLASSES})
 
     @property
-    def counts(self) -> RunCounts:
-        return RunCounts(total=self.total, **{name: getattr(self, name) for name in CLASSES})
+    def counts(self) -> ClassCounts:
+        return ClassCounts(total=self.total, **{name: getattr(self, name) for name in CLASSES})
 
     @classmethod
     def from_counts(cls, counts: Any, **fields: Any) -> RunRecord:
-        """Build from any object with ``total`` and one attribute per class (``classify.ClassCounts``)."""
-        return cls(**asdict(RunCounts.of(counts)), **fields)
+        """Build from any object with ``total`` and one attribute per class ."""
+        return cls(**asdict(ClassCounts.of(counts)), **fields)
 
 
 @dataclass(frozen=True)
@@ -207,7 +164,7 @@ class Health:
     run_status: RunStatus | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    counts: RunCounts | None = None
+    counts: ClassCounts | None = None
     ledger_min: int | None = None
     ledger_max: int | None = None
     error: str | None = None
@@ -408,7 +365,7 @@ def start_run(url: str, run_key: str, tenant_id: str | None, started_at: datetim
 
     Migrates first. Raises :class:`PersistError` (redacted cause) when the database refuses.
     """
-    record = RunRecord(run_key, tenant_id, started_at, None, "running", **asdict(RunCounts.zero()))
+    record = RunRecord(run_key, tenant_id, started_at, None, "running", **asdict(ClassCounts.zero()))
     try:
         with state_session(url) as conn:
             _migrate(conn)
@@ -583,7 +540,7 @@ def latest_summary(
     if latest.is_empty():
         return health
     run = latest.row(0, named=True)
-    counts = RunCounts(**{name: int(run[name]) for name in _COUNT_NAMES})
+    counts = ClassCounts(**{name: int(run[name]) for name in COUNT_NAMES})
     ended = run["finished_at"] or run["started_at"]
     if run["status"] == "failed":
         status: HealthStatus = "failed"

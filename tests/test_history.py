@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from reconcile_audit import persist
-from reconcile_audit.classify import count_classes
+from reconcile_audit.classify import ClassCounts, count_classes
 from reconcile_audit.history import TREND_RUNS, compare_with_history
-from reconcile_audit.persist import RunCounts, RunRecord
+from reconcile_audit.persist import RunRecord
 from reconcile_audit.schemas import FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND
 from reconcile_audit.settings import Settings, load_settings
 
@@ -146,7 +146,7 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
     assert resolved["X"]["resolved_as"] == "not_extracted" and resolved["X"]["reason"] == "error for X"
 
     assert history.previous_run_key == "r3"
-    assert history.previous_counts == RunCounts(
+    assert history.previous_counts == ClassCounts(
         total=6, match=1, mismatch=2, missing_on_chain=2, unlinked=0, error=1
     )
     assert history.trend.schema == TREND

@@ -18,10 +18,10 @@ import polars as pl
 import pytest
 
 from reconcile_audit import persist
-from reconcile_audit.classify import count_classes
+from reconcile_audit.classify import ClassCounts, count_classes
 from reconcile_audit.db import connect, read_sql
 from reconcile_audit.errors import LeaseHeldError, PersistError
-from reconcile_audit.persist import RunCounts, RunRecord
+from reconcile_audit.persist import RunRecord
 from reconcile_audit.schemas import FINDINGS
 
 I128_MIN = str(-(2**127))
@@ -297,9 +297,9 @@ def test_run_record_refuses_inconsistent_counts_and_naive_times() -> None:
             error=0,
         )
     with pytest.raises(ValueError, match="timezone"):
-        RunRecord("k", None, datetime(2026, 1, 1), None, "running", **dict(RunCounts.zero()))
+        RunRecord("k", None, datetime(2026, 1, 1), None, "running", **dict(ClassCounts.zero()))
     with pytest.raises(ValueError, match="status"):
-        RunRecord("k", None, T0, None, "done", **dict(RunCounts.zero()))  # type: ignore[arg-type]
+        RunRecord("k", None, T0, None, "done", **dict(ClassCounts.zero()))  # type: ignore[arg-type]
 
 
 # --- health and the monotonic counter ------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_health_states(state_url: str, tmp_path: Path) -> None:
     assert persist.persist_run(state_url, record(clean, run_key="clean"), clean).ok
     health = persist.latest_summary(state_url, "t1", now=at)
     assert health.status == "healthy" and health.run_key == "clean"
-    assert health.counts == RunCounts(total=1, match=1, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
+    assert health.counts == ClassCounts(total=1, match=1, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
     assert (health.ledger_min, health.ledger_max) == (100, 120)
     assert persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=26)).status == "stale"
     assert persist.latest_summary(state_url, "t1", stale_after_hours=0.5, now=at).status == "stale"
@@ -340,7 +340,7 @@ def test_health_states(state_url: str, tmp_path: Path) -> None:
         latest,
         latest,
         "failed",
-        **dict(RunCounts.zero()),
+        **dict(ClassCounts.zero()),
         error_message="cell 'ledger' failed",
     )
     assert persist.persist_run(state_url, failed, frame([])).ok
