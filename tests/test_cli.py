@@ -10,9 +10,6 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import socket
-import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -25,7 +22,7 @@ import polars as pl
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import require_binary
+from conftest import free_port, running_pushgateway
 from typer.testing import CliRunner
 
 from reconcile_audit import demo, persist
@@ -66,18 +63,12 @@ def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth
     return AuthResult(success=ok, handled=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) that checks the password, as a local relay would."""
     inbox = Inbox()
     controller = Controller(
-        inbox, hostname="127.0.0.1", port=_free_port(), authenticator=_authenticate, auth_require_tls=False
+        inbox, hostname="127.0.0.1", port=free_port(), authenticator=_authenticate, auth_require_tls=False
     )
     controller.start()
     try:
@@ -88,29 +79,8 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 @pytest.fixture(scope="module")
 def pushgateway() -> Iterator[str]:
-    binary = require_binary("prometheus-pushgateway")
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the Pushgateway did not start") from None
-                time.sleep(0.1)
+    with running_pushgateway() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def gateway_samples(url: str) -> dict[str, float]:

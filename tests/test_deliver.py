@@ -5,7 +5,6 @@ import email.policy
 import gzip
 import io
 import json
-import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from conftest import free_port
 from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
 from reconcile_audit.deliver import build_email, send_email, write_artifacts
@@ -60,12 +60,6 @@ def authenticate(
     )
     # handled=False: aiosmtpd then answers 535 itself (its default, True, sends nothing).
     return AuthResult(success=ok, handled=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

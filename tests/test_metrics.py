@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_binary
+from conftest import free_port, require_binary, running_pushgateway
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -128,37 +126,10 @@ def test_textfile_dir_is_written_atomically(tmp_path: Path) -> None:
     assert samples(path.read_text())[(f"{PREFIX}mismatches_total", ())] == 12
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def pushgateway() -> Iterator[str]:
-    binary = require_binary("prometheus-pushgateway")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the Pushgateway did not start") from None
-                time.sleep(0.1)
+    with running_pushgateway() as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
