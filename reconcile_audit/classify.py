@@ -229,8 +229,8 @@ def _reason(row: dict[str, Any], tolerance_base_units: int) -> str:
     elif code == "undecodable_amount":
         text = f"the escrow's funded_amount {row['chain_funded_text']!r} is not an i128 integer"
     elif code == "unknown_token_decimals":
-        cause = f": {row['read_error']}" if row["read_error"] else ""
-        text = f"the decimals of funding token {row['funding_token']} are unknown{cause}"
+        # The ledger reader already words the cause as a whole sentence naming the token.
+        text = row["read_error"] or f"the decimals of funding token {row['funding_token']} are unknown"
     elif code == "unsupported_token_decimals":
         text = f"token decimals {row['token_decimals']} are outside the supported range 0 to 38"
     elif code == "invoice_id_mismatch":
