@@ -231,6 +231,15 @@ class FindingRow:
     chain_amount: str
     drift: str
     reason: str
+    notes: str  # database data-quality flags, in words; "" when none
+
+
+# Flags about the database side that change how finance reads the DB amount; archived and
+# TTL-expiring escrows have a section of their own.
+_FLAG_NOTES: Final = {
+    "null_total": "the database has no funded total for this invoice (no summary row, or NULL): read as 0",
+    "duplicate_summary": "the database has several escrow_summaries rows for this invoice: the latest was used",
+}
 
 
 @dataclass(frozen=True)
@@ -332,6 +341,7 @@ def _finding_row(row: Mapping[str, Any]) -> FindingRow:
         else "not read",
         drift=_drift_text(row),
         reason=_plain(row["reason"]),
+        notes="; ".join(_FLAG_NOTES[flag] for flag in (row["flags"] or []) if flag in _FLAG_NOTES),
     )
 
 

@@ -159,6 +159,19 @@ def test_hostile_ids_render_as_text() -> None:
     assert_email_safe(report.html)
 
 
+def test_database_flags_are_explained_beside_the_finding() -> None:
+    rows = [
+        mismatch("INV-NULL", 0, 5, drift_rank=1, flags=["null_total"]),
+        mismatch("INV-DUP", 100, 5, drift_rank=2, flags=["duplicate_summary", "ttl_expiring"]),
+        mismatch("INV-PLAIN", 100, 6, drift_rank=3),
+    ]
+    report = render_report(frame(rows), None, facts())
+    for text in (report.html, report.text):
+        assert "no funded total for this invoice (no summary row, or NULL): read as 0" in text
+        assert "several escrow_summaries rows for this invoice: the latest was used" in text
+        assert text.count("Note: ") == 2  # the plain mismatch carries no note; TTL has its own section
+
+
 def test_control_characters_cannot_break_text_lines() -> None:
     report = render_report(frame([mismatch("A\nB", 100, 5, drift_rank=1)]), None, facts())
     assert "A\\nB" in report.text and "A\\nB" in report.html
