@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import random
 
 import pytest
@@ -319,3 +320,76 @@ def test_token_metadata_without_decimal() -> None:
     assert lx.decode_token_fast(buf) is None
     got = lx.decode_token_entry(base64.b64encode(buf).decode())
     assert got.decimals is None and got.problem == "METADATA has no field decimal"
+
+
+# --- base64 of a whole answer at once --------------------------------------------------------
+
+
+def _a2b(text: str) -> bytes | None:
+    try:
+        return lx.decode_base64(text)
+    except lx.EntryDecodeError:
+        return None
+
+
+def _binascii(text: str) -> bytes | None:
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+b64_noise = st.text(alphabet="ABCQRxyz0129+/=-_ \n\t\x00é\ud800", max_size=12)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.binary(max_size=40), max_size=6),
+    st.lists(b64_noise, max_size=6),
+    st.lists(st.tuples(st.integers(0, 60), st.sampled_from("AQR/+=-_ \n\x00é")), max_size=6),
+)
+def test_base64_batch_never_disagrees_with_binascii(
+    blobs: list[bytes], noise: list[str], edits: list[tuple[int, str]]
+) -> None:
+    canonical = [base64.b64encode(blob).decode() for blob in blobs]
+    edited = [
+        text[: at % (len(text) + 1)] + char + text[at % (len(text) + 1) + 1 :]
+        for text in canonical
+        for at, char in edits
+    ]
+    texts = canonical + noise + edited
+    got = lx.decode_base64_batch(texts)
+    assert len(got) == len(texts)
+    for text, blob in zip(texts, got, strict=True):
+        # None only sends the text the binascii way; a value must be what binascii decodes.
+        assert blob is None or blob == _binascii(text) == _a2b(text), text
+    # Text polars cannot hold sends the whole batch the binascii way; canonical text alone never.
+    assert lx.decode_base64_batch(canonical) == blobs, "canonical base64 should take the vectorised way"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "QR==",  # non-canonical padding bits: binascii accepts them, so they must go its way
+        "QQ",  # no padding
+        "QQ==\n",
+        "Q Q==",
+        "QQ==QQ==",
+        "-_-_",
+        "====",
+        "é",
+    ],
+)
+def test_base64_batch_sends_doubtful_text_the_binascii_way(text: str) -> None:
+    assert lx.decode_base64_batch(["QUJD", text]) == [b"ABC", None]
+
+
+def test_base64_batch_polars_cannot_hold_goes_the_binascii_way_whole() -> None:
+    assert lx.decode_base64_batch(["QUJD", "\ud800"]) == [None, None]  # a lone surrogate
+
+
+def test_base64_batch_of_real_entries_is_their_bytes() -> None:
+    bufs = [entry_bytes(spec(storage_shape=shape)) for shape in es.STORAGE_SHAPES]
+    texts = [base64.b64encode(buf).decode() for buf in bufs]
+    assert lx.decode_base64_batch(texts) == bufs
+    assert lx.decode_base64_batch([]) == []
