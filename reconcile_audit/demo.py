@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LEDGERS_PER_DAY: Final = 17_280  # 5-second ledgers
 LATEST_LEDGER: Final = 2_000_000
+DEMO_LEDGERS_PER_REQUEST: Final = 1  # the emulated network closes a ledger per getLedgerEntries call
 TENANTS: Final = ("acme", "globex", "initech")
 RECONCILABLE: Final = ("linked_escrow", "funded", "partially_funded")
 DEMO_DATABASE: Final = "demo.duckdb"
@@ -343,7 +344,9 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
 
     started_at = tonight - timedelta(days=nights_ago)
     run_key = pipeline.default_run_key(None, started_at)
-    with Emulator(data.ledger_state(nights_ago)) as emulator:
+    with Emulator(
+        data.ledger_state(nights_ago), ledger_step_per_request=DEMO_LEDGERS_PER_REQUEST
+    ) as emulator:
         # An empty environment: the replay must not pick up the operator's production settings.
         settings = load_settings(
             {
@@ -402,7 +405,8 @@ def embedded_demo(
     tonight = datetime.now(UTC)
     for nights_ago in range(history_nights, 0, -1):
         replay_night(data, url, nights_ago, tonight)
-    with Emulator(data.ledger_state(0)) as emulator:
+    # A real RPC closes a ledger every few seconds, so a sweep reads across several ledgers.
+    with Emulator(data.ledger_state(0), ledger_step_per_request=DEMO_LEDGERS_PER_REQUEST) as emulator:
         yield EmbeddedDemo(url, emulator.url, data.escrow_addr_by_invoice, data)
 
 
