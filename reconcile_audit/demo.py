@@ -368,7 +368,7 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
             tolerance_base_units=settings.tolerance_base_units,
             ttl_warning_ledgers=settings.ttl_warning_ledgers,
         )
-    counts = pipeline.counts_of(findings)
+    counts = classify.count_classes(findings)
     record = pipeline.run_record(
         run_key=run_key,
         tenant_id=None,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import polars as pl
 
 from reconcile_audit import __version__
+from reconcile_audit.classify import ClassCounts, count_classes
 from reconcile_audit.schemas import CLASSES
 from reconcile_audit.settings import RedactingFilter, Settings
 
@@ -103,19 +104,6 @@ def contract_ids_to_read(resolved: pl.DataFrame) -> list[str]:
     """The distinct valid contract ids of the RESOLVED frame: what the ledger stage reads."""
     valid = resolved.filter(pl.col("contract_id").is_not_null() & pl.col("address_error").is_null())
     return valid.get_column("contract_id").unique(maintain_order=True).to_list()
-
-
-def counts_of(findings: pl.DataFrame | None) -> dict[str, int]:
-    """Invoices per class (every class, 0 when absent) and ``total``."""
-    from reconcile_audit.report import class_counts
-
-    return class_counts(findings)
-
-
-def status_of(counts: Mapping[str, int]) -> Status:
-    from reconcile_audit.report import status_of as report_status
-
-    return report_status(counts)
 
 
 def run_record(
@@ -238,7 +226,7 @@ def deliver_run(
     from reconcile_audit import deliver, metrics
     from reconcile_audit.report import RunSummary
 
-    counts = counts_of(findings)
+    counts = ClassCounts.zero() if findings is None else count_classes(findings)
     success = facts.status != "failed"
 
     def registry_for(email_bytes: int | None, email_failed: bool) -> CollectorRegistry:
@@ -307,7 +295,7 @@ def record_failed_run(
     from reconcile_audit import persist, report
 
     message = settings.redact(failure_message)
-    counts = counts_of(None)
+    counts = ClassCounts.zero()
     record = run_record(
         run_key=run_key,
         tenant_id=settings.tenant_id,

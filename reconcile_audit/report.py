@@ -196,14 +196,6 @@ def _identity(text: str) -> str:
 
 
 # --- counts ------------------------------------------------------------------------------------
-def class_counts(findings: pl.DataFrame | None) -> dict[str, int]:
-    """Rows per class (every class present, 0 when absent) plus ``total``."""
-    if findings is None or findings.is_empty():
-        return {**dict.fromkeys(CLASSES, 0), "total": 0}
-    counts = count_classes(findings)
-    return {**counts.by_class(), "total": counts.total}
-
-
 def status_of(counts: Mapping[str, int]) -> Status:
     """``clean`` when every invoice matches, ``findings`` otherwise (a failed run is the caller's)."""
     return "clean" if counts.get("total", 0) == counts.get("match", 0) else "findings"
@@ -601,7 +593,7 @@ def render_report(
     ``redact``: applied to the free-text facts (pass ``settings.redact``).
     """
     frame = _empty_findings() if findings is None else findings
-    counts = class_counts(frame)
+    counts = count_classes(frame)
     previous = None if history is None else history.previous_counts
     env = environment(templates_dir or str(TEMPLATES_DIR))
     cap = max(max_bytes // _MIN_ROW_BYTES, 0)

@@ -11,14 +11,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_report_samples import STARTED, facts, finding, frame, mismatch
 
 from reconcile_audit import history, persist
+from reconcile_audit.classify import count_classes
 from reconcile_audit.metrics import RunMetricsInput, build_registry
-from reconcile_audit.report import class_counts, render_report
+from reconcile_audit.report import render_report
 from reconcile_audit.schemas import CLASSES
 from reconcile_audit.settings import Settings, load_settings
 
 
 def record(run_key: str, findings: pl.DataFrame, started_offset_days: int) -> persist.RunRecord:
-    counts = class_counts(findings)
+    counts = count_classes(findings)
     started = STARTED - timedelta(days=started_offset_days)
     return persist.RunRecord(
         run_key=run_key,
