@@ -85,13 +85,19 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
-    """STARTTLS required, AUTH required and only over TLS: what a real relay looks like."""
+def tls_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from ``ca``, and a client that trusts it."""
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
+    return server_context, client_context
+
+
+@pytest.fixture
+def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
+    """STARTTLS required, AUTH required and only over TLS: what a real relay looks like."""
+    server_context, client_context = tls_contexts(ca)
     inbox = Inbox()
     controller = Controller(
         inbox,
@@ -113,10 +119,7 @@ def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
 @pytest.fixture
 def implicit_tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
     """TLS from the first byte (what port 465 speaks), AUTH required."""
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts(ca)
     inbox = Inbox()
     controller = Controller(
         inbox,
