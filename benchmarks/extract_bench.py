@@ -49,9 +49,10 @@ import adbc_driver_postgresql.dbapi as adbc_pg
 import polars as pl
 import psycopg
 
-from reconcile_audit import db, sourcedb
-from reconcile_audit.extract import EXTRACT_SQL, extract_invoices
-from reconcile_audit.settings import load_settings
+from reconcile_audit.compute import db
+from reconcile_audit.compute.extract import EXTRACT_SQL, extract_invoices
+from reconcile_audit.compute.settings import load_settings
+from reconcile_audit.face.demo import sourcedb
 
 HERE = Path(__file__).resolve().parent
 SEED_PAGE_SQL = HERE / "seed_keyset_page.sql"

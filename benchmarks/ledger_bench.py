@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import stellar_sdk
 
-from reconcile_audit import ledger_xdr
+from reconcile_audit.compute.ledger import read_ledger
+from reconcile_audit.compute.ledger import xdr as ledger_xdr
+from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
+from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.emulator import Emulator, escrow_instance_entry
 from reconcile_audit.emulator.state import synthetic_state
-from reconcile_audit.ledger import read_ledger
-from reconcile_audit.ledger_simulate import read_ledger_simulated
-from reconcile_audit.settings import load_settings
 
 
 def serve(escrows: int, seed: int) -> None:

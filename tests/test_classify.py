@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stellar_sdk import StrKey
 
-from reconcile_audit import classify as classify_module
-from reconcile_audit.classify import (
+from reconcile_audit.compute import classify as classify_module
+from reconcile_audit.compute.classify import (
     CLASS_ORDER,
     REASON_CODES,
     ClassCounts,
@@ -20,7 +20,7 @@ from reconcile_audit.classify import (
     count_classes,
     format_major,
 )
-from reconcile_audit.schemas import CLASSES, FINDINGS, FLAGS, LEDGER, RESOLVED
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS, FLAGS, LEDGER, RESOLVED
 
 I128_MAX = 2**127 - 1
 I128_MIN = -(2**127)

@@ -25,10 +25,11 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import free_port, running_pushgateway
 from typer.testing import CliRunner
 
-from reconcile_audit import demo, persist
-from reconcile_audit.cli import app
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.emulator.server import Emulator
-from reconcile_audit.schemas import CLASSES, FINDINGS
+from reconcile_audit.face import demo
+from reconcile_audit.face.cli import app
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -21,11 +21,11 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from conftest import free_port
 from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
-from reconcile_audit.deliver import build_email, send_email, write_artifacts
-from reconcile_audit.metrics import RunMetricsInput, build_registry
-from reconcile_audit.report import Report, RunSummary, render_report
-from reconcile_audit.schemas import FINDINGS
-from reconcile_audit.settings import Settings, load_settings
+from reconcile_audit.compute.schemas import FINDINGS
+from reconcile_audit.compute.settings import Settings, load_settings
+from reconcile_audit.output.deliver import build_email, send_email, write_artifacts
+from reconcile_audit.output.metrics import RunMetricsInput, build_registry
+from reconcile_audit.output.report import Report, RunSummary, render_report
 
 PASSWORD = "s3cr3t-smtp-pa55"
 USER = "reconcile"

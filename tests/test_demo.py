@@ -9,9 +9,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from reconcile_audit import db, demo
-from reconcile_audit.cli import app
-from reconcile_audit.schemas import CLASSES, FLAGS
+from reconcile_audit.compute import db
+from reconcile_audit.compute.schemas import CLASSES, FLAGS
+from reconcile_audit.face import demo
+from reconcile_audit.face.cli import app
 
 # kind -> (class, flag that must be set or None)
 EXPECTED = {

@@ -11,10 +11,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reconcile_audit import db, extract, sourcedb
+from reconcile_audit.compute import db, extract
+from reconcile_audit.compute.schemas import INVOICES
+from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.errors import ExtractError, SourceSchemaError
-from reconcile_audit.schemas import INVOICES
-from reconcile_audit.settings import load_settings
+from reconcile_audit.face.demo import sourcedb
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOSTILE_IDS = (
@@ -390,9 +391,9 @@ def test_source_to_findings_end_to_end(source_url: str) -> None:
     """The stages chained over a real database: every class and flag planted through SQL rows."""
     from stellar_sdk import Keypair, StrKey
 
-    from reconcile_audit.classify import classify, count_classes
-    from reconcile_audit.resolve import resolve_addresses
-    from reconcile_audit.schemas import LEDGER
+    from reconcile_audit.compute.classify import classify, count_classes
+    from reconcile_audit.compute.resolve import resolve_addresses
+    from reconcile_audit.compute.schemas import LEDGER
 
     c = [StrKey.encode_contract(bytes([i]) * 32) for i in range(1, 12)]
     bad_checksum = c[0][:-1] + ("A" if c[0][-1] != "A" else "B")

@@ -10,12 +10,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from reconcile_audit import persist
-from reconcile_audit.classify import ClassCounts, count_classes
-from reconcile_audit.history import TREND_RUNS, compare_with_history
-from reconcile_audit.persist import RunRecord
-from reconcile_audit.schemas import FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND
-from reconcile_audit.settings import Settings, load_settings
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.classify import ClassCounts, count_classes
+from reconcile_audit.compute.history import TREND_RUNS, compare_with_history
+from reconcile_audit.compute.persist import RunRecord
+from reconcile_audit.compute.schemas import FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND
+from reconcile_audit.compute.settings import Settings, load_settings
 
 DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 NOW = DAY0 + timedelta(days=4, hours=3)  # the current run, a few hours into day 4
@@ -182,7 +182,7 @@ def test_an_empty_state_database_gives_an_empty_history(
     state_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     current = frame({"A": "mismatch", "B": "match"})
-    with caplog.at_level(logging.WARNING, logger="reconcile_audit.history"):
+    with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.history"):
         history = compare_with_history(current, settings_for(state_url), run_key="first", now=NOW)
     assert history.warning is not None and "no earlier runs" in history.warning
     assert any("no earlier runs" in r.getMessage() for r in caplog.records)
@@ -197,7 +197,7 @@ def test_an_empty_state_database_gives_an_empty_history(
 def test_an_unreadable_state_database_never_raises_over_findings(caplog: pytest.LogCaptureFixture) -> None:
     url = "postgresql://auditor:s3cr3t-pw@127.0.0.1:1/nowhere"
     current = frame({"A": "mismatch"})
-    with caplog.at_level(logging.WARNING, logger="reconcile_audit.history"):
+    with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.history"):
         history = compare_with_history(current, settings_for(url), run_key="k", now=NOW)
     assert history.warning is not None and "history unavailable" in history.warning
     assert "s3cr3t-pw" not in history.warning

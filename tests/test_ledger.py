@@ -9,6 +9,11 @@ import time
 import polars as pl
 import pytest
 
+from reconcile_audit.compute.ledger import LedgerRead, NetworkFacts, preflight, read_ledger
+from reconcile_audit.compute.ledger.rpc import RetryPolicy, retry_after_seconds
+from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
+from reconcile_audit.compute.schemas import LEDGER
+from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.emulator import (
     FAULT_KINDS,
     STORAGE_SHAPES,
@@ -21,11 +26,6 @@ from reconcile_audit.emulator import (
     random_contract_id,
 )
 from reconcile_audit.errors import RpcPreflightError
-from reconcile_audit.ledger import LedgerRead, NetworkFacts, preflight, read_ledger
-from reconcile_audit.ledger_rpc import RetryPolicy, retry_after_seconds
-from reconcile_audit.ledger_simulate import read_ledger_simulated
-from reconcile_audit.schemas import LEDGER
-from reconcile_audit.settings import load_settings
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.02, jitter=0.002, max_retry_after=0.05)
 LATEST = 1_000_000
@@ -449,6 +449,6 @@ def test_preflight_gives_up_on_a_client_error() -> None:
 
 
 def test_summary_is_logged_at_info(caplog) -> None:
-    with Emulator(STATE) as emu, caplog.at_level("INFO", logger="reconcile_audit.ledger"):
+    with Emulator(STATE) as emu, caplog.at_level("INFO", logger="reconcile_audit.compute.ledger"):
         result = read(emu, ids=ALL_IDS[:3])
     assert result.summary_line() in caplog.messages

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from stellar_sdk import StrKey, scval
 from stellar_sdk import xdr as sx
 
-from reconcile_audit import ledger_xdr as lx
+from reconcile_audit.compute.ledger import xdr as lx
 from reconcile_audit.emulator import state as es
 
 I128_MIN, I128_MAX = -(2**127), 2**127 - 1

@@ -10,7 +10,8 @@ from conftest import free_port, require_binary, running_pushgateway
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconcile_audit.metrics import (
+from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.output.metrics import (
     JOB,
     MISMATCHES_HELP,
     RunMetricsInput,
@@ -19,7 +20,6 @@ from reconcile_audit.metrics import (
     write_textfile,
     write_textfile_dir,
 )
-from reconcile_audit.schemas import CLASSES
 
 PREFIX = "escrow_reconciliation_"
 

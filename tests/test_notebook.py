@@ -9,8 +9,8 @@ import nbformat
 import papermill
 import pytest
 
-from reconcile_audit.paths import NOTEBOOK_PATH
-from reconcile_audit.settings import SECRET_ONLY_FROM_ENV
+from reconcile_audit.compute.settings import SECRET_ONLY_FROM_ENV
+from reconcile_audit.resources import NOTEBOOK_PATH
 
 STAGES = ("extract", "resolve", "ledger", "classify", "history", "emit", "persist", "render", "deliver")
 

@@ -17,12 +17,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from reconcile_audit import persist
-from reconcile_audit.classify import ClassCounts, count_classes
-from reconcile_audit.db import connect, read_sql
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.classify import ClassCounts, count_classes
+from reconcile_audit.compute.db import connect, read_sql
+from reconcile_audit.compute.persist import RunRecord
+from reconcile_audit.compute.schemas import FINDINGS
 from reconcile_audit.errors import LeaseHeldError, PersistError
-from reconcile_audit.persist import RunRecord
-from reconcile_audit.schemas import FINDINGS
 
 I128_MIN = str(-(2**127))
 I128_MAX = str(2**127 - 1)
@@ -239,7 +239,7 @@ def test_dropped_findings_table_returns_not_ok_logs_and_marks_the_run_failed(
     with connect(state_url) as conn:
         conn.execute("DROP TABLE reconciliation_findings")
         conn.commit()
-    with caplog.at_level(logging.ERROR, logger="reconcile_audit.persist"):
+    with caplog.at_level(logging.ERROR, logger="reconcile_audit.compute.persist"):
         outcome = persist.persist_run(state_url, record(MIXED), MIXED)
     assert not outcome.ok and outcome.marked_failed
     assert "reconciliation_findings" in (outcome.error or "")
@@ -271,7 +271,7 @@ def test_a_frame_missing_columns_is_reported_not_raised(state_url: str) -> None:
 
 def test_unreachable_database_returns_not_ok_without_the_password(caplog: pytest.LogCaptureFixture) -> None:
     url = "postgresql://auditor:pa55-w0rd-xyz@127.0.0.1:1/nowhere"
-    with caplog.at_level(logging.ERROR, logger="reconcile_audit.persist"):
+    with caplog.at_level(logging.ERROR, logger="reconcile_audit.compute.persist"):
         outcome = persist.persist_run(url, record(MIXED), MIXED)
     assert not outcome.ok and not outcome.marked_failed
     assert outcome.error and "pa55-w0rd-xyz" not in outcome.error
@@ -392,7 +392,7 @@ def test_an_expired_lease_is_taken_over(state_url: str, caplog: pytest.LogCaptur
         crashed.enter_context(
             persist.run_lease(state_url, None, "crashed run", ttl=timedelta(microseconds=1))
         )
-        with caplog.at_level(logging.WARNING, logger="reconcile_audit.persist"):
+        with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.persist"):
             with persist.run_lease(state_url, None, "new run"):
                 assert any("crashed run" in r.getMessage() for r in caplog.records)
                 crashed.close()  # the old holder finishes late: it must not free the new lease
@@ -407,7 +407,7 @@ def test_an_expired_lease_is_taken_over(state_url: str, caplog: pytest.LogCaptur
 HOLD_LEASE = textwrap.dedent(
     """
     import sys
-    from reconcile_audit import persist
+    from reconcile_audit.compute import persist
     with persist.run_lease(sys.argv[1], "t1", "other process"):
         print("held", flush=True)
         sys.stdin.readline()

@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
-from reconcile_audit.report import (
+from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.output.report import (
     Report,
     RunSummary,
     environment,
@@ -23,7 +24,6 @@ from reconcile_audit.report import (
     format_decimal,
     render_report,
 )
-from reconcile_audit.schemas import CLASSES
 
 SECTIONS_HTML = (
     "Escrow reconciliation: FINDINGS",

@@ -10,12 +10,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_report_samples import STARTED, facts, finding, frame, mismatch
 
-from reconcile_audit import history, persist
-from reconcile_audit.classify import count_classes
-from reconcile_audit.metrics import RunMetricsInput, build_registry
-from reconcile_audit.report import render_report
-from reconcile_audit.schemas import CLASSES
-from reconcile_audit.settings import Settings, load_settings
+from reconcile_audit.compute import history, persist
+from reconcile_audit.compute.classify import count_classes
+from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.settings import Settings, load_settings
+from reconcile_audit.output.metrics import RunMetricsInput, build_registry
+from reconcile_audit.output.report import render_report
 
 
 def record(run_key: str, findings: pl.DataFrame, started_offset_days: int) -> persist.RunRecord:

@@ -12,8 +12,9 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from reconcile_audit import pipeline, runner
 from reconcile_audit.errors import ConfigError
+from reconcile_audit.face import run as pipeline
+from reconcile_audit.face import runner
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_cell_completed_reads_papermill_status(tmp_path):
 
 
 def test_settings_table_redacts_and_cuts_long_values():
-    from reconcile_audit.settings import load_settings
+    from reconcile_audit.compute.settings import load_settings
 
     settings = load_settings(
         {"escrow_addr_by_invoice": '{"mappings": [' + "{}," * 400 + "{}]}"},

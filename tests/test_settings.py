@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
+from reconcile_audit.compute.settings import RedactingFilter, load_settings
 from reconcile_audit.errors import ConfigError
-from reconcile_audit.settings import RedactingFilter, load_settings
 
 
 def test_secrets_never_in_repr():

@@ -10,7 +10,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reconcile_audit import db, sourcedb
+from reconcile_audit.compute import db
+from reconcile_audit.face.demo import sourcedb
 
 
 @pytest.fixture(params=["postgres", "duckdb"])

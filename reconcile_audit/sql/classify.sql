@@ -1,4 +1,4 @@
--- reconcile-audit classify: one findings row per resolved invoice (reconcile_audit.classify).
+-- reconcile-audit classify: one findings row per resolved invoice (reconcile_audit.compute.classify).
 -- DuckDB over two registered Arrow frames:
 --   resolved_input  RESOLVED plus _row (input order) and address_conflict
 --   ledger_input    LEDGER

@@ -1,5 +1,5 @@
 -- Bulk load of the source tables from staging tables holding the caller's frames
--- (reconcile_audit.sourcedb.load_source_rows). The staging tables carry text and typed
+-- (reconcile_audit.face.demo.sourcedb.load_source_rows). The staging tables carry text and typed
 -- timestamps; the casts here give every dialect the same column types. Omitted ids take the
 -- sequence default. Statements are separated by a line holding only ";".
 -- name: invoices

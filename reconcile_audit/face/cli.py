@@ -15,8 +15,8 @@ import typer
 
 from reconcile_audit import __version__
 from reconcile_audit.errors import ReconcileAuditError
-from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
-from reconcile_audit.runner import EXIT_FAILED, RunOutcome, RunRequest
+from reconcile_audit.face.runner import EXIT_FAILED, RunOutcome, RunRequest
+from reconcile_audit.resources import OUTPUT_DIR_VARIABLE, default_output_dir
 
 app = typer.Typer(
     name="reconcile-audit",
@@ -27,7 +27,14 @@ app = typer.Typer(
 )
 
 OutputDir = Annotated[
-    Path, typer.Option("--output-dir", "-o", help="Artifacts go to <output-dir>/<run_id>/.")
+    Path | None,
+    typer.Option(
+        "--output-dir",
+        "-o",
+        envvar=OUTPUT_DIR_VARIABLE,
+        show_default="reports/ in the working folder",
+        help="Artifacts go to <output-dir>/<run_id>/.",
+    ),
 ]
 
 
@@ -70,7 +77,7 @@ def run(
             help="Notebook parameter as name=value (repeatable). See `papermill --help-notebook`.",
         ),
     ] = None,
-    output_dir: OutputDir = DEFAULT_OUTPUT_DIR,
+    output_dir: OutputDir = None,
     tenant: Annotated[str | None, typer.Option(help="Reconcile one tenant only.")] = None,
     run_key: Annotated[
         str | None, typer.Option(help="Idempotency key; default: <tenant or all>:<UTC date>.")
@@ -92,8 +99,7 @@ def run(
     Exit 0 clean, 1 findings, 2 failed, 3 another run holds the lease. Secrets come from the
     environment only (DATABASE_URL's password, SMTP_PASSWORD), never from -p.
     """
-    from reconcile_audit import runner
-
+    from reconcile_audit.face import runner
     _configure_logging(verbose)
     parameters: dict[str, object] = dict(_parse_parameters(parameter or []))
     if tenant is not None:
@@ -102,7 +108,7 @@ def run(
         parameters["run_key"] = run_key
     request = RunRequest(
         parameters=parameters,
-        output_dir=output_dir,
+        output_dir=output_dir or default_output_dir(),
         prepare_only=prepare_only,
         deliver=deliver,
         progress_bar=sys.stderr.isatty(),
@@ -114,15 +120,14 @@ def run(
 @app.command()
 def demo(
     invoices: Annotated[int, typer.Option(min=50, help="Synthetic invoices to reconcile.")] = 10_000,
-    output_dir: OutputDir = DEFAULT_OUTPUT_DIR,
+    output_dir: OutputDir = None,
     history_runs: Annotated[
         int, typer.Option(min=0, max=10, help="Earlier nightly runs to replay first, for the trend.")
     ] = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Build a local demo database and emulator, then run the same audit as `run` (no network)."""
-    from reconcile_audit import demo as demo_module
-
+    from reconcile_audit.face import demo as demo_module
     _configure_logging(verbose)
     outcome = demo_module.run_demo(
         invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
@@ -136,8 +141,8 @@ def summary(
     tenant: Annotated[str | None, typer.Option(help="The tenant's latest run.")] = None,
 ) -> None:
     """The latest run and the health status: not_run, stale, healthy, findings or failed."""
-    from reconcile_audit import persist
-    from reconcile_audit.settings import load_settings
+    from reconcile_audit.compute import persist
+    from reconcile_audit.compute.settings import load_settings
 
     try:
         settings = load_settings({"tenant_id": tenant} if tenant else {})
@@ -160,8 +165,8 @@ def summary(
 @app.command()
 def migrate() -> None:
     """Create or update the tool's own tables in the state database (idempotent)."""
-    from reconcile_audit import persist
-    from reconcile_audit.settings import load_settings, redact_url
+    from reconcile_audit.compute import persist
+    from reconcile_audit.compute.settings import load_settings, redact_url
 
     try:
         settings = load_settings({})

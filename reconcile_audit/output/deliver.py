@@ -2,7 +2,7 @@
 
 Nothing here raises over a run: a failed send is logged (redacted) and returned as a
 :class:`DeliveryOutcome`, which the caller counts in the metrics and notes in the summary.
-Metrics themselves are built and pushed by :mod:`reconcile_audit.metrics`.
+Metrics themselves are built and pushed by :mod:`reconcile_audit.output.metrics`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Final, Literal
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.metrics import write_textfile
-from reconcile_audit.report import Report, RunFacts, RunSummary
-from reconcile_audit.schemas import FINDINGS
-from reconcile_audit.settings import Settings
+from reconcile_audit.compute.schemas import FINDINGS
+from reconcile_audit.compute.settings import Settings
+from reconcile_audit.output.metrics import write_textfile
+from reconcile_audit.output.report import Report, RunFacts, RunSummary
 
 LOGGER = logging.getLogger(__name__)
 

@@ -17,13 +17,11 @@ kept only where it re-encodes to the very text, else decoded by binascii: tested
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
@@ -31,11 +29,12 @@ import polars as pl
 from stellar_sdk import Address
 from stellar_sdk import xdr as sx
 
+from reconcile_audit.compute.strkey import contract_hash, contract_id_of
+
 # LedgerKey{CONTRACT_DATA(6), SCAddress{CONTRACT(1), hash}, SCVal{LEDGER_KEY_CONTRACT_INSTANCE(20)},
 # PERSISTENT(1)}: 48 bytes, only the 32-byte contract hash varies.
 KEY_PREFIX: Final = struct.pack(">II", 6, 1)
 KEY_SUFFIX: Final = struct.pack(">II", 20, 1)
-_CONTRACT_VERSION_BYTE: Final = 2 << 3  # strkey "C..."
 _MAX_DEPTH: Final = 64
 
 ESCROW_FIELDS: Final = ("invoice_id", "funded_amount", "amount", "funding_target", "status")
@@ -78,52 +77,6 @@ class TokenInstance(NamedTuple):
 
 
 # --- contract ids and keys -------------------------------------------------------------------
-
-
-# base32 digits -> the digits int() reads in base 32, so the decode runs in C (base64.b32decode is
-# Python). Every other byte becomes "!", which int() refuses: the one int() call is also the
-# alphabet check, cheaper than a regex over the text first. A bytes table, because
-# bytes.translate is several times faster than str.translate.
-def _b32_digit_table() -> bytes:
-    table = bytearray(b"!" * 256)
-    for char, digit in zip(
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghijklmnopqrstuv", strict=True
-    ):
-        table[char] = digit
-    return bytes(table)
-
-
-_B32_TO_INT_DIGITS: Final = _b32_digit_table()
-_NOT_A_CONTRACT: Final = "not a 56-character C... contract strkey"
-
-
-def contract_hash(contract_id: str) -> bytes:
-    """The 32-byte hash inside a ``C...`` strkey; ``ValueError`` for anything else.
-
-    56 base32 characters carry exactly 35 bytes (version, hash, CRC16-XModem little-endian), so
-    there are no padding bits and every accepted string is canonical.
-    """
-    if not isinstance(contract_id, str) or len(contract_id) != 56 or contract_id[0] != "C":
-        raise ValueError(_NOT_A_CONTRACT)
-    try:
-        # encode: non-ASCII text raises UnicodeEncodeError, a ValueError.
-        digits = contract_id.encode("ascii").translate(_B32_TO_INT_DIGITS)
-        raw = int(digits, 32).to_bytes(35, "big")
-    except ValueError:
-        raise ValueError(_NOT_A_CONTRACT) from None
-    if raw[0] != _CONTRACT_VERSION_BYTE:
-        raise ValueError("wrong strkey version byte for a contract")
-    if binascii.crc_hqx(raw[:33], 0) != raw[33] | raw[34] << 8:
-        raise ValueError("strkey checksum mismatch")
-    return raw[1:33]
-
-
-@lru_cache(maxsize=4096)
-def contract_id_of(raw_hash: bytes) -> str:
-    """``C...`` strkey of a 32-byte contract hash (cached: token addresses repeat)."""
-    payload = bytes((_CONTRACT_VERSION_BYTE,)) + raw_hash
-    checksum = binascii.crc_hqx(payload, 0).to_bytes(2, "little")
-    return base64.b32encode(payload + checksum).decode("ascii")
 
 
 def instance_key(contract_id: str) -> str:

@@ -44,12 +44,12 @@ from typing import Any, Final, Literal
 import polars as pl
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from reconcile_audit.classify import COUNT_NAMES, ClassCounts
-from reconcile_audit.db import Connection, dialect_of, duckdb_path, open_connection, read_sql
+from reconcile_audit.compute.classify import COUNT_NAMES, ClassCounts
+from reconcile_audit.compute.db import Connection, dialect_of, duckdb_path, open_connection, read_sql
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS, conform
+from reconcile_audit.compute.settings import redact_url, url_password
 from reconcile_audit.errors import LeaseHeldError, PersistError
-from reconcile_audit.paths import SQL_DIR
-from reconcile_audit.schemas import CLASSES, FINDINGS, conform
-from reconcile_audit.settings import redact_url, url_password
+from reconcile_audit.resources import SQL_DIR
 
 logger = logging.getLogger(__name__)
 

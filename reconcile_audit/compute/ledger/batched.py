@@ -1,4 +1,4 @@
-"""Stage: read every escrow from Stellar RPC into the LEDGER frame (schemas.LEDGER).
+"""The batched reader: every escrow's instance entry through ``getLedgerEntries``.
 
 One ``ContractData`` instance key per contract, sent as ``getLedgerEntries`` batches of at most
 ``settings.rpc_batch_size`` (<= 200) keys with ``settings.rpc_concurrency`` requests in flight.
@@ -7,7 +7,7 @@ once (batched the same way) for its ``METADATA.decimal``, falling back to
 ``settings.token_decimals``.
 
 Failure is data, per contract: when a batch's retries run out, the batch is bisected (a bounded
-number of extra requests per run, :class:`~reconcile_audit.ledger_rpc.RetryPolicy`) so one
+number of extra requests per run, :class:`~reconcile_audit.compute.ledger.rpc.RetryPolicy`) so one
 poisoned key cannot take 199 innocent ones down; whatever still fails becomes ``error`` rows with
 the cause. An entry that does not decode is read again (at most ``MAX_REREADS`` times, since a
 corrupt body can be a transport fault) and then becomes an ``error`` row. Entries for keys that
@@ -15,7 +15,7 @@ were not asked for are counted (``faults_by_kind["unrequested_entry"]``) and oth
 After ``RetryPolicy.breaker_failures`` calls fail in a row with no success between, the remaining
 batches are not sent: the RPC is down, and waiting out every backoff would only delay the report.
 
-The reader runs on asyncio; :func:`read_ledger` is synchronous and works with or without a running
+The reader runs on asyncio; :func:`read_ledger_batched` is synchronous and works with or without a running
 event loop (inside Jupyter it runs the sweep on a worker thread with its own loop).
 """
 
@@ -28,27 +28,25 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 import polars as pl
-from stellar_sdk.soroban_rpc import GetHealthResponse, GetLedgerEntriesResponse, GetNetworkResponse
+from stellar_sdk.soroban_rpc import GetLedgerEntriesResponse
 from tqdm.auto import tqdm
 
-from reconcile_audit.errors import RpcPreflightError
-from reconcile_audit.ledger_rpc import (
+from reconcile_audit.compute.ledger.rpc import (
     MAX_KEYS,
     RetryPolicy,
     RpcClient,
     RpcFault,
     TransportCounters,
     client_for,
-    rpc_url,
     run_sync,
 )
-from reconcile_audit.ledger_xdr import (
+from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, unknown_decimals
+from reconcile_audit.compute.ledger.xdr import (
     EntryDecodeError,
     EscrowInstance,
     TokenInstance,
@@ -60,84 +58,12 @@ from reconcile_audit.ledger_xdr import (
     decode_token_bytes,
     instance_key_of_hash,
 )
-from reconcile_audit.schemas import LEDGER, conform
-from reconcile_audit.settings import Settings
+from reconcile_audit.compute.schemas import LEDGER, conform
+from reconcile_audit.compute.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MAX_REREADS: Final = 2
-
-
-@dataclass(frozen=True)
-class NetworkFacts:
-    passphrase: str
-    protocol_version: int
-    latest_ledger: int
-
-
-@dataclass(frozen=True)
-class LedgerStats:
-    """Counters of one sweep. ``faults_by_kind`` counts failed attempts and ignored entries."""
-
-    requests: int
-    retries: int
-    batches: int
-    entries: int
-    seconds: float
-    entries_per_second: float
-    faults_by_kind: Mapping[str, int]
-
-
-@dataclass(frozen=True)
-class LedgerRead:
-    """The LEDGER frame (one row per distinct contract id asked for) and how it was read."""
-
-    frame: pl.DataFrame
-    ledger_min: int | None
-    ledger_max: int | None
-    stats: LedgerStats
-
-    def summary_line(self) -> str:
-        s = self.stats
-        ledgers = (
-            "no ledger read" if self.ledger_min is None else f"ledgers {self.ledger_min}-{self.ledger_max}"
-        )
-        return (
-            f"ledger: {self.frame.height:,} escrows in {s.requests:,} requests ({s.retries:,} retries), "
-            f"{s.seconds:.1f} s, {s.entries_per_second:,.0f} entries/s, {ledgers}"
-        )
-
-
-# --- preflight -------------------------------------------------------------------------------
-
-
-def preflight(settings: Settings, *, policy: RetryPolicy | None = None) -> NetworkFacts:
-    """Check the RPC before any work: same network passphrase, and ``getHealth`` healthy.
-
-    Raises :class:`RpcPreflightError` (exit code 2) with what to fix.
-    """
-    return run_sync(lambda: _preflight(settings, policy or RetryPolicy()))
-
-
-async def _preflight(settings: Settings, policy: RetryPolicy) -> NetworkFacts:
-    url = rpc_url(settings)
-    async with client_for(settings, policy) as client:
-        try:
-            network = await client.call("getNetwork", None, GetNetworkResponse)
-            health = await client.call("getHealth", None, GetHealthResponse)
-        except RpcFault as fault:
-            raise RpcPreflightError(f"Stellar RPC at {url} is not usable: {fault}") from fault
-    if network.passphrase != settings.network_passphrase:
-        raise RpcPreflightError(
-            f"Stellar RPC at {url} serves the network {network.passphrase!r}, but this run is configured "
-            f"for {settings.network_passphrase!r} (STELLAR_NETWORK_PASSPHRASE): refusing to audit "
-            "against the wrong network"
-        )
-    if health.status != "healthy":
-        raise RpcPreflightError(
-            f"Stellar RPC at {url} reports getHealth status {health.status!r}, not 'healthy'"
-        )
-    return NetworkFacts(network.passphrase, network.protocol_version, health.latest_ledger)
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -306,29 +232,13 @@ def _canonical_key(key: str) -> str:
         return key
 
 
-def read_ledger(
-    contract_ids: Sequence[str],
-    settings: Settings,
-    *,
-    progress: bool = True,
-    policy: RetryPolicy | None = None,
+def read_ledger_batched(
+    ids: list[str], settings: Settings, *, progress: bool = True, policy: RetryPolicy | None = None
 ) -> LedgerRead:
-    """Read the escrow of every distinct contract id (None and empty ids are skipped).
-
-    ``settings.rpc_use_simulate`` switches to the per-invoice ``simulateTransaction`` path
-    (:mod:`reconcile_audit.ledger_simulate`), which is slow and meant only as a fallback.
-    """
+    """The LEDGER frame of ``ids`` (distinct, non-empty) through ``getLedgerEntries`` batches."""
     policy = policy or RetryPolicy()
-    ids = list(dict.fromkeys(c for c in contract_ids if c))
-    if settings.rpc_use_simulate:
-        from reconcile_audit.ledger_simulate import read_ledger_simulated
-
-        result = read_ledger_simulated(ids, settings, progress=progress, policy=policy)
-    else:
-        with _collector_paused():
-            result = run_sync(lambda: _read(ids, settings, policy, progress))
-    log.info(result.summary_line())
-    return result
+    with _collector_paused():
+        return run_sync(lambda: _read(ids, settings, policy, progress))
 
 
 @contextlib.contextmanager
@@ -387,16 +297,7 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
     }
     frame = _frame(ids, keys, invalid, sweep.outcomes, decimals)
     seconds = time.perf_counter() - started
-    counters = sweep.counters
-    stats = LedgerStats(
-        requests=counters.requests,
-        retries=counters.retries,
-        batches=sweep.batches,
-        entries=sweep.entries,
-        seconds=seconds,
-        entries_per_second=sweep.entries / seconds if seconds > 0 else 0.0,
-        faults_by_kind=MappingProxyType(dict(counters.faults)),
-    )
+    stats = LedgerStats.of_sweep(sweep.counters, batches=sweep.batches, entries=sweep.entries, seconds=seconds)
     return LedgerRead(
         frame=frame,
         ledger_min=min(sweep.ledgers) if sweep.ledgers else None,
@@ -436,11 +337,7 @@ def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) ->
     configured = settings.token_decimals.get(token)
     if configured is not None:
         return _Decimals(configured, "configured", None)
-    return _Decimals(
-        None,
-        None,
-        f"decimals of funding token {token} unknown: {why}; configure them in RECONCILE_TOKEN_DECIMALS",
-    )
+    return _Decimals(None, None, unknown_decimals(token, why))
 
 
 _COLUMNS: Final = tuple(LEDGER)
@@ -549,5 +446,3 @@ def _row(
 def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
 
-
-__all__ = ["LedgerRead", "LedgerStats", "NetworkFacts", "preflight", "read_ledger"]

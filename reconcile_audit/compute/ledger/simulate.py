@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Final
 
 import polars as pl
@@ -23,11 +22,11 @@ from stellar_sdk import xdr as sx
 from stellar_sdk.soroban_rpc import SimulateTransactionResponse
 from tqdm.auto import tqdm
 
-from reconcile_audit.ledger import LedgerRead, LedgerStats
-from reconcile_audit.ledger_rpc import RetryPolicy, RpcClient, RpcFault, client_for, run_sync
-from reconcile_audit.ledger_xdr import EntryDecodeError, contract_hash, escrow_fields_sdk
-from reconcile_audit.schemas import LEDGER, conform
-from reconcile_audit.settings import Settings
+from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcClient, RpcFault, client_for, run_sync
+from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, distinct_ids, unknown_decimals
+from reconcile_audit.compute.ledger.xdr import EntryDecodeError, contract_hash, escrow_fields_sdk
+from reconcile_audit.compute.schemas import LEDGER, conform
+from reconcile_audit.compute.settings import Settings
 
 # Simulation needs a source account but never checks it; the all-zero key is a valid strkey.
 _SOURCE: Final = StrKey.encode_ed25519_public_key(bytes(32))
@@ -50,7 +49,7 @@ def read_ledger_simulated(
     with_funding_token: bool = True,
 ) -> LedgerRead:
     """The LEDGER frame through per-invoice simulations (see the module docstring)."""
-    ids = list(dict.fromkeys(c for c in contract_ids if c))
+    ids = distinct_ids(contract_ids)
     return run_sync(lambda: _read(ids, settings, policy or RetryPolicy(), progress, with_funding_token))
 
 
@@ -152,15 +151,7 @@ async def _read(
         counters = client.counters
     seconds = time.perf_counter() - started
     frame = pl.DataFrame({name: [row.get(name) for row in rows] for name in LEDGER}, schema=LEDGER)
-    stats = LedgerStats(
-        requests=counters.requests,
-        retries=counters.retries,
-        batches=len(ids),
-        entries=entries,
-        seconds=seconds,
-        entries_per_second=entries / seconds if seconds > 0 else 0.0,
-        faults_by_kind=MappingProxyType(dict(counters.faults)),
-    )
+    stats = LedgerStats.of_sweep(counters, batches=len(ids), entries=entries, seconds=seconds)
     return LedgerRead(
         conform(frame, LEDGER, "ledger"), min(ledgers, default=None), max(ledgers, default=None), stats
     )
@@ -176,8 +167,4 @@ async def _decimals(
     if configured is not None:
         return configured, "configured", None
     why = got.error or "decimals is not a u32"
-    return (
-        None,
-        None,
-        f"decimals of funding token {token} unknown: {why}; configure them in RECONCILE_TOKEN_DECIMALS",
-    )
+    return None, None, unknown_decimals(token, why)

@@ -25,9 +25,9 @@ import css_inline
 import jinja2
 import polars as pl
 
-from reconcile_audit.classify import count_classes, format_major
-from reconcile_audit.paths import TEMPLATES_DIR
-from reconcile_audit.schemas import CLASSES, FINDINGS
+from reconcile_audit.compute.classify import count_classes, format_major
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS
+from reconcile_audit.resources import TEMPLATES_DIR
 
 Status = Literal["clean", "findings", "failed"]
 STATUS_WORDS: Final = {"clean": "CLEAN", "findings": "FINDINGS", "failed": "FAILED"}

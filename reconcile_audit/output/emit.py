@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from reconcile_audit.schemas import FINDINGS
+from reconcile_audit.compute.schemas import FINDINGS
 
 LOGGER: Final = logging.getLogger("reconcile_audit.findings")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")

@@ -53,8 +53,8 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
-from reconcile_audit import db
-from reconcile_audit.schemas import CLASSES, FINDINGS, LEDGER, RESOLVED, conform
+from reconcile_audit.compute import db
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS, LEDGER, RESOLVED, conform
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from reconcile_audit.errors import ConfigError
-from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
+from reconcile_audit.resources import default_output_dir
 
 TESTNET_PASSPHRASE = "Test SDF Network ; September 2015"
 PUBLIC_PASSPHRASE = "Public Global Stellar Network ; September 2015"
@@ -115,7 +115,6 @@ class Settings:
     metrics_textfile_dir: Path | None = None
     stale_after_hours: float = 25.0
     run_key: str | None = None
-    output_dir: Path = Path("reports")
 
     def __repr__(self) -> str:
         shown = []
@@ -208,11 +207,13 @@ ENVIRONMENT = {
     "metrics_textfile_dir": "RECONCILE_METRICS_TEXTFILE_DIR",
     "stale_after_hours": "RECONCILE_STALE_AFTER_HOURS",
     "run_key": "RECONCILE_RUN_KEY",
-    "output_dir": "RECONCILE_OUTPUT_DIR",
 }
 SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
-# The database `reconcile-audit demo` builds (`duckdb:///reports/...` would be /reports at the root).
-DEFAULT_DATABASE_URL = f"duckdb://{DEFAULT_OUTPUT_DIR / 'demo' / 'demo.duckdb'}"
+
+
+def default_database_url() -> str:
+    """The database `reconcile-audit demo` builds (`duckdb:///reports/...` would be /reports at the root)."""
+    return f"duckdb://{default_output_dir() / 'demo' / 'demo.duckdb'}"
 
 
 def load_settings(
@@ -240,7 +241,7 @@ def load_settings(
         if value is not None and value != "":
             raw[name] = value
 
-    database_url = str(raw.get("database_url", DEFAULT_DATABASE_URL))
+    database_url = str(raw.get("database_url") or default_database_url())
     if not database_url.startswith(("postgresql://", "postgres://", "duckdb://")):
         raise ConfigError("DATABASE_URL", "expected postgresql://... or duckdb:///path")
     values: dict[str, Any] = {
@@ -264,7 +265,6 @@ def load_settings(
         "smtp_starttls": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "extract_sql_path": Path,
         "metrics_textfile_dir": Path,
-        "output_dir": Path,
     }
     for name in ENVIRONMENT:
         if name in values or name not in raw:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from reconcile_audit import db
+from reconcile_audit.compute import db
 
 # Table -> (column -> kind). kind: "text" | "money" | "time"; required columns listed apart.
 _COLUMNS: dict[str, dict[str, str]] = {

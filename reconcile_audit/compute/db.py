@@ -14,7 +14,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from reconcile_audit.errors import ConfigError
-from reconcile_audit.paths import SQL_DIR
+from reconcile_audit.resources import SQL_DIR
 
 Dialect = Literal["postgres", "duckdb"]
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from reconcile_audit import pipeline
+from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.settings import ENVIRONMENT, Settings, load_settings, url_password
 from reconcile_audit.errors import ConfigError, LeaseHeldError, NotebookExecutionError, ReconcileAuditError
-from reconcile_audit.paths import DEFAULT_OUTPUT_DIR, NOTEBOOK_PATH
-from reconcile_audit.schemas import CLASSES
-from reconcile_audit.settings import ENVIRONMENT, Settings, load_settings, url_password
+from reconcile_audit.face import run as pipeline
+from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RunRequest:
     """What one ``reconcile-audit run`` was asked to do. ``parameters`` are notebook parameters."""
 
     parameters: Mapping[str, Any] = field(default_factory=dict)
-    output_dir: Path = DEFAULT_OUTPUT_DIR
+    output_dir: Path = field(default_factory=default_output_dir)
     prepare_only: bool = False
     deliver: bool = True
     notebook: Path = NOTEBOOK_PATH
@@ -348,8 +348,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
             EXIT_CLEAN, "prepared", f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir
         )
 
-    from reconcile_audit import persist
-
+    from reconcile_audit.compute import persist
     state_url = settings.state_database_url.reveal()
     holder = f"{socket.gethostname()}:{os.getpid()}:{run_id}"
     failure: tuple[str, str] | None = None

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from reconcile_audit import db, sourcedb
+from reconcile_audit.compute import db
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.emulator.state import (
     EscrowSpec,
@@ -35,7 +35,8 @@ from reconcile_audit.emulator.state import (
     random_account_id,
     random_contract_id,
 )
-from reconcile_audit.paths import DEFAULT_OUTPUT_DIR
+from reconcile_audit.face.demo import sourcedb
+from reconcile_audit.resources import default_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,9 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
     This is real history for the final run to compare with: the same stages on a different
     ledger state, stored under that night's run key and start time. Returns the class counts.
     """
-    from reconcile_audit import classify, extract, ledger, persist, pipeline, resolve
-    from reconcile_audit.settings import load_settings
+    from reconcile_audit.compute import classify, extract, ledger, persist, resolve
+    from reconcile_audit.compute.settings import load_settings
+    from reconcile_audit.face import run as pipeline
 
     started_at = tonight - timedelta(days=nights_ago)
     run_key = pipeline.default_run_key(None, started_at)
@@ -413,19 +415,18 @@ def embedded_demo(
 def run_demo(
     *,
     invoices: int = 10_000,
-    output_dir: Path = DEFAULT_OUTPUT_DIR,
+    output_dir: Path | None = None,
     history_runs: int = 3,
     progress: bool = False,
     seed: int = 7,
 ) -> Any:
-    """Build the demo, then run the notebook through :func:`reconcile_audit.runner.run`.
+    """Build the demo, then run the notebook through :func:`reconcile_audit.face.runner.run`.
 
     Returns the runner's ``RunOutcome``: the same exit codes and folder layout as ``run``. The
     demo database lives in ``<output_dir>/demo/`` and is rebuilt on every call.
     """
-    from reconcile_audit import runner
-
-    output_dir = output_dir.resolve()
+    from reconcile_audit.face import runner
+    output_dir = (output_dir or default_output_dir()).resolve()
     demo_dir = output_dir / "demo"
     if demo_dir.exists():
         shutil.rmtree(demo_dir)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import polars as pl
 
-from reconcile_audit import db
+from reconcile_audit.compute import db
+from reconcile_audit.compute.schemas import INVOICES, conform
+from reconcile_audit.compute.settings import Settings
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, SourceSchemaError
-from reconcile_audit.schemas import INVOICES, conform
-from reconcile_audit.settings import Settings
 
 logger = logging.getLogger(__name__)
 

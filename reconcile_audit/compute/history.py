@@ -1,6 +1,6 @@
 """History: each finding measured against the earlier runs of the same tenant scope.
 
-Reads the state database that :mod:`reconcile_audit.persist` writes, with two queries over the
+Reads the state database that :mod:`reconcile_audit.compute.persist` writes, with two queries over the
 runs and the (invoice, run)-indexed findings table, then joins them with the current frame in
 polars; nothing is asked per invoice. Only completed runs count as history: a failed run's
 findings are not a reliable picture of the ledger.
@@ -21,9 +21,9 @@ from typing import Final
 
 import polars as pl
 
-from reconcile_audit.classify import ClassCounts
-from reconcile_audit.db import read_sql
-from reconcile_audit.persist import (
+from reconcile_audit.compute.classify import ClassCounts
+from reconcile_audit.compute.db import read_sql
+from reconcile_audit.compute.persist import (
     as_utc,
     describe_error,
     read_frame,
@@ -31,8 +31,15 @@ from reconcile_audit.persist import (
     state_session,
     table_exists,
 )
-from reconcile_audit.schemas import CLASSES, FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND, conform
-from reconcile_audit.settings import Settings
+from reconcile_audit.compute.schemas import (
+    CLASSES,
+    FINDINGS,
+    HISTORY_FINDINGS,
+    RESOLVED_FINDINGS,
+    TREND,
+    conform,
+)
+from reconcile_audit.compute.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +51,10 @@ TREND_RUNS: Final = 30
 class HistoryComparison:
     """The current findings against earlier runs.
 
-    ``findings``: :data:`~reconcile_audit.schemas.HISTORY_FINDINGS` (FINDINGS plus
+    ``findings``: :data:`~reconcile_audit.compute.schemas.HISTORY_FINDINGS` (FINDINGS plus
     ``finding_state``, ``first_seen_at``, ``age_days``), rows in the input's order.
-    ``resolved``: :data:`~reconcile_audit.schemas.RESOLVED_FINDINGS`. ``trend``:
-    :data:`~reconcile_audit.schemas.TREND`, at most :data:`TREND_RUNS` runs, oldest first, the
+    ``resolved``: :data:`~reconcile_audit.compute.schemas.RESOLVED_FINDINGS`. ``trend``:
+    :data:`~reconcile_audit.compute.schemas.TREND`, at most :data:`TREND_RUNS` runs, oldest first, the
     current run last. ``previous_counts``: the previous completed run's counts, or ``None``.
     ``warning``: why the history is empty when the state database could not be read.
     """

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, Final
 import polars as pl
 
 from reconcile_audit import __version__
-from reconcile_audit.classify import ClassCounts, count_classes
-from reconcile_audit.schemas import CLASSES
-from reconcile_audit.settings import RedactingFilter, Settings
+from reconcile_audit.compute.classify import ClassCounts, count_classes
+from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.settings import RedactingFilter, Settings
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from reconcile_audit.deliver import ArtifactPaths
-    from reconcile_audit.ledger import LedgerRead
-    from reconcile_audit.persist import PersistOutcome, RunRecord
-    from reconcile_audit.report import Report, RunFacts, RunSummary, Status
+    from reconcile_audit.compute.ledger import LedgerRead
+    from reconcile_audit.compute.persist import PersistOutcome, RunRecord
+    from reconcile_audit.output.deliver import ArtifactPaths
+    from reconcile_audit.output.report import Report, RunFacts, RunSummary, Status
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def run_record(
     error_message: str | None = None,
 ) -> RunRecord:
     """The ``reconciliation_runs`` row of this run."""
-    from reconcile_audit.persist import RunRecord
+    from reconcile_audit.compute.persist import RunRecord
 
     return RunRecord(
         run_key=run_key,
@@ -145,7 +145,7 @@ def run_facts(
     failure_message: str | None = None,
     delivery_notes: tuple[str, ...] = (),
 ) -> RunFacts:
-    from reconcile_audit.report import RunFacts
+    from reconcile_audit.output.report import RunFacts
 
     persist_error = None
     if persist_outcome is not None and not persist_outcome.ok:
@@ -175,7 +175,7 @@ def cumulative_mismatches(
     still moves; when the history cannot be read the counter is left out (``None``) rather than
     pushed as a reset.
     """
-    from reconcile_audit import persist
+    from reconcile_audit.compute import persist
     from reconcile_audit.errors import PersistError
 
     try:
@@ -223,8 +223,8 @@ def deliver_run(
     """
     from dataclasses import replace
 
-    from reconcile_audit import deliver, metrics
-    from reconcile_audit.report import RunSummary
+    from reconcile_audit.output import deliver, metrics
+    from reconcile_audit.output.report import RunSummary
 
     counts = ClassCounts.zero() if findings is None else count_classes(findings)
     success = facts.status != "failed"
@@ -292,8 +292,8 @@ def record_failed_run(
     deliver broke). Its run row and findings are then kept: rewriting the run as failed would
     delete findings the history needs, and the reconciliation itself did complete.
     """
-    from reconcile_audit import persist, report
-
+    from reconcile_audit.compute import persist
+    from reconcile_audit.output import report
     message = settings.redact(failure_message)
     counts = ClassCounts.zero()
     record = run_record(
@@ -333,7 +333,7 @@ def record_failed_run(
 
 
 def _findings() -> pl.Schema:
-    from reconcile_audit.schemas import FINDINGS
+    from reconcile_audit.compute.schemas import FINDINGS
 
     return FINDINGS
 
@@ -379,7 +379,7 @@ def settings_table(settings: Settings, *, max_chars: int = 100) -> pl.DataFrame:
     ESCROW_ADDR_BY_INVOICE) cut, so the executed notebook stays small and safe to keep."""
     from dataclasses import fields
 
-    from reconcile_audit.settings import REDACTED, Secret, redact_url
+    from reconcile_audit.compute.settings import REDACTED, Secret, redact_url
 
     names, values = [], []
     for item in fields(settings):

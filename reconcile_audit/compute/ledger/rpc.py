@@ -38,7 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exp
 from reconcile_audit.errors import RpcPreflightError
 
 if TYPE_CHECKING:
-    from reconcile_audit.settings import Settings
+    from reconcile_audit.compute.settings import Settings
 
 TRANSIENT_HTTP: Final = frozenset({429, 502, 503, 504})
 TRANSIENT_RPC: Final = frozenset({-32001, -32003, -32603})

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_te
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconcile_audit.schemas import CLASSES
+from reconcile_audit.compute.schemas import CLASSES
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,0 +1,76 @@
+"""What the ledger stage returns, and the pieces both read paths (batched and simulated) share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+import polars as pl
+
+from reconcile_audit.compute.ledger.rpc import TransportCounters
+
+TOKEN_DECIMALS_SETTING: Final = "RECONCILE_TOKEN_DECIMALS"
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    passphrase: str
+    protocol_version: int
+    latest_ledger: int
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """Counters of one sweep. ``faults_by_kind`` counts failed attempts and ignored entries."""
+
+    requests: int
+    retries: int
+    batches: int
+    entries: int
+    seconds: float
+    entries_per_second: float
+    faults_by_kind: Mapping[str, int]
+
+    @classmethod
+    def of_sweep(cls, counters: TransportCounters, *, batches: int, entries: int, seconds: float) -> LedgerStats:
+        return cls(
+            requests=counters.requests,
+            retries=counters.retries,
+            batches=batches,
+            entries=entries,
+            seconds=seconds,
+            entries_per_second=entries / seconds if seconds > 0 else 0.0,
+            faults_by_kind=MappingProxyType(dict(counters.faults)),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerRead:
+    """The LEDGER frame (one row per distinct contract id asked for) and how it was read."""
+
+    frame: pl.DataFrame
+    ledger_min: int | None
+    ledger_max: int | None
+    stats: LedgerStats
+
+    def summary_line(self) -> str:
+        s = self.stats
+        ledgers = (
+            "no ledger read" if self.ledger_min is None else f"ledgers {self.ledger_min}-{self.ledger_max}"
+        )
+        return (
+            f"ledger: {self.frame.height:,} escrows in {s.requests:,} requests ({s.retries:,} retries), "
+            f"{s.seconds:.1f} s, {s.entries_per_second:,.0f} entries/s, {ledgers}"
+        )
+
+
+def distinct_ids(contract_ids: Iterable[str | None]) -> list[str]:
+    """The ids to read: first occurrence order, None and empty ids skipped."""
+    return list(dict.fromkeys(c for c in contract_ids if c))
+
+
+def unknown_decimals(token: str, why: str) -> str:
+    """The reason an invoice funded in ``token`` cannot be compared: its decimals are unknown."""
+    return f"decimals of funding token {token} unknown: {why}; configure them in {TOKEN_DECIMALS_SETTING}"
