@@ -15,13 +15,14 @@ $(VENV): pyproject.toml
 demo: $(VENV)
 	$(BIN)/reconcile-audit demo || [ $$? -eq 1 ]
 
-test: $(VENV)
-	$(BIN)/ruff check reconcile_audit tests benchmarks
+test: lint
 	# One session, so the closing line counts every test: the suite, then nbval over the notebook.
 	$(BIN)/pytest tests notebooks/reconcile_escrow.ipynb --nbval-lax --nbval-current-env
 
+# ruff, then the parts' import arrows (import-linter contracts in pyproject.toml).
 lint: $(VENV)
 	$(BIN)/ruff check reconcile_audit tests benchmarks
+	$(BIN)/lint-imports
 
 # Minutes, not seconds: the seed's per-invoice and keyset paths are the slow references.
 bench: $(VENV)
