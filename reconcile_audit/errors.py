@@ -1,15 +1,33 @@
-"""The small exception hierarchy. Each error carries what the user needs to fix the problem.
+"""The small exception hierarchy and the exit codes: the one place exit codes live.
 
-Exit codes (see DESIGN.md): 0 clean, 1 findings, 2 the run failed, 3 another run holds the lease.
+Each error carries what the user needs to fix the problem, and the exit code it ends a run with.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+from reconcile_audit.compute.schemas import AuditStatus
+
+
+class ExitCode(IntEnum):
+    """What ``reconcile-audit`` tells its scheduler (README.md, "Exit codes")."""
+
+    CLEAN = 0  # completed, every invoice matches
+    FINDINGS = 1  # completed, at least one invoice needs attention
+    FAILED = 2  # the run failed or is incomplete, any crash included
+    LEASE_HELD = 3  # another run holds the tenant's lease; nothing was done
+
+    @classmethod
+    def for_status(cls, status: AuditStatus) -> ExitCode:
+        """The exit code of a run whose summary says ``status``."""
+        return {AuditStatus.CLEAN: cls.CLEAN, AuditStatus.FINDINGS: cls.FINDINGS}.get(status, cls.FAILED)
 
 
 class ReconcileAuditError(Exception):
     """Base class: every error the tool raises on purpose. Exit code 2 unless a subclass says."""
 
-    exit_code: int = 2
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class ConfigError(ReconcileAuditError):
@@ -46,7 +64,7 @@ class RpcPreflightError(ReconcileAuditError):
 class LeaseHeldError(ReconcileAuditError):
     """Another run holds the per-tenant lease."""
 
-    exit_code = 3
+    exit_code = ExitCode.LEASE_HELD
 
     def __init__(self, tenant: str, holder: str) -> None:
         self.tenant = tenant
@@ -56,13 +74,3 @@ class LeaseHeldError(ReconcileAuditError):
 
 class PersistError(ReconcileAuditError):
     """Writing the run or its findings failed. Logged and marked on the run, never raised over findings."""
-
-
-class NotebookExecutionError(ReconcileAuditError):
-    """A notebook cell failed. ``cell`` names it (its papermill description or index)."""
-
-    def __init__(self, cell: str, detail: str, notebook_path: str) -> None:
-        self.cell = cell
-        self.detail = detail
-        self.notebook_path = notebook_path
-        super().__init__(f"notebook cell {cell!r} failed: {detail} (executed notebook: {notebook_path})")

@@ -12,15 +12,18 @@ from hypothesis import strategies as st
 from stellar_sdk import StrKey
 
 from reconcile_audit.compute import classify as classify_module
-from reconcile_audit.compute.classify import (
+from reconcile_audit.compute.amounts import format_major
+from reconcile_audit.compute.classify import REASON_CODES, classify
+from reconcile_audit.compute.schemas import (
     CLASS_ORDER,
-    REASON_CODES,
+    CLASSES,
+    FINDINGS,
+    FLAGS,
+    LEDGER,
+    RESOLVED,
     ClassCounts,
-    classify,
     count_classes,
-    format_major,
 )
-from reconcile_audit.compute.schemas import CLASSES, FINDINGS, FLAGS, LEDGER, RESOLVED
 
 I128_MAX = 2**127 - 1
 I128_MIN = -(2**127)

@@ -21,11 +21,13 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from conftest import free_port
 from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
+from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import FINDINGS
 from reconcile_audit.compute.settings import Settings, load_settings
 from reconcile_audit.output.deliver import build_email, send_email, write_artifacts
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
-from reconcile_audit.output.report import Report, RunSummary, render_report
+from reconcile_audit.output.report import Report, render_report
+from reconcile_audit.output.summary import RunSummary
 
 PASSWORD = "s3cr3t-smtp-pa55"
 USER = "reconcile"
@@ -157,7 +159,7 @@ def settings_for(
 
 def report_and_csv(tmp_path: Path) -> tuple[Report, Path, pl.DataFrame]:
     findings = frame(realistic_rows())
-    report = render_report(findings, history_for(findings), facts())
+    report = render_report(AuditResult.of(findings), history_for(findings), facts())
     paths = write_artifacts(
         tmp_path,
         findings,
@@ -279,7 +281,7 @@ def test_artifacts(tmp_path: Path) -> None:
         mismatch("NEG-1", 100, 10_000_000, drift_rank=9),
     ]
     findings = frame(rows)
-    report = render_report(findings, None, facts())
+    report = render_report(AuditResult.of(findings), None, facts())
     summary = RunSummary.from_run(facts(), report.counts, report)
     registry = build_registry(RunMetricsInput(success=True, finished_at_epoch=1.0, duration_seconds=1.0))
     paths = write_artifacts(tmp_path / "run-1", findings, report, summary, registry)

@@ -391,9 +391,9 @@ def test_source_to_findings_end_to_end(source_url: str) -> None:
     """The stages chained over a real database: every class and flag planted through SQL rows."""
     from stellar_sdk import Keypair, StrKey
 
-    from reconcile_audit.compute.classify import classify, count_classes
+    from reconcile_audit.compute.classify import classify
     from reconcile_audit.compute.resolve import resolve_addresses
-    from reconcile_audit.compute.schemas import LEDGER
+    from reconcile_audit.compute.schemas import LEDGER, count_classes
 
     c = [StrKey.encode_contract(bytes([i]) * 32) for i in range(1, 12)]
     bad_checksum = c[0][:-1] + ("A" if c[0][-1] != "A" else "B")

@@ -11,10 +11,17 @@ import polars as pl
 import pytest
 
 from reconcile_audit.compute import persist
-from reconcile_audit.compute.classify import ClassCounts, count_classes
 from reconcile_audit.compute.history import TREND_RUNS, compare_with_history
 from reconcile_audit.compute.persist import RunRecord
-from reconcile_audit.compute.schemas import FINDINGS, HISTORY_FINDINGS, RESOLVED_FINDINGS, TREND
+from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.schemas import (
+    FINDINGS,
+    HISTORY_FINDINGS,
+    RESOLVED_FINDINGS,
+    TREND,
+    ClassCounts,
+    count_classes,
+)
 from reconcile_audit.compute.settings import Settings, load_settings
 
 DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
@@ -46,8 +53,8 @@ def persisted(
     status: str = "completed",
 ) -> None:
     findings = frame(classes, tenant)
-    record = RunRecord.from_counts(
-        count_classes(findings),
+    record = RunRecord(
+        counts=count_classes(findings),
         run_key=run_key,
         tenant_id=tenant,
         started_at=started_at,
@@ -116,7 +123,7 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
             None: "error",  # no id to follow: new
         }  # X (error in r3) is no longer extracted: resolved
     )
-    history = compare_with_history(current, settings_for(state_url), run_key="current", now=NOW)
+    history = compare_with_history(AuditResult.of(current), settings_for(state_url), run_key="current", now=NOW)
 
     assert history.warning is None
     assert history.findings.schema == HISTORY_FINDINGS
@@ -169,7 +176,7 @@ def test_trend_keeps_the_last_thirty_runs_oldest_first(state_url: str) -> None:
             state_url, f"run-{n:02d}", DAY0 - timedelta(days=40 - n), {"A": "mismatch"} if n % 2 else {}
         )
     current = frame({"A": "match"})
-    history = compare_with_history(current, settings_for(state_url), run_key="now", now=NOW)
+    history = compare_with_history(AuditResult.of(current), settings_for(state_url), run_key="now", now=NOW)
     assert history.trend.height == TREND_RUNS
     assert history.trend["run_key"].to_list() == [f"run-{n:02d}" for n in range(6, TREND_RUNS + 5)] + ["now"]
     assert history.trend["started_at"].is_sorted()
@@ -183,7 +190,7 @@ def test_an_empty_state_database_gives_an_empty_history(
 ) -> None:
     current = frame({"A": "mismatch", "B": "match"})
     with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.history"):
-        history = compare_with_history(current, settings_for(state_url), run_key="first", now=NOW)
+        history = compare_with_history(AuditResult.of(current), settings_for(state_url), run_key="first", now=NOW)
     assert history.warning is not None and "no earlier runs" in history.warning
     assert any("no earlier runs" in r.getMessage() for r in caplog.records)
     assert history.findings["finding_state"].to_list() == ["new", None]
@@ -198,7 +205,7 @@ def test_an_unreadable_state_database_never_raises_over_findings(caplog: pytest.
     url = "postgresql://auditor:s3cr3t-pw@127.0.0.1:1/nowhere"
     current = frame({"A": "mismatch"})
     with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.history"):
-        history = compare_with_history(current, settings_for(url), run_key="k", now=NOW)
+        history = compare_with_history(AuditResult.of(current), settings_for(url), run_key="k", now=NOW)
     assert history.warning is not None and "history unavailable" in history.warning
     assert "s3cr3t-pw" not in history.warning
     assert caplog.records and all("s3cr3t-pw" not in r.getMessage() for r in caplog.records)
@@ -208,7 +215,7 @@ def test_an_unreadable_state_database_never_raises_over_findings(caplog: pytest.
 def test_naive_now_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timezone"):
         compare_with_history(
-            frame({}),
+            AuditResult.of(frame({})),
             settings_for(f"duckdb://{tmp_path / 's.duckdb'}"),
             run_key="k",
             now=datetime(2026, 1, 1),

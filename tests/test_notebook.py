@@ -65,7 +65,7 @@ def test_one_described_cell_per_stage_in_order(notebook):
 def test_emit_comes_before_persist(notebook):
     sources = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
     emit_at = next(i for i, s in enumerate(sources) if "emit.emit_findings(" in s)
-    persist_at = next(i for i, s in enumerate(sources) if "persist.persist_run(" in s)
+    persist_at = next(i for i, s in enumerate(sources) if "run.persist(" in s)
     assert emit_at < persist_at
 
 

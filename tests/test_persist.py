@@ -18,10 +18,9 @@ import polars as pl
 import pytest
 
 from reconcile_audit.compute import persist
-from reconcile_audit.compute.classify import ClassCounts, count_classes
 from reconcile_audit.compute.db import connect, read_sql
 from reconcile_audit.compute.persist import RunRecord
-from reconcile_audit.compute.schemas import FINDINGS
+from reconcile_audit.compute.schemas import FINDINGS, ClassCounts, count_classes
 from reconcile_audit.errors import LeaseHeldError, PersistError
 
 I128_MIN = str(-(2**127))
@@ -65,7 +64,7 @@ def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> Run
         "ledger_max": 120,
     }
     values.update(fields)
-    return RunRecord.from_counts(count_classes(findings), **values)
+    return RunRecord(counts=count_classes(findings), **values)
 
 
 @pytest.fixture(params=["duckdb", "postgres"])
@@ -289,17 +288,12 @@ def test_run_record_refuses_inconsistent_counts_and_naive_times() -> None:
             T0,
             None,
             "completed",
-            total=3,
-            match=1,
-            mismatch=1,
-            missing_on_chain=0,
-            unlinked=0,
-            error=0,
+            ClassCounts(total=3, match=1, mismatch=1, missing_on_chain=0, unlinked=0, error=0),
         )
     with pytest.raises(ValueError, match="timezone"):
-        RunRecord("k", None, datetime(2026, 1, 1), None, "running", **dict(ClassCounts.zero()))
+        RunRecord("k", None, datetime(2026, 1, 1), None, "running", ClassCounts.zero())
     with pytest.raises(ValueError, match="status"):
-        RunRecord("k", None, T0, None, "done", **dict(ClassCounts.zero()))  # type: ignore[arg-type]
+        RunRecord("k", None, T0, None, "done", ClassCounts.zero())  # type: ignore[arg-type]
 
 
 # --- health and the monotonic counter ------------------------------------------------------------
@@ -340,7 +334,7 @@ def test_health_states(state_url: str, tmp_path: Path) -> None:
         latest,
         latest,
         "failed",
-        **dict(ClassCounts.zero()),
+        ClassCounts.zero(),
         error_message="cell 'ledger' failed",
     )
     assert persist.persist_run(state_url, failed, frame([])).ok

@@ -15,15 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
+from reconcile_audit.compute.amounts import format_base_units, format_decimal
+from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASSES
-from reconcile_audit.output.report import (
-    Report,
-    RunSummary,
-    environment,
-    format_base_units,
-    format_decimal,
-    render_report,
-)
+from reconcile_audit.output.report import Report, environment, render_report
+from reconcile_audit.output.summary import RunSummary
 
 SECTIONS_HTML = (
     "Escrow reconciliation: FINDINGS",
@@ -46,7 +42,7 @@ def realistic_report(**kwargs: object) -> Report:
         persisting={"INV-2026-10001": 4, "INV-2026-10005": 12},
         resolved=[("INV-2026-00999", "mismatch", "DB 10.00 USDC vs chain 9.00 USDC (chain under)")],
     )
-    return render_report(findings, history, facts(), **kwargs)  # type: ignore[arg-type]
+    return render_report(AuditResult.of(findings), history, facts(), **kwargs)  # type: ignore[arg-type]
 
 
 def positions(haystack: str, needles: tuple[str, ...]) -> list[int]:
@@ -108,7 +104,7 @@ def test_run_facts_counts_and_changes() -> None:
     assert re.search(r"Mismatch</td><td[^>]*>3</td><td[^>]*>no change</td>", report.html)
     assert "Match                       42   change: +2" in report.text
     assert report.subject == (
-        "[reconcile-audit] FINDINGS: 3 mismatch, 1 missing on chain, 1 unlinked, 1 error of 48 invoices (tenant acme)"
+        "[reconcile-audit] FINDINGS: 3 mismatch, 1 missing on chain, 1 error, 1 unlinked of 48 invoices (tenant acme)"
     )
 
 
@@ -149,7 +145,7 @@ def test_hostile_ids_render_as_text() -> None:
     hostile = "<script>alert(1)</script>"
     quotes = "\"'><b onmouseover=alert(2)>x"
     rows = [mismatch(hostile, 100, 5, drift_rank=1), finding(quotes, "error", reason=f"bad id {quotes}")]
-    report = render_report(frame(rows), None, facts(tenant_id="<i>t</i>"))
+    report = render_report(AuditResult.of(frame(rows)), None, facts(tenant_id="<i>t</i>"))
     assert "<script" not in report.html.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report.html
     assert "<b onmouseover" not in report.html
@@ -165,7 +161,7 @@ def test_database_flags_are_explained_beside_the_finding() -> None:
         mismatch("INV-DUP", 100, 5, drift_rank=2, flags=["duplicate_summary", "ttl_expiring"]),
         mismatch("INV-PLAIN", 100, 6, drift_rank=3),
     ]
-    report = render_report(frame(rows), None, facts())
+    report = render_report(AuditResult.of(frame(rows)), None, facts())
     for text in (report.html, report.text):
         assert "no funded total for this invoice (no summary row, or NULL): read as 0" in text
         assert "several escrow_summaries rows for this invoice: the latest was used" in text
@@ -173,7 +169,7 @@ def test_database_flags_are_explained_beside_the_finding() -> None:
 
 
 def test_control_characters_cannot_break_text_lines() -> None:
-    report = render_report(frame([mismatch("A\nB", 100, 5, drift_rank=1)]), None, facts())
+    report = render_report(AuditResult.of(frame([mismatch("A\nB", 100, 5, drift_rank=1)])), None, facts())
     assert "A\\nB" in report.text and "A\\nB" in report.html
 
 
@@ -192,7 +188,7 @@ def test_one_hundred_thousand_findings_fit_the_email_budget() -> None:
         .alias("drift_rank")
     )
     history = history_for(findings, persisting={f"INV-{i:06d}": i % 40 for i in range(0, 100_000, 2)})
-    report = render_report(findings, history, facts())
+    report = render_report(AuditResult.of(findings), history, facts())
     assert report.html_bytes == len(report.html.encode()) < 100_000
     assert 0 < report.findings_shown < 100_000
     assert report.findings_shown + report.findings_omitted == 100_000
@@ -200,7 +196,7 @@ def test_one_hundred_thousand_findings_fit_the_email_budget() -> None:
     assert omitted in report.html and omitted in report.text
     assert "the full list is in results.csv" in report.html
     # The cut is the longest that fits: one more row per list would not.
-    bigger = render_report(findings, history, facts(), max_bytes=report.html_bytes + 1)
+    bigger = render_report(AuditResult.of(findings), history, facts(), max_bytes=report.html_bytes + 1)
     assert bigger.findings_shown == report.findings_shown
     assert_email_safe(report.html)
     # The worst drift comes first.
@@ -210,15 +206,15 @@ def test_one_hundred_thousand_findings_fit_the_email_budget() -> None:
 
 def test_a_tight_budget_cuts_and_says_so() -> None:
     findings = frame(realistic_rows())
-    full = render_report(findings, None, facts())
-    cut = render_report(findings, None, facts(), max_bytes=full.html_bytes - 1)
+    full = render_report(AuditResult.of(findings), None, facts())
+    cut = render_report(AuditResult.of(findings), None, facts(), max_bytes=full.html_bytes - 1)
     assert cut.html_bytes <= full.html_bytes - 1
     assert cut.findings_shown < 6 and cut.findings_omitted == 6 - cut.findings_shown
     assert "more not shown" in cut.html
 
 
 def test_clean_failed_and_no_history_reports() -> None:
-    clean = render_report(frame([finding("A"), finding("B")]), None, facts(status="clean"))
+    clean = render_report(AuditResult.of(frame([finding("A"), finding("B")])), None, facts(status="clean"))
     assert "Escrow reconciliation: CLEAN" in clean.html and "All 2 invoices match the chain." in clean.text
     assert "History is not available" in clean.html
     assert clean.subject.startswith("[reconcile-audit] CLEAN: all match of 2 invoices")
@@ -241,7 +237,7 @@ def test_clean_failed_and_no_history_reports() -> None:
 
 def test_persist_error_and_delivery_notes_are_shown() -> None:
     report = render_report(
-        frame(realistic_rows()),
+        AuditResult.of(frame(realistic_rows())),
         None,
         facts(persist_error="PersistError: relation is locked", delivery_notes=("email failed: refused",)),
     )
@@ -339,7 +335,7 @@ def test_chromium_renders_the_report(tmp_path: Path) -> None:
 def test_secondary_lists_are_capped_so_the_ranked_list_keeps_the_budget() -> None:
     rows = [mismatch(f"INV-{i:04d}", 100_000 + i, 1_000_000_000, drift_rank=120 - i) for i in range(120)]
     findings = frame(rows)
-    report = render_report(findings, history_for(findings), facts())
+    report = render_report(AuditResult.of(findings), history_for(findings), facts())
     assert report.findings_shown == 120 and report.findings_omitted == 0
     text = report.text
     new = text[text.index("New findings") : text.index("Persisting findings")]
@@ -352,7 +348,7 @@ def test_a_trend_without_the_current_run_gets_it_appended() -> None:
     findings = frame(realistic_rows())
     history = history_for(findings, runs=3)
     earlier = history.trend.filter(~pl.col("current")).drop("current")
-    report = render_report(findings, replace(history, trend=earlier), facts())
+    report = render_report(AuditResult.of(findings), replace(history, trend=earlier), facts())
     trend = report.text[report.text.index("TREND OF THE LAST 4 RUNS") : report.text.index("Audit record")]
     assert trend.count("(this run)") == 1
     assert "2026-11-24 02:00 (this run)  invoices 48, findings 6" in trend
@@ -371,7 +367,7 @@ def test_history_warning_is_shown() -> None:
 
     base = history_for(findings, runs=0)
     report = render_report(
-        findings,
+        AuditResult.of(findings),
         Degraded(base.findings, base.resolved, base.trend),
         facts(),
         redact=lambda s: s.replace("pw", "***"),
@@ -387,7 +383,7 @@ def test_malformed_amount_text_never_crashes_the_report() -> None:
         finding("HUGE-1", "mismatch", drift_rank=2, chain_funded_base_units="9" * 5000, token_decimals=None),
         finding("DIGITS-1", "mismatch", drift_rank=3, chain_funded_base_units="\u0661\u0662"),
     ]
-    report = render_report(frame(rows), None, facts())
+    report = render_report(AuditResult.of(frame(rows)), None, facts())
     worst = report.text[report.text.index("FINDINGS, WORST FIRST") :]
     assert "BAD-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst
     assert "HUGE-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_report_samples import STARTED, facts, finding, frame, mismatch
 
 from reconcile_audit.compute import history, persist
-from reconcile_audit.compute.classify import count_classes
-from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.schemas import count_classes
 from reconcile_audit.compute.settings import Settings, load_settings
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
 from reconcile_audit.output.report import render_report
@@ -27,7 +27,7 @@ def record(run_key: str, findings: pl.DataFrame, started_offset_days: int) -> pe
         started_at=started,
         finished_at=started + timedelta(minutes=1),
         status="completed",
-        **{name: counts[name] for name in ("total", *CLASSES)},
+        counts=counts,
     )
 
 
@@ -67,8 +67,8 @@ def test_report_from_real_history_and_a_monotonic_counter(tmp_path: Path) -> Non
             finding("NEW-1", "unlinked", reason="No escrow address is known", contract_id=None),
         ]
     )
-    comparison = history.compare_with_history(today, settings, run_key="night-2", now=STARTED)
-    report = render_report(today, comparison, facts(run_id="night-2"))
+    comparison = history.compare_with_history(AuditResult.of(today), settings, run_key="night-2", now=STARTED)
+    report = render_report(AuditResult.of(today), comparison, facts(run_id="night-2"))
 
     text = report.text
     new = text[text.index("New findings") : text.index("Persisting findings")]

@@ -14,8 +14,9 @@ from typing import Any
 
 import polars as pl
 
+from reconcile_audit.compute.amounts import format_base_units
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS, conform
-from reconcile_audit.output.report import RunFacts, format_base_units
+from reconcile_audit.output.summary import RunFacts
 
 STARTED = datetime(2026, 11, 24, 2, 0, 3, tzinfo=UTC)
 CONTRACT = "CDLZFC3SYJYDZT7K67VZ75HPJVIEUVNIXF47ZG2FB2RMQQVU2HHGCYSC"

@@ -15,6 +15,7 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 from reconcile_audit.errors import ConfigError
 from reconcile_audit.face import run as pipeline
 from reconcile_audit.face import runner
+from reconcile_audit.output import notebook_views
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,7 @@ def test_settings_table_redacts_and_cuts_long_values():
         {"escrow_addr_by_invoice": '{"mappings": [' + "{}," * 400 + "{}]}"},
         {"DATABASE_URL": "postgresql://app:pw-9x@db/x", "SMTP_PASSWORD": "smtp-9x"},
     )
-    table = dict(pipeline.settings_table(settings).iter_rows())
+    table = dict(notebook_views.settings_table(settings).iter_rows())
     assert table["database_url"] == "postgresql://app:***@db/x"
     assert table["smtp_password"] == "***"
     assert (

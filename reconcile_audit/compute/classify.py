@@ -46,21 +46,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import duckdb
 import polars as pl
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.schemas import CLASSES, FINDINGS, LEDGER, RESOLVED, conform
+from reconcile_audit.compute.amounts import format_major, format_major_expr
+from reconcile_audit.compute.ledger.types import LedgerRead
+from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.schemas import FINDINGS, LEDGER, RESOLVED, conform
+from reconcile_audit.compute.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CLASSIFY_SQL: Final = "classify.sql"
-# Most urgent first: the order reports and summaries list classes in.
-CLASS_ORDER: Final = ("mismatch", "missing_on_chain", "error", "unlinked", "match")
 REASON_CODES: Final = {
     "invalid_invoice_id": "error",
     "no_address": "unlinked",
@@ -81,104 +81,6 @@ REASON_CODES: Final = {
     "chain_over_db": "mismatch",
 }
 DEFAULT_TTL_WARNING_LEDGERS: Final = 17_280 * 7  # about a week of 5-second ledgers
-
-
-COUNT_NAMES: Final = ("total", *CLASSES)
-
-
-@dataclass(frozen=True)
-class ClassCounts(Mapping[str, int]):
-    """Invoices per class. ``total`` is always the sum of the five classes, none negative.
-
-    Also a read-only mapping of ``total`` and each class to its count: what the report,
-    ``summary.json`` and ``summary --json`` read. Persisted runs read back as this type too.
-    """
-
-    total: int
-    match: int
-    mismatch: int
-    missing_on_chain: int
-    unlinked: int
-    error: int
-
-    def __post_init__(self) -> None:
-        per_class = self.by_class()
-        if any(count < 0 for count in per_class.values()) or self.total != sum(per_class.values()):
-            raise ValueError(f"counts must be non-negative and sum to total {self.total}: {per_class}")
-
-    def by_class(self) -> dict[str, int]:
-        """``{class: count}`` in ``CLASS_ORDER``."""
-        return {name: getattr(self, name) for name in CLASS_ORDER}
-
-    @property
-    def non_match(self) -> int:
-        return self.total - self.match
-
-    def __getitem__(self, name: str) -> int:
-        if name not in COUNT_NAMES:
-            raise KeyError(name)
-        return int(getattr(self, name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(COUNT_NAMES)
-
-    def __len__(self) -> int:
-        return len(COUNT_NAMES)
-
-    @classmethod
-    def of(cls, counts: Any) -> ClassCounts:
-        """From a mapping or any object with ``total`` and one attribute per class."""
-        if isinstance(counts, Mapping):
-            return cls(**{name: int(counts[name]) for name in COUNT_NAMES})
-        return cls(**{name: int(getattr(counts, name)) for name in COUNT_NAMES})
-
-    @classmethod
-    def zero(cls) -> ClassCounts:
-        return cls(total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
-
-
-def count_classes(findings: pl.DataFrame) -> ClassCounts:
-    """How many findings fall in each class. Raises ``ValueError`` on a class outside ``CLASSES``."""
-    counts = findings.get_column("class").value_counts()
-    by_class: dict[str, int] = {row[0]: int(row[1]) for row in counts.iter_rows()}
-    unknown = set(by_class) - set(CLASSES)
-    if unknown:
-        raise ValueError(f"findings hold unknown classes {sorted(map(str, unknown))}")
-    return ClassCounts(total=findings.height, **{name: by_class.get(name, 0) for name in CLASSES})
-
-
-def format_major(base_units: int, decimals: int) -> str:
-    """``base_units`` of a token with ``decimals`` as major units, exactly, with thousands
-    separators and at least two fraction digits (fewer only if the token has fewer):
-    ``format_major(12499900000, 7) == "1,249.99"``."""
-    sign = "-" if base_units < 0 else ""
-    digits = str(abs(base_units))
-    if decimals <= 0:
-        return f"{sign}{int(digits):,}"
-    digits = digits.rjust(decimals + 1, "0")
-    whole, fraction = digits[:-decimals], digits[-decimals:]
-    keep = max(len(fraction.rstrip("0")), min(2, decimals))
-    return f"{sign}{int(whole):,}.{fraction[:keep]}"
-
-
-def format_major_expr(base_units: pl.Expr, decimals: pl.Expr) -> pl.Expr:
-    """:func:`format_major` as a polars expression over exact integer text and decimals (>= 0).
-
-    The vectorised path for the common reason sentences; tested against :func:`format_major`.
-    """
-    negative = base_units.str.starts_with("-")
-    padded = base_units.str.strip_chars_start("-").str.pad_start(decimals + 1, "0")
-    split = padded.str.len_chars() - decimals
-    whole = padded.str.slice(0, split)
-    # Thousands separators: group the reversed digits in threes, join, reverse back.
-    grouped = whole.str.reverse().str.extract_all(r"\d{1,3}").list.join(",").str.reverse()
-    fraction = padded.str.slice(split).str.strip_chars_end("0")
-    fraction = (
-        pl.when(decimals >= 2).then(fraction.str.pad_end(2, "0")).otherwise(fraction.str.pad_end(1, "0"))
-    )
-    text = pl.when(decimals > 0).then(pl.concat_str(grouped, pl.lit("."), fraction)).otherwise(grouped)
-    # "-0" cannot arise: BIGNUM and HUGEINT print zero unsigned.
-    return pl.when(negative).then(pl.lit("-") + text).otherwise(text)
 
 
 def _with_currency(amount: str, currency: str | None) -> str:
@@ -351,10 +253,20 @@ def classify(
     reasons = _reasons(raw, tolerance_base_units)
     findings = conform(raw.with_columns(reasons), FINDINGS, "classify")
     findings = findings.select(FINDINGS.names())
-    logger.info(
-        "classify: %d invoices in %.2f s (%s)",
-        findings.height,
-        time.perf_counter() - started,
-        ", ".join(f"{name} {count}" for name, count in count_classes(findings).by_class().items()),
-    )
+    logger.info("classify: %d invoices in %.2f s", findings.height, time.perf_counter() - started)
     return findings
+
+
+def audit(resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings) -> AuditResult:
+    """The classify stage as the notebook runs it: the findings, counted once, with the ledger range."""
+    findings = classify(
+        resolved,
+        ledger_read.frame,
+        tolerance_base_units=settings.tolerance_base_units,
+        ttl_warning_ledgers=settings.ttl_warning_ledgers,
+    )
+    result = AuditResult.of(findings, ledger_min=ledger_read.ledger_min, ledger_max=ledger_read.ledger_max)
+    logger.info(
+        "classify: %s", ", ".join(f"{name} {count}" for name, count in result.counts.by_class().items())
+    )
+    return result

@@ -21,9 +21,8 @@ from typing import Final
 
 import polars as pl
 
-from reconcile_audit.compute.classify import ClassCounts
 from reconcile_audit.compute.db import read_sql
-from reconcile_audit.compute.persist import (
+from reconcile_audit.compute.persist.session import (
     as_utc,
     describe_error,
     read_frame,
@@ -31,12 +30,13 @@ from reconcile_audit.compute.persist import (
     state_session,
     table_exists,
 )
+from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
     CLASSES,
-    FINDINGS,
     HISTORY_FINDINGS,
     RESOLVED_FINDINGS,
     TREND,
+    ClassCounts,
     conform,
 )
 from reconcile_audit.compute.settings import Settings
@@ -142,10 +142,9 @@ def _resolved(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _trend(runs: pl.DataFrame, current: pl.DataFrame, run_key: str, now: datetime) -> pl.DataFrame:
-    per_class = {name: current.filter(pl.col("class") == name).height for name in CLASSES}
+def _trend(runs: pl.DataFrame, counts: ClassCounts, run_key: str, now: datetime) -> pl.DataFrame:
     this_run = pl.DataFrame(
-        [{"run_key": run_key, "started_at": now, "total": current.height, **per_class, "current": True}],
+        [{"run_key": run_key, "started_at": now, **counts, "current": True}],
         schema=TREND,
     )
     earlier = runs.reverse().with_columns(pl.lit(False).alias("current"))
@@ -153,7 +152,7 @@ def _trend(runs: pl.DataFrame, current: pl.DataFrame, run_key: str, now: datetim
 
 
 def compare_with_history(
-    findings: pl.DataFrame, settings: Settings, *, run_key: str, now: datetime
+    result: AuditResult, settings: Settings, *, run_key: str, now: datetime
 ) -> HistoryComparison:
     """Mark each finding new or persisting, list the resolved ones and the trend of the last runs.
 
@@ -163,7 +162,7 @@ def compare_with_history(
     raises over the findings.
     """
     now = as_utc(now)
-    current = conform(findings, FINDINGS, "history")
+    current = result.findings
     url = settings.state_database_url.reveal()
     try:
         runs, previous, warning = _read_history(url, settings.tenant_id, run_key, now)
@@ -177,7 +176,7 @@ def compare_with_history(
     return HistoryComparison(
         findings=marked,
         resolved=_resolved(current, previous),
-        trend=_trend(runs, current, run_key, now),
+        trend=_trend(runs, result.counts, run_key, now),
         previous_counts=(ClassCounts.of(previous_run) if previous_run else None),
         previous_run_key=previous_run["run_key"] if previous_run else None,
         earlier_runs=runs.height,

@@ -197,3 +197,9 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
         RESOLVED,
         "resolve",
     )
+
+
+def contract_ids_to_read(resolved: pl.DataFrame) -> list[str]:
+    """The distinct valid contract ids of the RESOLVED frame: what the ledger stage reads."""
+    valid = resolved.filter(pl.col("contract_id").is_not_null() & pl.col("address_error").is_null())
+    return valid.get_column("contract_id").unique(maintain_order=True).to_list()

@@ -8,9 +8,139 @@ HUGEINT / BIGNUM for exact arithmetic. Money is never a float.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
 
 import polars as pl
+
+# --- the run's vocabulary: one spelling each ---------------------------------------------------
+
+
+class FindingClass(StrEnum):
+    """The class of one invoice. Every extracted invoice lands in exactly one."""
+
+    MATCH = "match"
+    MISMATCH = "mismatch"
+    MISSING_ON_CHAIN = "missing_on_chain"
+    UNLINKED = "unlinked"
+    ERROR = "error"
+
+
+# Column order: FINDINGS, the tables and the metrics list the classes this way.
+CLASSES: Final = tuple(member.value for member in FindingClass)
+# Most urgent first: the order reports, summaries and the stored results digest list classes in.
+CLASS_ORDER: Final = (
+    FindingClass.MISMATCH.value,
+    FindingClass.MISSING_ON_CHAIN.value,
+    FindingClass.ERROR.value,
+    FindingClass.UNLINKED.value,
+    FindingClass.MATCH.value,
+)
+FINDING_CLASSES: Final = tuple(name for name in CLASS_ORDER if name != FindingClass.MATCH)
+COUNT_NAMES: Final = ("total", *CLASSES)
+
+
+class RunStatus(StrEnum):
+    """A ``reconciliation_runs`` row: started, finished with a result, or not finished."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class AuditStatus(StrEnum):
+    """What a run says about the money: the report's banner, ``summary.json`` and the exit code."""
+
+    CLEAN = "clean"
+    FINDINGS = "findings"
+    FAILED = "failed"
+
+
+class HealthStatus(StrEnum):
+    """What the backend's health check reads from the latest finished run (``summary --json``)."""
+
+    NOT_RUN = "not_run"
+    STALE = "stale"
+    HEALTHY = "healthy"
+    FINDINGS = "findings"
+    FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """What one delivery channel did: the email is sent, the metrics pushed."""
+
+    SENT = "sent"
+    PUSHED = "pushed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ClassCounts(Mapping[str, int]):
+    """Invoices per class. ``total`` is always the sum of the five classes, none negative.
+
+    Also a read-only mapping of ``total`` and each class to its count: what the report,
+    ``summary.json`` and ``summary --json`` read. Persisted runs read back as this type too.
+    """
+
+    total: int
+    match: int
+    mismatch: int
+    missing_on_chain: int
+    unlinked: int
+    error: int
+
+    def __post_init__(self) -> None:
+        per_class = self.by_class()
+        if any(count < 0 for count in per_class.values()) or self.total != sum(per_class.values()):
+            raise ValueError(f"counts must be non-negative and sum to total {self.total}: {per_class}")
+
+    def by_class(self) -> dict[str, int]:
+        """``{class: count}`` in ``CLASS_ORDER``."""
+        return {name: getattr(self, name) for name in CLASS_ORDER}
+
+    @property
+    def non_match(self) -> int:
+        return self.total - self.match
+
+    @property
+    def status(self) -> AuditStatus:
+        """The verdict of a completed run with these counts."""
+        return AuditStatus.FINDINGS if self.non_match else AuditStatus.CLEAN
+
+    def __getitem__(self, name: str) -> int:
+        if name not in COUNT_NAMES:
+            raise KeyError(name)
+        return int(getattr(self, name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COUNT_NAMES)
+
+    def __len__(self) -> int:
+        return len(COUNT_NAMES)
+
+    @classmethod
+    def of(cls, counts: Any) -> ClassCounts:
+        """From a mapping or any object with ``total`` and one attribute per class."""
+        if isinstance(counts, Mapping):
+            return cls(**{name: int(counts[name]) for name in COUNT_NAMES})
+        return cls(**{name: int(getattr(counts, name)) for name in COUNT_NAMES})
+
+    @classmethod
+    def zero(cls) -> ClassCounts:
+        return cls(total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
+
+
+def count_classes(findings: pl.DataFrame) -> ClassCounts:
+    """How many findings fall in each class. Raises ``ValueError`` on a class outside ``CLASSES``."""
+    counts = findings.get_column("class").value_counts()
+    by_class: dict[str, int] = {row[0]: int(row[1]) for row in counts.iter_rows()}
+    unknown = set(by_class) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"findings hold unknown classes {sorted(map(str, unknown))}")
+    return ClassCounts(total=findings.height, **{name: by_class.get(name, 0) for name in CLASSES})
 
 # --- extract: one row per reconcilable invoice ------------------------------------------------
 INVOICES: Final = pl.Schema(
@@ -60,7 +190,6 @@ LEDGER: Final = pl.Schema(
     }
 )
 
-CLASSES: Final = ("match", "mismatch", "missing_on_chain", "unlinked", "error")
 FLAGS: Final = ("archived", "ttl_expiring", "duplicate_summary", "null_total")
 
 # --- classify: the findings frame, one row per extracted invoice ------------------------------
@@ -93,7 +222,6 @@ FINDINGS: Final = pl.Schema(
 
 
 # --- history: FINDINGS compared with earlier runs of the same tenant scope --------------------
-FINDING_STATES: Final = ("new", "persisting")
 HISTORY_FINDINGS: Final = pl.Schema(
     {
         **FINDINGS,
@@ -138,7 +266,3 @@ def conform(frame: pl.DataFrame, schema: pl.Schema, stage: str) -> pl.DataFrame:
         raise ValueError(f"{stage}: frame is missing documented columns {missing}")
     extra = [name for name in frame.columns if name not in schema]
     return frame.select(*[pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items()], *extra)
-
-
-def empty(schema: pl.Schema) -> pl.DataFrame:
-    return pl.DataFrame(schema=schema)

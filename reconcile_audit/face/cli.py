@@ -1,6 +1,6 @@
 """The ``reconcile-audit`` command: run, demo, summary, migrate.
 
-Exit codes (DESIGN.md): 0 clean, 1 findings, 2 the run failed, 3 another run holds the lease.
+Exit codes: :class:`reconcile_audit.errors.ExitCode` (0 clean, 1 findings, 2 failed, 3 lease held).
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from typing import Annotated
 import typer
 
 from reconcile_audit import __version__
-from reconcile_audit.errors import ReconcileAuditError
-from reconcile_audit.face.runner import EXIT_FAILED, RunOutcome, RunRequest
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.settings import load_settings, redact_url
+from reconcile_audit.errors import ExitCode, ReconcileAuditError
+from reconcile_audit.face import runner
+from reconcile_audit.face.runner import RunOutcome, RunRequest
 from reconcile_audit.resources import OUTPUT_DIR_VARIABLE, default_output_dir
 
 app = typer.Typer(
@@ -58,7 +61,7 @@ def _parse_parameters(pairs: list[str]) -> dict[str, str]:
 
 
 def _finish(outcome: RunOutcome) -> None:
-    stream = sys.stdout if outcome.exit_code in (0, 1) else sys.stderr
+    stream = sys.stdout if outcome.exit_code in (ExitCode.CLEAN, ExitCode.FINDINGS) else sys.stderr
     print(outcome.message, file=stream)
     if outcome.failed_cell:
         print(f"failed cell: {outcome.failed_cell}", file=sys.stderr)
@@ -99,7 +102,6 @@ def run(
     Exit 0 clean, 1 findings, 2 failed, 3 another run holds the lease. Secrets come from the
     environment only (DATABASE_URL's password, SMTP_PASSWORD), never from -p.
     """
-    from reconcile_audit.face import runner
     _configure_logging(verbose)
     parameters: dict[str, object] = dict(_parse_parameters(parameter or []))
     if tenant is not None:
@@ -127,6 +129,7 @@ def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Build a local demo database and emulator, then run the same audit as `run` (no network)."""
+    # The demo pulls in the emulator, which no other command needs.
     from reconcile_audit.face import demo as demo_module
     _configure_logging(verbose)
     outcome = demo_module.run_demo(
@@ -141,9 +144,6 @@ def summary(
     tenant: Annotated[str | None, typer.Option(help="The tenant's latest run.")] = None,
 ) -> None:
     """The latest run and the health status: not_run, stale, healthy, findings or failed."""
-    from reconcile_audit.compute import persist
-    from reconcile_audit.compute.settings import load_settings
-
     try:
         settings = load_settings({"tenant_id": tenant} if tenant else {})
         health = persist.latest_summary(
@@ -165,16 +165,13 @@ def summary(
 @app.command()
 def migrate() -> None:
     """Create or update the tool's own tables in the state database (idempotent)."""
-    from reconcile_audit.compute import persist
-    from reconcile_audit.compute.settings import load_settings, redact_url
-
     try:
         settings = load_settings({})
         url = settings.state_database_url.reveal()
         persist.migrate(url)
     except ReconcileAuditError as exc:
         print(f"migrate: {exc}", file=sys.stderr)
-        raise typer.Exit(EXIT_FAILED) from exc
+        raise typer.Exit(ExitCode.FAILED) from exc
     print(f"migrated {redact_url(url)}")
 
 

@@ -1,45 +1,45 @@
-"""Glue between the stages for the notebook and the runner: run identity, timings, run records,
-facts, metrics input, and the delivery sequence. No stage logic lives here.
+"""The run context: what every notebook cell of one run shares, and the delivery sequence.
 
-The notebook calls one stage per cell; what those cells share (when the run started, how long
-each stage took, what to persist and report about it) is built here so the cells stay short and
-the runner's failure path builds exactly the same records as a successful notebook run.
+:meth:`RunContext.start` is the notebook's first call. It fixes the run's identity (id and key),
+starts the clock, sends the package's log to ``run.log`` beside the artifacts, installs
+redaction, and records the run as started. Later cells call one stage each and hand their
+results to the context (``persist``, ``render``, ``deliver``), so no cell passes six keyword
+arguments around. The runner builds the same context (:meth:`RunContext.create`) to record a run
+whose notebook died, so a failed run and a completed one are written by the same code.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-import polars as pl
+from prometheus_client import CollectorRegistry
 
 from reconcile_audit import __version__
-from reconcile_audit.compute.classify import ClassCounts, count_classes
-from reconcile_audit.compute.schemas import CLASSES
-from reconcile_audit.compute.settings import RedactingFilter, Settings
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from reconcile_audit.compute.ledger import LedgerRead
-    from reconcile_audit.compute.persist import PersistOutcome, RunRecord
-    from reconcile_audit.output.deliver import ArtifactPaths
-    from reconcile_audit.output.report import Report, RunFacts, RunSummary, Status
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.history import HistoryComparison
+from reconcile_audit.compute.persist import PersistOutcome, RunRecord
+from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.schemas import AuditStatus, ClassCounts, DeliveryStatus, RunStatus
+from reconcile_audit.compute.settings import RedactingFilter, Settings, install_redaction, load_settings
+from reconcile_audit.errors import PersistError
+from reconcile_audit.output import deliver, metrics
+from reconcile_audit.output.deliver import ArtifactPaths
+from reconcile_audit.output.report import Report, render_report
+from reconcile_audit.output.summary import RunFacts, RunSummary
 
 log = logging.getLogger(__name__)
 
 RUN_LOG: Final = "run.log"
-
-
-# --- identity and timing ------------------------------------------------------------------------
 
 
 def new_run_id(now: datetime) -> str:
@@ -97,102 +97,6 @@ def log_to_file(path: Path, settings: Settings, *, level: int = logging.INFO) ->
     return handler
 
 
-# --- between stages -----------------------------------------------------------------------------
-
-
-def contract_ids_to_read(resolved: pl.DataFrame) -> list[str]:
-    """The distinct valid contract ids of the RESOLVED frame: what the ledger stage reads."""
-    valid = resolved.filter(pl.col("contract_id").is_not_null() & pl.col("address_error").is_null())
-    return valid.get_column("contract_id").unique(maintain_order=True).to_list()
-
-
-def run_record(
-    *,
-    run_key: str,
-    tenant_id: str | None,
-    started_at: datetime,
-    finished_at: datetime | None,
-    counts: Mapping[str, int],
-    ledger_read: LedgerRead | None = None,
-    failed: bool = False,
-    error_message: str | None = None,
-) -> RunRecord:
-    """The ``reconciliation_runs`` row of this run."""
-    from reconcile_audit.compute.persist import RunRecord
-
-    return RunRecord(
-        run_key=run_key,
-        tenant_id=tenant_id,
-        started_at=started_at,
-        finished_at=finished_at,
-        status="failed" if failed else "completed",
-        total=int(counts.get("total", sum(int(counts.get(c, 0)) for c in CLASSES))),
-        **{name: int(counts.get(name, 0)) for name in CLASSES},
-        ledger_min=None if ledger_read is None else ledger_read.ledger_min,
-        ledger_max=None if ledger_read is None else ledger_read.ledger_max,
-        error_message=error_message,
-    )
-
-
-def run_facts(
-    *,
-    run_id: str,
-    status: Status,
-    clock: StageClock,
-    tenant_id: str | None,
-    ledger_read: LedgerRead | None = None,
-    persist_outcome: PersistOutcome | None = None,
-    failure_message: str | None = None,
-    delivery_notes: tuple[str, ...] = (),
-) -> RunFacts:
-    from reconcile_audit.output.report import RunFacts
-
-    persist_error = None
-    if persist_outcome is not None and not persist_outcome.ok:
-        persist_error = persist_outcome.error or "the run was not stored"
-    return RunFacts(
-        run_id=run_id,
-        status=status,
-        started_at=clock.started_at,
-        finished_at=datetime.now(UTC),
-        tenant_id=tenant_id,
-        ledger_min=None if ledger_read is None else ledger_read.ledger_min,
-        ledger_max=None if ledger_read is None else ledger_read.ledger_max,
-        duration_seconds=clock.elapsed(),
-        tool_version=__version__,
-        persist_error=persist_error,
-        delivery_notes=delivery_notes,
-        failure_message=failure_message,
-    )
-
-
-def cumulative_mismatches(
-    settings: Settings, counts: Mapping[str, int], persist_outcome: PersistOutcome | None
-) -> int | None:
-    """The monotonic counter's value: every persisted mismatch of the scope, this run included.
-
-    When this run was not stored, its mismatches are added to the stored total so the counter
-    still moves; when the history cannot be read the counter is left out (``None``) rather than
-    pushed as a reset.
-    """
-    from reconcile_audit.compute import persist
-    from reconcile_audit.errors import PersistError
-
-    try:
-        stored = persist.cumulative_mismatches(settings.state_database_url.reveal(), settings.tenant_id)
-    except PersistError as exc:
-        log.warning("mismatch counter left out of the metrics: %s", exc)
-        return None
-    # A run whose findings failed to store is still written as `failed` with its counts when
-    # possible (marked_failed), and the stored total then already holds its mismatches.
-    if persist_outcome is not None and (persist_outcome.ok or persist_outcome.marked_failed):
-        return stored
-    return stored + int(counts.get("mismatch", 0))
-
-
-# --- delivery -----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Delivered:
     """What the deliver step did: the artifact paths, the summary written, and delivery notes."""
@@ -203,207 +107,246 @@ class Delivered:
     registry: CollectorRegistry
 
 
-def deliver_run(
-    settings: Settings,
-    *,
-    out_dir: Path,
-    findings: pl.DataFrame | None,
-    report: Report,
-    facts: RunFacts,
-    clock: StageClock,
-    cumulative: int | None,
-    send: bool,
-) -> Delivered:
-    """Write the artifacts, then (when ``send``) email the report and push the metrics.
+@dataclass(frozen=True)
+class RunContext:
+    """One run's identity, settings, clock and artifact folder."""
 
-    The artifacts are written first so the email can attach ``results.csv`` and so a failing
-    SMTP server or Pushgateway never costs the run its files; ``summary.json`` and
-    ``metrics.prom`` are then rewritten with what delivery did. Never raises over a delivery
-    failure: it is a note in the summary and a metric.
-    """
-    from dataclasses import replace
+    settings: Settings
+    run_id: str
+    run_key: str
+    out_dir: Path
+    clock: StageClock
+    demo: bool = False
 
-    from reconcile_audit.output import deliver, metrics
-    from reconcile_audit.output.report import RunSummary
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        run_id: str = "",
+        run_key: str = "",
+        out_dir: Path,
+        clock: StageClock | None = None,
+        demo: bool = False,
+    ) -> RunContext:
+        """The context alone, with no side effect (the runner's, before the notebook runs)."""
+        clock = clock or StageClock()
+        return cls(
+            settings=settings,
+            run_id=run_id or new_run_id(clock.started_at),
+            run_key=run_key or settings.run_key or default_run_key(settings.tenant_id, clock.started_at),
+            out_dir=out_dir,
+            clock=clock,
+            demo=demo,
+        )
 
-    counts = ClassCounts.zero() if findings is None else count_classes(findings)
-    success = facts.status != "failed"
+    @classmethod
+    def start(
+        cls,
+        parameters: Mapping[str, Any],
+        *,
+        run_id: str = "",
+        output_dir: str | Path = "",
+        demo: bool = False,
+    ) -> RunContext:
+        """The notebook's first call: load the settings, then set up and record the run.
 
-    def registry_for(email_bytes: int | None, email_failed: bool) -> CollectorRegistry:
-        return metrics.build_registry(
-            metrics.RunMetricsInput(
-                success=success,
-                finished_at_epoch=(facts.finished_at or datetime.now(UTC)).timestamp(),
-                duration_seconds=clock.elapsed(),
-                cumulative_mismatches=cumulative,
-                class_counts={c: counts[c] for c in CLASSES} if success else None,
-                stage_seconds=clock.stage_seconds,
-                email_bytes=email_bytes,
-                email_failed=email_failed,
+        ``parameters`` are the settings among the notebook's parameters (empty means "from the
+        environment"). ``output_dir`` empty: a new temporary folder. Raises
+        :class:`~reconcile_audit.errors.ConfigError` for bad settings and
+        :class:`~reconcile_audit.errors.PersistError` when the state database refuses the start.
+        """
+        clock = StageClock()
+        settings = load_settings(parameters)
+        out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="reconcile-audit-"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        context = cls.create(settings, run_id=run_id, out_dir=out_dir, clock=clock, demo=demo)
+        install_redaction(settings)
+        log_to_file(out_dir / RUN_LOG, settings)
+        persist.start_run(context.state_url, context.run_key, settings.tenant_id, clock.started_at)
+        return context
+
+    @property
+    def state_url(self) -> str:
+        return self.settings.state_database_url.reveal()
+
+    @property
+    def started_at(self) -> datetime:
+        return self.clock.started_at
+
+    @property
+    def headline(self) -> str:
+        sources = "demo data" if self.demo else "configured sources"
+        return f"run `{self.run_id}`, key `{self.run_key}`, {sources}; artifacts in `{self.out_dir}`"
+
+    def stage(self, name: str) -> Any:
+        """``with context.stage("extract"): ...`` times one stage for the report and metrics."""
+        return self.clock.stage(name)
+
+    # --- records -------------------------------------------------------------------------------
+
+    def run_record(self, result: AuditResult | None, *, error_message: str | None = None) -> RunRecord:
+        """The ``reconciliation_runs`` row: completed with ``result``, or failed without one."""
+        return RunRecord(
+            run_key=self.run_key,
+            tenant_id=self.settings.tenant_id,
+            started_at=self.started_at,
+            finished_at=datetime.now(UTC),
+            status=RunStatus.FAILED if result is None else RunStatus.COMPLETED,
+            counts=ClassCounts.zero() if result is None else result.counts,
+            ledger_min=None if result is None else result.ledger_min,
+            ledger_max=None if result is None else result.ledger_max,
+            error_message=error_message,
+        )
+
+    def persist(self, result: AuditResult) -> PersistOutcome:
+        """Store the completed run and its non-match findings (never raises; see persist_run)."""
+        return persist.persist_run(self.state_url, self.run_record(result), result.findings)
+
+    def facts(
+        self,
+        result: AuditResult | None,
+        persisted: PersistOutcome | None,
+        *,
+        failure_message: str | None = None,
+    ) -> RunFacts:
+        persist_error = None
+        if persisted is not None and not persisted.ok:
+            persist_error = persisted.error or "the run was not stored"
+        return RunFacts(
+            run_id=self.run_id,
+            status=AuditStatus.FAILED if result is None else result.status,
+            started_at=self.started_at,
+            finished_at=datetime.now(UTC),
+            tenant_id=self.settings.tenant_id,
+            ledger_min=None if result is None else result.ledger_min,
+            ledger_max=None if result is None else result.ledger_max,
+            duration_seconds=self.clock.elapsed(),
+            tool_version=__version__,
+            persist_error=persist_error,
+            failure_message=failure_message,
+        )
+
+    def render(
+        self, result: AuditResult, comparison: HistoryComparison | None, persisted: PersistOutcome | None
+    ) -> tuple[RunFacts, Report]:
+        """The run's facts and its report, secrets redacted."""
+        facts = self.facts(result, persisted)
+        return facts, render_report(result, comparison, facts, redact=self.settings.redact)
+
+    def cumulative_mismatches(self, counts: ClassCounts, persisted: PersistOutcome | None) -> int | None:
+        """The monotonic counter's value: every persisted mismatch of the scope, this run included.
+
+        When this run was not stored, its mismatches are added to the stored total so the counter
+        still moves; when the history cannot be read the counter is left out (``None``) rather
+        than pushed as a reset.
+        """
+        try:
+            stored = persist.cumulative_mismatches(self.state_url, self.settings.tenant_id)
+        except PersistError as exc:
+            log.warning("mismatch counter left out of the metrics: %s", exc)
+            return None
+        # A run whose findings failed to store is still written as `failed` with its counts when
+        # possible (marked_failed), and the stored total then already holds its mismatches.
+        if persisted is not None and (persisted.ok or persisted.marked_failed):
+            return stored
+        return stored + counts.mismatch
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    def deliver(
+        self,
+        result: AuditResult | None,
+        *,
+        report: Report,
+        facts: RunFacts,
+        persisted: PersistOutcome | None,
+        comparison: HistoryComparison | None = None,
+        send: bool,
+        failed_cell: str | None = None,
+    ) -> Delivered:
+        """Write the artifacts, then (when ``send``) email the report and push the metrics.
+
+        The artifacts are written first so the email can attach ``results.csv`` and so a failing
+        SMTP server or Pushgateway never costs the run its files; ``summary.json`` and
+        ``metrics.prom`` are then rewritten with what delivery did. Never raises over a delivery
+        failure: it is a note in the summary and a metric.
+        """
+        settings = self.settings
+        counts = ClassCounts.zero() if result is None else result.counts
+        success = facts.status != AuditStatus.FAILED
+        cumulative = self.cumulative_mismatches(counts, persisted)
+        # Artifacts carry the history columns (new / persisting, age) when there are any.
+        findings = None if result is None else (comparison.findings if comparison else result.findings)
+
+        def registry_for(email_bytes: int | None, email_failed: bool) -> CollectorRegistry:
+            return metrics.build_registry(
+                metrics.RunMetricsInput(
+                    success=success,
+                    finished_at_epoch=(facts.finished_at or datetime.now(UTC)).timestamp(),
+                    duration_seconds=self.clock.elapsed(),
+                    cumulative_mismatches=cumulative,
+                    class_counts=counts.by_class() if success else None,
+                    stage_seconds=self.clock.stage_seconds,
+                    email_bytes=email_bytes,
+                    email_failed=email_failed,
+                )
             )
+
+        def summary_of(run_facts: RunFacts) -> RunSummary:
+            return RunSummary.from_run(
+                run_facts, counts, report, redact=settings.redact, failed_cell=failed_cell
+            )
+
+        registry = registry_for(None, False)
+        summary = summary_of(facts)
+        paths = deliver.write_artifacts(self.out_dir, findings, report, summary, registry)
+        if not send:
+            return Delivered(paths, summary, (), registry)
+
+        notes: list[str] = []
+        message = deliver.build_email(settings, report, facts, [paths.results_csv])
+        email = deliver.send_email(settings, message)
+        notes.append(f"email {email.status}: {email.detail}")
+        skipped = email.status == DeliveryStatus.SKIPPED
+        registry = registry_for(None if skipped else email.message_bytes, email.status == DeliveryStatus.FAILED)
+        pushed = metrics.push(registry, settings.pushgateway_url)
+        notes.append(
+            f"metrics push {pushed.status}: {pushed.detail}" if pushed.detail else f"metrics push {pushed.status}"
         )
+        if settings.metrics_textfile_dir is not None:
+            metrics.write_textfile_dir(registry, settings.metrics_textfile_dir)
+            notes.append(f"metrics textfile written to {settings.metrics_textfile_dir}")
+        summary = summary_of(replace(facts, delivery_notes=(*facts.delivery_notes, *notes)))
+        paths.summary_json.write_text(summary.to_json(), encoding="utf-8")
+        metrics.write_textfile(registry, paths.metrics_prom)
+        return Delivered(paths, summary, tuple(notes), registry)
 
-    registry = registry_for(None, False)
-    summary = RunSummary.from_run(facts, counts, report, redact=settings.redact)
-    paths = deliver.write_artifacts(out_dir, findings, report, summary, registry)
-    if not send:
-        return Delivered(paths, summary, (), registry)
+    def record_failure(
+        self, failure_message: str, *, send: bool, already_persisted: bool = False, failed_cell: str | None = None
+    ) -> RunSummary:
+        """The runner's path when a notebook cell failed: the notebook cannot finish its own record.
 
-    notes: list[str] = []
-    message = deliver.build_email(settings, report, facts, [paths.results_csv])
-    email = deliver.send_email(settings, message)
-    notes.append(f"email {email.status}: {email.detail}")
-    registry = registry_for(
-        email.message_bytes if email.status != "skipped" else None, email.status == "failed"
-    )
-    pushed = metrics.push(registry, settings.pushgateway_url)
-    notes.append(
-        f"metrics push {pushed.status}: {pushed.detail}" if pushed.detail else f"metrics push {pushed.status}"
-    )
-    if settings.metrics_textfile_dir is not None:
-        metrics.write_textfile_dir(registry, settings.metrics_textfile_dir)
-        notes.append(f"metrics textfile written to {settings.metrics_textfile_dir}")
-    final_facts = replace(facts, delivery_notes=(*facts.delivery_notes, *notes))
-    summary = RunSummary.from_run(final_facts, counts, report, redact=settings.redact)
-    paths.summary_json.write_text(summary.to_json(), encoding="utf-8")
-    metrics.write_textfile(registry, paths.metrics_prom)
-    return Delivered(paths, summary, tuple(notes), registry)
+        Stores the run as failed (so the health check reads ``failed``), renders a FAILED report,
+        writes every artifact (empty results), and when ``send`` emails the report and pushes the
+        failure metrics, which leave the last-success timestamp untouched. Each step is
+        independent: an unreachable state database must not stop the metrics that would alert
+        on it.
 
-
-def record_failed_run(
-    settings: Settings,
-    *,
-    run_id: str,
-    run_key: str,
-    out_dir: Path,
-    clock: StageClock,
-    failure_message: str,
-    send: bool,
-    already_persisted: bool = False,
-) -> RunSummary:
-    """The runner's path when a notebook cell failed: the notebook cannot finish its own record.
-
-    Stores the run as failed (so the health check reads ``failed``), renders a FAILED report,
-    writes every artifact (empty results), and when ``send`` emails the report and pushes the
-    failure metrics, which leave the last-success timestamp untouched. Each step is independent:
-    an unreachable state database must not stop the metrics that would alert on it.
-
-    ``already_persisted``: the notebook's persist cell completed before the failure (render or
-    deliver broke). Its run row and findings are then kept: rewriting the run as failed would
-    delete findings the history needs, and the reconciliation itself did complete.
-    """
-    from reconcile_audit.compute import persist
-    from reconcile_audit.output import report
-    message = settings.redact(failure_message)
-    counts = ClassCounts.zero()
-    record = run_record(
-        run_key=run_key,
-        tenant_id=settings.tenant_id,
-        started_at=clock.started_at,
-        finished_at=datetime.now(UTC),
-        counts=counts,
-        failed=True,
-        error_message=message,
-    )
-    outcome = None
-    if not already_persisted:
-        outcome = persist.persist_run(
-            settings.state_database_url.reveal(), record, pl.DataFrame(schema=_findings())
+        ``already_persisted``: the notebook's persist cell completed before the failure (render
+        or deliver broke). Its run row and findings are then kept: rewriting the run as failed
+        would delete findings the history needs, and the reconciliation itself did complete.
+        """
+        message = self.settings.redact(failure_message)
+        persisted = None
+        if not already_persisted:
+            empty = AuditResult.empty()
+            persisted = persist.persist_run(
+                self.state_url, self.run_record(None, error_message=message), empty.findings
+            )
+        facts = self.facts(None, persisted, failure_message=message)
+        rendered = render_report(None, None, facts, redact=self.settings.redact)
+        delivered = self.deliver(
+            None, report=rendered, facts=facts, persisted=persisted, send=send, failed_cell=failed_cell
         )
-    facts = run_facts(
-        run_id=run_id,
-        status="failed",
-        clock=clock,
-        tenant_id=settings.tenant_id,
-        persist_outcome=outcome,
-        failure_message=message,
-    )
-    rendered = report.render_report(None, None, facts, redact=settings.redact)
-    delivered = deliver_run(
-        settings,
-        out_dir=out_dir,
-        findings=None,
-        report=rendered,
-        facts=facts,
-        clock=clock,
-        cumulative=cumulative_mismatches(settings, counts, outcome),
-        send=send,
-    )
-    return delivered.summary
-
-
-def _findings() -> pl.Schema:
-    from reconcile_audit.compute.schemas import FINDINGS
-
-    return FINDINGS
-
-
-def summary_payload(summary: RunSummary, **extra: Any) -> dict[str, Any]:
-    """``summary.json`` content with runner-only keys (e.g. the failed cell) added."""
-    return {**summary.to_dict(), **extra}
-
-
-# --- compact views for the notebook (HTML tables: light, and they survive nbconvert) ------------
-
-
-def _bar_rows(rows: list[tuple[str, Mapping[str, int]]], width_px: int) -> str:
-    from html import escape
-
-    colours = {
-        "match": "#4c9a2a",
-        "mismatch": "#c0392b",
-        "missing_on_chain": "#d68910",
-        "unlinked": "#7f8c8d",
-        "error": "#8e44ad",
-    }
-    peak = max((sum(values.values()) for _, values in rows), default=0) or 1
-    lines = []
-    for label, values in rows:
-        cells = "".join(
-            f'<span title="{escape(name)}: {count:,}" style="display:inline-block;height:12px;'
-            f'width:{max(round(width_px * count / peak), 1 if count else 0)}px;background:{colours.get(name, "#555")}">'
-            "</span>"
-            for name, count in values.items()
-        )
-        detail = ", ".join(f"{escape(name)} {count:,}" for name, count in values.items() if count)
-        lines.append(
-            f"<tr><td style='text-align:left'>{escape(label)}</td>"
-            f"<td style='text-align:left;white-space:nowrap'>{cells}</td>"
-            f"<td style='text-align:left'>{detail}</td></tr>"
-        )
-    return "<table>" + "".join(lines) + "</table>"
-
-
-def settings_table(settings: Settings, *, max_chars: int = 100) -> pl.DataFrame:
-    """The settings as a two-column frame, secrets redacted and long values (a large
-    ESCROW_ADDR_BY_INVOICE) cut, so the executed notebook stays small and safe to keep."""
-    from dataclasses import fields
-
-    from reconcile_audit.compute.settings import REDACTED, Secret, redact_url
-
-    names, values = [], []
-    for item in fields(settings):
-        value = getattr(settings, item.name)
-        if isinstance(value, Secret):
-            text = redact_url(value.reveal()) if "url" in item.name else REDACTED
-        else:
-            text = "" if value is None else str(value)
-        if len(text) > max_chars:
-            text = f"{text[:max_chars]}... ({len(text):,} characters)"
-        names.append(item.name)
-        values.append(text)
-    return pl.DataFrame({"setting": names, "value": values})
-
-
-def class_chart_html(counts: Mapping[str, int], *, width_px: int = 320) -> str:
-    """One bar per class, scaled to the largest; counts written beside each bar."""
-    return _bar_rows([(name, {name: int(counts.get(name, 0))}) for name in CLASSES], width_px)
-
-
-def trend_chart_html(trend: pl.DataFrame, *, width_px: int = 320) -> str:
-    """One stacked bar per run (oldest first) of the non-match classes: the trend across runs."""
-    rows = []
-    for run in trend.iter_rows(named=True):
-        label = str(run["run_key"]) + (" (this run)" if run.get("current") else "")
-        rows.append((label, {name: int(run[name] or 0) for name in CLASSES if name != "match"}))
-    return _bar_rows(rows, width_px)
+        return delivered.summary

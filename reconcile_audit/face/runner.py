@@ -1,13 +1,12 @@
 """Run the audit notebook with papermill: parameters, kernel, lease, artifacts and the exit code.
 
 The notebook does the work; this module only prepares and guards its execution, so that the
-nightly job and an analyst's rerun execute exactly the same cells. Exit codes follow DESIGN.md:
-0 clean, 1 findings, 2 the run failed, 3 another run holds the lease.
+nightly job and an analyst's rerun execute exactly the same cells. Exit codes are
+:class:`~reconcile_audit.errors.ExitCode`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,19 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from reconcile_audit.compute.schemas import CLASSES
-from reconcile_audit.compute.settings import ENVIRONMENT, Settings, load_settings, url_password
-from reconcile_audit.errors import ConfigError, LeaseHeldError, NotebookExecutionError, ReconcileAuditError
-from reconcile_audit.face import run as pipeline
+import nbformat
+from traitlets.config import Config
+
+from reconcile_audit.compute import persist
+from reconcile_audit.compute.schemas import ClassCounts
+from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
+from reconcile_audit.errors import ConfigError, ExitCode, LeaseHeldError, ReconcileAuditError
+from reconcile_audit.face.run import RunContext, StageClock, new_run_id
+from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
 
 log = logging.getLogger(__name__)
 
 KERNEL_NAME: Final = "reconcile-audit"
-EXIT_CLEAN: Final = 0
-EXIT_FINDINGS: Final = 1
-EXIT_FAILED: Final = 2
-EXIT_LEASE_HELD: Final = 3
 
 # Parameters the runner sets itself; a user who passes them would fight the run layout.
 RUNNER_OWNED: Final = frozenset({"output_dir"})
@@ -57,18 +57,17 @@ class RunRequest:
 class RunOutcome:
     """The result the CLI turns into an exit code and a line for the operator."""
 
-    exit_code: int
-    status: str  # clean | findings | failed | lease_held | prepared
+    exit_code: ExitCode
     message: str
     run_id: str | None = None
     run_dir: Path | None = None
     failed_cell: str | None = None
-    summary: Mapping[str, Any] | None = None
+    summary: RunSummary | None = None
 
 
 def notebook_parameters(notebook: Path = NOTEBOOK_PATH) -> dict[str, dict[str, Any]]:
     """The notebook's parameters as papermill sees them: name -> {default, inferred_type_name, help}."""
-    import papermill
+    import papermill  # half a second to import; `summary` and `migrate` never need it
 
     return {name: dict(info) for name, info in papermill.inspect_notebook(str(notebook)).items()}
 
@@ -130,6 +129,7 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     Cron and systemd start with an empty Jupyter path, so a kernel installed for a user is not
     found; installing into ``sys.prefix`` ties the kernel to the environment that runs the tool.
     """
+    # Jupyter's kernel machinery only matters to a run that executes the notebook.
     from ipykernel.kernelspec import install
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -167,8 +167,6 @@ def ipc_kernel_config() -> Iterator[Any]:
     its ports (ipykernel warns about exactly that on every start). nbclient still creates, owns
     and shuts down the kernel; only its transport changes.
     """
-    from traitlets.config import Config
-
     with tempfile.TemporaryDirectory(prefix="reconcile-audit-kernel-") as folder:
         yield Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(folder, "kernel")}})
 
@@ -180,8 +178,6 @@ def failing_cell(notebook_path: Path) -> tuple[str, str]:
     papermill last saw running (a timeout or a dead kernel leaves no error output). The name is
     its ``papermill_description`` when it has one, else its position.
     """
-    import nbformat
-
     try:
         notebook = nbformat.read(notebook_path, as_version=4)
     except (OSError, ValueError):
@@ -202,8 +198,6 @@ def failing_cell(notebook_path: Path) -> tuple[str, str]:
 
 def cell_completed(notebook_path: Path, description: str) -> bool:
     """Whether the cell labelled ``#papermill_description=<description>`` ran to completion."""
-    import nbformat
-
     try:
         notebook = nbformat.read(notebook_path, as_version=4)
     except (OSError, ValueError):
@@ -260,52 +254,34 @@ def environment(overrides: Mapping[str, str] | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-
-
 def _record_failure(
-    settings: Settings,
-    request: RunRequest,
-    *,
-    run_id: str,
-    run_key: str,
-    run_dir: Path,
-    clock: pipeline.StageClock,
-    cell: str,
-    detail: str,
-) -> dict[str, Any]:
+    context: RunContext, request: RunRequest, *, cell: str, detail: str
+) -> RunSummary | None:
     """Record the failed run (state DB, artifacts, metrics) and write summary.json. Never raises.
 
     The notebook died part-way, so the runner is the only one left to tell the health check and
     the alerting that this night failed.
     """
+    settings = context.settings
     message = settings.redact(f"cell {cell!r} failed: {detail}")
-    payload: dict[str, Any] = {
-        "run_id": run_id,
-        "status": "failed",
-        "total": 0,
-        "counts": dict.fromkeys(CLASSES, 0),
-        "failure_message": message,
-    }
     try:
-        summary = pipeline.record_failed_run(
-            settings,
-            run_id=run_id,
-            run_key=run_key,
-            out_dir=run_dir,
-            clock=clock,
-            failure_message=message,
+        return context.record_failure(
+            message,
             send=request.deliver,
-            already_persisted=cell_completed(run_dir / "notebook.ipynb", "persist"),
+            already_persisted=cell_completed(context.out_dir / "notebook.ipynb", "persist"),
+            failed_cell=cell,
         )
-        payload = pipeline.summary_payload(summary)
     except Exception as exc:  # the summary.json below must be written whatever broke above
-        log.error("recording the failed run also failed: %s", settings.redact(f"{type(exc).__name__}: {exc}"))
-        payload["record_error"] = settings.redact(f"{type(exc).__name__}: {exc}")
-    payload["failed_cell"] = cell
-    _write_json(run_dir / "summary.json", payload)
-    return payload
+        problem = settings.redact(f"{type(exc).__name__}: {exc}")
+        log.error("recording the failed run also failed: %s", problem)
+    # Only the summary: what every reader of the run folder looks at first.
+    facts = context.facts(None, None, failure_message=f"{message}; recording the failure also failed: {problem}")
+    summary = RunSummary.from_run(facts, ClassCounts.zero(), None, redact=settings.redact, failed_cell=cell)
+    try:
+        (context.out_dir / "summary.json").write_text(summary.to_json(), encoding="utf-8")
+    except OSError as exc:
+        log.error("could not write summary.json: %s", exc)
+    return summary
 
 
 def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOutcome:
@@ -314,22 +290,22 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     ``environ`` adds variables for this run only (the demo passes DATABASE_URL and the emulator's
     SOROBAN_RPC_URL this way); secrets must arrive there, never in ``request.parameters``.
     """
-    import papermill
+    import papermill  # see notebook_parameters
     from papermill.exceptions import PapermillExecutionError
 
-    clock = pipeline.StageClock()
-    started_at = clock.started_at
+    clock = StageClock()
     try:
         known = notebook_parameters(request.notebook)
         parameters = check_parameters(request.parameters, known)
         with environment(environ):
             settings = load_settings(settings_parameters(parameters))
     except ConfigError as exc:
-        return RunOutcome(EXIT_FAILED, "failed", f"configuration: {exc}")
+        return RunOutcome(ExitCode.FAILED, f"configuration: {exc}")
 
-    run_id = pipeline.new_run_id(started_at)
-    run_key = settings.run_key or pipeline.default_run_key(settings.tenant_id, started_at)
+    run_id = new_run_id(clock.started_at)
     run_dir = request.output_dir.resolve() / run_id
+    context = RunContext.create(settings, run_id=run_id, out_dir=run_dir, clock=clock)
+    run_key = context.run_key
     run_dir.mkdir(parents=True, exist_ok=False)
     notebook_out = run_dir / "notebook.ipynb"
     injected = {**parameters, "output_dir": str(run_dir), "run_key": run_key, "run_id": run_id}
@@ -344,11 +320,8 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         papermill.execute_notebook(
             str(request.notebook), str(notebook_out), parameters=injected, prepare_only=True
         )
-        return RunOutcome(
-            EXIT_CLEAN, "prepared", f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir
-        )
+        return RunOutcome(ExitCode.CLEAN, f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir)
 
-    from reconcile_audit.compute import persist
     state_url = settings.state_database_url.reveal()
     holder = f"{socket.gethostname()}:{os.getpid()}:{run_id}"
     failure: tuple[str, str] | None = None
@@ -374,15 +347,15 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                     failure = (cell if cell != "unknown" else "kernel", f"{type(exc).__name__}: {exc}")
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
-                    return _failed(settings, request, run_id, run_key, run_dir, clock, *failure)
+                    return _failed(context, request, *failure)
     except LeaseHeldError as exc:
         # The run never started: nothing of it should remain to be mistaken for a result.
         _remove_empty(run_dir)
-        return RunOutcome(EXIT_LEASE_HELD, "lease_held", str(exc), run_id=run_id)
+        return RunOutcome(ExitCode.LEASE_HELD, str(exc), run_id=run_id)
     except ReconcileAuditError as exc:
         # The state database or the kernel setup failed before the notebook ran.
         with environment(environ):
-            return _failed(settings, request, run_id, run_key, run_dir, clock, "runner", str(exc))
+            return _failed(context, request, "runner", str(exc))
     finally:
         if run_dir.exists():
             scrub_secrets(run_dir, settings.secrets)
@@ -390,68 +363,49 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     return _completed(run_id, run_dir)
 
 
-def _failed(
-    settings: Settings,
-    request: RunRequest,
-    run_id: str,
-    run_key: str,
-    run_dir: Path,
-    clock: pipeline.StageClock,
-    cell: str,
-    detail: str,
-) -> RunOutcome:
-    summary = _record_failure(
-        settings,
-        request,
-        run_id=run_id,
-        run_key=run_key,
-        run_dir=run_dir,
-        clock=clock,
-        cell=cell,
-        detail=detail,
-    )
-    notebook = run_dir / "notebook.ipynb"
-    error = NotebookExecutionError(cell, settings.redact(detail), str(notebook))
-    message = str(error) if notebook.exists() else f"{cell}: {settings.redact(detail)}"
+def _failed(context: RunContext, request: RunRequest, cell: str, detail: str) -> RunOutcome:
+    summary = _record_failure(context, request, cell=cell, detail=detail)
+    notebook = context.out_dir / "notebook.ipynb"
+    detail = context.settings.redact(detail)
+    if notebook.exists():
+        message = f"notebook cell {cell!r} failed: {detail} (executed notebook: {notebook})"
+    else:
+        message = f"{cell}: {detail}"
     return RunOutcome(
-        EXIT_FAILED, "failed", message, run_id=run_id, run_dir=run_dir, failed_cell=cell, summary=summary
+        ExitCode.FAILED,
+        message,
+        run_id=context.run_id,
+        run_dir=context.out_dir,
+        failed_cell=cell,
+        summary=summary,
     )
 
 
 def _completed(run_id: str, run_dir: Path) -> RunOutcome:
     summary_path = run_dir / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        summary = RunSummary.from_json(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         return RunOutcome(
-            EXIT_FAILED,
-            "failed",
-            f"the notebook finished but wrote no readable summary.json ({exc})",
+            ExitCode.FAILED,
+            f"the notebook finished but wrote no readable summary.json ({type(exc).__name__}: {exc})",
             run_id=run_id,
             run_dir=run_dir,
         )
-    status = summary.get("status")
-    exit_code = {"clean": EXIT_CLEAN, "findings": EXIT_FINDINGS}.get(str(status), EXIT_FAILED)
     report = run_dir / "report.html"
     return RunOutcome(
-        exit_code,
-        str(status),
-        f"{str(status).upper()}: {_attention(summary)}; report: {report}",
+        ExitCode.for_status(summary.status),
+        f"{summary.status.upper()}: {_attention(summary.class_counts)}; report: {report}",
         run_id=run_id,
         run_dir=run_dir,
         summary=summary,
     )
 
 
-def _attention(summary: Mapping[str, Any]) -> str:
-    total = int(summary.get("total") or 0)
-    counts = summary.get("counts") or {}
-    non_match = total - int(counts.get("match", 0))
-    return (
-        f"{non_match:,} of {total:,} invoices need attention"
-        if non_match
-        else f"all {total:,} invoices match"
-    )
+def _attention(counts: ClassCounts) -> str:
+    if counts.non_match:
+        return f"{counts.non_match:,} of {counts.total:,} invoices need attention"
+    return f"all {counts.total:,} invoices match"
 
 
 def _remove_empty(directory: Path) -> None:

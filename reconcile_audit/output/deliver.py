@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.compute.schemas import FINDINGS
+from reconcile_audit.compute.schemas import FINDINGS, DeliveryStatus
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.output.metrics import write_textfile
-from reconcile_audit.output.report import Report, RunFacts, RunSummary
+from reconcile_audit.output.report import Report
+from reconcile_audit.output.summary import RunFacts, RunSummary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    status: Literal["sent", "skipped", "failed"]
+    status: DeliveryStatus
     detail: str = ""
     message_bytes: int | None = None  # size of the message as sent (or attempted)
     recipients: tuple[str, ...] = ()
@@ -154,7 +155,7 @@ def send_email(
     """
     recipients = tuple(settings.alert_email_to)
     if not recipients:
-        return DeliveryOutcome("skipped", "ALERT_EMAIL_TO is not set")
+        return DeliveryOutcome(DeliveryStatus.SKIPPED, "ALERT_EMAIL_TO is not set")
     if not settings.smtp_host:
         return _failed(settings, "SMTP_HOST is not set", None, recipients)
     size = len(message.as_bytes())
@@ -192,7 +193,7 @@ def send_email(
     if refused:
         return _failed(settings, f"recipients refused: {sorted(refused)}", size, recipients)
     LOGGER.info("report email sent to %d recipient(s), %d bytes", len(recipients), size)
-    return DeliveryOutcome("sent", f"sent to {', '.join(recipients)}", size, recipients)
+    return DeliveryOutcome(DeliveryStatus.SENT, f"sent to {', '.join(recipients)}", size, recipients)
 
 
 def _failed(
@@ -200,7 +201,7 @@ def _failed(
 ) -> DeliveryOutcome:
     detail = settings.redact(detail)
     LOGGER.error("sending the report email failed: %s", detail)
-    return DeliveryOutcome("failed", detail, size, recipients)
+    return DeliveryOutcome(DeliveryStatus.FAILED, detail, size, recipients)
 
 
 def _neutralise_formula(column: str) -> pl.Expr:

@@ -7,35 +7,14 @@ onChainAmount") and runs ahead of persistence, so a storage failure can never hi
 from __future__ import annotations
 
 import logging
-import re
-from decimal import Decimal
 from typing import Any, Final
 
 import polars as pl
 
+from reconcile_audit.compute.amounts import major_units, one_line
 from reconcile_audit.compute.schemas import FINDINGS
 
 LOGGER: Final = logging.getLogger("reconcile_audit.findings")
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def one_line(text: str) -> str:
-    """``text`` with control characters shown as escapes, so it cannot forge log lines."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-def major_units(base_units: str | None, decimals: int | None) -> str | None:
-    """Exact major-unit text of an integer amount in base units (``"12345", 2 -> "123.45"``)."""
-    if base_units is None or decimals is None:
-        return None
-    try:
-        # Built from text, not scaleb(): Decimal arithmetic rounds to the context's 28 digits.
-        value = Decimal(f"{int(base_units)}E-{decimals}")
-    except ValueError:
-        return None
-    return format(value, "f")
-
-
 def _payload(row: dict[str, Any]) -> dict[str, Any]:
     db_total = row["db_total_funded"]
     return {

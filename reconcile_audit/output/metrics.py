@@ -23,13 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final
 
 from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_textfile
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.schemas import CLASSES, DeliveryStatus
 
 LOGGER = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def write_textfile_dir(registry: CollectorRegistry, directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class PushOutcome:
-    status: Literal["pushed", "skipped", "failed"]
+    status: DeliveryStatus
     detail: str = ""
 
 
@@ -180,7 +180,7 @@ def push(
     A failure is logged and returned, never raised: metrics must not fail the run they describe.
     """
     if not url:
-        return PushOutcome("skipped", "no Pushgateway URL configured")
+        return PushOutcome(DeliveryStatus.SKIPPED, "no Pushgateway URL configured")
     try:
         pushadd_to_gateway(
             url, job=JOB, registry=registry, grouping_key=dict(grouping_key or {}), timeout=timeout_seconds
@@ -188,5 +188,5 @@ def push(
     except Exception as exc:  # urllib raises OSError, HTTPError, ValueError for a bad URL...
         detail = f"{type(exc).__name__}: {exc}"
         LOGGER.warning("pushing metrics to the Pushgateway failed: %s", detail)
-        return PushOutcome("failed", detail)
-    return PushOutcome("pushed")
+        return PushOutcome(DeliveryStatus.FAILED, detail)
+    return PushOutcome(DeliveryStatus.PUSHED)

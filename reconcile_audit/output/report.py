@@ -10,27 +10,25 @@ are not shown and that the full list is in ``results.csv``.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import PurePath
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 
 import css_inline
 import jinja2
 import polars as pl
 
-from reconcile_audit.compute.classify import count_classes, format_major
-from reconcile_audit.compute.schemas import CLASSES, FINDINGS
+from reconcile_audit.compute.amounts import format_base_units, format_decimal, one_line
+from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.schemas import CLASS_ORDER, CLASSES, FINDING_CLASSES, FINDINGS, AuditStatus
+from reconcile_audit.output.summary import RunFacts, identity
 from reconcile_audit.resources import TEMPLATES_DIR
 
-Status = Literal["clean", "findings", "failed"]
-STATUS_WORDS: Final = {"clean": "CLEAN", "findings": "FINDINGS", "failed": "FAILED"}
+STATUS_WORDS: Final = {status: status.value.upper() for status in AuditStatus}
 CLASS_WORDS: Final = {
     "match": "Match",
     "mismatch": "Mismatch",
@@ -38,9 +36,8 @@ CLASS_WORDS: Final = {
     "unlinked": "Unlinked",
     "error": "Error",
 }
-FINDING_CLASSES: Final = tuple(c for c in CLASSES if c != "match")
 # Order of findings of equal (or no) drift: money first, then what blocks reading money.
-_CLASS_ORDER: Final = {"mismatch": 0, "missing_on_chain": 1, "error": 2, "unlinked": 3, "match": 4}
+_CLASS_RANK: Final = {name: rank for rank, name in enumerate(CLASS_ORDER)}
 TREND_RUNS: Final = 30
 SECONDARY_ROWS: Final = 50  # rows at most in the new / persisting / resolved / expiry lists
 BAR_MAX_PX: Final = 240
@@ -51,29 +48,6 @@ ATTACHMENT_LINKS: Final = (
     ("results.parquet", "every invoice as Parquet"),
     ("summary.json", "the run summary as JSON"),
 )
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """Facts about the run that the findings do not carry.
-
-    Free-text fields (``failure_message``, ``persist_error``, ``delivery_notes``) may come from
-    exceptions; :func:`render_report` passes them through its ``redact`` callable.
-    """
-
-    run_id: str
-    status: Status
-    started_at: datetime
-    finished_at: datetime | None
-    tenant_id: str | None
-    ledger_min: int | None
-    ledger_max: int | None
-    duration_seconds: float | None
-    tool_version: str
-    notebook_path: str = "notebook.ipynb"
-    persist_error: str | None = None
-    delivery_notes: tuple[str, ...] = ()
-    failure_message: str | None = None
 
 
 class HistoryView(Protocol):
@@ -112,44 +86,6 @@ class Report:
 
 
 # --- formatting --------------------------------------------------------------------------------
-# Python's int() refuses text past 4,300 digits; an i128 has at most 39.
-_INTEGER_TEXT: Final = re.compile(r"[+-]?[0-9]{1,4000}")
-
-
-def format_base_units(base_units: str | int | None, decimals: int | None, *, signed: bool = False) -> str:
-    """Exact major-unit text of an integer amount: ``("12500000000", 7) -> "1,250.00"``.
-
-    The digits come from classify's exact formatter (at least two decimals, trailing zeros past
-    them dropped: ``1,249.9999999``); this adds a typographic minus, an optional plus, and "n/a"
-    for text that is not an integer, so bad input never crashes the report.
-    """
-    if base_units is None:
-        return "n/a"
-    text = str(base_units).strip()
-    if not _INTEGER_TEXT.fullmatch(text):
-        return "n/a"
-    value = int(text)
-    if decimals is None or decimals < 0:
-        body = f"{abs(value):,} base units"
-    else:
-        body = format_major(abs(value), decimals)
-    if value < 0:
-        return "\u2212" + body
-    return "+" + body if signed and value > 0 else body
-
-
-def format_decimal(value: Decimal | None) -> str:
-    if value is None:
-        return "n/a"
-    if not value.is_finite():
-        return "n/a"
-    sign, digits, exponent = value.as_tuple()
-    # From the digit tuple, so no Decimal context (28 digits) ever rounds the amount.
-    scale = max(-int(exponent), 0)
-    unscaled = "".join(map(str, digits)) + "0" * max(int(exponent), 0)
-    return format_base_units(("-" if sign else "") + unscaled, scale)
-
-
 def _format_count(n: int) -> str:
     return f"{n:,}"
 
@@ -181,31 +117,17 @@ def _format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes} min {rest} s" if hours else f"{minutes} min {rest} s"
 
 
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def _plain(value: object) -> str:
     """Text of a data value with control characters escaped, so an id cannot break a line."""
-    if value is None:
-        return ""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(value))
-
-
-def _identity(text: str) -> str:
-    return text
+    return "" if value is None else one_line(str(value))
 
 
 # --- counts ------------------------------------------------------------------------------------
-def status_of(counts: Mapping[str, int]) -> Status:
-    """``clean`` when every invoice matches, ``findings`` otherwise (a failed run is the caller's)."""
-    return "clean" if counts.get("total", 0) == counts.get("match", 0) else "findings"
-
-
 def email_subject(facts: RunFacts, counts: Mapping[str, int]) -> str:
     parts = [f"{counts.get(c, 0):,} {CLASS_WORDS[c].lower()}" for c in FINDING_CLASSES if counts.get(c)]
     scope = f" (tenant {_plain(facts.tenant_id)})" if facts.tenant_id else ""
     word = STATUS_WORDS[facts.status]
-    if facts.status == "failed":
+    if facts.status == AuditStatus.FAILED:
         return f"[reconcile-audit] {word}: run {facts.run_id} did not complete{scope}"
     detail = ", ".join(parts) if parts else "all match"
     return f"[reconcile-audit] {word}: {detail} of {counts.get('total', 0):,} invoices{scope}"
@@ -298,7 +220,7 @@ class TrendRow:
 
 def _ranked(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
-        pl.col("class").replace_strict(_CLASS_ORDER, default=9, return_dtype=pl.Int64).alias("_order")
+        pl.col("class").replace_strict(_CLASS_RANK, default=len(CLASS_ORDER), return_dtype=pl.Int64).alias("_order")
     ).sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
 
 
@@ -400,7 +322,7 @@ def _trend_rows(
             key = _plain(row.get("run_key"))
             current = bool(row.get("current")) or key == facts.run_id
             runs.append((label, key, values, current))
-    if facts.status != "failed" and not any(current for *_, current in runs):
+    if facts.status != AuditStatus.FAILED and not any(current for *_, current in runs):
         # A trend read before this run was stored does not hold it yet.
         runs.append((facts.started_at.strftime("%Y-%m-%d %H:%M"), facts.run_id, dict(counts), True))
     runs = runs[-TREND_RUNS:]
@@ -488,7 +410,7 @@ def _view(
 ) -> dict[str, Any]:
     total = counts["total"]
     findings_total = total - counts["match"]
-    if facts.status == "failed":
+    if facts.status == AuditStatus.FAILED:
         headline = "The run did not complete."
     elif findings_total:
         headline = f"{findings_total:,} of {total:,} invoices need attention."
@@ -507,7 +429,7 @@ def _view(
         "failure_message": _plain(redact(facts.failure_message)) if facts.failure_message else "",
         "persist_error": _plain(redact(facts.persist_error)).rstrip(". ") if facts.persist_error else "",
         "persist_consequence": "History and the health check miss this run."
-        if facts.status == "failed"
+        if facts.status == AuditStatus.FAILED
         else "The findings below are complete; history and the health check miss this run.",
         "delivery_notes": tuple(_plain(redact(n)) for n in facts.delivery_notes),
         "facts": (
@@ -519,7 +441,7 @@ def _view(
             ("Duration", _format_duration(facts.duration_seconds)),
             ("Tool version", _plain(facts.tool_version)),
         ),
-        "has_counts": not (facts.status == "failed" and total == 0),
+        "has_counts": not (facts.status == AuditStatus.FAILED and total == 0),
         "counts": tuple(
             CountRow(
                 c,
@@ -578,22 +500,22 @@ def _html_size(html: str) -> int:
 
 
 def render_report(
-    findings: pl.DataFrame | None,
+    result: AuditResult | None,
     history: HistoryView | None,
     facts: RunFacts,
     *,
     max_bytes: int = 100_000,
-    redact: Callable[[str], str] = _identity,
+    redact: Callable[[str], str] = identity,
     templates_dir: str | None = None,
 ) -> Report:
     """Render the run into HTML (CSS inlined, under ``max_bytes``) and text.
 
-    ``findings``: the FINDINGS frame (``None`` or empty for a run that failed before classify).
+    ``result``: the run's findings and counts (``None`` for a run that failed before classify).
     ``history``: the comparison with earlier runs, or ``None`` when history could not be read.
     ``redact``: applied to the free-text facts (pass ``settings.redact``).
     """
-    frame = _empty_findings() if findings is None else findings
-    counts = count_classes(frame)
+    result = result or AuditResult.empty()
+    frame, counts = result.findings, result.counts
     previous = None if history is None else history.previous_counts
     env = environment(templates_dir or str(TEMPLATES_DIR))
     cap = max(max_bytes // _MIN_ROW_BYTES, 0)
@@ -630,82 +552,3 @@ def render_report(
         subject=email_subject(facts, counts),
         counts=MappingProxyType(counts),
     )
-
-
-# --- summary.json ------------------------------------------------------------------------------
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """The run's machine-readable summary (``summary.json``), which the runner reads back."""
-
-    run_id: str
-    status: Status
-    total: int
-    counts: Mapping[str, int]
-    tenant_id: str | None
-    started_at: str | None
-    finished_at: str | None
-    ledger_min: int | None
-    ledger_max: int | None
-    duration_seconds: float | None
-    tool_version: str
-    persisted: bool
-    persist_error: str | None
-    delivery: tuple[str, ...]
-    failure_message: str | None
-    findings_shown: int | None = None
-    findings_omitted: int | None = None
-
-    @classmethod
-    def from_run(
-        cls,
-        facts: RunFacts,
-        counts: Mapping[str, int],
-        report: Report | None = None,
-        *,
-        redact: Callable[[str], str] = _identity,
-    ) -> RunSummary:
-        per_class = {c: int(counts.get(c, 0)) for c in CLASSES}
-
-        def clean(text: str | None) -> str | None:
-            return None if text is None else redact(text)
-
-        return cls(
-            run_id=facts.run_id,
-            status=facts.status,
-            total=sum(per_class.values()),
-            counts=MappingProxyType(per_class),
-            tenant_id=facts.tenant_id,
-            started_at=_iso(facts.started_at),
-            finished_at=_iso(facts.finished_at),
-            ledger_min=facts.ledger_min,
-            ledger_max=facts.ledger_max,
-            duration_seconds=facts.duration_seconds,
-            tool_version=facts.tool_version,
-            persisted=facts.persist_error is None,
-            persist_error=clean(facts.persist_error),
-            delivery=tuple(redact(n) for n in facts.delivery_notes),
-            failure_message=clean(facts.failure_message),
-            findings_shown=None if report is None else report.findings_shown,
-            findings_omitted=None if report is None else report.findings_omitted,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["counts"] = dict(self.counts)
-        data["delivery"] = list(self.delivery)
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> RunSummary:
-        data = json.loads(text)
-        data["counts"] = MappingProxyType({c: int(data["counts"].get(c, 0)) for c in CLASSES})
-        data["delivery"] = tuple(data.get("delivery") or ())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})

@@ -26,7 +26,10 @@ from typing import Any, Final
 
 import polars as pl
 
-from reconcile_audit.compute import db
+from reconcile_audit.compute import classify, db, extract, ledger, persist, resolve
+from reconcile_audit.compute.persist import RunRecord
+from reconcile_audit.compute.schemas import ClassCounts, RunStatus
+from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.emulator.state import (
     EscrowSpec,
@@ -35,7 +38,9 @@ from reconcile_audit.emulator.state import (
     random_account_id,
     random_contract_id,
 )
+from reconcile_audit.face import runner
 from reconcile_audit.face.demo import sourcedb
+from reconcile_audit.face.run import default_run_key
 from reconcile_audit.resources import default_output_dir
 
 log = logging.getLogger(__name__)
@@ -334,18 +339,14 @@ def fresh_duckdb(path: Path) -> str:
     return f"duckdb://{path.resolve()}"
 
 
-def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -> Mapping[str, int]:
+def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -> ClassCounts:
     """Run the stages (extract to persist) against the chain as it was ``nights_ago`` nights ago.
 
     This is real history for the final run to compare with: the same stages on a different
     ledger state, stored under that night's run key and start time. Returns the class counts.
     """
-    from reconcile_audit.compute import classify, extract, ledger, persist, resolve
-    from reconcile_audit.compute.settings import load_settings
-    from reconcile_audit.face import run as pipeline
-
     started_at = tonight - timedelta(days=nights_ago)
-    run_key = pipeline.default_run_key(None, started_at)
+    run_key = default_run_key(None, started_at)
     with Emulator(
         data.ledger_state(nights_ago), ledger_step_per_request=DEMO_LEDGERS_PER_REQUEST
     ) as emulator:
@@ -363,26 +364,22 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         invoices = extract.extract_invoices(settings)
         resolved = resolve.resolve_addresses(invoices, settings.escrow_addr_by_invoice)
         ledger.preflight(settings)
-        ledger_read = ledger.read_ledger(pipeline.contract_ids_to_read(resolved), settings, progress=False)
-        findings = classify.classify(
-            resolved,
-            ledger_read.frame,
-            tolerance_base_units=settings.tolerance_base_units,
-            ttl_warning_ledgers=settings.ttl_warning_ledgers,
-        )
-    counts = classify.count_classes(findings)
-    record = pipeline.run_record(
+        ledger_read = ledger.read_ledger(resolve.contract_ids_to_read(resolved), settings, progress=False)
+        result = classify.audit(resolved, ledger_read, settings)
+    record = RunRecord(
         run_key=run_key,
         tenant_id=None,
         started_at=started_at,
         finished_at=started_at + timedelta(minutes=2),
-        counts=counts,
-        ledger_read=ledger_read,
+        status=RunStatus.COMPLETED,
+        counts=result.counts,
+        ledger_min=result.ledger_min,
+        ledger_max=result.ledger_max,
     )
-    outcome = persist.persist_run(url, record, findings)
+    outcome = persist.persist_run(url, record, result.findings)
     if not outcome.ok:
         raise RuntimeError(f"replaying night -{nights_ago} could not be stored: {outcome.error}")
-    return counts
+    return result.counts
 
 
 @dataclass(frozen=True)
@@ -419,13 +416,12 @@ def run_demo(
     history_runs: int = 3,
     progress: bool = False,
     seed: int = 7,
-) -> Any:
+) -> runner.RunOutcome:
     """Build the demo, then run the notebook through :func:`reconcile_audit.face.runner.run`.
 
     Returns the runner's ``RunOutcome``: the same exit codes and folder layout as ``run``. The
     demo database lives in ``<output_dir>/demo/`` and is rebuilt on every call.
     """
-    from reconcile_audit.face import runner
     output_dir = (output_dir or default_output_dir()).resolve()
     demo_dir = output_dir / "demo"
     if demo_dir.exists():

@@ -1,0 +1,101 @@
+"""The findings a run stores: every non-match row in ``reconciliation_findings``, and the capped,
+worst-first digest in ``reconciliation_runs.results``."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import polars as pl
+
+from reconcile_audit.compute.db import Connection, read_sql
+from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, conform
+
+RESULTS_JSON_CAP: Final = 1000
+"""At most this many non-match rows go into ``reconciliation_runs.results``."""
+
+RESULTS_COLUMNS: Final = (
+    "finding_no",
+    "invoice_id",
+    "tenant_id",
+    "contract_id",
+    "class",
+    "reason_code",
+    "reason",
+    "db_funded_base_units",
+    "chain_funded_base_units",
+    "delta_base_units",
+    "token_decimals",
+    "flags",
+)
+
+# Worst first within the capped digest: drifts have a rank; other classes in CLASS_ORDER, the
+# order the report lists them in.
+RESULTS_ORDER: Final = (
+    "drift_rank ascending (largest drift first), then class in the order "
+    + ", ".join(CLASS_ORDER[:-1])
+    + ", then finding_no"
+)
+_STAGING: Final = "reconcile_findings_staging"
+
+def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
+    """The FINDINGS rows to store: every class but ``match``, numbered by frame position.
+
+    NUL characters, which PostgreSQL text cannot hold, become U+FFFD on both dialects so that
+    one hostile id cannot keep a whole run out of the database.
+    """
+    frame = conform(findings, FINDINGS, "persist").select(list(FINDINGS))
+    strings = [name for name, dtype in FINDINGS.items() if dtype == pl.String]
+    return (
+        frame.with_row_index("finding_no", offset=1)
+        .with_columns(
+            pl.col("finding_no").cast(pl.Int32),
+            pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),
+        )
+        .filter(pl.col("class").ne_missing("match"))
+    )
+
+
+def results_digest(rows: pl.DataFrame, *, cap: int = RESULTS_JSON_CAP) -> dict[str, Any]:
+    """The capped JSON value for ``reconciliation_runs.results`` from :func:`non_match_rows`."""
+    worst = (
+        rows.sort(
+            pl.col("drift_rank"),
+            pl.col("class").replace_strict(
+                {name: rank for rank, name in enumerate(CLASS_ORDER)},
+                default=len(CLASS_ORDER),
+                return_dtype=pl.Int64,
+            ),
+            pl.col("finding_no"),
+            nulls_last=True,
+        )
+        .head(cap)
+        .select(RESULTS_COLUMNS)
+    )
+    return {
+        "cap": cap,
+        "non_match": rows.height,
+        "omitted": rows.height - worst.height,
+        "order": RESULTS_ORDER,
+        "rows": worst.to_dicts(),
+    }
+
+
+def insert_findings(conn: Connection, run_id: int, rows: pl.DataFrame) -> None:
+    if rows.is_empty():
+        return
+    # The oldest compat level gives large_string instead of string_view, which ADBC's
+    # PostgreSQL COPY writer does not take.
+    table = rows.to_arrow(compat_level=pl.CompatLevel.oldest())
+    if conn.dialect == "postgres":
+        with conn.raw.cursor() as cursor:
+            cursor.adbc_ingest(_STAGING, table, mode="create", temporary=True)
+        conn.execute(read_sql("persist/insert_findings.postgres.sql"), (run_id,))
+        conn.execute(read_sql("persist/drop_staging.postgres.sql"))
+        return
+    conn.raw.register(_STAGING, table)
+    try:
+        conn.execute(read_sql("persist/insert_findings.duckdb.sql"), (run_id,))
+    finally:
+        conn.raw.unregister(_STAGING)
+
+

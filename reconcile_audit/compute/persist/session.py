@@ -1,0 +1,104 @@
+"""Connections to the state database: always closed, retried briefly while another process holds
+a DuckDB file, and one-transaction blocks; plus the small readers every persist module shares."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
+
+from reconcile_audit.compute.db import Connection, dialect_of, duckdb_path, open_connection, read_sql
+from reconcile_audit.compute.settings import redact_url, url_password
+
+logger = logging.getLogger(__name__)
+
+_DUCKDB_LOCK: Final = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """``exc`` as one line naming its type, with the state database's password redacted."""
+    text = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
+    password = url_password(url)
+    if password:
+        text = text.replace(password, "***")
+    return " ".join(text.split())
+
+
+def duckdb_lock_holder(exc: BaseException) -> str | None:
+    match = _DUCKDB_LOCK.search(str(exc))
+    if match is None:
+        return None
+    return f"process {match['pid']} ({match['program']})"
+
+
+@contextmanager
+def state_session(url: str, *, lock_wait_seconds: float = 0.0) -> Iterator[Connection]:
+    """A connection that is always closed: a DuckDB file stays open for no longer than one call.
+
+    Another process holding the DuckDB file is retried for ``lock_wait_seconds``, because
+    brief readers (a health check) hold it only for a moment.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(lambda exc: duckdb_lock_holder(exc) is not None),
+        stop=stop_after_delay(lock_wait_seconds),
+        wait=wait_fixed(0.1),
+        reraise=True,
+    )
+    connection = retrying(open_connection, url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[None]:
+    if conn.dialect == "duckdb":
+        conn.execute("BEGIN TRANSACTION")  # DuckDB's Python connection autocommits otherwise
+    try:
+        yield
+    except BaseException:
+        try:
+            conn.rollback()
+        except Exception as rollback_exc:  # a dead connection must not mask the original error
+            logger.debug("rollback failed: %s", type(rollback_exc).__name__)
+        raise
+    else:
+        conn.commit()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC. Naive timestamps are refused: their zone would be a guess."""
+    if value.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def table_exists(conn: Connection, table: str) -> bool:
+    return bool(conn.rows(read_sql("persist/table_exists.sql"), (table,))[0][0])
+
+
+def read_frame(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> pl.DataFrame:
+    """A query's result as polars, with every timestamp in UTC (DuckDB uses the session zone)."""
+    frame = pl.from_arrow(conn.arrow(sql, params))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(pl.col(pl.Datetime(time_zone="*")).dt.convert_time_zone("UTC"))
+
+
+def state_database_missing(url: str) -> bool:
+    """A DuckDB state file that does not exist yet: read it as "never ran", without creating it."""
+    if dialect_of(url) != "duckdb":
+        return False
+    path = duckdb_path(url)
+    return path != ":memory:" and not Path(path).exists()

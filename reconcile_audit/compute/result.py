@@ -1,0 +1,44 @@
+"""The run's result: what Compute hands to Output.
+
+The classify cell builds one :class:`AuditResult`; history, persist, the report and delivery all
+read its counts instead of counting the findings again, so every artifact agrees on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from reconcile_audit.compute.schemas import FINDINGS, AuditStatus, ClassCounts, conform, count_classes
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """The FINDINGS frame (one row per extracted invoice), its class counts, and the ledger range
+    the escrows were read at (``None`` when nothing was read)."""
+
+    findings: pl.DataFrame
+    counts: ClassCounts
+    ledger_min: int | None = None
+    ledger_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.counts.total != self.findings.height:
+            raise ValueError(f"counts say {self.counts.total} invoices, the findings hold {self.findings.height}")
+
+    @classmethod
+    def of(
+        cls, findings: pl.DataFrame, *, ledger_min: int | None = None, ledger_max: int | None = None
+    ) -> AuditResult:
+        """Check ``findings`` against FINDINGS and count its classes: the one place they are counted."""
+        frame = conform(findings, FINDINGS, "result")
+        return cls(frame, count_classes(frame), ledger_min, ledger_max)
+
+    @classmethod
+    def empty(cls) -> AuditResult:
+        return cls(pl.DataFrame(schema=FINDINGS), ClassCounts.zero())
+
+    @property
+    def status(self) -> AuditStatus:
+        return self.counts.status

@@ -1,0 +1,144 @@
+"""The run's facts and its machine-readable summary: the ``summary.json`` contract.
+
+``summary.json`` is what schedulers, the runner and other tools read. Its shape is versioned by
+``schema_version``: a field may be added within a version; renaming or removing one, or
+changing what it means, takes a new version. ``RunSummary.from_json`` reads it back for the
+runner, so nothing outside this module parses the file by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+from reconcile_audit.compute.schemas import CLASSES, AuditStatus, ClassCounts
+
+SUMMARY_SCHEMA_VERSION: Final = 1
+
+
+def identity(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Facts about the run that the findings do not carry.
+
+    Free-text fields (``failure_message``, ``persist_error``, ``delivery_notes``) may come from
+    exceptions; :func:`render_report` passes them through its ``redact`` callable.
+    """
+
+    run_id: str
+    status: AuditStatus
+    started_at: datetime
+    finished_at: datetime | None
+    tenant_id: str | None
+    ledger_min: int | None
+    ledger_max: int | None
+    duration_seconds: float | None
+    tool_version: str
+    notebook_path: str = "notebook.ipynb"
+    persist_error: str | None = None
+    delivery_notes: tuple[str, ...] = ()
+    failure_message: str | None = None
+
+
+class ListedFindings(Protocol):
+    """How many findings the report listed (``report.Report`` has these)."""
+
+    @property
+    def findings_shown(self) -> int: ...
+
+    @property
+    def findings_omitted(self) -> int: ...
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The run's machine-readable summary (``summary.json``), which the runner reads back."""
+
+    run_id: str
+    status: AuditStatus
+    total: int
+    counts: Mapping[str, int]
+    tenant_id: str | None
+    started_at: str | None
+    finished_at: str | None
+    ledger_min: int | None
+    ledger_max: int | None
+    duration_seconds: float | None
+    tool_version: str
+    persisted: bool
+    persist_error: str | None
+    delivery: tuple[str, ...]
+    failure_message: str | None
+    findings_shown: int | None = None
+    findings_omitted: int | None = None
+    failed_cell: str | None = None  # the notebook cell that failed, when the runner recorded it
+    schema_version: int = SUMMARY_SCHEMA_VERSION
+
+    @property
+    def class_counts(self) -> ClassCounts:
+        return ClassCounts(total=self.total, **{name: int(self.counts.get(name, 0)) for name in CLASSES})
+
+    @classmethod
+    def from_run(
+        cls,
+        facts: RunFacts,
+        counts: Mapping[str, int],
+        report: ListedFindings | None = None,
+        *,
+        redact: Callable[[str], str] = identity,
+        failed_cell: str | None = None,
+    ) -> RunSummary:
+        per_class = {c: int(counts.get(c, 0)) for c in CLASSES}
+
+        def clean(text: str | None) -> str | None:
+            return None if text is None else redact(text)
+
+        return cls(
+            run_id=facts.run_id,
+            status=facts.status,
+            total=sum(per_class.values()),
+            counts=MappingProxyType(per_class),
+            tenant_id=facts.tenant_id,
+            started_at=_iso(facts.started_at),
+            finished_at=_iso(facts.finished_at),
+            ledger_min=facts.ledger_min,
+            ledger_max=facts.ledger_max,
+            duration_seconds=facts.duration_seconds,
+            tool_version=facts.tool_version,
+            persisted=facts.persist_error is None,
+            persist_error=clean(facts.persist_error),
+            delivery=tuple(redact(n) for n in facts.delivery_notes),
+            failure_message=clean(facts.failure_message),
+            findings_shown=None if report is None else report.findings_shown,
+            findings_omitted=None if report is None else report.findings_omitted,
+            failed_cell=failed_cell,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["counts"] = dict(self.counts)
+        data["delivery"] = list(self.delivery)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSummary:
+        data = json.loads(text)
+        data["status"] = AuditStatus(data["status"])
+        data["counts"] = MappingProxyType({c: int(data["counts"].get(c, 0)) for c in CLASSES})
+        data["delivery"] = tuple(data.get("delivery") or ())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
