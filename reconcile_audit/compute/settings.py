@@ -179,7 +179,7 @@ def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...
     return tuple(item for item in (i.strip() for i in items) if item)
 
 
-# Parameter name -> environment variable. The backend's names where they exist (DESIGN.md).
+# Parameter name -> environment variable. The backend's names where they exist (docs/domain.md, "Interfaces users rely on").
 ENVIRONMENT = {
     "database_url": "DATABASE_URL",
     "state_database_url": "RECONCILE_STATE_DATABASE_URL",

@@ -3,7 +3,7 @@
 Each escrow is one ``LiquifactEscrow`` contract instance: a PERSISTENT ``ContractData`` entry whose
 ``val.instance.storage`` holds ``Vec[Symbol("Escrow")]`` (the ``InvoiceEscrow`` struct as an
 ScMap sorted by field name), ``Vec[Symbol("FundingToken")]`` and, when set,
-``Vec[Symbol("DistributedPrincipal")]`` (see DESIGN.md). Each token is a Stellar Asset
+``Vec[Symbol("DistributedPrincipal")]`` (see docs/domain.md). Each token is a Stellar Asset
 Contract-like instance whose storage carries ``Symbol("METADATA") -> {decimal, name, symbol}``,
 as soroban-env-host's ``set_metadata`` writes it.
 

@@ -1,4 +1,4 @@
--- The source tables reconcile-audit reads, as the backend defines them (DESIGN.md, "Source
+-- The source tables reconcile-audit reads, as the backend defines them (docs/domain.md, "Source
 -- schema"). Used by the tests and the demo; production databases already have them.
 -- Portable DDL: the same statements run on PostgreSQL and DuckDB. Statements are separated by
 -- a line holding only ";" because PostgreSQL prepared statements take one command each.

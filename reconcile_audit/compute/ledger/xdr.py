@@ -8,7 +8,7 @@ and for entries, a template learnt from the layout of entries already decoded (a
 a small ``struct`` walker over the entry bytes that reads only what the reader needs (about
 15 µs). The walker knows a subset of ``SCVal``; whenever it meets anything else, or anything
 malformed, it returns ``None`` and the SDK path decides, so a fast-path gap can cost time but
-never change a result. tests/test_ledger_xdr.py checks all paths agree with stellar-sdk over every
+never change a result. tests/compute/test_ledger_xdr.py checks all paths agree with stellar-sdk over every
 storage shape, generated values and corrupted entries.
 
 The base64 of a whole answer is decoded in one vectorised polars call (:func:`decode_base64_batch`),

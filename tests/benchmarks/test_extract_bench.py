@@ -10,7 +10,7 @@ from pathlib import Path
 import adbc_driver_postgresql.dbapi as pg
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "extract_bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "extract_bench.py"
 
 
 @pytest.mark.postgres

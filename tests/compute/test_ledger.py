@@ -26,6 +26,7 @@ from reconcile_audit.emulator import (
     random_contract_id,
 )
 from reconcile_audit.errors import RpcPreflightError
+from tests import factories
 
 FAST = RetryPolicy(initial_backoff=0.001, max_backoff=0.02, jitter=0.002, max_retry_after=0.05)
 LATEST = 1_000_000
@@ -87,8 +88,7 @@ ALL_IDS = [e.contract_id for e in ESCROWS] + [MISSING]
 
 def settings_for(url: str, **params):
     base = {"rpc_url": url, "rpc_max_retries": 10, "rpc_timeout_seconds": 5, "rpc_concurrency": 4}
-    base.update(params)
-    return load_settings(base, {})
+    return factories.settings(**{**base, **params})
 
 
 def read(emu: Emulator, ids=None, policy: RetryPolicy = FAST, **params) -> LedgerRead:

@@ -28,18 +28,6 @@ HOSTILE_IDS = (
 )
 
 
-@pytest.fixture(params=["postgres", "duckdb"])
-def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL with empty source tables: PostgreSQL (real server) or a DuckDB file."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-    else:
-        url = f"duckdb://{tmp_path / 'source.duckdb'}"
-    with db.connect(url) as conn:
-        sourcedb.create_source_schema(conn)
-    return url
-
-
 def _pk() -> str:
     return str(uuid.uuid4())
 

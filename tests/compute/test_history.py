@@ -15,32 +15,27 @@ from reconcile_audit.compute.history import TREND_RUNS, compare_with_history
 from reconcile_audit.compute.persist import RunRecord
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
-    FINDINGS,
     HISTORY_FINDINGS,
     RESOLVED_FINDINGS,
     TREND,
     ClassCounts,
     count_classes,
 )
-from reconcile_audit.compute.settings import Settings, load_settings
+from reconcile_audit.compute.settings import Settings
+from tests import factories
 
 DAY0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 NOW = DAY0 + timedelta(days=4, hours=3)  # the current run, a few hours into day 4
 
 
 def frame(classes: dict[str | None, str], tenant: str | None = "t1") -> pl.DataFrame:
-    rows = []
-    for invoice_id, cls in classes.items():
-        row: dict[str, Any] = dict.fromkeys(FINDINGS)
-        row.update(
-            invoice_id=invoice_id,
-            tenant_id=tenant,
-            reason_code=f"{cls}_code",
-            reason=f"{cls} for {invoice_id}",
-        )
-        row["class"] = cls
-        rows.append(row)
-    return pl.DataFrame(rows, schema=FINDINGS)
+    """One finding per invoice of ``classes``, reasons naming class and invoice."""
+    return factories.frame(
+        [
+            factories.finding(invoice_id, cls, tenant_id=tenant, reason_code=f"{cls}_code", reason=f"{cls} for {invoice_id}")
+            for invoice_id, cls in classes.items()
+        ]
+    )
 
 
 def persisted(
@@ -66,14 +61,9 @@ def persisted(
 
 
 def settings_for(url: str, tenant: str | None = "t1") -> Settings:
-    return load_settings({"tenant_id": tenant} if tenant else {}, {"DATABASE_URL": url})
+    return factories.settings(database_url=url, tenant_id=tenant)
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_url")
-    return f"duckdb://{tmp_path / 'state.duckdb'}"
 
 
 def by_invoice(findings: pl.DataFrame) -> dict[str | None, dict[str, Any]]:

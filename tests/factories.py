@@ -1,4 +1,4 @@
-"""Sample FINDINGS frames and history comparisons for the report, delivery and metrics tests.
+"""Builders of sample data: FINDINGS rows and frames, history comparisons, run facts, settings.
 
 Built directly against the documented contracts (schemas.FINDINGS, history.HistoryComparison's
 fields), so these tests do not depend on the stages that produce them.
@@ -16,6 +16,7 @@ import polars as pl
 
 from reconcile_audit.compute.amounts import format_base_units
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS, conform
+from reconcile_audit.compute.settings import Settings, load_settings
 from reconcile_audit.output.summary import RunFacts
 
 STARTED = datetime(2026, 11, 24, 2, 0, 3, tzinfo=UTC)
@@ -239,9 +240,7 @@ def facts(status: str = "findings", **values: Any) -> RunFacts:
     return RunFacts(**base)
 
 
-def test_samples_conform_to_the_findings_schema() -> None:
-    findings = frame(realistic_rows())
-    assert findings.schema == FINDINGS
-    assert set(findings["class"]) == set(CLASSES)
-    history = history_for(findings, persisting={"INV-2026-10001": 4})
-    assert history.findings.filter(pl.col("finding_state") == "persisting")["age_days"].to_list() == [4]
+def settings(environ: Mapping[str, str] | None = None, **params: Any) -> Settings:
+    """Settings from ``params`` over ``environ`` only: never the developer's own environment."""
+    return load_settings({name: value for name, value in params.items() if value is not None}, environ or {})
+

@@ -10,16 +10,16 @@ from pathlib import Path
 import jinja2
 import polars as pl
 import pytest
-from conftest import require_binary
 from hypothesis import given
 from hypothesis import strategies as st
-from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
 from reconcile_audit.compute.amounts import format_base_units, format_decimal
 from reconcile_audit.compute.result import AuditResult
-from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.output.report import Report, environment, render_report
 from reconcile_audit.output.summary import RunSummary
+from tests.factories import facts, finding, frame, history_for, mismatch, realistic_rows
+from tests.services import require_binary
 
 SECTIONS_HTML = (
     "Escrow reconciliation: FINDINGS",
@@ -389,3 +389,11 @@ def test_malformed_amount_text_never_crashes_the_report() -> None:
     assert "HUGE-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst
     assert "BAD-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a\n" in worst  # no drift claimed
     assert "DIGITS-1 (tenant acme) [Mismatch] DB 1,250.00, chain n/a" in worst
+
+
+def test_samples_conform_to_the_findings_schema() -> None:
+    findings = frame(realistic_rows())
+    assert findings.schema == FINDINGS
+    assert set(findings["class"]) == set(CLASSES)
+    history = history_for(findings, persisting={"INV-2026-10001": 4})
+    assert history.findings.filter(pl.col("finding_state") == "persisting")["age_days"].to_list() == [4]

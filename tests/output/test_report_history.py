@@ -8,14 +8,15 @@ from pathlib import Path
 import polars as pl
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_report_samples import STARTED, facts, finding, frame, mismatch
 
 from reconcile_audit.compute import history, persist
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import count_classes
-from reconcile_audit.compute.settings import Settings, load_settings
+from reconcile_audit.compute.settings import Settings
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
 from reconcile_audit.output.report import render_report
+from tests import factories
+from tests.factories import STARTED, facts, finding, frame, mismatch
 
 
 def record(run_key: str, findings: pl.DataFrame, started_offset_days: int) -> persist.RunRecord:
@@ -33,7 +34,7 @@ def record(run_key: str, findings: pl.DataFrame, started_offset_days: int) -> pe
 
 def settings_for(tmp_path: Path) -> Settings:
     url = f"duckdb:///{tmp_path / 'state.duckdb'}"
-    return load_settings({"database_url": url, "state_database_url": url}, {})
+    return factories.settings(database_url=url, state_database_url=url)
 
 
 def counter(registry_text: str) -> float:

@@ -3,10 +3,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_report_samples import finding, frame, mismatch, realistic_rows
 
 from reconcile_audit.compute.amounts import major_units
 from reconcile_audit.output.emit import emit_findings
+from tests.factories import finding, frame, mismatch, realistic_rows
 
 
 def test_one_warning_per_mismatch_with_the_seeds_fields(caplog: pytest.LogCaptureFixture) -> None:

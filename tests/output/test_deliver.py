@@ -7,7 +7,6 @@ import io
 import json
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,6 @@ from typing import Any
 import polars as pl
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
-from conftest import free_port
-from test_report_samples import facts, finding, frame, history_for, mismatch, realistic_rows
 
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import FINDINGS
@@ -28,58 +22,19 @@ from reconcile_audit.output.deliver import build_email, send_email, write_artifa
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
 from reconcile_audit.output.report import Report, render_report
 from reconcile_audit.output.summary import RunSummary
+from tests import factories
+from tests.factories import facts, finding, frame, history_for, mismatch, realistic_rows
+from tests.services import Inbox, free_port, running_smtp
 
 PASSWORD = "s3cr3t-smtp-pa55"
 USER = "reconcile"
 
 
-@dataclass
-class Inbox:
-    """An aiosmtpd handler that keeps every message it receives."""
-
-    envelopes: list[Envelope] = field(default_factory=list)
-
-    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
-        self.envelopes.append(envelope)
-        return "250 Message accepted"
-
-    def only_message(self) -> EmailMessage:
-        assert len(self.envelopes) == 1
-        raw = self.envelopes[0].original_content or self.envelopes[0].content
-        assert isinstance(raw, bytes)
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
-
-
-def authenticate(
-    server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-) -> AuthResult:
-    ok = (
-        isinstance(auth_data, LoginPassword)
-        and auth_data.login == USER.encode()
-        and auth_data.password == PASSWORD.encode()
-    )
-    # handled=False: aiosmtpd then answers 535 itself (its default, True, sends nothing).
-    return AuthResult(success=ok, handled=False)
-
-
 @pytest.fixture
 def plain_smtp() -> Iterator[tuple[Inbox, int]]:
     """No TLS, AUTH allowed in clear (a local relay)."""
-    inbox = Inbox()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=free_port(),
-        authenticator=authenticate,
-        auth_require_tls=False,
-    )
-    controller.start()
-    try:
-        yield inbox, controller.port
-    finally:
-        controller.stop()
+    with running_smtp(PASSWORD, user=USER) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -100,44 +55,25 @@ def tls_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
     """STARTTLS required, AUTH required and only over TLS: what a real relay looks like."""
     server_context, client_context = tls_contexts(ca)
-    inbox = Inbox()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=free_port(),
+    with running_smtp(
+        PASSWORD,
+        user=USER,
         tls_context=server_context,
         require_starttls=True,
-        authenticator=authenticate,
         auth_required=True,
         auth_require_tls=True,
-    )
-    controller.start()
-    try:
-        yield inbox, controller.port, client_context
-    finally:
-        controller.stop()
+    ) as (inbox, port):
+        yield inbox, port, client_context
 
 
 @pytest.fixture
 def implicit_tls_smtp(ca: trustme.CA) -> Iterator[tuple[Inbox, int, ssl.SSLContext]]:
     """TLS from the first byte (what port 465 speaks), AUTH required."""
     server_context, client_context = tls_contexts(ca)
-    inbox = Inbox()
-    controller = Controller(
-        inbox,
-        hostname="127.0.0.1",
-        port=free_port(),
-        ssl_context=server_context,
-        authenticator=authenticate,
-        auth_required=True,
-        # aiosmtpd only counts STARTTLS as TLS for this check; the socket here is TLS throughout.
-        auth_require_tls=False,
-    )
-    controller.start()
-    try:
-        yield inbox, controller.port, client_context
-    finally:
-        controller.stop()
+    # auth_require_tls stays off: aiosmtpd only counts STARTTLS as TLS for that check, and the
+    # socket here is TLS throughout.
+    with running_smtp(PASSWORD, user=USER, ssl_context=server_context, auth_required=True) as (inbox, port):
+        yield inbox, port, client_context
 
 
 def settings_for(
@@ -154,7 +90,7 @@ def settings_for(
     if login:
         params["smtp_user"] = USER
         environ["SMTP_PASSWORD"] = PASSWORD
-    return load_settings(params, environ)
+    return factories.settings(environ, **params)
 
 
 def report_and_csv(tmp_path: Path) -> tuple[Report, Path, pl.DataFrame]:

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, require_binary, running_pushgateway
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +19,7 @@ from reconcile_audit.output.metrics import (
     write_textfile,
     write_textfile_dir,
 )
+from tests.services import free_port, require_binary, running_pushgateway
 
 PREFIX = "escrow_reconciliation_"
 

@@ -13,8 +13,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from reconcile_audit.errors import ConfigError
-from reconcile_audit.face import run as pipeline
 from reconcile_audit.face import runner
+from reconcile_audit.face.run import default_run_key, new_run_id
 from reconcile_audit.output import notebook_views
 
 
@@ -104,11 +104,11 @@ def test_environment_is_restored_after_the_run(monkeypatch):
 def test_run_ids_sort_by_time_and_keys_are_per_day():
     from datetime import UTC, datetime
 
-    early = pipeline.new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
-    late = pipeline.new_run_id(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
+    early = new_run_id(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = new_run_id(datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
     assert early.startswith("20260102T030405Z-") and early < late
-    assert pipeline.default_run_key("acme", datetime(2026, 1, 2, 23, 0, tzinfo=UTC)) == "acme:2026-01-02"
-    assert pipeline.default_run_key(None, datetime(2026, 1, 2, tzinfo=UTC)) == "all:2026-01-02"
+    assert default_run_key("acme", datetime(2026, 1, 2, 23, 0, tzinfo=UTC)) == "acme:2026-01-02"
+    assert default_run_key(None, datetime(2026, 1, 2, tzinfo=UTC)) == "all:2026-01-02"
 
 
 def _tiny_notebook(path: Path, body: str) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "ledger_bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "ledger_bench.py"
 
 
 @pytest.mark.slow

@@ -7,22 +7,15 @@ and SMTP_PASSWORD is set, so every artifact can be searched for both.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nbformat
 import polars as pl
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import free_port, running_pushgateway
 from typer.testing import CliRunner
 
 from reconcile_audit.compute import persist
@@ -30,6 +23,7 @@ from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
 from reconcile_audit.face.cli import app
+from tests.services import SMTP_USER, Inbox, admin_execute, running_pushgateway, running_smtp
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -47,35 +41,13 @@ ARTIFACTS = (
 )
 
 
-SMTP_USER = "reconcile"
-
-
-@dataclass
-class Inbox:
-    messages: list[email.message.EmailMessage] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
-        return "250 Message accepted"
-
-
-def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and auth_data.password == SMTP_PASSWORD.encode()
-    return AuthResult(success=ok, handled=False)
 
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) that checks the password, as a local relay would."""
-    inbox = Inbox()
-    controller = Controller(
-        inbox, hostname="127.0.0.1", port=free_port(), authenticator=_authenticate, auth_require_tls=False
-    )
-    controller.start()
-    try:
-        yield inbox, controller.port
-    finally:
-        controller.stop()
+    with running_smtp(SMTP_PASSWORD, user=SMTP_USER) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +79,6 @@ def delivery(smtp: tuple[Inbox, int], pushgateway: str) -> dict[str, str]:
     }
 
 
-def _admin(pg_server: str, sql: str) -> None:
-    import adbc_driver_postgresql.dbapi as pg
-
-    with pg.connect(pg_server, autocommit=True) as conn, conn.cursor() as cursor:
-        cursor.execute(sql)
-
-
 @pytest.fixture(scope="module")
 def databases(pg_server: str) -> Iterator[dict[str, str]]:
     """Three fresh databases: one with planted findings, one clean, one for the failing run."""
@@ -122,12 +87,12 @@ def databases(pg_server: str) -> Iterator[dict[str, str]]:
         role: f"reconcile_cli_{role}_{uuid.uuid4().hex[:8]}" for role in ("findings", "clean", "failing")
     }
     for name in names.values():
-        _admin(pg_server, f'CREATE DATABASE "{name}"')
+        admin_execute(f'CREATE DATABASE "{name}"')
     try:
         yield {role: f"{base}/{name}" for role, name in names.items()}
     finally:
         for name in names.values():
-            _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def with_password(url: str) -> str:

@@ -22,6 +22,8 @@ from reconcile_audit.compute.db import connect, read_sql
 from reconcile_audit.compute.persist import RunRecord
 from reconcile_audit.compute.schemas import FINDINGS, ClassCounts, count_classes
 from reconcile_audit.errors import LeaseHeldError, PersistError
+from tests import factories
+from tests.factories import frame
 
 I128_MIN = str(-(2**127))
 I128_MAX = str(2**127 - 1)
@@ -29,28 +31,13 @@ T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
 
 def finding(invoice_id: str | None, cls: str, **values: Any) -> dict[str, Any]:
-    row: dict[str, Any] = dict.fromkeys(FINDINGS)
-    row.update(
-        invoice_id=invoice_id,
-        tenant_id="t1",
-        contract_id="C" + "A" * 55,
-        reason_code=f"{cls}_code",
-        reason=f"{cls} because",
-        flags=[],
-        token_decimals=7,
-        db_total_funded=Decimal("12.50"),
-    )
-    row["class"] = cls
+    """A row of tenant t1 with a 12.50 total; a mismatch is 0.00001 over on the database side."""
+    defaults: dict[str, Any] = {"tenant_id": "t1", "db_total_funded": Decimal("12.50")}
     if cls == "mismatch":
-        row.update(
+        defaults.update(
             db_funded_base_units="125000000", chain_funded_base_units="124999900", delta_base_units="100"
         )
-    row.update(values)
-    return row
-
-
-def frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=FINDINGS)
+    return factories.finding(invoice_id, cls, **{**defaults, **values})
 
 
 def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> RunRecord:
@@ -67,11 +54,6 @@ def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> Run
     return RunRecord(counts=count_classes(findings), **values)
 
 
-@pytest.fixture(params=["duckdb", "postgres"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_url")
-    return f"duckdb://{tmp_path / 'state.duckdb'}"
 
 
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

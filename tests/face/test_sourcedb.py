@@ -5,20 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 
 import polars as pl
 import pytest
 
 from reconcile_audit.compute import db
 from reconcile_audit.face.demo import sourcedb
-
-
-@pytest.fixture(params=["postgres", "duckdb"])
-def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        return request.getfixturevalue("pg_url")
-    return f"duckdb://{tmp_path / 'source.duckdb'}"
 
 
 def _frames(n: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -37,9 +29,9 @@ def _frames(n: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     return invoices, summaries, operations
 
 
-def test_create_is_idempotent_and_load_is_exact(source_url: str) -> None:
+def test_create_is_idempotent_and_load_is_exact(database_url: str) -> None:
     invoices, summaries, operations = _frames(2_000)
-    with db.connect(source_url) as conn:
+    with db.connect(database_url) as conn:
         sourcedb.create_source_schema(conn)
         sourcedb.create_source_schema(conn)
         sourcedb.load_source_rows(conn, invoices, summaries, operations)
@@ -57,9 +49,9 @@ def test_create_is_idempotent_and_load_is_exact(source_url: str) -> None:
         assert stamp.startswith("2026-01-01 00:00:00")
 
 
-def test_money_must_not_be_float(source_url: str) -> None:
+def test_money_must_not_be_float(database_url: str) -> None:
     invoices, summaries, operations = _frames(1)
-    with db.connect(source_url) as conn:
+    with db.connect(database_url) as conn:
         sourcedb.create_source_schema(conn)
         with pytest.raises(TypeError, match=r"escrow_summaries\.total_funded"):
             sourcedb.load_source_rows(
@@ -67,22 +59,22 @@ def test_money_must_not_be_float(source_url: str) -> None:
             )
 
 
-def test_missing_required_column_is_named(source_url: str) -> None:
+def test_missing_required_column_is_named(database_url: str) -> None:
     invoices, summaries, operations = _frames(1)
-    with db.connect(source_url) as conn:
+    with db.connect(database_url) as conn:
         sourcedb.create_source_schema(conn)
         with pytest.raises(ValueError, match="status"):
             sourcedb.load_source_rows(conn, invoices.drop("status"), summaries, operations)
 
 
-def test_failed_load_leaves_nothing_behind(source_url: str) -> None:
+def test_failed_load_leaves_nothing_behind(database_url: str) -> None:
     invoices, summaries, operations = _frames(3)
-    with db.connect(source_url) as conn:
+    with db.connect(database_url) as conn:
         sourcedb.create_source_schema(conn)
         bad_operations = operations.with_columns(pl.lit("not-a-uuid").alias("invoice_id"))
         with pytest.raises(Exception):  # noqa: B017 - the driver's own conversion error
             sourcedb.load_source_rows(conn, invoices, summaries, bad_operations)
-    with db.connect(source_url) as conn:
+    with db.connect(database_url) as conn:
         assert conn.rows("SELECT count(*) FROM invoices")[0][0] == 0
         assert conn.rows("SELECT count(*) FROM escrow_summaries")[0][0] == 0
 

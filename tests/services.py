@@ -1,0 +1,149 @@
+"""The real services the tests run against: PostgreSQL, aiosmtpd, a Pushgateway, and binaries.
+
+In CI (``RECONCILE_AUDIT_REQUIRE_SERVICES=1``, set by ``.ci/run``) a missing service fails the
+test instead of skipping it, so a green run always means the real parts were exercised.
+Fixtures that hand these out live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import adbc_driver_postgresql.dbapi as pg
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+PG_ADMIN_URL = os.environ.get("RECONCILE_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_SERVICES = os.environ.get("RECONCILE_AUDIT_REQUIRE_SERVICES") == "1"
+SMTP_USER = "reconcile"
+
+
+def unavailable(what: str) -> None:
+    """Skip locally, fail in CI: a test that needs a real part never silently passes without it."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{what} is required in CI (RECONCILE_AUDIT_REQUIRE_SERVICES=1) but unavailable")
+    pytest.skip(f"{what} unavailable")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        unavailable(f"the {name!r} binary")
+    return path  # type: ignore[return-value]
+
+
+def admin_execute(sql: str, url: str = PG_ADMIN_URL) -> None:
+    """One statement as the PostgreSQL superuser, outside any transaction."""
+    with pg.connect(url, autocommit=True) as conn, conn.cursor() as cursor:
+        cursor.execute(sql)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_pushgateway() -> Iterator[str]:
+    """A real Pushgateway (Debian's binary) on a free loopback port, in memory only; yields its URL."""
+    binary = require_binary("prometheus-pushgateway")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the Pushgateway did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    envelopes: list[Envelope] = field(default_factory=list)
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        parsed = []
+        for envelope in self.envelopes:
+            raw = envelope.original_content or envelope.content
+            assert isinstance(raw, bytes)
+            message = email.message_from_bytes(raw, policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            parsed.append(message)
+        return parsed
+
+    def only_message(self) -> EmailMessage:
+        assert len(self.envelopes) == 1
+        return self.messages[0]
+
+
+def password_check(user: str, password: str) -> Any:
+    """An aiosmtpd authenticator that takes exactly this login, as a real relay would."""
+
+    def authenticate(
+        server: SMTPServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == user.encode()
+            and auth_data.password == password.encode()
+        )
+        # handled=False: aiosmtpd then answers 535 itself (its default, True, sends nothing).
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
+@contextmanager
+def running_smtp(password: str, *, user: str = SMTP_USER, **controller: Any) -> Iterator[tuple[Inbox, int]]:
+    """A real SMTP server (aiosmtpd) on a free loopback port that checks the login.
+
+    ``controller``: aiosmtpd ``Controller`` options (TLS contexts, ``auth_required``...); by
+    default AUTH is allowed in clear, as on a local relay.
+    """
+    inbox = Inbox()
+    options: dict[str, Any] = {"auth_require_tls": False, **controller}
+    server = Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), authenticator=password_check(user, password), **options
+    )
+    server.start()
+    try:
+        yield inbox, server.port
+    finally:
+        server.stop()

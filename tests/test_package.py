@@ -1,0 +1,59 @@
+"""The package as a whole: its public calls, and the parts' import arrows (import-linter)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import reconcile_audit
+from reconcile_audit.compute import persist, settings
+from reconcile_audit.face import runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_public_calls_are_the_stage_functions() -> None:
+    assert reconcile_audit.run is runner.run
+    assert reconcile_audit.load_settings is settings.load_settings
+    assert reconcile_audit.latest_summary is persist.latest_summary
+
+
+def test_a_configured_run_imports_neither_the_demo_nor_the_emulator() -> None:
+    """What the notebook's first cell imports when DATABASE_URL is set, in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "from reconcile_audit.compute import classify, extract, history, ledger, resolve\n"
+        "from reconcile_audit.face.run import RunContext\n"
+        "from reconcile_audit.face import runner\n"
+        "from reconcile_audit.output import emit, notebook_views\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('reconcile_audit.emulator', 'reconcile_audit.face.demo'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_importing_one_stage_does_not_import_every_part() -> None:
+    code = "import sys, reconcile_audit.compute.schemas; print(sorted(m for m in sys.modules if m.startswith('reconcile_audit.')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['reconcile_audit.compute', 'reconcile_audit.compute.schemas']"
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    binary = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(binary)], cwd=root, capture_output=True, text=True, check=False)
+
+
+def test_the_contracts_hold_and_catch_a_wrong_arrow(tmp_path: Path) -> None:
+    assert lint_imports(ROOT).returncode == 0
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", copy)
+    shutil.copytree(ROOT / "reconcile_audit", copy / "reconcile_audit", ignore=shutil.ignore_patterns("__pycache__"))
+    classify = copy / "reconcile_audit" / "compute" / "classify.py"
+    classify.write_text(classify.read_text() + "\nfrom reconcile_audit.output import report  # noqa\n")
+    broken = lint_imports(copy)
+    assert broken.returncode != 0
+    assert "Compute never imports Output or Face BROKEN" in broken.stdout
+    assert "Face above Output above Compute BROKEN" in broken.stdout
