@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import adbc_driver_postgresql.dbapi as pg
+import duckdb
 import pyarrow as pa
 
 from reconcile_audit.errors import ConfigError
@@ -77,14 +79,10 @@ class Connection:
 def open_connection(url: str, *, read_only: bool = False, autocommit: bool = False) -> Connection:
     dialect = dialect_of(url)
     if dialect == "duckdb":
-        import duckdb
-
         path = duckdb_path(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         return Connection(duckdb.connect(path, read_only=read_only), "duckdb")
-    import adbc_driver_postgresql.dbapi as pg
-
     normalized = "postgresql://" + url.split("://", 1)[1]
     return Connection(pg.connect(normalized, autocommit=autocommit), "postgres")
 

@@ -26,7 +26,7 @@ from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 import polars as pl
-from stellar_sdk import Address
+from stellar_sdk import Address, scval
 from stellar_sdk import xdr as sx
 
 from reconcile_audit.compute.strkey import contract_hash, contract_id_of
@@ -596,15 +596,11 @@ def _field_sdk(
 
 
 def _i128_sdk(val: sx.SCVal) -> int:
-    from stellar_sdk import scval
-
     return scval.from_int128(val)
 
 
 def escrow_fields_sdk(val: sx.SCVal) -> EscrowFields:
     """The ``InvoiceEscrow`` struct (as stored, or as ``get_escrow`` returns it) read with stellar-sdk."""
-    from stellar_sdk import scval
-
     what = "Escrow"
     fields = _struct_sdk(val, what, ESCROW_FIELDS)
     t = sx.SCValType
@@ -642,8 +638,6 @@ def decode_escrow_sdk(buf: bytes) -> EscrowInstance:
 
 
 def decode_token_sdk(buf: bytes) -> TokenInstance:
-    from stellar_sdk import scval
-
     raw_hash, items = _instance_storage_sdk(buf)
     named = _named_sdk(items, frozenset({_METADATA}))
     if _METADATA not in named:
