@@ -43,11 +43,13 @@ COUNT_NAMES: Final = ("total", *CLASSES)
 
 
 class RunStatus(StrEnum):
-    """A ``reconciliation_runs`` row: started, finished with a result, or not finished."""
+    """A run attempt (and a ``reconciliation_runs`` result): started, finished with a result,
+    failed, or abandoned (it never recorded an end: killed, or its host died)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    ABANDONED = "abandoned"
 
 
 class AuditStatus(StrEnum):

@@ -163,7 +163,9 @@ class RunContext:
         context = cls.create(settings, run_id=run_id, out_dir=out_dir, clock=clock, demo=demo)
         install_redaction(settings)
         log_to_file(out_dir / RUN_LOG, settings)
-        persist.start_run(context.state_url, context.run_key, settings.tenant_id, clock.started_at)
+        persist.start_run(
+            context.state_url, context.run_key, settings.tenant_id, clock.started_at, attempt=context.run_id
+        )
         return context
 
     @property
@@ -197,6 +199,7 @@ class RunContext:
             ledger_min=None if result is None else result.ledger_min,
             ledger_max=None if result is None else result.ledger_max,
             error_message=error_message,
+            attempt=self.run_id,
         )
 
     def persist(self, result: AuditResult) -> PersistOutcome:
@@ -334,8 +337,9 @@ class RunContext:
         on it.
 
         ``already_persisted``: the notebook's persist cell completed before the failure (render
-        or deliver broke). Its run row and findings are then kept: rewriting the run as failed
-        would delete findings the history needs, and the reconciliation itself did complete.
+        or deliver broke): the attempt already ended completed, so nothing is written. Were it
+        written anyway (the executed notebook unreadable on a full disk), the database keeps
+        the completed attempt and result: a failure never replaces either.
         """
         message = self.settings.redact(failure_message)
         persisted = None

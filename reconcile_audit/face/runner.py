@@ -329,6 +329,9 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         with environment(environ):
             kernel = ensure_kernel(request.kernel_name)
             with persist.run_lease(state_url, settings.tenant_id, holder):
+                # Under the lease no other attempt of the scope is alive: one still marked
+                # running was killed, and is closed as abandoned before this one starts.
+                persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
                 try:
                     with ipc_kernel_config() as config:
                         papermill.execute_notebook(

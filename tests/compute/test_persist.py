@@ -20,6 +20,7 @@ import pytest
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.db import connect, read_sql
 from reconcile_audit.compute.persist import RunRecord
+from reconcile_audit.compute.persist.migrate import migrations
 from reconcile_audit.compute.schemas import FINDINGS, ClassCounts, count_classes
 from reconcile_audit.errors import LeaseHeldError, PersistError
 from tests import factories
@@ -79,8 +80,13 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
     versions = query(
         state_url, "SELECT version, name FROM reconcile_audit_schema_migrations ORDER BY version"
     )
-    assert versions == [(1, "initial")]
-    for table in ("reconciliation_runs", "reconciliation_findings", "reconciliation_leases"):
+    assert versions == [(1, "initial"), (2, "attempts")]
+    for table in (
+        "reconciliation_runs",
+        "reconciliation_findings",
+        "reconciliation_leases",
+        "reconciliation_attempts",
+    ):
         assert query(state_url, f"SELECT count(*) FROM {table}") == [(0,)]
 
 
@@ -99,7 +105,10 @@ def test_concurrent_migrations_on_postgres_do_not_race(pg_url: str) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert query(pg_url, "SELECT count(*) FROM reconcile_audit_schema_migrations") == [(1,)]
+    # Each migration recorded once, however many migrators raced.
+    assert query(pg_url, "SELECT count(*) FROM reconcile_audit_schema_migrations") == [
+        (len(migrations("postgres")),)
+    ]
 
 
 def test_persist_writes_counts_digest_and_only_non_match_findings(state_url: str) -> None:
@@ -132,8 +141,9 @@ def test_rerunning_a_run_key_replaces_the_run_and_its_findings(state_url: str) -
     assert persist.persist_run(state_url, record(MIXED), MIXED).ok
     smaller = frame([finding("INV-1", "match"), finding("INV-9", "error")])
     persist.start_run(state_url, "run-1", "t1", T0 + timedelta(hours=1))
-    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("running", 0)]
-    assert query(state_url, "SELECT count(*) FROM reconciliation_findings") == [(0,)]
+    # A new attempt starting leaves the key's completed result and its findings in place.
+    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("completed", 6)]
+    assert query(state_url, "SELECT count(*) FROM reconciliation_findings") == [(5,)]
     outcome = persist.persist_run(state_url, record(smaller, started_at=T0 + timedelta(hours=1)), smaller)
     assert outcome.ok
     assert query(
@@ -240,9 +250,14 @@ def test_a_constraint_violation_rolls_back_the_whole_run(state_url: str) -> None
     broken = frame([finding("INV-2", "mismatch"), finding("INV-7", "mismatch", delta_base_units="12.5")])
     outcome = persist.persist_run(state_url, record(broken), broken)
     assert not outcome.ok and outcome.marked_failed
-    # The earlier findings of the key survive: the failed transaction changed nothing.
+    # The earlier findings of the key survive: the failed transaction changed nothing, and the
+    # failure is an attempt of its own; it never replaces the key's completed result.
     assert query(state_url, "SELECT count(*) FROM reconciliation_findings") == [(5,)]
-    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("failed", 2)]
+    assert query(state_url, "SELECT status, total FROM reconciliation_runs") == [("completed", 6)]
+    assert query(state_url, "SELECT status, total FROM reconciliation_attempts ORDER BY id") == [
+        ("completed", 6),
+        ("failed", 2),
+    ]
 
 
 def test_a_frame_missing_columns_is_reported_not_raised(state_url: str) -> None:

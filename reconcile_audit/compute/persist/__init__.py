@@ -35,12 +35,13 @@ from reconcile_audit.compute.persist.findings import (
     non_match_rows,
     results_digest,
 )
-from reconcile_audit.compute.persist.health import Health, latest_summary
+from reconcile_audit.compute.persist.health import AttemptView, Health, latest_summary
 from reconcile_audit.compute.persist.lease import Lease, run_lease
 from reconcile_audit.compute.persist.migrate import migrate
 from reconcile_audit.compute.persist.runs import (
     PersistOutcome,
     RunRecord,
+    abandon_stale_attempts,
     cumulative_mismatches,
     persist_run,
     start_run,
@@ -50,10 +51,12 @@ from reconcile_audit.compute.persist.session import state_database_missing
 __all__ = [
     "RESULTS_COLUMNS",
     "RESULTS_JSON_CAP",
+    "AttemptView",
     "Health",
     "Lease",
     "PersistOutcome",
     "RunRecord",
+    "abandon_stale_attempts",
     "cumulative_mismatches",
     "latest_summary",
     "migrate",

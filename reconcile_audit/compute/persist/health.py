@@ -22,13 +22,46 @@ from reconcile_audit.errors import PersistError
 
 
 @dataclass(frozen=True)
-class Health:
-    """The latest finished run of a tenant scope and what it says about the audit's health.
+class AttemptView:
+    """One attempt of a run key, as the health check shows it."""
 
-    ``not_run``: no finished run (or no tables); ``failed``: the latest run failed; ``stale``:
-    the latest run completed more than ``stale_after_hours`` before ``checked_at``;
-    ``healthy``: it completed with every invoice a match; ``findings``: it completed with at
-    least one non-match invoice.
+    run_key: str
+    run_id: str | None
+    status: RunStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    counts: ClassCounts
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_key": self.run_key,
+            "run_id": self.run_id,
+            "status": str(self.status),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "total": self.counts.total,
+            "counts": {**self.counts.by_class(), "non_match": self.counts.non_match},
+            "error": self.error,
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the latest finished attempt of a tenant scope says about the audit's health.
+
+    ``not_run``: no finished attempt (or no tables); ``failed``: the latest attempt failed or was
+    abandoned; ``stale``: the latest attempt completed more than ``stale_after_hours`` before
+    ``checked_at``; ``healthy``: it completed with every invoice a match; ``findings``: it
+    completed with at least one non-match invoice.
+
+    ``latest`` is that attempt and ``last_completed`` the newest completed one (the stored result
+    the findings come from), ordered by the database's writes, not by any client's clock. The flat
+    fields (``run_key`` ... ``error``) repeat ``latest`` for readers of the first version.
     """
 
     status: HealthStatus
@@ -43,18 +76,33 @@ class Health:
     ledger_min: int | None = None
     ledger_max: int | None = None
     error: str | None = None
+    latest: AttemptView | None = None
+    last_completed: AttemptView | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for name in ("checked_at", "started_at", "finished_at"):
-            value = getattr(self, name)
-            data[name] = value.isoformat() if value is not None else None
+            data[name] = _iso(getattr(self, name))
         if self.counts is not None:
             data["counts"]["non_match"] = self.counts.non_match
+        data["latest"] = None if self.latest is None else self.latest.to_dict()
+        data["last_completed"] = None if self.last_completed is None else self.last_completed.to_dict()
         return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
+
+
+def _attempt(row: dict[str, Any]) -> AttemptView:
+    return AttemptView(
+        run_key=row["run_key"],
+        run_id=row.get("run_id"),
+        status=RunStatus(row["status"]),
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        counts=ClassCounts(**{name: int(row[name]) for name in COUNT_NAMES}),
+        error=row["error_message"],
+    )
 
 
 def latest_summary(
@@ -64,7 +112,7 @@ def latest_summary(
     stale_after_hours: float = 25.0,
     now: datetime | None = None,
 ) -> Health:
-    """The health of one tenant scope from its latest finished run (see :class:`Health`).
+    """The health of one tenant scope from its latest finished attempt (see :class:`Health`).
 
     Raises :class:`PersistError` when the state database cannot be reached.
     """
@@ -74,35 +122,41 @@ def latest_summary(
         return health
     try:
         with state_session(url, lock_wait_seconds=2.0) as conn:
-            if not table_exists(conn, "reconciliation_runs"):
+            if table_exists(conn, "reconciliation_attempts"):
+                rows = read_frame(conn, read_sql("persist/latest_attempts.sql"), (tenant_id,))
+            elif table_exists(conn, "reconciliation_runs"):  # not yet migrated: a read needs no DDL
+                rows = read_frame(conn, read_sql("persist/latest_finished_run.sql"), (tenant_id,))
+                rows = rows.with_columns(is_completed=rows["status"] == RunStatus.COMPLETED)
+            else:
                 return health
-            latest = read_frame(conn, read_sql("persist/latest_finished_run.sql"), (tenant_id,))
     except Exception as exc:
         raise PersistError(f"cannot read the latest run: {describe_error(exc, url)}") from exc
-    if latest.is_empty():
+    if rows.is_empty():
         return health
-    run = latest.row(0, named=True)
-    counts = ClassCounts(**{name: int(run[name]) for name in COUNT_NAMES})
-    ended = run["finished_at"] or run["started_at"]
-    if run["status"] == RunStatus.FAILED:
+    latest_row = rows.row(0, named=True)
+    latest = _attempt(latest_row)
+    completed = [row for row in rows.iter_rows(named=True) if row["is_completed"]]
+    last_completed = _attempt(completed[0]) if completed else None
+    ended = latest.finished_at or latest.started_at
+    if latest.status != RunStatus.COMPLETED:
         status = HealthStatus.FAILED
-    elif checked_at - ended > timedelta(hours=stale_after_hours):
+    elif ended is None or checked_at - ended > timedelta(hours=stale_after_hours):
         status = HealthStatus.STALE
     else:
-        status = HealthStatus.FINDINGS if counts.non_match else HealthStatus.HEALTHY
+        status = HealthStatus.FINDINGS if latest.counts.non_match else HealthStatus.HEALTHY
     return Health(
         status=status,
         tenant_id=tenant_id,
         checked_at=checked_at,
         stale_after_hours=stale_after_hours,
-        run_key=run["run_key"],
-        run_status=RunStatus(run["status"]),
-        started_at=run["started_at"],
-        finished_at=run["finished_at"],
-        counts=counts,
-        ledger_min=run["ledger_min"],
-        ledger_max=run["ledger_max"],
-        error=run["error_message"],
+        run_key=latest.run_key,
+        run_status=latest.status,
+        started_at=latest.started_at,
+        finished_at=latest.finished_at,
+        counts=latest.counts,
+        ledger_min=latest_row["ledger_min"],
+        ledger_max=latest_row["ledger_max"],
+        error=latest.error,
+        latest=latest,
+        last_completed=last_completed,
     )
-
-

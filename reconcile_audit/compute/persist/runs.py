@@ -1,10 +1,17 @@
-"""One ``reconciliation_runs`` row per run key, written with the run's findings in one transaction."""
+"""Runs and their attempts.
+
+``reconciliation_runs`` holds one row per run key: the key's result, written with its findings in
+one transaction. ``reconciliation_attempts`` holds one row per execution (the runner's run id).
+A completed result is replaced only by a later *completed* attempt of the key; a failed attempt
+is recorded as an attempt and leaves the completed result, its findings and the history intact.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -42,8 +49,12 @@ class RunRecord:
     ledger_min: int | None = None
     ledger_max: int | None = None
     error_message: str | None = None
+    # The attempt this record ends: the runner's run id. None: a new attempt of its own.
+    attempt: str | None = None
 
     def __post_init__(self) -> None:
+        if self.attempt is None:
+            object.__setattr__(self, "attempt", f"{self.run_key}:{uuid.uuid4().hex}")
         if self.status not in set(RunStatus):
             raise ValueError(f"status must be one of {', '.join(RunStatus)}, not {self.status!r}")
         for name in ("started_at", "finished_at"):
@@ -63,7 +74,8 @@ class PersistOutcome:
     results_rows: int
     seconds: float
     error: str | None = None
-    marked_failed: bool = False  # the run row was written as failed after the error
+    marked_failed: bool = False  # the attempt was recorded as failed, with its counts, after the error
+    kept_completed: bool = False  # a failed attempt left the key's earlier completed result in place
 
 
 def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
@@ -85,35 +97,87 @@ def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int
     return int(conn.rows(read_sql("persist/upsert_run.sql"), _run_params(record, results))[0][0])
 
 
-def _replace_run(conn: Connection, record: RunRecord, results: str | None) -> int:
-    """Write the run row and drop the findings an earlier run with the same key left."""
-    run_id = _upsert_run(conn, record, results)
+def _record_attempt(conn: Connection, record: RunRecord) -> None:
+    conn.execute(
+        read_sql("persist/upsert_attempt.sql"),
+        (
+            record.attempt,
+            record.run_key,
+            record.tenant_id,
+            str(record.status),
+            as_utc(record.started_at),
+            as_utc(record.finished_at) if record.finished_at is not None else None,
+            *(record.counts[name] for name in COUNT_NAMES),
+            record.ledger_min,
+            record.ledger_max,
+            record.error_message,
+        ),
+    )
+
+
+def _write(conn: Connection, record: RunRecord, rows: pl.DataFrame, results: str | None) -> int | None:
+    """The attempt, and the key's result when this record may hold it. Returns the result row's
+    id, or None when a completed result of the key was kept (``record`` is a failure)."""
+    _record_attempt(conn, record)
+    if record.status == RunStatus.COMPLETED:
+        run_id = _upsert_run(conn, record, results)
+    else:
+        written = conn.rows(read_sql("persist/upsert_run_unless_completed.sql"), _run_params(record, results))
+        if not written:
+            return None
+        run_id = int(written[0][0])
     conn.execute(read_sql("persist/delete_findings.sql"), (run_id,))
+    insert_findings(conn, run_id, rows)
     return run_id
 
 
-def start_run(url: str, run_key: str, tenant_id: str | None, started_at: datetime) -> None:
-    """Record ``run_key`` as running, replacing an earlier run with the same key and its findings.
+def start_run(
+    url: str, run_key: str, tenant_id: str | None, started_at: datetime, *, attempt: str | None = None
+) -> None:
+    """Record a new attempt of ``run_key`` as running. The key's stored result is not touched.
 
     Migrates first. Raises :class:`PersistError` (redacted cause) when the database refuses.
     """
-    record = RunRecord(run_key, tenant_id, started_at, None, RunStatus.RUNNING, ClassCounts.zero())
+    record = RunRecord(
+        run_key, tenant_id, started_at, None, RunStatus.RUNNING, ClassCounts.zero(), attempt=attempt
+    )
     try:
         with state_session(url) as conn:
             migrate_connection(conn)
             with transaction(conn):
-                _replace_run(conn, record, None)
+                _record_attempt(conn, record)
     except Exception as exc:
         raise PersistError(f"cannot record the start of run {run_key!r}: {describe_error(exc, url)}") from exc
 
 
-def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistOutcome:
-    """Finish the run row and bulk-write its non-match findings, in one transaction.
+def abandon_stale_attempts(url: str, tenant_id: str | None, attempt: str) -> tuple[str, ...]:
+    """Mark the scope's other attempts still ``running`` as abandoned; return their run ids.
 
-    Re-running the same ``run_key`` replaces the run's row and findings. Never raises: a failure
-    is logged with its redacted cause and returned as ``ok=False``; the run row is then written
-    as ``failed`` (keeping the counts) when the database still allows it, so the health check
-    does not show a finished run whose findings are missing.
+    Only the holder of the scope's lease may call this: under the lease no other attempt can be
+    alive, so one still marked running was killed or lost its host.
+    """
+    try:
+        with state_session(url) as conn:
+            migrate_connection(conn)
+            with transaction(conn):
+                rows = conn.rows(read_sql("persist/abandon_stale_attempts.sql"), (tenant_id, attempt))
+    except Exception as exc:
+        raise PersistError(f"cannot close abandoned attempts: {describe_error(exc, url)}") from exc
+    abandoned = tuple(str(row[0]) for row in rows)
+    for run_id in abandoned:
+        logger.warning("attempt %s never recorded an end; marked abandoned", run_id)
+    return abandoned
+
+
+def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistOutcome:
+    """End the attempt and, for a completed one, store the key's result and its non-match
+    findings, all in one transaction.
+
+    A later completed attempt of the same ``run_key`` replaces the result and its findings; a
+    failed one (``record.status`` failed) never does: it is stored as the key's result only when
+    the key has no completed one (``kept_completed`` says so). Never raises: a failure is logged
+    with its redacted cause and returned as ``ok=False``; the attempt is then recorded as
+    ``failed`` with its counts when the database still allows it.
     """
     clock = time.perf_counter()
     try:
@@ -122,8 +186,7 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
         with state_session(url) as conn:
             migrate_connection(conn)
             with transaction(conn):
-                run_id = _replace_run(conn, record, json.dumps(digest, ensure_ascii=False, default=str))
-                insert_findings(conn, run_id, rows)
+                run_id = _write(conn, record, rows, json.dumps(digest, ensure_ascii=False, default=str))
     except Exception as exc:
         cause = describe_error(exc, url)
         logger.error("persisting run %r to %s failed: %s", record.run_key, redact_url(url), cause)
@@ -138,6 +201,11 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
             marked_failed=_mark_failed(url, record, cause),
         )
     seconds = time.perf_counter() - clock
+    if run_id is None:
+        logger.warning(
+            "run %r: this attempt failed; the key's earlier completed result is kept", record.run_key
+        )
+        return PersistOutcome(True, record.run_key, None, 0, 0, seconds, kept_completed=True)
     logger.info(
         "persisted run %r (id %s): %d non-match findings, %d in the results digest, %.2f s",
         record.run_key,
@@ -157,8 +225,10 @@ def _mark_failed(url: str, record: RunRecord, cause: str) -> bool:
         error_message=f"findings not stored: {cause}",
     )
     try:
+        # Only the rows, not the findings: the findings table may be what failed.
         with state_session(url) as conn, transaction(conn):
-            _upsert_run(conn, failed, None)
+            _record_attempt(conn, failed)
+            conn.rows(read_sql("persist/upsert_run_unless_completed.sql"), _run_params(failed, None))
     except Exception as exc:
         logger.error("could not mark run %r as failed either: %s", record.run_key, describe_error(exc, url))
         return False
@@ -166,13 +236,14 @@ def _mark_failed(url: str, record: RunRecord, cause: str) -> bool:
 
 
 def cumulative_mismatches(url: str, tenant_id: str | None) -> int:
-    """Mismatches summed over every finished run of the scope: the monotonic counter's value.
+    """The monotonic counter's value: per run key, the most mismatches a finished attempt counted,
+    summed over the scope's keys (``sql/persist/cumulative_mismatches.sql``).
 
     0 before the first run. Raises :class:`PersistError` when the database cannot be read.
     """
     try:
         with state_session(url) as conn:
-            if not table_exists(conn, "reconciliation_runs"):
+            if not table_exists(conn, "reconciliation_attempts"):
                 return 0
             return int(conn.rows(read_sql("persist/cumulative_mismatches.sql"), (tenant_id,))[0][0])
     except Exception as exc:

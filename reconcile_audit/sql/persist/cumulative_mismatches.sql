@@ -1,6 +1,11 @@
--- Mismatches over every finished run of one tenant scope (NULL tenant = the all-tenants run).
--- Failed runs count too: a run whose findings could not be stored is marked failed but keeps
--- its counts, and its mismatches must still reach the monotonic Prometheus counter.
-SELECT CAST(COALESCE(SUM(mismatch), 0) AS BIGINT)
-FROM reconciliation_runs
-WHERE status IN ('completed', 'failed') AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
+-- The monotonic counter's value for one tenant scope (NULL tenant = the all-tenants run): per
+-- run key, the most mismatches any finished attempt of it counted, summed over the keys. A rerun
+-- of a key counts once, and no later attempt (failed, or finding fewer) can lower the sum.
+-- Failed attempts count too: one whose findings could not be stored keeps its counts.
+SELECT CAST(COALESCE(SUM(most), 0) AS BIGINT)
+FROM (
+    SELECT max(mismatch) AS most
+    FROM reconciliation_attempts
+    WHERE status IN ('completed', 'failed') AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
+    GROUP BY run_key
+) AS per_key

@@ -1,0 +1,30 @@
+-- A failed attempt's row for its run key, written only when the key has no completed result:
+-- a completed run is replaced by a later completed attempt, never by a failure. Returns the
+-- row's id when it was written, nothing when a completed result was kept.
+INSERT INTO reconciliation_runs (
+    run_key, tenant_id, started_at, finished_at, status,
+    total, match, mismatch, missing_on_chain, unlinked, error,
+    ledger_min, ledger_max, error_message, results
+)
+VALUES (
+    $1, CAST($2 AS TEXT), CAST($3 AS TIMESTAMPTZ), CAST($4 AS TIMESTAMPTZ), $5,
+    $6, $7, $8, $9, $10, $11,
+    CAST($12 AS BIGINT), CAST($13 AS BIGINT), CAST($14 AS TEXT), CAST($15 AS JSON)
+)
+ON CONFLICT (run_key) DO UPDATE SET
+    tenant_id = excluded.tenant_id,
+    started_at = excluded.started_at,
+    finished_at = excluded.finished_at,
+    status = excluded.status,
+    total = excluded.total,
+    match = excluded.match,
+    mismatch = excluded.mismatch,
+    missing_on_chain = excluded.missing_on_chain,
+    unlinked = excluded.unlinked,
+    error = excluded.error,
+    ledger_min = excluded.ledger_min,
+    ledger_max = excluded.ledger_max,
+    error_message = excluded.error_message,
+    results = excluded.results
+WHERE reconciliation_runs.status <> 'completed'
+RETURNING id
