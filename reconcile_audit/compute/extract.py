@@ -120,7 +120,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
             f"{settings.tenant_id!r}; bind $1 to the tenant id (NULL for all tenants)"
         )
     params = [settings.tenant_id] if uses_tenant else []
-    url = settings.database_url.reveal()
+    url = settings.source_url()
     started = time.perf_counter()
     try:
         with db.connect(url) as conn:

@@ -156,14 +156,14 @@ def compare_with_history(
 ) -> HistoryComparison:
     """Mark each finding new or persisting, list the resolved ones and the trend of the last runs.
 
-    Reads ``settings.state_database_url`` for ``settings.tenant_id``'s scope, excluding
+    Reads ``settings.state_url()`` for ``settings.tenant_id``'s scope, excluding
     ``run_key`` itself and runs that started at or after ``now``. An unreadable or empty state
     database gives an empty history (every non-match row new) and a logged warning; it never
     raises over the findings.
     """
     now = as_utc(now)
     current = result.findings
-    url = settings.state_database_url.reveal()
+    url = settings.state_url()
     try:
         runs, previous, warning = _read_history(url, settings.tenant_id, run_key, now)
     except Exception as exc:

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from reconcile_audit.errors import ConfigError
-from reconcile_audit.resources import default_output_dir
 
 TESTNET_PASSPHRASE = "Test SDF Network ; September 2015"
 PUBLIC_PASSPHRASE = "Public Global Stellar Network ; September 2015"
@@ -89,8 +88,8 @@ class Settings:
     defaults to the source database (the backend's health check reads it there).
     """
 
-    database_url: Secret
-    state_database_url: Secret
+    database_url: Secret | None
+    state_database_url: Secret | None
     rpc_url: str | None = None
     network_passphrase: str = TESTNET_PASSPHRASE
     tenant_id: str | None = None
@@ -131,8 +130,8 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret string, for redaction and for tests that search artifacts."""
         found = []
-        for url in (self.database_url.reveal(), self.state_database_url.reveal()):
-            password = url_password(url)
+        for secret in (self.database_url, self.state_database_url):
+            password = None if secret is None else url_password(secret.reveal())
             if password:
                 found.append(password)
         # RPC providers and gateways often carry an API key in the URL's userinfo or query.
@@ -142,6 +141,29 @@ class Settings:
         if self.smtp_password:
             found.append(self.smtp_password.reveal())
         return tuple(found)
+
+    def source_url(self) -> str:
+        """The source database's URL; :class:`ConfigError` naming ``DATABASE_URL`` when unset.
+
+        Never a demo database in its place: synthetic data audited and stored as a real run is
+        worse than no audit (``reconcile-audit demo`` is the way to run on demo data).
+        """
+        if self.database_url is None:
+            raise ConfigError(
+                "DATABASE_URL",
+                "not set: the source database to audit (postgresql://user@host/db or duckdb:///path); "
+                "`reconcile-audit demo` runs on synthetic data instead",
+            )
+        return self.database_url.reveal()
+
+    def state_url(self) -> str:
+        """Where runs and findings are kept; :class:`ConfigError` when neither URL is set."""
+        if self.state_database_url is None:
+            raise ConfigError(
+                "RECONCILE_STATE_DATABASE_URL",
+                "not set, and DATABASE_URL neither: no state database holds the runs",
+            )
+        return self.state_database_url.reveal()
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""
@@ -211,11 +233,6 @@ ENVIRONMENT = {
 SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
 
 
-def default_database_url() -> str:
-    """The database `reconcile-audit demo` builds (`duckdb:///reports/...` would be /reports at the root)."""
-    return f"duckdb://{default_output_dir() / 'demo' / 'demo.duckdb'}"
-
-
 def load_settings(
     params: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -241,12 +258,14 @@ def load_settings(
         if value is not None and value != "":
             raw[name] = value
 
-    database_url = str(raw.get("database_url") or default_database_url())
-    if not database_url.startswith(("postgresql://", "postgres://", "duckdb://")):
-        raise ConfigError("DATABASE_URL", "expected postgresql://... or duckdb:///path")
+    database_url = raw.get("database_url")
+    state_database_url = raw.get("state_database_url", database_url)
+    for variable, url in (("DATABASE_URL", database_url), ("RECONCILE_STATE_DATABASE_URL", state_database_url)):
+        if url is not None and not str(url).startswith(("postgresql://", "postgres://", "duckdb://")):
+            raise ConfigError(variable, "expected postgresql://... or duckdb:///path")
     values: dict[str, Any] = {
-        "database_url": Secret(database_url),
-        "state_database_url": Secret(str(raw.get("state_database_url", database_url))),
+        "database_url": None if database_url is None else Secret(str(database_url)),
+        "state_database_url": None if state_database_url is None else Secret(str(state_database_url)),
         "token_decimals": _parse_token_decimals(raw.get("token_decimals")),
         "alert_email_to": _recipients(raw.get("alert_email_to")),
     }

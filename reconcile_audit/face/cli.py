@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,8 @@ from reconcile_audit.errors import ExitCode, ReconcileAuditError
 from reconcile_audit.face import runner
 from reconcile_audit.face.runner import RunOutcome, RunRequest
 from reconcile_audit.resources import OUTPUT_DIR_VARIABLE, default_output_dir
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="reconcile-audit",
@@ -147,7 +150,7 @@ def summary(
     try:
         settings = load_settings({"tenant_id": tenant} if tenant else {})
         health = persist.latest_summary(
-            settings.state_database_url.reveal(),
+            settings.state_url(),
             settings.tenant_id,
             stale_after_hours=settings.stale_after_hours,
         )
@@ -167,7 +170,7 @@ def migrate() -> None:
     """Create or update the tool's own tables in the state database (idempotent)."""
     try:
         settings = load_settings({})
-        url = settings.state_database_url.reveal()
+        url = settings.state_url()
         persist.migrate(url)
     except ReconcileAuditError as exc:
         print(f"migrate: {exc}", file=sys.stderr)
@@ -181,5 +184,24 @@ def version() -> None:
     print(__version__)
 
 
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
+
+def main() -> None:
+    """The console entry point: the app, with every unexpected crash turned into exit 2.
+
+    Exit 1 means "completed with findings", and schedulers treat it as a result, so a traceback
+    must never end with it. The cause is one line on stderr (a password in a URL masked); the
+    traceback goes to the log (``--verbose`` shows it).
+    """
+    try:
+        app()
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        cause = _URL_PASSWORD.sub(r"\1***@", " ".join(f"{type(exc).__name__}: {exc}".split()))
+        print(f"reconcile-audit: failed: {cause}", file=sys.stderr)
+        sys.exit(ExitCode.FAILED)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

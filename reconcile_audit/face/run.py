@@ -170,7 +170,7 @@ class RunContext:
 
     @property
     def state_url(self) -> str:
-        return self.settings.state_database_url.reveal()
+        return self.settings.state_url()
 
     @property
     def started_at(self) -> datetime:

@@ -35,7 +35,11 @@ log = logging.getLogger(__name__)
 KERNEL_NAME: Final = "reconcile-audit"
 
 # Parameters the runner sets itself; a user who passes them would fight the run layout.
-RUNNER_OWNED: Final = frozenset({"output_dir"})
+RUNNER_OWNED: Final = {
+    "output_dir": "use --output-dir",
+    # A run audits the configured sources or fails; demo data only through `reconcile-audit demo`.
+    "demo": "`reconcile-audit run` never audits demo data; use `reconcile-audit demo`",
+}
 _DESCRIPTION = re.compile(r"^\s*#\s*papermill_description\s*=\s*(\S.*?)\s*$", re.MULTILINE)
 
 
@@ -109,9 +113,8 @@ def check_parameters(given: Mapping[str, Any], known: Mapping[str, Mapping[str, 
         raise ConfigError(
             ", ".join(unknown), f"unknown notebook parameter; known: {', '.join(sorted(known))}"
         )
-    owned = sorted(set(given) & RUNNER_OWNED)
-    if owned:
-        raise ConfigError(", ".join(owned), "set by the runner; use --output-dir")
+    for name in sorted(set(given) & set(RUNNER_OWNED)):
+        raise ConfigError(name, f"set by the runner; {RUNNER_OWNED[name]}")
     checked = {name: coerce_parameter(name, value, known) for name, value in given.items()}
     for name, value in checked.items():
         if isinstance(value, str) and "url" in name and url_password(value):
@@ -299,6 +302,8 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         parameters = check_parameters(request.parameters, known)
         with environment(environ):
             settings = load_settings(settings_parameters(parameters))
+        settings.source_url()
+        settings.state_url()
     except ConfigError as exc:
         return RunOutcome(ExitCode.FAILED, f"configuration: {exc}")
 
@@ -308,7 +313,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     run_key = context.run_key
     run_dir.mkdir(parents=True, exist_ok=False)
     notebook_out = run_dir / "notebook.ipynb"
-    injected = {**parameters, "output_dir": str(run_dir), "run_key": run_key, "run_id": run_id}
+    injected = {**parameters, "output_dir": str(run_dir), "run_key": run_key, "run_id": run_id, "demo": False}
     if "deliver" in known:
         injected["deliver"] = request.deliver and bool(parameters.get("deliver", True))
     if "progress" in known and "progress" not in parameters:
@@ -322,7 +327,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         )
         return RunOutcome(ExitCode.CLEAN, f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir)
 
-    state_url = settings.state_database_url.reveal()
+    state_url = settings.state_url()
     holder = f"{socket.gethostname()}:{os.getpid()}:{run_id}"
     failure: tuple[str, str] | None = None
     try:

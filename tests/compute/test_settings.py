@@ -18,10 +18,16 @@ def test_secrets_never_in_repr():
     assert settings.redact("dsn=postgresql://app:hunter2@db/x") == "dsn=postgresql://app:***@db/x"
 
 
-def test_parameters_override_environment_and_default_is_embedded():
+def test_parameters_override_environment_and_no_database_is_never_a_demo_database():
     settings = load_settings({"tenant_id": "t1"}, {"RECONCILE_TENANT_ID": "t2"})
     assert settings.tenant_id == "t1"
-    assert settings.database_url.reveal().startswith("duckdb://")
+    assert settings.database_url is None and settings.state_database_url is None
+    with pytest.raises(ConfigError, match="DATABASE_URL: not set"):
+        settings.source_url()
+    with pytest.raises(ConfigError, match="RECONCILE_STATE_DATABASE_URL: not set"):
+        settings.state_url()
+    state_only = load_settings({}, {"RECONCILE_STATE_DATABASE_URL": "duckdb:///state.duckdb"})
+    assert state_only.state_url() == "duckdb:///state.duckdb"
 
 
 def test_secret_as_parameter_is_refused():

@@ -1,0 +1,70 @@
+"""Runs that must not happen: no source database means no audit, never a demo in its place."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from reconcile_audit.face.cli import app
+
+UNSET = {
+    "DATABASE_URL": "",
+    "RECONCILE_STATE_DATABASE_URL": "",
+    "SOROBAN_RPC_URL": "",
+    "ALERT_EMAIL_TO": "",
+    "PUSHGATEWAY_URL": "",
+    "RECONCILE_TENANT_ID": "",
+}
+
+
+def test_run_without_database_url_exits_2_naming_it_and_audits_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(app, ["run", "--output-dir", str(out)], env=UNSET, catch_exceptions=False)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL: not set" in lines[0]
+    assert "demo" in lines[0]  # it says how to get demo data on purpose
+    assert not out.exists() or not any(out.iterdir())  # no run folder, no demo database
+
+
+def test_run_refuses_the_demo_parameter(tmp_path: Path) -> None:
+    env = {**UNSET, "DATABASE_URL": f"duckdb://{tmp_path / 'src.duckdb'}"}
+    args = ["run", "--output-dir", str(tmp_path), "-p", "demo=true"]
+    result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "demo: set by the runner" in result.output and "reconcile-audit demo" in result.output
+
+
+def test_summary_without_a_state_database_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["summary", "--json"], env=UNSET, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "RECONCILE_STATE_DATABASE_URL: not set" in result.output
+
+
+def test_migrate_without_a_state_database_says_so() -> None:
+    result = CliRunner().invoke(app, ["migrate"], env=UNSET, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "RECONCILE_STATE_DATABASE_URL: not set" in result.output
+
+
+def test_a_crash_exits_2_with_one_line_never_1(tmp_path: Path) -> None:
+    """An output folder that cannot be created: the console script says why in one line."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    script = Path(sys.executable).with_name("reconcile-audit")
+    env = {**os.environ, **UNSET, "DATABASE_URL": f"duckdb://{tmp_path / 'src.duckdb'}"}
+    done = subprocess.run(
+        [str(script), "run", "--output-dir", str(blocker / "reports")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Not a directory" in lines[0] and str(blocker) in lines[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
