@@ -265,7 +265,14 @@ def audit(resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings) -
         tolerance_base_units=settings.tolerance_base_units,
         ttl_warning_ledgers=settings.ttl_warning_ledgers,
     )
-    result = AuditResult.of(findings, ledger_min=ledger_read.ledger_min, ledger_max=ledger_read.ledger_max)
+    result = AuditResult.of(
+        findings,
+        ledger_min=ledger_read.ledger_min,
+        ledger_max=ledger_read.ledger_max,
+        incomplete=ledger_read.incomplete_because(settings.min_read_share),
+    )
+    if result.incomplete:
+        logger.error("the run is incomplete: %s", result.incomplete)
     logger.info(
         "classify: %s", ", ".join(f"{name} {count}" for name, count in result.counts.by_class().items())
     )

@@ -22,6 +22,7 @@ class AuditResult:
     counts: ClassCounts
     ledger_min: int | None = None
     ledger_max: int | None = None
+    incomplete: str | None = None  # why the ledger read cannot stand as a result (an outage)
 
     def __post_init__(self) -> None:
         if self.counts.total != self.findings.height:
@@ -29,11 +30,16 @@ class AuditResult:
 
     @classmethod
     def of(
-        cls, findings: pl.DataFrame, *, ledger_min: int | None = None, ledger_max: int | None = None
+        cls,
+        findings: pl.DataFrame,
+        *,
+        ledger_min: int | None = None,
+        ledger_max: int | None = None,
+        incomplete: str | None = None,
     ) -> AuditResult:
         """Check ``findings`` against FINDINGS and count its classes: the one place they are counted."""
         frame = conform(findings, FINDINGS, "result")
-        return cls(frame, count_classes(frame), ledger_min, ledger_max)
+        return cls(frame, count_classes(frame), ledger_min, ledger_max, incomplete)
 
     @classmethod
     def empty(cls) -> AuditResult:
@@ -41,4 +47,4 @@ class AuditResult:
 
     @property
     def status(self) -> AuditStatus:
-        return self.counts.status
+        return AuditStatus.INCOMPLETE if self.incomplete else self.counts.status

@@ -48,6 +48,7 @@ class RunStatus(StrEnum):
 
     RUNNING = "running"
     COMPLETED = "completed"
+    INCOMPLETE = "incomplete"  # it ran to the end, but too few escrows were read to stand as a result
     FAILED = "failed"
     ABANDONED = "abandoned"
 
@@ -57,6 +58,7 @@ class AuditStatus(StrEnum):
 
     CLEAN = "clean"
     FINDINGS = "findings"
+    INCOMPLETE = "incomplete"  # too few escrows read (an RPC outage): not a result to trust
     FAILED = "failed"
 
 
@@ -67,6 +69,7 @@ class HealthStatus(StrEnum):
     STALE = "stale"
     HEALTHY = "healthy"
     FINDINGS = "findings"
+    INCOMPLETE = "incomplete"
     FAILED = "failed"
 
 

@@ -113,6 +113,7 @@ class Settings:
     pushgateway_url: str | None = None
     metrics_textfile_dir: Path | None = None
     stale_after_hours: float = 25.0
+    min_read_share: float = 0.99  # below this share of escrows read, the run is incomplete
     run_key: str | None = None
 
     def __repr__(self) -> str:
@@ -228,6 +229,7 @@ ENVIRONMENT = {
     "pushgateway_url": "PUSHGATEWAY_URL",
     "metrics_textfile_dir": "RECONCILE_METRICS_TEXTFILE_DIR",
     "stale_after_hours": "RECONCILE_STALE_AFTER_HOURS",
+    "min_read_share": "RECONCILE_MIN_READ_SHARE",
     "run_key": "RECONCILE_RUN_KEY",
 }
 SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
@@ -280,6 +282,7 @@ def load_settings(
         "rpc_timeout_seconds": float,
         "smtp_port": int,
         "stale_after_hours": float,
+        "min_read_share": float,
         "rpc_use_simulate": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "smtp_starttls": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "extract_sql_path": Path,
@@ -298,6 +301,8 @@ def load_settings(
         raise ConfigError("rpc_batch_size", "getLedgerEntries takes 1 to 200 keys")
     if settings.rpc_concurrency < 1:
         raise ConfigError("rpc_concurrency", "must be at least 1")
+    if not 0.0 <= settings.min_read_share <= 1.0:
+        raise ConfigError("RECONCILE_MIN_READ_SHARE", "must be between 0 and 1")
     if settings.tolerance_base_units < 0:
         raise ConfigError("tolerance_base_units", "must not be negative")
     return settings

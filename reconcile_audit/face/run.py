@@ -97,6 +97,19 @@ def log_to_file(path: Path, settings: Settings, *, level: int = logging.INFO) ->
     return handler
 
 
+def _run_status(result: AuditResult | None) -> RunStatus:
+    if result is None:
+        return RunStatus.FAILED
+    return RunStatus.INCOMPLETE if result.incomplete else RunStatus.COMPLETED
+
+
+def _incomplete_note(reason: str) -> str:
+    return (
+        f"The run is incomplete: {reason}. Escrows that were not read are listed as errors; "
+        "this result is not a clean bill of health."
+    )
+
+
 @dataclass(frozen=True)
 class Delivered:
     """What the deliver step did: the artifact paths, the summary written, and delivery notes."""
@@ -194,11 +207,11 @@ class RunContext:
             tenant_id=self.settings.tenant_id,
             started_at=self.started_at,
             finished_at=datetime.now(UTC),
-            status=RunStatus.FAILED if result is None else RunStatus.COMPLETED,
+            status=_run_status(result),
             counts=ClassCounts.zero() if result is None else result.counts,
             ledger_min=None if result is None else result.ledger_min,
             ledger_max=None if result is None else result.ledger_max,
-            error_message=error_message,
+            error_message=f"incomplete: {result.incomplete}" if result and result.incomplete else error_message,
             attempt=self.run_id,
         )
 
@@ -227,7 +240,7 @@ class RunContext:
             duration_seconds=self.clock.elapsed(),
             tool_version=__version__,
             persist_error=persist_error,
-            failure_message=failure_message,
+            failure_message=_incomplete_note(result.incomplete) if result and result.incomplete else failure_message,
         )
 
     def render(
@@ -277,7 +290,7 @@ class RunContext:
         """
         settings = self.settings
         counts = ClassCounts.zero() if result is None else result.counts
-        success = facts.status != AuditStatus.FAILED
+        success = facts.status in (AuditStatus.CLEAN, AuditStatus.FINDINGS)
         cumulative = self.cumulative_mismatches(counts, persisted)
         # Artifacts carry the history columns (new / persisting, age) when there are any.
         findings = None if result is None else (comparison.findings if comparison else result.findings)

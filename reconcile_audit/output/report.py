@@ -412,6 +412,8 @@ def _view(
     findings_total = total - counts["match"]
     if facts.status == AuditStatus.FAILED:
         headline = "The run did not complete."
+    elif facts.status == AuditStatus.INCOMPLETE:
+        headline = f"Incomplete: not every escrow was read. {findings_total:,} of {total:,} invoices need attention."
     elif findings_total:
         headline = f"{findings_total:,} of {total:,} invoices need attention."
     else:

@@ -319,6 +319,31 @@ def test_a_dead_rpc_trips_the_breaker_instead_of_waiting_out_every_batch() -> No
     assert (result.frame["read_status"] == "error").all()
     assert sent < 400  # without the breaker: 44 batches bisected down to single keys, thousands of requests
     assert "in a row" in result.frame["read_error"][-1] and "http_503" in result.frame["read_error"][-1]
+    # The outage is named as such, and the read cannot stand as a result.
+    assert result.frame["read_error"].str.starts_with("not read: the RPC was unavailable").all()
+    assert result.breaker_opened and result.read_share == 0.0
+    assert "unavailable during the sweep" in (result.incomplete_because(0.99) or "")
+
+
+def test_an_unreadable_token_is_an_outage_not_a_decimals_setting() -> None:
+    """The escrows are read, their token's instance is not: those escrows are not read either."""
+    plan = FaultPlan(poisoned={TOKEN.contract_id: "http_503"})
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, ids=[SHAPED[0].contract_id], rpc_max_retries=1)
+    (row,) = result.frame.iter_rows(named=True)
+    assert row["read_status"] == "error" and row["token_decimals"] is None
+    assert row["read_error"].startswith("not read: the RPC was unavailable") and "http_503" in row["read_error"]
+    assert "RECONCILE_TOKEN_DECIMALS" not in row["read_error"]
+    assert result.read_share == 0.0 and result.incomplete_because(0.99) is not None
+
+
+def test_a_full_read_is_complete(clean: LedgerRead) -> None:
+    assert not clean.breaker_opened
+    errors = clean.frame.filter(pl.col("read_status") == "error").height
+    assert clean.read_share == (clean.frame.height - errors) / clean.frame.height
+    assert clean.incomplete_because(clean.read_share) is None
+    # Requiring every escrow read makes it incomplete exactly when one was not.
+    assert (clean.incomplete_because(1.0) is not None) == (errors > 0)
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.db import connect
+from reconcile_audit.emulator.faults import FaultPlan
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
 from reconcile_audit.face.cli import app
@@ -40,8 +42,8 @@ def source(database_url: str, dataset: demo.DemoData) -> str:
     return database_url
 
 
-def run(source: str, rpc_url: str, dataset: demo.DemoData, out: Path) -> int:
-    env = {
+def run(source: str, rpc_url: str, dataset: demo.DemoData, out: Path, **extra: str) -> int:
+    env = {**extra,
         "DATABASE_URL": source,
         "RECONCILE_STATE_DATABASE_URL": "",
         "SOROBAN_RPC_URL": rpc_url,
@@ -96,3 +98,27 @@ def test_an_attempt_that_never_ended_is_abandoned_by_the_next_run(
     assert attempts.pop("killed-attempt") == "abandoned"
     assert list(attempts.values()) == ["completed"]
     assert persist.latest_summary(source, None).status == "findings"
+
+
+def test_an_rpc_outage_after_preflight_is_incomplete_never_a_result(
+    source: str, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    # getNetwork and getHealth answer (preflight passes); every getLedgerEntries fails.
+    with Emulator(dataset.ledger_state(0), FaultPlan(rate=1.0, kinds=("http_503",))) as down:
+        code = run(source, down.url, dataset, tmp_path / "out", RECONCILE_RPC_MAX_RETRIES="0")
+    assert code == 2
+    assert rows(source, "SELECT status FROM reconciliation_attempts") == [("incomplete",)]
+    assert persist.latest_summary(source, None).status == "incomplete"
+    assert persist.latest_summary(source, None).last_completed is None
+
+    (folder,) = (tmp_path / "out").iterdir()
+    summary = (folder / "summary.json").read_text(encoding="utf-8")
+    assert '"status": "incomplete"' in summary
+    metrics = (folder / "metrics.prom").read_text(encoding="utf-8")
+    assert "escrow_reconciliation_last_run_success 0.0" in metrics
+    assert "last_success_timestamp" not in metrics
+    assert "Escrow reconciliation: INCOMPLETE" in (folder / "report.html").read_text(encoding="utf-8")
+    results = pl.read_parquet(folder / "results.parquet")
+    read = results.filter(pl.col("contract_id").is_not_null() & (pl.col("reason_code") == "read_error"))
+    assert read.height > 0 and read["reason"].str.contains("the RPC was unavailable").all()
+    assert not results["reason"].str.contains("RECONCILE_TOKEN_DECIMALS").any()

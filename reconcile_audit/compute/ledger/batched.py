@@ -45,7 +45,13 @@ from reconcile_audit.compute.ledger.rpc import (
     client_for,
     run_sync,
 )
-from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, unknown_decimals
+from reconcile_audit.compute.ledger.types import (
+    UNAVAILABLE,
+    LedgerRead,
+    LedgerStats,
+    unavailable,
+    unknown_decimals,
+)
 from reconcile_audit.compute.ledger.xdr import (
     EntryDecodeError,
     EscrowInstance,
@@ -150,8 +156,10 @@ class _Sweep:
                 self.fetch(keys[half:], decode, retries=retries),
             )
             return
-        verdict = "retries exhausted" if fault.transient else "not retried"
-        self._fail(keys, f"getLedgerEntries failed ({verdict}): {fault}")
+        if fault.transient or fault.kind == "breaker":
+            self._fail(keys, unavailable(f"getLedgerEntries, retries exhausted: {fault}"))
+        else:
+            self._fail(keys, f"not read: getLedgerEntries refused the request (not retried): {fault}")
 
     def _fail(self, keys: list[str], cause: str) -> None:
         for key in keys:
@@ -321,6 +329,7 @@ class _Decimals:
     value: int | None
     source: str | None
     problem: str | None
+    unread: bool = False  # the token's instance was not read (an outage): the escrow is not read either
 
 
 def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) -> _Decimals:
@@ -331,6 +340,8 @@ def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) ->
     elif isinstance(outcome, _Missing):
         why = "the token contract's instance is not on chain"
     elif isinstance(outcome, _Failed):
+        if outcome.cause.startswith(UNAVAILABLE):
+            return _Decimals(None, None, outcome.cause, unread=True)
         why = outcome.cause
     else:
         why = "the token was not read"
@@ -358,6 +369,7 @@ def _frame(
     # _row and its checks per escrow cost a tenth of a 100k sweep. Anything else goes to _row.
     last_token: str | None = None
     facts: tuple[str | None, int | None, str | None] = (None, None, None)
+    read_status = "ok"
     for contract_id in ids:
         key = keys.get(contract_id)
         outcome = outcomes.get(key) if key is not None else None
@@ -369,11 +381,12 @@ def _frame(
                     if token != last_token:
                         found = decimals[token]
                         last_token, facts = token, (found.problem, found.value, found.source)
+                        read_status = "error" if found.unread else "ok"
                     invoice_id, funded, amount, target, status = escrow
                     append(
                         (
                             contract_id,
-                            "ok",
+                            read_status,
                             facts[0],
                             invoice_id,
                             str(funded),
@@ -421,14 +434,16 @@ def _row(
     escrow = value.escrow
     if escrow is None:
         return (contract_id, "no_escrow", None, *(None,) * 5, token, principal, None, None, *ledgers)
+    read_status = "ok"
     if token is None:
         error, known, source = _NO_TOKEN, None, None
     else:
         found = decimals[token]
         error, known, source = found.problem, found.value, found.source
+        read_status = "error" if found.unread else "ok"
     return (
         contract_id,
-        "ok",
+        read_status,
         error,
         escrow.invoice_id,
         str(escrow.funded_amount),

@@ -218,6 +218,7 @@ class RpcClient:
         async with self._semaphore:
             if self.consecutive_failures >= self.policy.breaker_failures:
                 # The RPC is down: waiting out every remaining batch's backoff would only delay the report.
+                self.counters.fault("breaker")
                 raise RpcFault(
                     "breaker",
                     f"not sent: {self.consecutive_failures} calls failed in a row (last: {self.last_failure})",

@@ -12,6 +12,7 @@ import polars as pl
 from reconcile_audit.compute.ledger.rpc import TransportCounters
 
 TOKEN_DECIMALS_SETTING: Final = "RECONCILE_TOKEN_DECIMALS"
+UNAVAILABLE: Final = "not read: the RPC was unavailable"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,31 @@ class LedgerRead:
     ledger_max: int | None
     stats: LedgerStats
 
+    @property
+    def breaker_opened(self) -> bool:
+        """Whether the reader stopped sending because calls kept failing (the RPC went down)."""
+        return self.stats.faults_by_kind.get("breaker", 0) > 0
+
+    @property
+    def read_share(self) -> float:
+        """The share of the escrows asked for whose answer was read (1.0 when none was asked)."""
+        if self.frame.is_empty():
+            return 1.0
+        unread = self.frame.filter(pl.col("read_status") == "error").height
+        return (self.frame.height - unread) / self.frame.height
+
+    def incomplete_because(self, min_read_share: float) -> str | None:
+        """Why this read cannot stand for the escrows it was asked for, or None when it can."""
+        read = self.read_share
+        if self.breaker_opened:
+            return (
+                f"the RPC became unavailable during the sweep (the reader stopped after repeated "
+                f"failures); {read:.1%} of the escrows were read"
+            )
+        if read < min_read_share:
+            return f"only {read:.1%} of the escrows were read, below the {min_read_share:.1%} required"
+        return None
+
     def summary_line(self) -> str:
         s = self.stats
         ledgers = (
@@ -69,6 +95,11 @@ class LedgerRead:
 def distinct_ids(contract_ids: Iterable[str | None]) -> list[str]:
     """The ids to read: first occurrence order, None and empty ids skipped."""
     return list(dict.fromkeys(c for c in contract_ids if c))
+
+
+def unavailable(detail: str) -> str:
+    """The reason of an escrow an outage left unread: it names the outage, never a setting to change."""
+    return f"{UNAVAILABLE} ({detail})"
 
 
 def unknown_decimals(token: str, why: str) -> str:

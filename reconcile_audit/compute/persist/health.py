@@ -55,7 +55,7 @@ class Health:
     """What the latest finished attempt of a tenant scope says about the audit's health.
 
     ``not_run``: no finished attempt (or no tables); ``failed``: the latest attempt failed or was
-    abandoned; ``stale``: the latest attempt completed more than ``stale_after_hours`` before
+    abandoned; ``incomplete``: the latest attempt ran to the end but read too few escrows; ``stale``: the latest attempt completed more than ``stale_after_hours`` before
     ``checked_at``; ``healthy``: it completed with every invoice a match; ``findings``: it
     completed with at least one non-match invoice.
 
@@ -138,7 +138,9 @@ def latest_summary(
     completed = [row for row in rows.iter_rows(named=True) if row["is_completed"]]
     last_completed = _attempt(completed[0]) if completed else None
     ended = latest.finished_at or latest.started_at
-    if latest.status != RunStatus.COMPLETED:
+    if latest.status == RunStatus.INCOMPLETE:
+        status = HealthStatus.INCOMPLETE
+    elif latest.status != RunStatus.COMPLETED:
         status = HealthStatus.FAILED
     elif ended is None or checked_at - ended > timedelta(hours=stale_after_hours):
         status = HealthStatus.STALE

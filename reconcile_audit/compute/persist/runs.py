@@ -79,12 +79,15 @@ class PersistOutcome:
 
 
 def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
+    # reconciliation_runs knows running, completed and failed (its first migration's CHECK): an
+    # incomplete result is stored there as failed, its attempt keeps the finer status.
+    status = RunStatus.FAILED if record.status == RunStatus.INCOMPLETE else record.status
     return (
         record.run_key,
         record.tenant_id,
         as_utc(record.started_at),
         as_utc(record.finished_at) if record.finished_at is not None else None,
-        str(record.status),
+        str(status),
         *(record.counts[name] for name in COUNT_NAMES),
         record.ledger_min,
         record.ledger_max,

@@ -7,7 +7,7 @@ CREATE TABLE reconciliation_attempts (
     run_id VARCHAR NOT NULL UNIQUE,
     run_key VARCHAR NOT NULL,
     tenant_id VARCHAR,
-    status VARCHAR NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'abandoned')),
+    status VARCHAR NOT NULL CHECK (status IN ('running', 'completed', 'incomplete', 'failed', 'abandoned')),
     started_at TIMESTAMPTZ NOT NULL,
     finished_at TIMESTAMPTZ,
     recorded_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp,

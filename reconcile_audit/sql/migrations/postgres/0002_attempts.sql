@@ -7,7 +7,7 @@ CREATE TABLE reconciliation_attempts (
     run_id text NOT NULL UNIQUE,
     run_key text NOT NULL,
     tenant_id text,
-    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'abandoned')),
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'incomplete', 'failed', 'abandoned')),
     started_at timestamptz NOT NULL,
     finished_at timestamptz,
     recorded_at timestamptz NOT NULL DEFAULT now(),
