@@ -53,6 +53,10 @@ class SourceSchemaError(ReconcileAuditError):
         )
 
 
+class ScopeError(ReconcileAuditError):
+    """The audit's scope does not exist: an unknown tenant, or a source without any invoice."""
+
+
 class ExtractError(ReconcileAuditError):
     """The extract query failed for a reason other than the schema."""
 

@@ -18,7 +18,7 @@ import polars as pl
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import INVOICES, conform
 from reconcile_audit.compute.settings import Settings
-from reconcile_audit.errors import ExtractError, ReconcileAuditError, SourceSchemaError
+from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,34 @@ def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     return conform(frame, INVOICES, "extract").select(list(INVOICES)).sort("invoice_id", "invoice_pk")
 
 
+SCOPE_SQL = "scope_tenants.sql"
+
+
+def _check_scope(url: str, tenant_id: str | None) -> None:
+    """Raise :class:`ScopeError` when an empty extract means the scope does not exist.
+
+    A tenant with no invoice rows at all is most often a typo (``ACME`` for ``acme``), and a
+    source without any invoice a wrong or empty replica: an audit of nothing must not read as
+    CLEAN. A known tenant with no invoice in a reconcilable status is a real, empty scope.
+    """
+    try:
+        with db.connect(url) as conn:
+            ((scope_rows, known),) = conn.rows(db.read_sql(SCOPE_SQL), [tenant_id])
+    except Exception as exc:  # a custom source without the documented invoices table
+        logger.warning("the extract found no invoice and the scope could not be checked: %s", type(exc).__name__)
+        return
+    if int(scope_rows):
+        return
+    if tenant_id is None:
+        raise ScopeError("the source database has no invoices at all: is DATABASE_URL the right database?")
+    names = (known or "").split(", ") if known else []
+    listed = ", ".join(repr(name) for name in names[:10]) + (", ..." if len(names) > 10 else "")
+    raise ScopeError(
+        f"tenant {tenant_id!r} has no invoices in the source database"
+        + (f"; its tenants are {listed}" if names else "; it has no tenant ids at all")
+    )
+
+
 def extract_invoices(settings: Settings) -> pl.DataFrame:
     """Every reconcilable invoice of ``settings.tenant_id`` (all tenants when None): ``INVOICES``.
 
@@ -141,6 +169,8 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         raise ExtractError(f"the extract query {source} returned a column polars cannot read: {exc}") from exc
     assert isinstance(frame, pl.DataFrame)
     invoices = _to_invoices(frame, source)
+    if invoices.is_empty():
+        _check_scope(url, settings.tenant_id)
     logger.info(
         "extract: %d invoices in %.2f s (%s, tenant %s)",
         invoices.height,

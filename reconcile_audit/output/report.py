@@ -414,6 +414,8 @@ def _view(
         headline = "The run did not complete."
     elif facts.status == AuditStatus.INCOMPLETE:
         headline = f"Incomplete: not every escrow was read. {findings_total:,} of {total:,} invoices need attention."
+    elif total == 0:
+        headline = "0 invoices in scope: nothing to reconcile."
     elif findings_total:
         headline = f"{findings_total:,} of {total:,} invoices need attention."
     else:

@@ -14,7 +14,7 @@ import pytest
 from reconcile_audit.compute import db, extract
 from reconcile_audit.compute.schemas import INVOICES
 from reconcile_audit.compute.settings import load_settings
-from reconcile_audit.errors import ExtractError, SourceSchemaError
+from reconcile_audit.errors import ExtractError, ScopeError, SourceSchemaError
 from reconcile_audit.face.demo import sourcedb
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -248,13 +248,35 @@ def test_tenant_filter_and_hostile_strings_stay_data(source_url: str) -> None:
         assert only.row(0, named=True)["currency"] == hostile
         assert only.row(0, named=True)["db_total_funded_cents"] == index * 100
     assert _extract(source_url, tenant_id="tenant-b").get_column("invoice_id").to_list() == ["plain"]
-    assert _extract(source_url, tenant_id="nobody").height == 0
+    # An unknown tenant is a scope error; the hostile tenant ids it lists are escaped, one line.
+    with pytest.raises(ScopeError) as unknown:
+        _extract(source_url, tenant_id="nobody")
+    assert "tenant 'nobody' has no invoices" in str(unknown.value)
+    assert "\n" not in str(unknown.value) and "\x01" not in str(unknown.value)
     with db.connect(source_url) as conn:  # the injection attempt did nothing
         assert conn.rows("SELECT count(*) FROM invoices")[0][0] == len(HOSTILE_IDS) + 2
 
 
-def test_empty_source_gives_empty_frame_of_the_schema(source_url: str) -> None:
-    frame = _extract(source_url)
+def test_an_empty_source_is_a_scope_error_not_a_clean_audit(source_url: str) -> None:
+    with pytest.raises(ScopeError, match="no invoices at all"):
+        _extract(source_url)
+
+
+def test_an_unknown_tenant_is_a_scope_error_naming_the_known_ones(source_url: str) -> None:
+    rows = Source()
+    rows.invoice("A-1", tenant="acme")
+    rows.invoice("G-1", tenant="globex")
+    rows.load(source_url)
+    with pytest.raises(ScopeError, match=r"tenant 'ACME' has no invoices.*'acme', 'globex'"):
+        _extract(source_url, tenant_id="ACME")
+
+
+def test_a_known_tenant_with_nothing_in_scope_gives_an_empty_frame_of_the_schema(source_url: str) -> None:
+    rows = Source()
+    rows.invoice("A-1", tenant="acme", status="draft")
+    rows.invoice("A-2", tenant="acme", deleted=True)
+    rows.load(source_url)
+    frame = _extract(source_url, tenant_id="acme")
     assert frame.height == 0
     assert frame.schema == INVOICES
 

@@ -43,7 +43,7 @@ def source(database_url: str, dataset: demo.DemoData) -> str:
 
 
 def run(source: str, rpc_url: str, dataset: demo.DemoData, out: Path, **extra: str) -> int:
-    env = {**extra,
+    env = {
         "DATABASE_URL": source,
         "RECONCILE_STATE_DATABASE_URL": "",
         "SOROBAN_RPC_URL": rpc_url,
@@ -51,6 +51,7 @@ def run(source: str, rpc_url: str, dataset: demo.DemoData, out: Path, **extra: s
         "RECONCILE_TENANT_ID": "",
         "ALERT_EMAIL_TO": "",
         "PUSHGATEWAY_URL": "",
+        **extra,
     }
     args = ["run", "--run-key", RUN_KEY, "--output-dir", str(out), "--no-deliver"]
     return CliRunner().invoke(app, args, env=env, catch_exceptions=False).exit_code
@@ -122,3 +123,21 @@ def test_an_rpc_outage_after_preflight_is_incomplete_never_a_result(
     read = results.filter(pl.col("contract_id").is_not_null() & (pl.col("reason_code") == "read_error"))
     assert read.height > 0 and read["reason"].str.contains("the RPC was unavailable").all()
     assert not results["reason"].str.contains("RECONCILE_TOKEN_DECIMALS").any()
+
+
+def test_an_unknown_tenant_exits_2_naming_it_and_the_known_ones(
+    source: str, emulator: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    env = {
+        "DATABASE_URL": source,
+        "SOROBAN_RPC_URL": emulator.url,
+        "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
+        "ALERT_EMAIL_TO": "",
+        "PUSHGATEWAY_URL": "",
+    }
+    args = ["run", "--tenant", "ACME", "--output-dir", str(tmp_path), "--no-deliver"]
+    result = CliRunner().invoke(app, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "tenant 'ACME' has no invoices" in result.output and "'acme'" in result.output
+    health = persist.latest_summary(source, "ACME")
+    assert health.status == "failed" and "ACME" in (health.error or "")

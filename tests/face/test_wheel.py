@@ -52,16 +52,25 @@ def test_the_wheel_carries_every_module_and_data_file(wheel: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_from_the_installed_wheel_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:
+    # Nothing of this session's configuration, and no path that could show the checkout.
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DATABASE_URL", "RECONCILE_", "SOROBAN_", "SMTP_", "ALERT_", "PUSHGATEWAY"))
+        and name not in {"PYTHONPATH", "VIRTUAL_ENV"}
+    }
     env_dir = tmp_path / "fresh-venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
         check=True,
+        env=environment,
     )
     fresh_site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            env=environment,
             check=True,
             capture_output=True,
             text=True,
@@ -73,12 +82,6 @@ def test_demo_runs_from_the_installed_wheel_outside_the_checkout(wheel: Path, tm
 
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    environment = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("DATABASE_URL", "RECONCILE_", "SOROBAN_", "SMTP_", "ALERT_", "PUSHGATEWAY"))
-        and name not in {"PYTHONPATH", "VIRTUAL_ENV"}
-    }
     where = subprocess.run(
         [str(python), "-c", "import reconcile_audit.resources as r; print(r.__file__); print(r.NOTEBOOK_PATH)"],
         cwd=workdir,

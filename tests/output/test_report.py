@@ -397,3 +397,8 @@ def test_samples_conform_to_the_findings_schema() -> None:
     assert set(findings["class"]) == set(CLASSES)
     history = history_for(findings, persisting={"INV-2026-10001": 4})
     assert history.findings.filter(pl.col("finding_state") == "persisting")["age_days"].to_list() == [4]
+
+
+def test_an_empty_scope_says_so_in_words() -> None:
+    report = render_report(AuditResult.empty(), None, facts(status="clean", tenant_id="acme"))
+    assert "0 invoices in scope" in report.html and "0 invoices in scope" in report.text
