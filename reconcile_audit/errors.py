@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from reconcile_audit.compute.schemas import AuditStatus
+from reconcile_audit.compute.schemas import AuditStatus, HealthStatus
 
 
 class ExitCode(IntEnum):
@@ -17,6 +17,11 @@ class ExitCode(IntEnum):
     FINDINGS = 1  # completed, at least one invoice needs attention
     FAILED = 2  # the run failed or is incomplete, any crash included
     LEASE_HELD = 3  # another run holds the tenant's lease; nothing was done
+
+    @classmethod
+    def for_health(cls, status: HealthStatus) -> ExitCode:
+        """``summary``'s exit code: 0 healthy, 1 findings, 2 anything else (not run, stale...)."""
+        return {HealthStatus.HEALTHY: cls.CLEAN, HealthStatus.FINDINGS: cls.FINDINGS}.get(status, cls.FAILED)
 
     @classmethod
     def for_status(cls, status: AuditStatus) -> ExitCode:

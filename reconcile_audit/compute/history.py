@@ -94,7 +94,7 @@ def _read_history(
     if state_database_missing(url):
         return *empty, "no earlier runs: the state database does not exist yet"
     params = (tenant_id, run_key, now)
-    with state_session(url, lock_wait_seconds=2.0) as conn:
+    with state_session(url) as conn:
         if not (table_exists(conn, "reconciliation_runs") and table_exists(conn, "reconciliation_findings")):
             return *empty, "no earlier runs: the state database has no reconciliation tables yet"
         runs = read_frame(conn, read_sql("history/previous_runs.sql"), (*params, TREND_RUNS - 1))

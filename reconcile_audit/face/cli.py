@@ -146,7 +146,10 @@ def summary(
     as_json: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
     tenant: Annotated[str | None, typer.Option(help="The tenant's latest run.")] = None,
 ) -> None:
-    """The latest run and the health status: not_run, stale, healthy, findings or failed."""
+    """The latest run and the health status: not_run, stale, healthy, findings, incomplete or failed.
+
+    Exit 0 healthy, 1 findings, 2 anything else: a probe for the backend and for Kubernetes.
+    """
     try:
         settings = load_settings({"tenant_id": tenant} if tenant else {})
         health = persist.latest_summary(
@@ -163,6 +166,24 @@ def summary(
         data = json.loads(health.to_json())
         for key, value in data.items():
             print(f"{key}: {value}")
+    raise typer.Exit(ExitCode.for_health(health.status))
+
+
+@app.command()
+def unlock(tenant: Annotated[str | None, typer.Option(help="The tenant whose lease to break.")] = None) -> None:
+    """Break the run lease of a tenant scope on purpose (a holder that died on another host).
+
+    A holder on this host whose process is gone, or whose heartbeat stopped, is taken over by the
+    next run on its own; this is for the rest. It says whose lease it was.
+    """
+    scope = f"tenant {tenant!r}" if tenant else "all tenants"
+    try:
+        settings = load_settings({"tenant_id": tenant} if tenant else {})
+        held = persist.break_lease(settings.state_url(), settings.tenant_id)
+    except ReconcileAuditError as exc:
+        print(f"unlock: {exc}", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED) from exc
+    print(f"released the lease of {scope}, held by {held}" if held else f"no lease held for {scope}")
 
 
 @app.command()

@@ -290,7 +290,9 @@ class RunContext:
         """
         settings = self.settings
         counts = ClassCounts.zero() if result is None else result.counts
-        success = facts.status in (AuditStatus.CLEAN, AuditStatus.FINDINGS)
+        audited = facts.status in (AuditStatus.CLEAN, AuditStatus.FINDINGS)
+        # A run that was not stored did not succeed: the health check and history miss it.
+        success = audited and facts.persist_error is None
         cumulative = self.cumulative_mismatches(counts, persisted)
         # Artifacts carry the history columns (new / persisting, age) when there are any.
         findings = None if result is None else (comparison.findings if comparison else result.findings)
@@ -302,7 +304,7 @@ class RunContext:
                     finished_at_epoch=(facts.finished_at or datetime.now(UTC)).timestamp(),
                     duration_seconds=self.clock.elapsed(),
                     cumulative_mismatches=cumulative,
-                    class_counts=counts.by_class() if success else None,
+                    class_counts=counts.by_class() if audited else None,
                     stage_seconds=self.clock.stage_seconds,
                     email_bytes=email_bytes,
                     email_failed=email_failed,

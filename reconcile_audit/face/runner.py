@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -328,7 +327,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         return RunOutcome(ExitCode.CLEAN, f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir)
 
     state_url = settings.state_url()
-    holder = f"{socket.gethostname()}:{os.getpid()}:{run_id}"
+    holder = persist.holder_name(run_id)
     failure: tuple[str, str] | None = None
     try:
         with environment(environ):
@@ -401,9 +400,15 @@ def _completed(run_id: str, run_dir: Path) -> RunOutcome:
             run_dir=run_dir,
         )
     report = run_dir / "report.html"
+    message = f"{summary.status.upper()}: {_attention(summary.class_counts)}; report: {report}"
+    exit_code = ExitCode.for_status(summary.status)
+    if not summary.persisted:
+        # The audit ran, but history, health and the counter do not have it: not a result.
+        exit_code = ExitCode.FAILED
+        message = f"NOT STORED: {summary.persist_error}; {message}"
     return RunOutcome(
-        ExitCode.for_status(summary.status),
-        f"{summary.status.upper()}: {_attention(summary.class_counts)}; report: {report}",
+        exit_code,
+        message,
         run_id=run_id,
         run_dir=run_dir,
         summary=summary,

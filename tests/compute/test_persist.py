@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -362,7 +364,8 @@ def test_cumulative_mismatches_sums_runs_of_the_scope_once(state_url: str) -> No
 
 def test_a_held_lease_refuses_a_second_run_and_names_the_holder(state_url: str) -> None:
     with persist.run_lease(state_url, "t1", "nightly pid 42 on host-a") as lease:
-        assert lease.expires_at - lease.acquired_at == timedelta(hours=6)
+        # Minutes, not hours: a holder that dies without releasing frees the scope soon.
+        assert lease.expires_at - lease.acquired_at == timedelta(minutes=10)
         with pytest.raises(LeaseHeldError) as raised, persist.run_lease(state_url, "t1", "second"):
             pass
         message = str(raised.value)
@@ -381,7 +384,7 @@ def test_an_expired_lease_is_taken_over(state_url: str, caplog: pytest.LogCaptur
     with ExitStack() as crashed:
         # A holder that never releases, with a lease that has already expired by the next call.
         crashed.enter_context(
-            persist.run_lease(state_url, None, "crashed run", ttl=timedelta(microseconds=1))
+            persist.run_lease(state_url, None, "crashed run", ttl=timedelta(microseconds=1), heartbeat=False)
         )
         with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.persist"):
             with persist.run_lease(state_url, None, "new run"):
@@ -515,3 +518,31 @@ def test_a_role_without_ddl_rights_persists_after_migration(pg_url: str) -> None
         with connect(pg_url, autocommit=True) as admin:
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
+
+
+def test_the_heartbeat_keeps_a_live_holder_s_lease(state_url: str) -> None:
+    with persist.run_lease(state_url, "t1", "beating", ttl=timedelta(seconds=1)):
+        time.sleep(1.5)  # past the first expiry: the heartbeat (every 0.2 s) pushed it out
+        with pytest.raises(LeaseHeldError, match="beating"), persist.run_lease(state_url, "t1", "second"):
+            pass
+
+
+def test_a_holder_whose_process_is_gone_is_taken_over(state_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = f"{socket.gethostname()}:{int(gone.stdout)}:killed-run"
+    with ExitStack() as killed:
+        killed.enter_context(persist.run_lease(state_url, "t1", holder, heartbeat=False))  # live for minutes
+        with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.persist"):
+            with persist.run_lease(state_url, "t1", persist.holder_name("next-run")):
+                pass
+    assert any("killed-run" in r.getMessage() and "process is gone" in r.getMessage() for r in caplog.records)
+
+
+def test_break_lease_frees_a_stuck_scope_and_says_whose_it_was(state_url: str) -> None:
+    with ExitStack() as stuck:
+        stuck.enter_context(persist.run_lease(state_url, "t1", "stuck holder", heartbeat=False))
+        held = persist.break_lease(state_url, "t1")
+        assert held is not None and held.startswith("stuck holder since ")
+        assert persist.break_lease(state_url, "t1") is None
+        with persist.run_lease(state_url, "t1", "next"):
+            pass

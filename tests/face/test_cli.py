@@ -296,13 +296,16 @@ def test_findings_run_emails_the_report_and_pushes_metrics(findings_run, smtp, p
 def test_summary_command_reads_the_health(findings_run, loaded, emulator, dataset):
     env = environment(loaded["findings"], emulator, dataset)
     result = invoke(["summary", "--json"], env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the exit code follows the health: findings
     health = json.loads(result.output)
     assert health["status"] == "findings"
     assert health["run_key"] == "test:findings"
+    assert health["latest"]["status"] == "completed" and health["latest"]["run_key"] == "test:findings"
+    assert health["last_completed"]["total"] == health["latest"]["total"] > 0
+    assert health["last_completed"]["counts"]["mismatch"] > 0
     assert DB_PASSWORD not in result.output
     plain = invoke(["summary"], env)
-    assert plain.exit_code == 0 and "status: findings" in plain.output
+    assert plain.exit_code == 1 and "status: findings" in plain.output
 
 
 # --- clean, failing, lease, prepare-only, parameters --------------------------------------------
@@ -383,6 +386,7 @@ def test_migrate_is_idempotent_and_redacts(loaded):
 def test_summary_before_any_run_is_not_run(tmp_path):
     env = {"DATABASE_URL": f"duckdb://{tmp_path / 'never.duckdb'}", "RECONCILE_STATE_DATABASE_URL": ""}
     result = invoke(["summary", "--json"], env)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # not run is not healthy
     assert json.loads(result.output)["status"] == "not_run"
+    assert json.loads(result.output)["latest"] is None
     assert not (tmp_path / "never.duckdb").exists()

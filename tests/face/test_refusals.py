@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from typer.testing import CliRunner
 
+from reconcile_audit.compute import persist
 from reconcile_audit.face.cli import app
 
 UNSET = {
@@ -68,3 +70,15 @@ def test_a_crash_exits_2_with_one_line_never_1(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Not a directory" in lines[0] and str(blocker) in lines[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_unlock_breaks_a_stuck_lease_and_says_whose(tmp_path: Path) -> None:
+    state = f"duckdb://{tmp_path / 'state.duckdb'}"
+    env = {**UNSET, "RECONCILE_STATE_DATABASE_URL": state}
+    with ExitStack() as stuck:
+        stuck.enter_context(persist.run_lease(state, "acme", "host-b:4242:20261128T021500Z-abc", heartbeat=False))
+        first = CliRunner().invoke(app, ["unlock", "--tenant", "acme"], env=env, catch_exceptions=False)
+        assert first.exit_code == 0
+        assert "released the lease of tenant 'acme', held by host-b:4242:20261128T021500Z-abc since" in first.output
+    again = CliRunner().invoke(app, ["unlock", "--tenant", "acme"], env=env, catch_exceptions=False)
+    assert again.exit_code == 0 and "no lease held for tenant 'acme'" in again.output

@@ -36,7 +36,7 @@ from reconcile_audit.compute.persist.findings import (
     results_digest,
 )
 from reconcile_audit.compute.persist.health import AttemptView, Health, latest_summary
-from reconcile_audit.compute.persist.lease import Lease, run_lease
+from reconcile_audit.compute.persist.lease import Lease, break_lease, holder_name, run_lease
 from reconcile_audit.compute.persist.migrate import migrate
 from reconcile_audit.compute.persist.runs import (
     PersistOutcome,
@@ -57,7 +57,9 @@ __all__ = [
     "PersistOutcome",
     "RunRecord",
     "abandon_stale_attempts",
+    "break_lease",
     "cumulative_mismatches",
+    "holder_name",
     "latest_summary",
     "migrate",
     "non_match_rows",

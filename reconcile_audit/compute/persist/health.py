@@ -121,7 +121,7 @@ def latest_summary(
     if state_database_missing(url):
         return health
     try:
-        with state_session(url, lock_wait_seconds=2.0) as conn:
+        with state_session(url) as conn:
             if table_exists(conn, "reconciliation_attempts"):
                 rows = read_frame(conn, read_sql("persist/latest_attempts.sql"), (tenant_id,))
             elif table_exists(conn, "reconciliation_runs"):  # not yet migrated: a read needs no DDL

@@ -38,12 +38,17 @@ def duckdb_lock_holder(exc: BaseException) -> str | None:
     return f"process {match['pid']} ({match['program']})"
 
 
+# How long to wait for a DuckDB state file another process has open: every opener (the run, its
+# lease heartbeat, a health check, a second tenant's run) holds it only for one short call.
+LOCK_WAIT_SECONDS: Final = 10.0
+
+
 @contextmanager
-def state_session(url: str, *, lock_wait_seconds: float = 0.0) -> Iterator[Connection]:
+def state_session(url: str, *, lock_wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[Connection]:
     """A connection that is always closed: a DuckDB file stays open for no longer than one call.
 
-    Another process holding the DuckDB file is retried for ``lock_wait_seconds``, because
-    brief readers (a health check) hold it only for a moment.
+    Another process holding the DuckDB file is retried for ``lock_wait_seconds`` (bounded),
+    because every opener holds it only for a moment.
     """
     retrying = Retrying(
         retry=retry_if_exception(lambda exc: duckdb_lock_holder(exc) is not None),

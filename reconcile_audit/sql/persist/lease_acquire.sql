@@ -1,4 +1,5 @@
--- Takes the scope's lease when it is free or expired; returns no row when a live lease is held.
+-- Takes the scope's lease when it is free, expired, or held under token $7 (a holder found dead:
+-- its process is gone from this host); returns no row when a live lease is held.
 -- ON CONFLICT makes the check and the write one atomic step on PostgreSQL; DuckDB files have a
 -- single writer process anyway.
 INSERT INTO reconciliation_leases (scope, tenant_id, holder, token, acquired_at, expires_at)
@@ -9,5 +10,5 @@ ON CONFLICT (scope) DO UPDATE SET
     token = excluded.token,
     acquired_at = excluded.acquired_at,
     expires_at = excluded.expires_at
-WHERE reconciliation_leases.expires_at <= excluded.acquired_at
+WHERE reconciliation_leases.expires_at <= excluded.acquired_at OR reconciliation_leases.token = $7
 RETURNING token

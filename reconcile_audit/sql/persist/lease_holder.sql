@@ -1,1 +1,1 @@
-SELECT holder, acquired_at, expires_at FROM reconciliation_leases WHERE scope = $1
+SELECT holder, token, acquired_at, expires_at FROM reconciliation_leases WHERE scope = $1
