@@ -340,29 +340,21 @@ class RunContext:
         metrics.write_textfile(registry, paths.metrics_prom)
         return Delivered(paths, summary, tuple(notes), registry)
 
-    def record_failure(
-        self, failure_message: str, *, send: bool, already_persisted: bool = False, failed_cell: str | None = None
-    ) -> RunSummary:
-        """The runner's path when a notebook cell failed: the notebook cannot finish its own record.
+    def record_failure(self, failure_message: str, *, send: bool, failed_cell: str | None = None) -> RunSummary:
+        """The runner's path when the notebook died: the notebook cannot finish its own record.
 
-        Stores the run as failed (so the health check reads ``failed``), renders a FAILED report,
-        writes every artifact (empty results), and when ``send`` emails the report and pushes the
-        failure metrics, which leave the last-success timestamp untouched. Each step is
-        independent: an unreachable state database must not stop the metrics that would alert
-        on it.
-
-        ``already_persisted``: the notebook's persist cell completed before the failure (render
-        or deliver broke): the attempt already ended completed, so nothing is written. Were it
-        written anyway (the executed notebook unreadable on a full disk), the database keeps
-        the completed attempt and result: a failure never replaces either.
+        Ends the attempt as failed (so the health check reads ``failed``), renders a FAILED
+        report, writes every artifact (empty results), and when ``send`` emails the report and
+        pushes the failure metrics, which leave the last-success timestamp untouched. Each step
+        is independent: an unreachable state database must not stop the metrics that would alert
+        on it. Safe whatever the notebook got to: an attempt that already ended completed (the
+        persist cell ran, a later one broke) stays completed, and a key's completed result is
+        never replaced by a failure.
         """
         message = self.settings.redact(failure_message)
-        persisted = None
-        if not already_persisted:
-            empty = AuditResult.empty()
-            persisted = persist.persist_run(
-                self.state_url, self.run_record(None, error_message=message), empty.findings
-            )
+        persisted = persist.persist_run(
+            self.state_url, self.run_record(None, error_message=message), AuditResult.empty().findings
+        )
         facts = self.facts(None, persisted, failure_message=message)
         rendered = render_report(None, None, facts, redact=self.settings.redact)
         delivered = self.deliver(

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -198,20 +200,6 @@ def failing_cell(notebook_path: Path) -> tuple[str, str]:
     return running or ("unknown", "papermill reported an error but no cell carries one")
 
 
-def cell_completed(notebook_path: Path, description: str) -> bool:
-    """Whether the cell labelled ``#papermill_description=<description>`` ran to completion."""
-    try:
-        notebook = nbformat.read(notebook_path, as_version=4)
-    except (OSError, ValueError):
-        return False
-    for cell in notebook.cells:
-        match = _DESCRIPTION.search(cell.get("source", ""))
-        if match and match.group(1) == description:
-            papermill_meta = cell.get("metadata", {}).get("papermill", {})
-            return papermill_meta.get("status") == "completed" and papermill_meta.get("exception") is not True
-    return False
-
-
 def scrub_secrets(directory: Path, secret_values: tuple[str, ...]) -> list[Path]:
     """Replace every secret in the run's text artifacts with ``***``; return the files changed.
 
@@ -256,6 +244,38 @@ def environment(overrides: Mapping[str, str] | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived while the notebook ran (systemd, Kubernetes, Ctrl-C).
+
+    A BaseException like KeyboardInterrupt, so that no ``except Exception`` on the way swallows
+    it; the runner catches it, lets papermill shut the kernel down, and records the run."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into :class:`RunInterrupted` for the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        # Once is enough: the recording that follows must not be interrupted by a second signal.
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)
+        raise RunInterrupted(signal.Signals(signum).name)
+
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _record_failure(
     context: RunContext, request: RunRequest, *, cell: str, detail: str
 ) -> RunSummary | None:
@@ -267,12 +287,7 @@ def _record_failure(
     settings = context.settings
     message = settings.redact(f"cell {cell!r} failed: {detail}")
     try:
-        return context.record_failure(
-            message,
-            send=request.deliver,
-            already_persisted=cell_completed(context.out_dir / "notebook.ipynb", "persist"),
-            failed_cell=cell,
-        )
+        return context.record_failure(message, send=request.deliver, failed_cell=cell)
     except Exception as exc:  # the summary.json below must be written whatever broke above
         problem = settings.redact(f"{type(exc).__name__}: {exc}")
         log.error("recording the failed run also failed: %s", problem)
@@ -337,7 +352,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 # running was killed, and is closed as abandoned before this one starts.
                 persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
                 try:
-                    with ipc_kernel_config() as config:
+                    with ipc_kernel_config() as config, _signals_interrupt():
                         papermill.execute_notebook(
                             str(request.notebook),
                             str(notebook_out),
@@ -349,6 +364,10 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                         )
                 except PapermillExecutionError:
                     failure = failing_cell(notebook_out)
+                except RunInterrupted as stop:
+                    cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
+                    failure = (cell if cell != "unknown" else "runner", f"stopped by {stop.signal_name}")
+                    log.error("%s received: stopping the kernel and recording the run as failed", stop.signal_name)
                 except Exception as exc:  # a timeout or a dead kernel: no cell output holds the error
                     cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
                     failure = (cell if cell != "unknown" else "kernel", f"{type(exc).__name__}: {exc}")

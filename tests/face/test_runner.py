@@ -144,18 +144,6 @@ def test_a_cell_past_the_timeout_fails_the_run_naming_it(tmp_path, monkeypatch):
     assert summary["status"] == "failed" and summary["failed_cell"] == "ledger"
 
 
-def test_cell_completed_reads_papermill_status(tmp_path):
-    done = new_code_cell("#papermill_description=persist\nx = 1")
-    done.metadata["papermill"] = {"status": "completed", "exception": False}
-    broken = new_code_cell("#papermill_description=render\nraise ValueError")
-    broken.metadata["papermill"] = {"status": "failed", "exception": True}
-    path = _executed(tmp_path, [done, broken])
-    assert runner.cell_completed(path, "persist")
-    assert not runner.cell_completed(path, "render")
-    assert not runner.cell_completed(path, "deliver")
-    assert not runner.cell_completed(tmp_path / "missing.ipynb", "persist")
-
-
 def test_settings_table_redacts_and_cuts_long_values():
     from reconcile_audit.compute.settings import load_settings
 

@@ -1,0 +1,106 @@
+"""A run stopped from outside: SIGTERM (systemd, Kubernetes) and SIGKILL, with a real runner
+process, kernel, PostgreSQL and emulator. The next run must never be locked out (exit 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from reconcile_audit.compute.db import connect
+from reconcile_audit.emulator.faults import FaultPlan
+from reconcile_audit.emulator.server import Emulator
+from reconcile_audit.face import demo
+
+SCRIPT = Path(sys.executable).with_name("reconcile-audit")
+RUN_KEY = "acme:signals"
+
+
+@pytest.fixture(scope="module")
+def dataset() -> demo.DemoData:
+    return demo.build_dataset(60, history_nights=0)
+
+
+@pytest.fixture
+def source(pg_url: str, dataset: demo.DemoData) -> str:
+    demo.write_source_database(pg_url, dataset)
+    return pg_url
+
+
+@pytest.fixture
+def slow_rpc(dataset: demo.DemoData) -> Iterator[Emulator]:
+    """Every getLedgerEntries waits 20 s: the run is certainly inside the ledger cell when stopped."""
+    with Emulator(dataset.ledger_state(0), FaultPlan(rate=1.0, kinds=("delay",), delay_seconds=20)) as emu:
+        yield emu
+
+
+def start(source: str, rpc_url: str, dataset: demo.DemoData, out: Path) -> subprocess.Popen[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
+        "DATABASE_URL": source,
+        "SOROBAN_RPC_URL": rpc_url,
+        "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
+    }
+    args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--output-dir", str(out), "--no-deliver"]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def rows(url: str, sql: str) -> list[tuple]:
+    with connect(url) as conn:
+        return conn.rows(sql)
+
+
+def wait_until_running(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            if rows(url, "SELECT count(*) FROM reconciliation_attempts WHERE status = 'running'")[0][0]:
+                time.sleep(2)  # into the ledger cell, whose RPC call takes 20 s
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the run never started")
+
+
+def test_sigterm_records_the_run_failed_releases_the_lease_and_exits_2(
+    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    process = start(source, slow_rpc.url, dataset, tmp_path / "stopped")
+    wait_until_running(source, process)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert time.monotonic() - stopped_at < 30
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
+    ((status, error),) = rows(source, "SELECT status, error_message FROM reconciliation_attempts")
+    assert status == "failed" and "stopped by SIGTERM" in error
+    assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
+    (folder,) = (tmp_path / "stopped").iterdir()
+    assert '"status": "failed"' in (folder / "summary.json").read_text(encoding="utf-8")
+    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(encoding="utf-8")
+
+
+def test_after_sigkill_the_next_run_takes_over_and_closes_the_dead_attempt(
+    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    process = start(source, slow_rpc.url, dataset, tmp_path / "killed")
+    wait_until_running(source, process)
+    process.kill()
+    process.communicate(timeout=30)
+    assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(1,)]  # nobody released it
+
+    with Emulator(dataset.ledger_state(0)) as healthy:
+        rerun = start(source, healthy.url, dataset, tmp_path / "rerun")
+        _, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 1, stderr  # not 3: the dead holder's lease was taken over
+    statuses = [status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")]
+    assert statuses == ["abandoned", "completed"]
