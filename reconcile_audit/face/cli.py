@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ from reconcile_audit.compute import persist
 from reconcile_audit.compute.settings import load_settings, redact_url
 from reconcile_audit.errors import ExitCode, ReconcileAuditError
 from reconcile_audit.face import runner
+from reconcile_audit.face.run import TEXT_LOG_FORMAT, JsonLogFormatter
 from reconcile_audit.face.runner import RunOutcome, RunRequest
 from reconcile_audit.resources import OUTPUT_DIR_VARIABLE, default_output_dir
 
@@ -44,12 +46,31 @@ OutputDir = Annotated[
 ]
 
 
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time: the runner points it at the console
+    while the kernel's own stderr goes to a file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _configure_logging(verbose: bool, log_format: LogFormat = LogFormat.TEXT) -> None:
+    handler = _ConsoleHandler()
+    handler.setFormatter(
+        JsonLogFormatter() if log_format == LogFormat.JSON else logging.Formatter(TEXT_LOG_FORMAT)
     )
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+LogFormatOption = Annotated[
+    LogFormat, typer.Option("--log-format", help="Console log lines as text, or one JSON object per line.")
+]
 
 
 def _parse_parameters(pairs: list[str]) -> dict[str, str]:
@@ -99,13 +120,14 @@ def run(
         typer.Option(min=1, help="Fail the run when one cell runs longer than this many seconds."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Execute the audit notebook and write report, results and metrics to <output-dir>/<run_id>/.
 
     Exit 0 clean, 1 findings, 2 failed, 3 another run holds the lease. Secrets come from the
     environment only (DATABASE_URL's password, SMTP_PASSWORD), never from -p.
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     parameters: dict[str, object] = dict(_parse_parameters(parameter or []))
     if tenant is not None:
         parameters["tenant_id"] = tenant
@@ -130,11 +152,12 @@ def demo(
         int, typer.Option(min=0, max=10, help="Earlier nightly runs to replay first, for the trend.")
     ] = 3,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Build a local demo database and emulator, then run the same audit as `run` (no network)."""
     # The demo pulls in the emulator, which no other command needs.
     from reconcile_audit.face import demo as demo_module
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     outcome = demo_module.run_demo(
         invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
     )

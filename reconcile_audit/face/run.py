@@ -10,6 +10,7 @@ whose notebook died, so a failed run and a completed one are written by the same
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import tempfile
@@ -40,6 +41,7 @@ from reconcile_audit.output.summary import RunFacts, RunSummary
 log = logging.getLogger(__name__)
 
 RUN_LOG: Final = "run.log"
+RUN_EVENTS: Final = "run.jsonl"  # the same records as JSON lines, which the runner follows
 
 
 def new_run_id(now: datetime) -> str:
@@ -76,24 +78,54 @@ class StageClock:
         return time.perf_counter() - self._origin
 
 
+TEXT_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: for log shippers (``--log-format json``) and ``run.jsonl``,
+    which the runner follows to put the kernel's warnings on its own console."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "console", False):
+            event["console"] = True
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, ensure_ascii=False, default=str)
+
+
 def log_to_file(path: Path, settings: Settings, *, level: int = logging.INFO) -> logging.Handler:
-    """Send the package's log records to ``path`` as well, secrets redacted.
+    """Send the package's log records to ``path`` (text) and beside it to ``run.jsonl`` (JSON
+    lines), secrets redacted.
 
     Every drifted invoice logs one warning (the emit stage): in the notebook's cell outputs that
-    could be thousands of lines, so the complete log goes to a file next to the artifacts.
+    could be thousands of lines, so the complete log goes to files next to the artifacts. The
+    runner follows ``run.jsonl`` and repeats its warnings on the console.
     """
     package = logging.getLogger("reconcile_audit")
-    target = str(Path(path).resolve())
-    for old in [h for h in package.handlers if isinstance(h, logging.FileHandler)]:
-        if old.baseFilename == target:  # a rerun of the cell must not log every line twice
-            package.removeHandler(old)
-            old.close()
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setLevel(level)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(settings.secrets))
+    handler = None
+    for target, formatter in (
+        (Path(path), logging.Formatter(TEXT_LOG_FORMAT)),
+        (Path(path).with_name(RUN_EVENTS), JsonLogFormatter()),
+    ):
+        resolved = str(target.resolve())
+        for old in [h for h in package.handlers if isinstance(h, logging.FileHandler)]:
+            if old.baseFilename == resolved:  # a rerun of the cell must not log every line twice
+                package.removeHandler(old)
+                old.close()
+        file_handler = logging.FileHandler(target, encoding="utf-8")
+        file_handler.setLevel(level)
+        file_handler.setFormatter(formatter)
+        file_handler.addFilter(RedactingFilter(settings.secrets))
+        package.addHandler(file_handler)
+        handler = handler or file_handler
     package.setLevel(min(package.getEffectiveLevel(), level))
-    package.addHandler(handler)
+    assert handler is not None
     return handler
 
 
@@ -316,6 +348,8 @@ class RunContext:
                 run_facts, counts, report, redact=settings.redact, failed_cell=failed_cell
             )
 
+        timings = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.clock.stage_seconds.items())
+        log.info("stage timings: %s", timings, extra={"console": True})
         registry = registry_for(None, False)
         summary = summary_of(facts)
         paths = deliver.write_artifacts(self.out_dir, findings, report, summary, registry)

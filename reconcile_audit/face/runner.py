@@ -7,6 +7,7 @@ nightly job and an analyst's rerun execute exactly the same cells. Exit codes ar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,9 +15,11 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,13 +30,14 @@ from reconcile_audit.compute import persist
 from reconcile_audit.compute.schemas import ClassCounts
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
 from reconcile_audit.errors import ConfigError, ExitCode, LeaseHeldError, ReconcileAuditError
-from reconcile_audit.face.run import RunContext, StageClock, new_run_id
+from reconcile_audit.face.run import RUN_EVENTS, RunContext, StageClock, new_run_id
 from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
 
 log = logging.getLogger(__name__)
 
 KERNEL_NAME: Final = "reconcile-audit"
+KERNEL_LOG: Final = "kernel.log"  # the kernel process's own stderr: Jupyter's chatter, kept, not shown
 
 # Parameters the runner sets itself; a user who passes them would fight the run layout.
 RUNNER_OWNED: Final = {
@@ -244,6 +248,90 @@ def environment(overrides: Mapping[str, str] | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def _kernel_stderr_into(path: Path) -> Iterator[None]:
+    """Send the kernel's stderr (Jupyter's own chatter) to ``path``, not to the operator.
+
+    The kernel is a child process and inherits file descriptor 2, so that descriptor points at
+    the file for the block; this process's Python-level ``sys.stderr`` (progress bar, logging)
+    moves to a copy of the console's descriptor, so the operator still sees what matters.
+    """
+    try:
+        console_is_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests, embedding)
+        console_is_fd2 = False
+    sys.stderr.flush()
+    saved = os.dup(2)
+    previous = sys.stderr
+    if console_is_fd2:
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    with path.open("ab") as sink:
+        os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if console_is_fd2:
+            sys.stderr.close()
+            sys.stderr = previous
+
+
+class KernelLogFollower(threading.Thread):
+    """Follows the kernel's ``run.jsonl`` and repeats on this process's console every warning and
+    error (persist, email and push failures, one per mismatch) and the records the run marks for
+    the console (the stage timings): the cron or Kubernetes log must not show two lines only."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="reconcile-audit-log-follower", daemon=True)
+        self.path = path
+        self._stopping = threading.Event()
+        self._offset = 0
+
+    def run(self) -> None:
+        while not self._stopping.wait(0.2):
+            self._drain()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+        self._drain()  # what the kernel wrote last
+
+    def _drain(self) -> None:
+        try:
+            with self.path.open("rb") as stream:
+                stream.seek(self._offset)
+                chunk = stream.read()
+        except FileNotFoundError:
+            return
+        complete, _, _ = chunk.rpartition(b"\n")
+        if not complete:
+            return
+        self._offset += len(complete) + 1
+        for line in complete.decode("utf-8", "replace").splitlines():
+            self._repeat(line)
+
+    @staticmethod
+    def _repeat(line: str) -> None:
+        try:
+            event = json.loads(line)
+            level = logging.getLevelName(event["level"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if not isinstance(level, int) or (level < logging.WARNING and not event.get("console")):
+            return
+        record = logging.makeLogRecord(
+            {
+                "name": event.get("logger", "reconcile_audit"),
+                "levelno": level,
+                "levelname": event["level"],
+                "msg": event.get("message", ""),
+                "created": datetime.fromisoformat(event["time"]).timestamp() if "time" in event else time.time(),
+            }
+        )
+        logging.getLogger(record.name).handle(record)
+
+
 class RunInterrupted(BaseException):
     """SIGTERM or SIGINT arrived while the notebook ran (systemd, Kubernetes, Ctrl-C).
 
@@ -351,8 +439,14 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 # Under the lease no other attempt of the scope is alive: one still marked
                 # running was killed, and is closed as abandoned before this one starts.
                 persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
+                follower = KernelLogFollower(run_dir / RUN_EVENTS)
+                follower.start()
                 try:
-                    with ipc_kernel_config() as config, _signals_interrupt():
+                    with (
+                        ipc_kernel_config() as config,
+                        _signals_interrupt(),
+                        _kernel_stderr_into(run_dir / KERNEL_LOG),
+                    ):
                         papermill.execute_notebook(
                             str(request.notebook),
                             str(notebook_out),
@@ -371,6 +465,8 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 except Exception as exc:  # a timeout or a dead kernel: no cell output holds the error
                     cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
                     failure = (cell if cell != "unknown" else "kernel", f"{type(exc).__name__}: {exc}")
+                finally:
+                    follower.stop()
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
                     return _failed(context, request, *failure)

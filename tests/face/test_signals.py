@@ -3,6 +3,7 @@ process, kernel, PostgreSQL and emulator. The next run must never be locked out 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,14 +41,14 @@ def slow_rpc(dataset: demo.DemoData) -> Iterator[Emulator]:
         yield emu
 
 
-def start(source: str, rpc_url: str, dataset: demo.DemoData, out: Path) -> subprocess.Popen[str]:
+def start(source: str, rpc_url: str, dataset: demo.DemoData, out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
         "DATABASE_URL": source,
         "SOROBAN_RPC_URL": rpc_url,
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
     }
-    args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--output-dir", str(out), "--no-deliver"]
+    args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--output-dir", str(out), "--no-deliver", *extra]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -104,3 +105,18 @@ def test_after_sigkill_the_next_run_takes_over_and_closes_the_dead_attempt(
     assert rerun.returncode == 1, stderr  # not 3: the dead holder's lease was taken over
     statuses = [status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")]
     assert statuses == ["abandoned", "completed"]
+
+
+def test_the_console_carries_the_kernel_s_warnings_and_timings_as_json_and_no_jupyter_chatter(
+    source: str, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    with Emulator(dataset.ledger_state(0)) as healthy:
+        process = start(source, healthy.url, dataset, tmp_path / "out", "--log-format", "json")
+        stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    events = [json.loads(line) for line in stderr.splitlines()]  # every console line is JSON
+    mismatches = [e for e in events if e["logger"] == "reconcile_audit.findings"]
+    assert mismatches and all(e["level"] == "WARNING" for e in mismatches)
+    assert any(e["message"].startswith("stage timings: extract") for e in events)
+    assert "IPKernelApp" not in stderr + stdout
+    assert "FINDINGS:" in stdout

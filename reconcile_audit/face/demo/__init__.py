@@ -360,7 +360,8 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
             },
             {},
         )
-        persist.start_run(url, run_key, None, started_at)
+        attempt = f"replay-{nights_ago}-{run_key}"
+        persist.start_run(url, run_key, None, started_at, attempt=attempt)
         invoices = extract.extract_invoices(settings)
         resolved = resolve.resolve_addresses(invoices, settings.escrow_addr_by_invoice)
         ledger.preflight(settings)
@@ -375,6 +376,7 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         counts=result.counts,
         ledger_min=result.ledger_min,
         ledger_max=result.ledger_max,
+        attempt=attempt,
     )
     outcome = persist.persist_run(url, record, result.findings)
     if not outcome.ok:
