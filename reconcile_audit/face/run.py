@@ -64,6 +64,9 @@ class StageClock:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        # The runner follows this record: when the kernel dies or a cell times out, papermill
+        # leaves no trace of which cell was running, and this names it.
+        log.info("stage %s started", name, extra={"stage": name})
         begin = time.perf_counter()
         try:
             yield
@@ -94,6 +97,8 @@ class JsonLogFormatter(logging.Formatter):
         }
         if getattr(record, "console", False):
             event["console"] = True
+        if getattr(record, "stage", None):
+            event["stage"] = record.stage  # type: ignore[attr-defined]
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return json.dumps(event, ensure_ascii=False, default=str)

@@ -287,6 +287,7 @@ class KernelLogFollower(threading.Thread):
         self.path = path
         self._stopping = threading.Event()
         self._offset = 0
+        self.stage: str | None = None  # the stage the kernel last started
 
     def run(self) -> None:
         while not self._stopping.wait(0.2):
@@ -311,13 +312,13 @@ class KernelLogFollower(threading.Thread):
         for line in complete.decode("utf-8", "replace").splitlines():
             self._repeat(line)
 
-    @staticmethod
-    def _repeat(line: str) -> None:
+    def _repeat(self, line: str) -> None:
         try:
             event = json.loads(line)
             level = logging.getLevelName(event["level"])
         except (ValueError, KeyError, TypeError):
             return
+        self.stage = event.get("stage") or self.stage
         if not isinstance(level, int) or (level < logging.WARNING and not event.get("console")):
             return
         record = logging.makeLogRecord(
@@ -330,6 +331,19 @@ class KernelLogFollower(threading.Thread):
             }
         )
         logging.getLogger(record.name).handle(record)
+
+
+def _running_cell(notebook_out: Path, follower: KernelLogFollower) -> str:
+    """The cell that was running when the kernel died, timed out or was stopped.
+
+    papermill then marks every cell completed, so the stage the kernel last logged as started
+    names it; before the first stage, the notebook's own record (or "kernel") does.
+    """
+    follower.stop()
+    if follower.stage is not None:
+        return follower.stage
+    cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
+    return cell if cell != "unknown" else "kernel"
 
 
 class RunInterrupted(BaseException):
@@ -459,12 +473,10 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 except PapermillExecutionError:
                     failure = failing_cell(notebook_out)
                 except RunInterrupted as stop:
-                    cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
-                    failure = (cell if cell != "unknown" else "runner", f"stopped by {stop.signal_name}")
                     log.error("%s received: stopping the kernel and recording the run as failed", stop.signal_name)
+                    failure = (_running_cell(notebook_out, follower), f"stopped by {stop.signal_name}")
                 except Exception as exc:  # a timeout or a dead kernel: no cell output holds the error
-                    cell, _ = failing_cell(notebook_out) if notebook_out.exists() else ("kernel", "")
-                    failure = (cell if cell != "unknown" else "kernel", f"{type(exc).__name__}: {exc}")
+                    failure = (_running_cell(notebook_out, follower), f"{type(exc).__name__}: {exc}")
                 finally:
                     follower.stop()
                 if failure is not None:

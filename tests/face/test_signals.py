@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from reconcile_audit.compute.db import connect
@@ -120,3 +121,30 @@ def test_the_console_carries_the_kernel_s_warnings_and_timings_as_json_and_no_ju
     assert any(e["message"].startswith("stage timings: extract") for e in events)
     assert "IPKernelApp" not in stderr + stdout
     assert "FINDINGS:" in stdout
+
+
+def test_a_cell_timeout_is_recorded_failed_naming_the_cell(
+    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    process = start(source, slow_rpc.url, dataset, tmp_path / "timeout", "--cell-timeout", "3")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert "failed cell: ledger" in stderr
+    ((status, error),) = rows(source, "SELECT status, error_message FROM reconciliation_attempts")
+    assert status == "failed" and "cell 'ledger' failed" in error
+
+
+def test_a_dead_kernel_is_recorded_failed_naming_the_cell(
+    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    process = start(source, slow_rpc.url, dataset, tmp_path / "dead-kernel")
+    wait_until_running(source, process)
+    kernels = [p for p in psutil.Process(process.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    assert len(kernels) == 1
+    kernels[0].kill()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2, stderr
+    assert "failed cell: ledger" in stderr
+    ((status, error),) = rows(source, "SELECT status, error_message FROM reconciliation_attempts")
+    assert status == "failed" and "cell 'ledger' failed" in error
+    assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
