@@ -81,5 +81,12 @@ class LeaseHeldError(ReconcileAuditError):
         super().__init__(f"another reconciliation run holds the lease for tenant {tenant!r}: {holder}")
 
 
+class StateLockedError(ReconcileAuditError):
+    """Another process kept the DuckDB state file open longer than the bounded wait: no run was
+    started (exit 3, like a held lease), and the message names the file and the process."""
+
+    exit_code = ExitCode.LEASE_HELD
+
+
 class PersistError(ReconcileAuditError):
     """Writing the run or its findings failed. Logged and marked on the run, never raised over findings."""

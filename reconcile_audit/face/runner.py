@@ -29,7 +29,13 @@ from traitlets.config import Config
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.schemas import ClassCounts
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
-from reconcile_audit.errors import ConfigError, ExitCode, LeaseHeldError, ReconcileAuditError
+from reconcile_audit.errors import (
+    ConfigError,
+    ExitCode,
+    LeaseHeldError,
+    ReconcileAuditError,
+    StateLockedError,
+)
 from reconcile_audit.face.run import RUN_EVENTS, RunContext, StageClock, new_run_id
 from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
@@ -482,7 +488,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
                     return _failed(context, request, *failure)
-    except LeaseHeldError as exc:
+    except (LeaseHeldError, StateLockedError) as exc:
         # The run never started: nothing of it should remain to be mistaken for a result.
         _remove_empty(run_dir)
         return RunOutcome(ExitCode.LEASE_HELD, str(exc), run_id=run_id)

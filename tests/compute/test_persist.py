@@ -24,7 +24,7 @@ from reconcile_audit.compute.db import connect, read_sql
 from reconcile_audit.compute.persist import RunRecord
 from reconcile_audit.compute.persist.migrate import migrations
 from reconcile_audit.compute.schemas import FINDINGS, ClassCounts, count_classes
-from reconcile_audit.errors import LeaseHeldError, PersistError
+from reconcile_audit.errors import LeaseHeldError, PersistError, StateLockedError
 from tests import factories
 from tests.factories import frame
 
@@ -445,7 +445,7 @@ HOLD_FILE = textwrap.dedent(
 )
 
 
-def test_a_duckdb_file_open_in_another_process_counts_as_a_held_lease(tmp_path: Path) -> None:
+def test_a_duckdb_file_open_in_another_process_is_a_file_lock_not_a_run(tmp_path: Path) -> None:
     path = tmp_path / "state.duckdb"
     child = subprocess.Popen(
         [sys.executable, "-c", HOLD_FILE, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -453,10 +453,11 @@ def test_a_duckdb_file_open_in_another_process_counts_as_a_held_lease(tmp_path: 
     try:
         assert child.stdout is not None and child.stdin is not None
         assert child.stdout.readline().strip() == "open"
-        with pytest.raises(LeaseHeldError) as raised:
+        with pytest.raises(StateLockedError) as raised:
             with persist.run_lease(f"duckdb://{path}", None, "me", lock_wait_seconds=0):
                 pass
         assert f"process {child.pid}" in str(raised.value) and str(path) in str(raised.value)
+        assert "file lock, not a run lease" in str(raised.value) and raised.value.exit_code == 3
         child.stdin.write("\n")
         child.stdin.flush()
     finally:
@@ -546,3 +547,14 @@ def test_break_lease_frees_a_stuck_scope_and_says_whose_it_was(state_url: str) -
         assert persist.break_lease(state_url, "t1") is None
         with persist.run_lease(state_url, "t1", "next"):
             pass
+
+
+def test_a_future_dated_run_does_not_hide_newer_ones(state_url: str) -> None:
+    """Health follows the database's order of writes, not the clocks of the machines that ran."""
+    skewed = T0 + timedelta(days=365)
+    clean = frame([finding("INV-1", "match")])
+    assert persist.persist_run(state_url, record(clean, run_key="skewed", started_at=skewed, finished_at=skewed), clean).ok
+    assert persist.persist_run(state_url, record(MIXED, run_key="later"), MIXED).ok
+    health = persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=1))
+    assert health.latest is not None and health.latest.run_key == "later"
+    assert health.status == "findings"

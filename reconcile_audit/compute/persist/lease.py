@@ -25,7 +25,7 @@ from reconcile_audit.compute.persist.session import (
     transaction,
     utc_now,
 )
-from reconcile_audit.errors import LeaseHeldError, PersistError
+from reconcile_audit.errors import LeaseHeldError, PersistError, StateLockedError
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,9 @@ def run_lease(
     except Exception as exc:
         locker = duckdb_lock_holder(exc)
         if locker is not None:
-            raise LeaseHeldError(
-                _tenant_label(tenant_id), f"{locker} has the state database {duckdb_path(url)} open"
+            raise StateLockedError(
+                f"the state database file {duckdb_path(url)} stayed locked for {lock_wait_seconds:g} s: "
+                f"{locker} has it open (a file lock, not a run lease); try again when it is closed"
             ) from exc
         raise PersistError(f"cannot take the run lease: {describe_error(exc, url)}") from exc
     stop = threading.Event()
