@@ -19,6 +19,7 @@ from reconcile_audit.compute.db import connect
 from reconcile_audit.emulator.faults import FaultPlan
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
+from tests.services import admin_execute
 
 SCRIPT = Path(sys.executable).with_name("reconcile-audit")
 RUN_KEY = "acme:signals"
@@ -148,3 +149,31 @@ def test_a_dead_kernel_is_recorded_failed_naming_the_cell(
     ((status, error),) = rows(source, "SELECT status, error_message FROM reconciliation_attempts")
     assert status == "failed" and "cell 'ledger' failed" in error
     assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
+
+
+def test_a_state_database_gone_at_persist_time_exits_2_and_says_the_run_was_not_stored(
+    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    name = source.rsplit("/", 1)[1]
+    process = start(source, slow_rpc.url, dataset, tmp_path / "unstored")
+    wait_until_running(source, process)
+    # The database disappears while the kernel waits for the RPC (PostgreSQL down, for the run).
+    admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+    admin_execute(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"')
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        admin_execute(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"')
+    assert process.returncode == 2, stdout + stderr
+    assert "NOT STORED" in stdout + stderr
+    (folder,) = (tmp_path / "unstored").iterdir()
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert summary["persisted"] is False and summary["persist_error"]
+    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(encoding="utf-8")
+    assert "history and the health check miss this run" in (folder / "report.html").read_text(encoding="utf-8")
+    # Nothing could be written: the attempt still says running, and its lease expires in minutes.
+    assert rows(source, "SELECT status FROM reconciliation_attempts") == [("running",)]
+    ((minutes_left,),) = rows(
+        source, "SELECT CAST(EXTRACT(EPOCH FROM expires_at - now()) / 60 AS DOUBLE PRECISION) FROM reconciliation_leases"
+    )
+    assert minutes_left <= 10
