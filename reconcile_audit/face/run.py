@@ -375,7 +375,7 @@ class RunContext:
             metrics.write_textfile_dir(registry, settings.metrics_textfile_dir)
             notes.append(f"metrics textfile written to {settings.metrics_textfile_dir}")
         summary = summary_of(replace(facts, delivery_notes=(*facts.delivery_notes, *notes)))
-        paths.summary_json.write_text(summary.to_json(), encoding="utf-8")
+        deliver.write_atomically(paths.summary_json, lambda path: path.write_text(summary.to_json(), encoding="utf-8"))
         metrics.write_textfile(registry, paths.metrics_prom)
         return Delivered(paths, summary, tuple(notes), registry)
 

@@ -37,6 +37,7 @@ from reconcile_audit.errors import (
     StateLockedError,
 )
 from reconcile_audit.face.run import RUN_EVENTS, RunContext, StageClock, new_run_id
+from reconcile_audit.output.deliver import write_atomically
 from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
 
@@ -339,6 +340,22 @@ class KernelLogFollower(threading.Thread):
         logging.getLogger(record.name).handle(record)
 
 
+def _settle_notebook(executing: Path, final: Path) -> None:
+    """Rename the executed notebook into place when it is whole; otherwise keep it aside.
+
+    On a full disk papermill can leave half a JSON document: that must never stand as the audit
+    record under its real name.
+    """
+    if not executing.exists():
+        return
+    try:
+        nbformat.read(executing, as_version=4)
+    except (OSError, ValueError) as exc:
+        log.error("the executed notebook could not be written whole (%s); kept as %s", exc, executing)
+        return
+    os.replace(executing, final)
+
+
 def _running_cell(notebook_out: Path, follower: KernelLogFollower) -> str:
     """The cell that was running when the kernel died, timed out or was stopped.
 
@@ -403,7 +420,7 @@ def _record_failure(
     facts = context.facts(None, None, failure_message=f"{message}; recording the failure also failed: {problem}")
     summary = RunSummary.from_run(facts, ClassCounts.zero(), None, redact=settings.redact, failed_cell=cell)
     try:
-        (context.out_dir / "summary.json").write_text(summary.to_json(), encoding="utf-8")
+        write_atomically(context.out_dir / "summary.json", lambda path: path.write_text(summary.to_json(), encoding="utf-8"))
     except OSError as exc:
         log.error("could not write summary.json: %s", exc)
     return summary
@@ -461,6 +478,9 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
                 follower = KernelLogFollower(run_dir / RUN_EVENTS)
                 follower.start()
+                # papermill rewrites the executed notebook after every cell; it becomes
+                # notebook.ipynb only when whole (see _settle_notebook).
+                executing = run_dir / ".notebook.partial.ipynb"
                 try:
                     with (
                         ipc_kernel_config() as config,
@@ -469,7 +489,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                     ):
                         papermill.execute_notebook(
                             str(request.notebook),
-                            str(notebook_out),
+                            str(executing),
                             parameters=injected,
                             kernel_name=kernel,
                             progress_bar=request.progress_bar,
@@ -477,14 +497,18 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                             config=config,
                         )
                 except PapermillExecutionError:
-                    failure = failing_cell(notebook_out)
+                    failure = failing_cell(executing)
                 except RunInterrupted as stop:
                     log.error("%s received: stopping the kernel and recording the run as failed", stop.signal_name)
-                    failure = (_running_cell(notebook_out, follower), f"stopped by {stop.signal_name}")
-                except Exception as exc:  # a timeout or a dead kernel: no cell output holds the error
-                    failure = (_running_cell(notebook_out, follower), f"{type(exc).__name__}: {exc}")
+                    failure = (_running_cell(executing, follower), f"stopped by {stop.signal_name}")
+                except Exception as exc:  # a timeout, a dead kernel, a full disk
+                    cause = f"{type(exc).__name__}: {exc}"
+                    if isinstance(exc, OSError) and exc.filename is None:
+                        cause += f" (writing the run folder {run_dir})"
+                    failure = (_running_cell(executing, follower), cause)
                 finally:
                     follower.stop()
+                    _settle_notebook(executing, notebook_out)
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
                     return _failed(context, request, *failure)

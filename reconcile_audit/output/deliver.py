@@ -11,9 +11,10 @@ import gzip
 import json
 import logging
 import mimetypes
+import os
 import smtplib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -224,6 +225,21 @@ def findings_csv_frame(findings: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` a temporary file beside ``path``, then rename it into place.
+
+    A reader never sees half a file under the real name, and a write that fails (a full disk)
+    leaves the previous file, or none, instead of a truncated one.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def write_artifacts(
     out_dir: Path,
     findings: pl.DataFrame | None,
@@ -248,14 +264,14 @@ def write_artifacts(
         results_csv=out_dir / "results.csv",
         metrics_prom=out_dir / "metrics.prom",
     )
-    paths.report_html.write_text(report.html, encoding="utf-8")
-    paths.report_txt.write_text(report.text, encoding="utf-8")
+    write_atomically(paths.report_html, lambda path: path.write_text(report.html, encoding="utf-8"))
+    write_atomically(paths.report_txt, lambda path: path.write_text(report.text, encoding="utf-8"))
     if isinstance(summary, RunSummary):
         summary_text = summary.to_json()
     else:
         summary_text = json.dumps(dict(summary), indent=2, sort_keys=True, default=str) + "\n"
-    paths.summary_json.write_text(summary_text, encoding="utf-8")
-    frame.write_parquet(paths.results_parquet)
-    findings_csv_frame(frame).write_csv(paths.results_csv)
+    write_atomically(paths.summary_json, lambda path: path.write_text(summary_text, encoding="utf-8"))
+    write_atomically(paths.results_parquet, frame.write_parquet)
+    write_atomically(paths.results_csv, findings_csv_frame(frame).write_csv)
     write_textfile(registry, paths.metrics_prom)
     return paths

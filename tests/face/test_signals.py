@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -177,3 +178,48 @@ def test_a_state_database_gone_at_persist_time_exits_2_and_says_the_run_was_not_
         source, "SELECT CAST(EXTRACT(EPOCH FROM expires_at - now()) / 60 AS DOUBLE PRECISION) FROM reconciliation_leases"
     )
     assert minutes_left <= 10
+
+
+def _small_files() -> None:
+    """The child's files may not grow past 40 KB (the executed notebook needs more): a full disk."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+
+
+def test_a_full_disk_exits_2_in_one_line_and_keeps_the_stored_run(
+    source: str, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
+        "DATABASE_URL": source,
+        "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
+    }
+    with Emulator(dataset.ledger_state(0)) as healthy:
+        env["SOROBAN_RPC_URL"] = healthy.url
+        args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--no-deliver", "--output-dir"]
+        first = subprocess.run([*args, str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 1, first.stderr
+        stored = rows(source, "SELECT status, total, mismatch FROM reconciliation_runs")
+        findings = rows(source, "SELECT count(*) FROM reconciliation_findings")
+        # The same night again, on a disk that fills up while the notebook is written.
+        full = subprocess.run(
+            [*args, str(tmp_path / "full")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=_small_files,
+        )
+    assert full.returncode == 2, full.stdout + full.stderr
+    failure = [line for line in full.stderr.splitlines() if "File too large" in line]
+    assert len(failure) == 1 and str(tmp_path / "full") in failure[0]
+    assert "Traceback" not in full.stdout + full.stderr
+    (folder,) = (tmp_path / "full").iterdir()
+    assert not (folder / "notebook.ipynb").exists()  # never a half notebook under its real name
+    # The completed run of the key, its findings and the health's last completed run stand.
+    assert rows(source, "SELECT status, total, mismatch FROM reconciliation_runs") == stored
+    assert rows(source, "SELECT count(*) FROM reconciliation_findings") == findings
+    assert [s for (s,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")] == [
+        "completed",
+        "failed",
+    ]
