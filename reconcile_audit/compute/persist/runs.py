@@ -96,8 +96,11 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
     )
 
 
-def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int:
-    return int(conn.rows(read_sql("persist/upsert_run.sql"), _run_params(record, results))[0][0])
+def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int | None:
+    """The key's result row; None when a completed result was kept (``record`` is a failure)."""
+    replace_completed = record.status == RunStatus.COMPLETED
+    written = conn.rows(read_sql("persist/upsert_run.sql"), (*_run_params(record, results), replace_completed))
+    return int(written[0][0]) if written else None
 
 
 def _record_attempt(conn: Connection, record: RunRecord) -> None:
@@ -122,13 +125,9 @@ def _write(conn: Connection, record: RunRecord, rows: pl.DataFrame, results: str
     """The attempt, and the key's result when this record may hold it. Returns the result row's
     id, or None when a completed result of the key was kept (``record`` is a failure)."""
     _record_attempt(conn, record)
-    if record.status == RunStatus.COMPLETED:
-        run_id = _upsert_run(conn, record, results)
-    else:
-        written = conn.rows(read_sql("persist/upsert_run_unless_completed.sql"), _run_params(record, results))
-        if not written:
-            return None
-        run_id = int(written[0][0])
+    run_id = _upsert_run(conn, record, results)
+    if run_id is None:
+        return None
     conn.execute(read_sql("persist/delete_findings.sql"), (run_id,))
     insert_findings(conn, run_id, rows)
     return run_id
@@ -231,7 +230,7 @@ def _mark_failed(url: str, record: RunRecord, cause: str) -> bool:
         # Only the rows, not the findings: the findings table may be what failed.
         with state_session(url) as conn, transaction(conn):
             _record_attempt(conn, failed)
-            conn.rows(read_sql("persist/upsert_run_unless_completed.sql"), _run_params(failed, None))
+            _upsert_run(conn, failed, None)
     except Exception as exc:
         logger.error("could not mark run %r as failed either: %s", record.run_key, describe_error(exc, url))
         return False

@@ -1,5 +1,7 @@
--- One row per run key: a re-run of the same key overwrites the row and keeps its id, so the
--- caller can replace that run's findings by run_id.
+-- One row per run key, the key's result: a later attempt overwrites the row and keeps its id, so
+-- the caller can replace that run's findings by run_id. $16 false (a failed attempt) writes the
+-- row only when the key has no completed result: a completed run is replaced by a later
+-- completed attempt, never by a failure. Returns the row's id when written, nothing otherwise.
 INSERT INTO reconciliation_runs (
     run_key, tenant_id, started_at, finished_at, status,
     total, match, mismatch, missing_on_chain, unlinked, error,
@@ -25,4 +27,5 @@ ON CONFLICT (run_key) DO UPDATE SET
     ledger_max = excluded.ledger_max,
     error_message = excluded.error_message,
     results = excluded.results
+WHERE CAST($16 AS BOOLEAN) OR reconciliation_runs.status <> 'completed'
 RETURNING id
