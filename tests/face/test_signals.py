@@ -44,14 +44,18 @@ def slow_rpc(dataset: demo.DemoData) -> Iterator[Emulator]:
         yield emu
 
 
-def start(source: str, rpc_url: str, dataset: demo.DemoData, out: Path, *extra: str) -> subprocess.Popen[str]:
+def start(
+    source: str, rpc_url: str, dataset: demo.DemoData, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     env = {
+        **(env or {}),
         **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
         "DATABASE_URL": source,
         "SOROBAN_RPC_URL": rpc_url,
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
     }
-    args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--output-dir", str(out), "--no-deliver", *extra]
+    key = ["--run-key", RUN_KEY] if "--tenant" not in extra else []
+    args = [str(SCRIPT), "run", *key, "--output-dir", str(out), "--no-deliver", *extra]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -223,3 +227,23 @@ def test_a_full_disk_exits_2_in_one_line_and_keeps_the_stored_run(
         "completed",
         "failed",
     ]
+
+
+def test_two_tenants_at_once_on_one_duckdb_state_file_both_complete(
+    source: str, dataset: demo.DemoData, tmp_path: Path
+) -> None:
+    state = f"duckdb://{tmp_path / 'state.duckdb'}"
+    with Emulator(dataset.ledger_state(0)) as healthy:
+        runs = {
+            tenant: start(
+                source, healthy.url, dataset, tmp_path / tenant, "--tenant", tenant,
+                env={"RECONCILE_STATE_DATABASE_URL": state},
+            )
+            for tenant in ("acme", "globex")
+        }
+        outcomes = {tenant: process.communicate(timeout=300) for tenant, process in runs.items()}
+    for tenant, process in runs.items():
+        assert process.returncode == 1, outcomes[tenant][1]
+    attempts = rows(state, "SELECT tenant_id, status FROM reconciliation_attempts ORDER BY tenant_id")
+    assert attempts == [("acme", "completed"), ("globex", "completed")]
+    assert rows(state, "SELECT count(DISTINCT run_key) FROM reconciliation_runs") == [(2,)]
