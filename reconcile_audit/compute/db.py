@@ -96,6 +96,28 @@ def connect(url: str, *, read_only: bool = False, autocommit: bool = False) -> I
         connection.close()
 
 
+@contextmanager
+def connect_source(url: str) -> Iterator[Connection]:
+    """A connection to the audited database that cannot write to it.
+
+    DuckDB opens the file read-only, and a path that does not exist is an error, not a new empty
+    database. On PostgreSQL every statement of the session runs in a READ ONLY transaction, so even
+    a data-modifying query slipped into a custom extract file is refused by the server.
+    """
+    if dialect_of(url) == "duckdb":
+        path = duckdb_path(url)
+        if path == ":memory:" or not Path(path).is_file():
+            raise ConfigError("DATABASE_URL", f"no DuckDB database file at {path!r}")
+        connection = Connection(duckdb.connect(path, read_only=True), "duckdb")
+    else:
+        connection = open_connection(url, autocommit=True)
+        connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
 def read_sql(name: str) -> str:
     """The text of ``reconcile_audit/sql/<name>``."""
     return (SQL_DIR / name).read_text(encoding="utf-8")

@@ -73,9 +73,29 @@ def _query_text(settings: Settings) -> tuple[str, str]:
     if path is None:
         return db.read_sql(EXTRACT_SQL), EXTRACT_SQL
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        sql = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ExtractError(f"cannot read the extract SQL file {path}: {exc.strerror or exc}") from exc
+    _check_one_query(sql, str(path))
+    return sql, str(path)
+
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
+_READING = ("select", "with", "values", "table", "(")
+
+
+def _check_one_query(sql: str, source: str) -> None:
+    """A custom extract file holds exactly one statement, and it reads. Checked before the source
+    is touched; the read-only connection is the second line of defence, not the first."""
+    code = _QUOTED.sub("''", _BLOCK_COMMENT.sub(" ", _strip_sql_comments(sql))).strip().rstrip(";").strip()
+    if ";" in code:
+        raise ExtractError(f"the extract SQL file {source} holds more than one statement; it must be one query")
+    if not code.lower().startswith(_READING):
+        first = code.split(None, 1)[0] if code else "nothing"
+        raise ExtractError(
+            f"the extract SQL file {source} must be one query that reads (SELECT or WITH), not {first[:40]!r}"
+        )
 
 
 def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
@@ -115,7 +135,7 @@ def _check_scope(url: str, tenant_id: str | None) -> None:
     CLEAN. A known tenant with no invoice in a reconcilable status is a real, empty scope.
     """
     try:
-        with db.connect(url) as conn:
+        with db.connect_source(url) as conn:
             ((scope_rows, known),) = conn.rows(db.read_sql(SCOPE_SQL), [tenant_id])
     except Exception as exc:  # a custom source without the documented invoices table
         logger.warning("the extract found no invoice and the scope could not be checked: %s", type(exc).__name__)
@@ -151,7 +171,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     url = settings.source_url()
     started = time.perf_counter()
     try:
-        with db.connect(url) as conn:
+        with db.connect_source(url) as conn:
             table = conn.arrow(sql, params)
     except ReconcileAuditError:
         raise

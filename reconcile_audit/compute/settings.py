@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from reconcile_audit.errors import ConfigError
@@ -186,12 +186,12 @@ def _parse_token_decimals(raw: str | Mapping[str, int] | None) -> dict[str, int]
     try:
         parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError("TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}') from exc
+        raise ConfigError("RECONCILE_TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}') from exc
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 38
         for k, v in parsed.items()
     ):
-        raise ConfigError("TOKEN_DECIMALS", "expected a JSON object of token address -> integer 0..38")
+        raise ConfigError("RECONCILE_TOKEN_DECIMALS", "expected a JSON object of token address -> integer 0..38")
     return parsed
 
 
@@ -297,15 +297,25 @@ def load_settings(
         except (TypeError, ValueError) as exc:
             raise ConfigError(ENVIRONMENT[name], f"cannot read {raw[name]!r}: {exc}") from exc
     settings = Settings(**values)
-    if not 1 <= settings.rpc_batch_size <= 200:
-        raise ConfigError("rpc_batch_size", "getLedgerEntries takes 1 to 200 keys")
-    if settings.rpc_concurrency < 1:
-        raise ConfigError("rpc_concurrency", "must be at least 1")
-    if not 0.0 <= settings.min_read_share <= 1.0:
-        raise ConfigError("RECONCILE_MIN_READ_SHARE", "must be between 0 and 1")
-    if settings.tolerance_base_units < 0:
-        raise ConfigError("tolerance_base_units", "must not be negative")
+    for name, valid, rule in _RULES:
+        if not valid(getattr(settings, name)):
+            # Both spellings: the variable an operator sets, the parameter an analyst passes.
+            raise ConfigError(f"{ENVIRONMENT[name]} ({name})", f"{rule}, not {getattr(settings, name)!r}")
     return settings
+
+
+# Out-of-range values would silently change behaviour (a timeout of 0 disables the timeout).
+_RULES: Final = (
+    ("rpc_batch_size", lambda v: 1 <= v <= 200, "getLedgerEntries takes 1 to 200 keys"),
+    ("rpc_concurrency", lambda v: v >= 1, "must be at least 1"),
+    ("rpc_max_retries", lambda v: v >= 0, "must not be negative"),
+    ("rpc_timeout_seconds", lambda v: v > 0, "must be more than 0 seconds"),
+    ("smtp_port", lambda v: 1 <= v <= 65535, "must be a TCP port, 1 to 65535"),
+    ("stale_after_hours", lambda v: v > 0, "must be more than 0 hours"),
+    ("ttl_warning_ledgers", lambda v: v >= 0, "must not be negative"),
+    ("min_read_share", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
+    ("tolerance_base_units", lambda v: v >= 0, "must not be negative"),
+)
 
 
 class RedactingFilter(logging.Filter):

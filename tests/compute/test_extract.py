@@ -14,7 +14,7 @@ import pytest
 from reconcile_audit.compute import db, extract
 from reconcile_audit.compute.schemas import INVOICES
 from reconcile_audit.compute.settings import load_settings
-from reconcile_audit.errors import ExtractError, ScopeError, SourceSchemaError
+from reconcile_audit.errors import ConfigError, ExtractError, ScopeError, SourceSchemaError
 from reconcile_audit.face.demo import sourcedb
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -512,3 +512,48 @@ def test_a_secret_in_a_driver_error_is_redacted_and_not_chained(pg_server: str) 
     assert "Zq7secretdb" not in str(raised.value)
     assert "***" in str(raised.value)
     assert raised.value.__cause__ is None
+
+
+def _summary_rows(url: str) -> int:
+    with db.connect(url) as conn:
+        return int(conn.rows("SELECT count(*) FROM escrow_summaries")[0][0])
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("DELETE FROM escrow_summaries;\nSELECT * FROM invoices", "more than one statement"),
+        ("DELETE FROM escrow_summaries", "must be one query that reads"),
+        ("-- looks harmless\nUPDATE escrow_summaries SET total_funded = 0", "not 'UPDATE'"),
+    ],
+)
+def test_a_custom_extract_that_writes_is_refused_before_the_source_is_touched(
+    source_url: str, tmp_path: Path, query: str, why: str
+) -> None:
+    rows = Source()
+    rows.invoice("A-1", totals=((Decimal("10.00"), T0),))
+    rows.load(source_url)
+    custom = tmp_path / "custom.sql"
+    custom.write_text(query, encoding="utf-8")
+    with pytest.raises(ExtractError, match=why) as refused:
+        _extract(source_url, extract_sql_path=str(custom))
+    assert str(custom) in str(refused.value)
+    assert _summary_rows(source_url) == 1
+
+
+def test_the_source_connection_cannot_write(source_url: str) -> None:
+    """The second line of defence, for a query that passes the text check (a PostgreSQL
+    data-modifying CTE, a function with side effects): the connection itself refuses."""
+    rows = Source()
+    rows.invoice("A-1", totals=((Decimal("10.00"), T0),))
+    rows.load(source_url)
+    with pytest.raises(Exception, match=r"(?i)read.only"), db.connect_source(source_url) as conn:
+        conn.execute("DELETE FROM escrow_summaries")
+    assert _summary_rows(source_url) == 1
+
+
+def test_a_missing_duckdb_source_is_an_error_not_a_new_empty_file(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "source.duckdb"
+    with pytest.raises(ConfigError, match="DATABASE_URL: no DuckDB database file"):
+        _extract(f"duckdb://{missing}")
+    assert not missing.exists() and not missing.parent.exists()

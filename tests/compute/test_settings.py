@@ -62,3 +62,27 @@ def test_rpc_and_pushgateway_credentials_are_secrets():
     )
     assert {"k3y-abcdef", "pgpass"} <= set(settings.secrets)
     assert "k3y-abcdef" not in repr(settings) and "pgpass" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RECONCILE_RPC_TIMEOUT_SECONDS", "0"),
+        ("RECONCILE_RPC_TIMEOUT_SECONDS", "-1"),
+        ("RECONCILE_RPC_MAX_RETRIES", "-1"),
+        ("RECONCILE_RPC_CONCURRENCY", "0"),
+        ("RECONCILE_RPC_BATCH_SIZE", "0"),
+        ("SMTP_PORT", "0"),
+        ("RECONCILE_STALE_AFTER_HOURS", "0"),
+        ("RECONCILE_MIN_READ_SHARE", "1.5"),
+        ("RECONCILE_TOLERANCE_BASE_UNITS", "-5"),
+    ],
+)
+def test_values_that_would_silently_change_behaviour_are_refused_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=f"^{variable} "):
+        load_settings({}, {variable: value})
+
+
+def test_a_bad_token_decimals_names_the_real_variable():
+    with pytest.raises(ConfigError, match="^RECONCILE_TOKEN_DECIMALS: not JSON"):
+        load_settings({}, {"RECONCILE_TOKEN_DECIMALS": "{bad"})
