@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from reconcile_audit.errors import ConfigError
 
@@ -51,11 +51,15 @@ class Secret:
 
 
 def url_password(url: str) -> str | None:
-    """The password embedded in a database URL, if any."""
+    """The password embedded in a database URL, if any: in its userinfo, or libpq's
+    ``?password=`` query parameter."""
     try:
-        return urlsplit(url).password
+        parts = urlsplit(url)
     except ValueError:
         return None
+    if parts.password:
+        return parts.password
+    return next((value for name, value in parse_qsl(parts.query) if name == "password" and value), None)
 
 
 def url_credentials(url: str) -> list[str]:
@@ -70,13 +74,34 @@ def url_credentials(url: str) -> list[str]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":" + REDACTED
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
+    password = url_password(url)
+    return url if password is None else url.replace(password, REDACTED)
+
+
+def public_url(url: str) -> str:
+    """``scheme://host[:port]``: how an RPC or gateway URL is shown anywhere. Providers put API
+    keys in the path (``/v1/<key>/``), the query or the userinfo, so none of those is shown."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return REDACTED
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
+def _hidden_url_parts(url: str) -> list[str]:
+    """What :func:`public_url` leaves out of ``url``, as strings to redact wherever they appear."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    hidden = url_credentials(url)
+    if parts.path.strip("/"):
+        hidden.append(parts.path.rstrip("/"))
+    if parts.query:
+        hidden.append(parts.query)
+    return hidden
 
 
 @dataclass(frozen=True)
@@ -135,13 +160,14 @@ class Settings:
             password = None if secret is None else url_password(secret.reveal())
             if password:
                 found.append(password)
-        # RPC providers and gateways often carry an API key in the URL's userinfo or query.
+        # RPC providers and gateways carry API keys in the URL's userinfo, query or path.
         for url in (self.rpc_url, self.pushgateway_url):
             if url:
-                found.extend(url_credentials(url))
+                found.extend(_hidden_url_parts(url))
         if self.smtp_password:
             found.append(self.smtp_password.reveal())
-        return tuple(found)
+        # Longest first, so that redacting a part never leaves the rest of a longer secret behind.
+        return tuple(sorted(set(found), key=len, reverse=True))
 
     def source_url(self) -> str:
         """The source database's URL; :class:`ConfigError` naming ``DATABASE_URL`` when unset.

@@ -133,7 +133,7 @@ def check_parameters(given: Mapping[str, Any], known: Mapping[str, Mapping[str, 
             raise ConfigError(
                 name,
                 "a password must not be a parameter (papermill writes parameters into the executed "
-                f"notebook); put the URL in {ENVIRONMENT.get(name, 'the environment')} instead",
+                f"notebook); put the URL in the environment, as {ENVIRONMENT.get(name, 'its variable')}",
             )
     return checked
 

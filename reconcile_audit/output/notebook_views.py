@@ -15,7 +15,7 @@ from typing import Final
 import polars as pl
 
 from reconcile_audit.compute.schemas import CLASSES, FindingClass
-from reconcile_audit.compute.settings import REDACTED, Secret, Settings, redact_url
+from reconcile_audit.compute.settings import REDACTED, Secret, Settings, public_url, redact_url
 
 CLASS_COLOURS: Final = {
     FindingClass.MATCH: "#4c9a2a",
@@ -53,8 +53,10 @@ def settings_table(settings: Settings, *, max_chars: int = 100) -> pl.DataFrame:
         value = getattr(settings, item.name)
         if isinstance(value, Secret):
             text = redact_url(value.reveal()) if "url" in item.name else REDACTED
+        elif item.name in ("rpc_url", "pushgateway_url") and value:
+            text = public_url(value)
         else:
-            text = "" if value is None else str(value)
+            text = settings.redact("" if value is None else str(value))
         if len(text) > max_chars:
             text = f"{text[:max_chars]}... ({len(text):,} characters)"
         names.append(item.name)

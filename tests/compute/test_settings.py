@@ -84,5 +84,5 @@ def test_values_that_would_silently_change_behaviour_are_refused_naming_the_vari
 
 
 def test_a_bad_token_decimals_names_the_real_variable():
-    with pytest.raises(ConfigError, match="^RECONCILE_TOKEN_DECIMALS: not JSON"):
+    with pytest.raises(ConfigError, match=r"^RECONCILE_TOKEN_DECIMALS: not JSON"):
         load_settings({}, {"RECONCILE_TOKEN_DECIMALS": "{bad"})

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from reconcile_audit.compute import persist
+from reconcile_audit.compute.db import connect
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
@@ -27,9 +28,13 @@ from tests.services import SMTP_USER, Inbox, admin_execute, running_pushgateway,
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-DB_PASSWORD = "pg-Pw-7f3a9c"
+# A distinct secret in every form a credential arrives in, so a leak names its source.
+DB_PASSWORD = "pg-Pw-7f3a9c"  # userinfo of DATABASE_URL
+DB_QUERY_PASSWORD = "pg-Query-Pw-58e1aa"  # libpq ?password= of the failing run's DATABASE_URL
 SMTP_PASSWORD = "smtp-Pw-b41e2d"
-SECRETS = (DB_PASSWORD, SMTP_PASSWORD)
+RPC_PATH_KEY = "rpcPathKey0c9d2e71"  # https://rpc.provider/v1/<key>/, as providers issue keys
+RPC_QUERY_KEY = "rpcQueryKey4ab37f"  # ?apikey=<key>
+SECRETS = (DB_PASSWORD, DB_QUERY_PASSWORD, SMTP_PASSWORD, RPC_PATH_KEY, RPC_QUERY_KEY)
 ARTIFACTS = (
     "notebook.ipynb",
     "report.html",
@@ -95,7 +100,9 @@ def databases(pg_server: str) -> Iterator[dict[str, str]]:
             admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def with_password(url: str) -> str:
+def with_password(url: str, *, in_query: bool = False) -> str:
+    if in_query:
+        return f"{url}?password={DB_QUERY_PASSWORD}"
     scheme, rest = url.split("://", 1)
     user, _, host = rest.partition("@")
     return f"{scheme}://{user}:{DB_PASSWORD}@{host}"
@@ -140,10 +147,12 @@ def loaded(databases: dict[str, str], dataset: demo.DemoData) -> dict[str, str]:
     return databases
 
 
-def environment(url: str, emulator: Emulator, dataset: demo.DemoData) -> dict[str, str]:
+def environment(
+    url: str, emulator: Emulator, dataset: demo.DemoData, *, password_in_query: bool = False
+) -> dict[str, str]:
     return {
-        "DATABASE_URL": with_password(url),
-        "SOROBAN_RPC_URL": emulator.url,
+        "DATABASE_URL": with_password(url, in_query=password_in_query),
+        "SOROBAN_RPC_URL": f"{emulator.url}/v1/{RPC_PATH_KEY}/?apikey={RPC_QUERY_KEY}",
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
         "SMTP_PASSWORD": SMTP_PASSWORD,
         "SMTP_HOST": "",
@@ -196,7 +205,7 @@ def clean_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
 def failing_run(tmp_path_factory, loaded, emulator, dataset, smtp, pushgateway) -> Run:
     broken = tmp_path_factory.mktemp("sql") / "broken_extract.sql"
     broken.write_text("SELECT id AS invoice_pk FROM invoices WHERE tenant_id = $1 AND (", encoding="utf-8")
-    env = environment(loaded["failing"], emulator, dataset) | delivery(smtp, pushgateway)
+    env = environment(loaded["failing"], emulator, dataset, password_in_query=True) | delivery(smtp, pushgateway)
     return run_cli(tmp_path_factory, "failing", ["-p", f"extract_sql_path={broken}"], env)
 
 
@@ -260,15 +269,33 @@ def test_the_kernel_is_shut_down_after_the_run(findings_run):
     assert kernels == []
 
 
-def test_no_secret_in_any_artifact_or_output(findings_run):
-    assert findings_run.folder is not None
-    for path in findings_run.out.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            for secret in SECRETS:
-                assert secret.encode() not in data, f"{secret} leaked into {path.name}"
-    for secret in SECRETS:
-        assert secret not in findings_run.result.output
+def test_no_secret_in_any_artifact_output_email_or_table(findings_run, failing_run, smtp, loaded):
+    for run in (findings_run, failing_run):
+        assert run.folder is not None
+        for path in run.out.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                for secret in SECRETS:
+                    assert secret.encode() not in data, f"{secret} leaked into {path.name}"
+        for secret in SECRETS:
+            assert secret not in run.result.output
+    inbox, _ = smtp
+    assert inbox.envelopes
+    for envelope in inbox.envelopes:
+        raw = envelope.original_content or envelope.content
+        for secret in SECRETS:
+            assert secret.encode() not in raw, f"{secret} leaked into an email"
+    tables = (
+        "reconciliation_runs",
+        "reconciliation_attempts",
+        "reconciliation_findings",
+        "reconciliation_leases",
+    )
+    for url in (loaded["findings"], loaded["failing"]):
+        with connect(url) as conn:
+            stored = repr([conn.rows(f"SELECT * FROM {table}") for table in tables])
+        for secret in SECRETS:
+            assert secret not in stored, f"{secret} leaked into the state database"
 
 
 def test_findings_run_emails_the_report_and_pushes_metrics(findings_run, smtp, pushgateway):

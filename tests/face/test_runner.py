@@ -46,6 +46,10 @@ def test_password_in_a_url_parameter_is_refused(known):
         runner.check_parameters({"database_url": "postgresql://app:hunter2@db/x"}, known)
     assert "DATABASE_URL" in caught.value.problem
     assert "hunter2" not in str(caught.value)
+    # libpq's query form is a password too.
+    with pytest.raises(ConfigError, match="environment") as caught:
+        runner.check_parameters({"database_url": "postgresql://app@db/x?sslmode=require&password=qp-77"}, known)
+    assert "qp-77" not in str(caught.value)
     # Without a password the URL is an ordinary parameter.
     assert runner.check_parameters({"database_url": "postgresql://app@db/x"}, known)
 
@@ -149,7 +153,11 @@ def test_settings_table_redacts_and_cuts_long_values():
 
     settings = load_settings(
         {"escrow_addr_by_invoice": '{"mappings": [' + "{}," * 400 + "{}]}"},
-        {"DATABASE_URL": "postgresql://app:pw-9x@db/x", "SMTP_PASSWORD": "smtp-9x"},
+        {
+            "DATABASE_URL": "postgresql://app:pw-9x@db/x",
+            "SMTP_PASSWORD": "smtp-9x",
+            "SOROBAN_RPC_URL": "https://rpc.provider:8443/v1/key-in-path-9x/?apikey=key-in-query-9x",
+        },
     )
     table = dict(notebook_views.settings_table(settings).iter_rows())
     assert table["database_url"] == "postgresql://app:***@db/x"
@@ -157,4 +165,5 @@ def test_settings_table_redacts_and_cuts_long_values():
     assert (
         table["escrow_addr_by_invoice"].endswith("characters)") and len(table["escrow_addr_by_invoice"]) < 140
     )
-    assert "pw-9x" not in str(table) and "smtp-9x" not in str(table)
+    assert table["rpc_url"] == "https://rpc.provider:8443"  # scheme://host[:port], nothing more
+    assert "pw-9x" not in str(table) and "smtp-9x" not in str(table) and "-9x" not in table["rpc_url"]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from stellar_sdk.soroban_rpc import GetHealthResponse, GetNetworkResponse
 
 from reconcile_audit.compute.ledger.batched import read_ledger_batched
-from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcFault, client_for, rpc_url, run_sync
+from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcFault, client_for, rpc_name, run_sync
 from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
 from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, NetworkFacts, distinct_ids
 from reconcile_audit.compute.settings import Settings
@@ -38,7 +38,7 @@ def preflight(settings: Settings, *, policy: RetryPolicy | None = None) -> Netwo
 
 
 async def _preflight(settings: Settings, policy: RetryPolicy) -> NetworkFacts:
-    url = rpc_url(settings)
+    url = rpc_name(settings)
     async with client_for(settings, policy) as client:
         try:
             network = await client.call("getNetwork", None, GetNetworkResponse)

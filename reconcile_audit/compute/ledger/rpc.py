@@ -35,6 +35,7 @@ import pydantic
 from stellar_sdk.soroban_rpc import Response
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exponential_jitter
 
+from reconcile_audit.compute.settings import public_url
 from reconcile_audit.errors import RpcPreflightError
 
 if TYPE_CHECKING:
@@ -294,6 +295,11 @@ def rpc_url(settings: Settings) -> str:
     if not settings.rpc_url:
         raise RpcPreflightError("no Stellar RPC URL: set SOROBAN_RPC_URL (or the rpc_url parameter)")
     return settings.rpc_url
+
+
+def rpc_name(settings: Settings) -> str:
+    """The RPC as messages name it: ``scheme://host[:port]``, never a key in its path or query."""
+    return public_url(rpc_url(settings))
 
 
 def client_for(settings: Settings, policy: RetryPolicy) -> RpcClient:
