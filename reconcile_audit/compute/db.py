@@ -96,6 +96,15 @@ def connect(url: str, *, read_only: bool = False, autocommit: bool = False) -> I
         connection.close()
 
 
+def check_source_exists(url: str) -> None:
+    """A DuckDB source is an existing file: a mistyped path must not become a new, empty database
+    (which the state database, when it is the same URL, would otherwise create)."""
+    if dialect_of(url) == "duckdb":
+        path = duckdb_path(url)
+        if path == ":memory:" or not Path(path).is_file():
+            raise ConfigError("DATABASE_URL", f"no DuckDB database file at {path!r}")
+
+
 @contextmanager
 def connect_source(url: str) -> Iterator[Connection]:
     """A connection to the audited database that cannot write to it.
@@ -105,10 +114,8 @@ def connect_source(url: str) -> Iterator[Connection]:
     a data-modifying query slipped into a custom extract file is refused by the server.
     """
     if dialect_of(url) == "duckdb":
-        path = duckdb_path(url)
-        if path == ":memory:" or not Path(path).is_file():
-            raise ConfigError("DATABASE_URL", f"no DuckDB database file at {path!r}")
-        connection = Connection(duckdb.connect(path, read_only=True), "duckdb")
+        check_source_exists(url)
+        connection = Connection(duckdb.connect(duckdb_path(url), read_only=True), "duckdb")
     else:
         connection = open_connection(url, autocommit=True)
         connection.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")

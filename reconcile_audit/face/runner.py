@@ -27,6 +27,7 @@ import nbformat
 from traitlets.config import Config
 
 from reconcile_audit.compute import persist
+from reconcile_audit.compute.db import check_source_exists
 from reconcile_audit.compute.schemas import ClassCounts
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
 from reconcile_audit.errors import (
@@ -441,7 +442,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         parameters = check_parameters(request.parameters, known)
         with environment(environ):
             settings = load_settings(settings_parameters(parameters))
-        settings.source_url()
+        check_source_exists(settings.source_url())
         settings.state_url()
     except ConfigError as exc:
         return RunOutcome(ExitCode.FAILED, f"configuration: {exc}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from reconcile_audit.compute import persist
+from reconcile_audit.compute import db, persist
 from reconcile_audit.face.cli import app
 
 UNSET = {
@@ -58,7 +58,10 @@ def test_a_crash_exits_2_with_one_line_never_1(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder", encoding="utf-8")
     script = Path(sys.executable).with_name("reconcile-audit")
-    env = {**os.environ, **UNSET, "DATABASE_URL": f"duckdb://{tmp_path / 'src.duckdb'}"}
+    source = f"duckdb://{tmp_path / 'src.duckdb'}"
+    with db.connect(source):  # an existing (empty) source: the crash is the output folder's
+        pass
+    env = {**os.environ, **UNSET, "DATABASE_URL": source}
     done = subprocess.run(
         [str(script), "run", "--output-dir", str(blocker / "reports")],
         env=env,
@@ -82,3 +85,13 @@ def test_unlock_breaks_a_stuck_lease_and_says_whose(tmp_path: Path) -> None:
         assert "released the lease of tenant 'acme', held by host-b:4242:20261128T021500Z-abc since" in first.output
     again = CliRunner().invoke(app, ["unlock", "--tenant", "acme"], env=env, catch_exceptions=False)
     assert again.exit_code == 0 and "no lease held for tenant 'acme'" in again.output
+
+
+def test_a_mistyped_duckdb_source_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "source.duckdb"
+    out = tmp_path / "reports"
+    env = {**UNSET, "DATABASE_URL": f"duckdb://{missing}"}
+    result = CliRunner().invoke(app, ["run", "--output-dir", str(out)], env=env, catch_exceptions=False)
+    assert result.exit_code == 2
+    assert f"DATABASE_URL: no DuckDB database file at '{missing}'" in result.output
+    assert not missing.parent.exists() and not out.exists()

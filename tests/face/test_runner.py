@@ -12,6 +12,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
+from reconcile_audit.compute.db import connect
 from reconcile_audit.errors import ConfigError
 from reconcile_audit.face import runner
 from reconcile_audit.face.run import default_run_key, new_run_id
@@ -133,8 +134,12 @@ def _tiny_notebook(path: Path, body: str) -> Path:
 
 @pytest.mark.slow
 def test_a_cell_past_the_timeout_fails_the_run_naming_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", f"duckdb://{tmp_path / 'state.duckdb'}")
-    for name in ("RECONCILE_STATE_DATABASE_URL", "ALERT_EMAIL_TO", "PUSHGATEWAY_URL", "RECONCILE_TENANT_ID"):
+    source = f"duckdb://{tmp_path / 'source.duckdb'}"
+    with connect(source):  # the tiny notebook reads nothing, but a run needs a source that exists
+        pass
+    monkeypatch.setenv("DATABASE_URL", source)
+    monkeypatch.setenv("RECONCILE_STATE_DATABASE_URL", f"duckdb://{tmp_path / 'state.duckdb'}")
+    for name in ("ALERT_EMAIL_TO", "PUSHGATEWAY_URL", "RECONCILE_TENANT_ID"):
         monkeypatch.delenv(name, raising=False)
     notebook = _tiny_notebook(
         tmp_path / "slow.ipynb", "#papermill_description=ledger\nimport time\ntime.sleep(60)"
