@@ -313,9 +313,9 @@ class KernelLogFollower(threading.Thread):
                 chunk = stream.read()
         except FileNotFoundError:
             return
+        if b"\n" not in chunk:
+            return  # nothing whole yet: a line being written is read when it ends
         complete, _, _ = chunk.rpartition(b"\n")
-        if not complete:
-            return
         self._offset += len(complete) + 1
         for line in complete.decode("utf-8", "replace").splitlines():
             self._repeat(line)

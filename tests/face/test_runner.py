@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -172,3 +173,24 @@ def test_settings_table_redacts_and_cuts_long_values():
     )
     assert table["rpc_url"] == "https://rpc.provider:8443"  # scheme://host[:port], nothing more
     assert "pw-9x" not in str(table) and "smtp-9x" not in str(table) and "-9x" not in table["rpc_url"]
+
+
+def test_the_log_follower_repeats_warnings_and_marked_records_and_tracks_the_stage(tmp_path, caplog):
+    events = tmp_path / "run.jsonl"
+    follower = runner.KernelLogFollower(events)
+    lines = [
+        {"time": "2026-11-29T02:00:00+00:00", "level": "INFO", "logger": "reconcile_audit.face.run",
+         "message": "stage ledger started", "stage": "ledger"},
+        {"time": "2026-11-29T02:00:01+00:00", "level": "INFO", "logger": "reconcile_audit.x", "message": "quiet"},
+        {"time": "2026-11-29T02:00:02+00:00", "level": "WARNING", "logger": "reconcile_audit.findings",
+         "message": "escrow reconciliation mismatch: A"},
+        {"time": "2026-11-29T02:00:03+00:00", "level": "INFO", "logger": "reconcile_audit.face.run",
+         "message": "stage timings: ledger 1.0 s", "console": True},
+    ]
+    with caplog.at_level(logging.DEBUG):
+        events.write_text("\n" + "\n".join(json.dumps(line) for line in lines) + '\n{"half a line', encoding="utf-8")
+        follower.start()
+        follower.stop()
+    repeated = [r.getMessage() for r in caplog.records if r.name.startswith("reconcile_audit.")]
+    assert repeated == ["escrow reconciliation mismatch: A", "stage timings: ledger 1.0 s"]
+    assert follower.stage == "ledger"
