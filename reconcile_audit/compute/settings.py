@@ -326,7 +326,7 @@ def load_settings(
     for name, valid, rule in _RULES:
         if not valid(getattr(settings, name)):
             # Both spellings: the variable an operator sets, the parameter an analyst passes.
-            raise ConfigError(f"{ENVIRONMENT[name]} ({name})", f"{rule}, not {getattr(settings, name)!r}")
+            raise ConfigError(f"{ENVIRONMENT[name]} ({name})", f"{rule}, not {str(getattr(settings, name))[:60]!r}")
     return settings
 
 
@@ -341,6 +341,8 @@ _RULES: Final = (
     ("ttl_warning_ledgers", lambda v: v >= 0, "must not be negative"),
     ("min_read_share", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     ("tolerance_base_units", lambda v: v >= 0, "must not be negative"),
+    # The backend's ids are at most 128 characters, and the scope keys indexed rows.
+    ("tenant_id", lambda v: v is None or len(v) <= 128, "must be at most 128 characters"),
 )
 
 

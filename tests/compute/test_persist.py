@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import socket
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
     versions = query(
         state_url, "SELECT version, name FROM reconcile_audit_schema_migrations ORDER BY version"
     )
-    assert versions == [(1, "initial"), (2, "attempts")]
+    assert versions == [(1, "initial"), (2, "attempts"), (3, "findings_invoice_index")]
     for table in (
         "reconciliation_runs",
         "reconciliation_findings",
@@ -203,6 +204,16 @@ def test_hostile_and_unicode_ids_are_stored_as_data(state_url: str) -> None:
         (HOSTILE[0], HOSTILE[2])
     ]
     assert persist.latest_summary(state_url, HOSTILE[2], now=T0 + timedelta(hours=1)).run_key == HOSTILE[0]
+
+
+def test_one_ten_kilobyte_invoice_id_does_not_keep_the_run_s_findings_out(state_url: str) -> None:
+    huge = "INV-" + secrets.token_urlsafe(7_680)  # 10 KB that no compression shrinks below a page
+    rows = frame([finding("INV-1", "mismatch"), finding(huge, "error", reason="invoice id too long")])
+    outcome = persist.persist_run(state_url, record(rows), rows)
+    assert outcome.ok, outcome.error
+    assert outcome.findings_written == 2
+    stored = query(state_url, "SELECT invoice_id FROM reconciliation_findings ORDER BY finding_no")
+    assert stored == [("INV-1",), (huge,)]  # stored whole, never truncated
 
 
 def test_results_json_is_capped_worst_first(state_url: str) -> None:

@@ -86,3 +86,9 @@ def test_values_that_would_silently_change_behaviour_are_refused_naming_the_vari
 def test_a_bad_token_decimals_names_the_real_variable():
     with pytest.raises(ConfigError, match=r"^RECONCILE_TOKEN_DECIMALS: not JSON"):
         load_settings({}, {"RECONCILE_TOKEN_DECIMALS": "{bad"})
+
+
+def test_a_tenant_id_longer_than_the_backend_allows_is_refused():
+    with pytest.raises(ConfigError, match=r"^RECONCILE_TENANT_ID \(tenant_id\): must be at most 128") as refused:
+        load_settings({"tenant_id": "t" * 10_000}, {})
+    assert len(str(refused.value)) < 200
