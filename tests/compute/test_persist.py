@@ -532,6 +532,25 @@ def test_a_role_without_ddl_rights_persists_after_migration(pg_url: str) -> None
             admin.execute(f"DROP ROLE {role}")
 
 
+def test_a_read_only_role_is_told_how_to_point_at_a_writable_state_database(pg_url: str) -> None:
+    role = f"reconcile_reader_{secrets.token_hex(4)}"
+    with connect(pg_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        admin.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+    reader_url = pg_url.replace("postgres@", f"{role}@", 1)
+    try:
+        with pytest.raises(PersistError) as refused:
+            persist.start_run(reader_url, "k", "t1", T0)
+        message = str(refused.value)
+        assert "permission denied" in message
+        assert "RECONCILE_STATE_DATABASE_URL" in message and "reconcile-audit migrate" in message
+    finally:
+        with connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
 def test_the_heartbeat_keeps_a_live_holder_s_lease(state_url: str) -> None:
     with persist.run_lease(state_url, "t1", "beating", ttl=timedelta(seconds=1)):
         time.sleep(1.5)  # past the first expiry: the heartbeat (every 0.2 s) pushed it out

@@ -22,12 +22,23 @@ logger = logging.getLogger(__name__)
 _DUCKDB_LOCK: Final = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 
 
+# PostgreSQL's words for a role that may not create or write there (42501, 3F000, 25006).
+_READ_ONLY_SIGNS: Final = ("permission denied", "no schema has been selected to create in", "read-only transaction")
+_NOT_WRITABLE: Final = (
+    "; the state database must be writable by this role: point RECONCILE_STATE_DATABASE_URL at one "
+    "that is, or run `reconcile-audit migrate` once as the schema's owner"
+)
+
+
 def describe_error(exc: BaseException, url: str) -> str:
-    """``exc`` as one line naming its type, with the state database's password redacted."""
+    """``exc`` as one line naming its type, with the state database's password redacted, and what
+    to do when the role may not write there."""
     text = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
     password = url_password(url)
     if password:
         text = text.replace(password, "***")
+    if any(sign in text.lower() for sign in _READ_ONLY_SIGNS):
+        text += _NOT_WRITABLE
     return " ".join(text.split())
 
 
