@@ -14,11 +14,13 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pg
@@ -60,12 +62,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_pushgateway() -> Iterator[str]:
-    """A real Pushgateway (Debian's binary) on a free loopback port, in memory only; yields its URL."""
+def running_pushgateway(web_config: Path | None = None) -> Iterator[str]:
+    """A real Pushgateway (Debian's binary) on a free loopback port, in memory only; yields its URL.
+
+    ``web_config``: a Prometheus web configuration file (basic auth users, for one).
+    """
     binary = require_binary("prometheus-pushgateway")
     port = free_port()
+    extra = [f"--web.config.file={web_config}"] if web_config else []
     process = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="],
+        [binary, f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=", *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -77,6 +83,10 @@ def running_pushgateway() -> Iterator[str]:
                 with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
                     if response.status == 200:
                         break
+            except urllib.error.HTTPError as refused:
+                if refused.code == 401:  # up, and asking for the credentials it was configured with
+                    break
+                raise
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the Pushgateway did not start") from None

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_textfile
+from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reconcile_audit.compute.schemas import CLASSES, DeliveryStatus
+from reconcile_audit.compute.settings import public_url, url_credentials
 
 LOGGER = logging.getLogger(__name__)
 
@@ -177,16 +180,40 @@ def push(
     """``pushadd`` the registry to the Pushgateway at ``url`` under job ``escrow_reconciliation``.
 
     No ``instance`` label: a batch job's results belong to the job, not to whichever host ran it.
+    Credentials in the URL (``http://user:password@gateway:9091``) go out as HTTP basic auth
+    through prometheus-client's handler, never in the URL urllib sees, and never in a message.
     A failure is logged and returned, never raised: metrics must not fail the run they describe.
     """
     if not url:
         return PushOutcome(DeliveryStatus.SKIPPED, "no Pushgateway URL configured")
+    gateway, handler = _gateway_and_handler(url)
     try:
         pushadd_to_gateway(
-            url, job=JOB, registry=registry, grouping_key=dict(grouping_key or {}), timeout=timeout_seconds
+            gateway,
+            job=JOB,
+            registry=registry,
+            grouping_key=dict(grouping_key or {}),
+            timeout=timeout_seconds,
+            handler=handler,
         )
     except Exception as exc:  # urllib raises OSError, HTTPError, ValueError for a bad URL...
         detail = f"{type(exc).__name__}: {exc}"
-        LOGGER.warning("pushing metrics to the Pushgateway failed: %s", detail)
+        for secret in url_credentials(url):
+            detail = detail.replace(secret, "***")
+        LOGGER.warning("pushing metrics to the Pushgateway failed: %s (%s)", detail, public_url(url))
         return PushOutcome(DeliveryStatus.FAILED, detail)
     return PushOutcome(DeliveryStatus.PUSHED)
+
+
+def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
+    """The URL without its userinfo, and the handler that sends that userinfo as basic auth."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, default_handler
+    username, password = unquote(parts.username), unquote(parts.password or "")
+    gateway = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+    def with_basic_auth(**request: Any) -> Callable[[], None]:
+        return basic_auth_handler(**request, username=username, password=password)
+
+    return gateway, with_basic_auth

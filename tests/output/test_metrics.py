@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import base64
 import subprocess
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,24 @@ def test_a_push_failure_is_returned_not_raised(caplog: pytest.LogCaptureFixture)
     assert outcome.status == "failed" and outcome.detail
     assert "Pushgateway failed" in caplog.text
     assert push(build_registry(success_run()), None).status == "skipped"
+
+
+def test_basic_auth_credentials_in_the_url_push_and_never_show(tmp_path):
+    password = "gw-Pa55-e8c1d0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # crypt: the stdlib's bcrypt, for the test only
+        import crypt
+
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))
+    config = tmp_path / "web.yml"
+    config.write_text(f"basic_auth_users:\n  audit: '{hashed}'\n", encoding="utf-8")
+    with running_pushgateway(web_config=config) as url:
+        host = url.split("://", 1)[1]
+        assert push(build_registry(success_run()), f"http://audit:{password}@{host}").status == "pushed"
+        wrong = push(build_registry(success_run()), f"http://audit:not-{password}@{host}")
+        assert wrong.status == "failed" and "401" in wrong.detail and password not in wrong.detail
+        assert push(build_registry(success_run()), url).status == "failed"  # the gateway does require it
+        token = base64.b64encode(f"audit:{password}".encode()).decode()
+        request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Basic {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert "escrow_reconciliation_last_run_success" in response.read().decode()
