@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -45,18 +45,32 @@ def slow_rpc(dataset: demo.DemoData) -> Iterator[Emulator]:
 
 
 def start(
-    source: str, rpc_url: str, dataset: demo.DemoData, out: Path, *extra: str, env: dict[str, str] | None = None
+    source: str,
+    rpc_url: str,
+    dataset: demo.DemoData,
+    out: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[str]:
-    env = {
-        **(env or {}),
+    """`reconcile-audit run` as its own process, configured by the environment alone."""
+    environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
         "DATABASE_URL": source,
         "SOROBAN_RPC_URL": rpc_url,
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
+        **(env or {}),
     }
     key = ["--run-key", RUN_KEY] if "--tenant" not in extra else []
     args = [str(SCRIPT), "run", *key, "--output-dir", str(out), "--no-deliver", *extra]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
 
 
 def rows(url: str, sql: str) -> list[tuple]:
@@ -193,31 +207,19 @@ def _small_files() -> None:
 def test_a_full_disk_exits_2_in_one_line_and_keeps_the_stored_run(
     source: str, dataset: demo.DemoData, tmp_path: Path
 ) -> None:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
-        "DATABASE_URL": source,
-        "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
-    }
     with Emulator(dataset.ledger_state(0)) as healthy:
-        env["SOROBAN_RPC_URL"] = healthy.url
-        args = [str(SCRIPT), "run", "--run-key", RUN_KEY, "--no-deliver", "--output-dir"]
-        first = subprocess.run([*args, str(tmp_path / "first")], env=env, capture_output=True, text=True, timeout=300)
-        assert first.returncode == 1, first.stderr
+        first = start(source, healthy.url, dataset, tmp_path / "first")
+        _, first_err = first.communicate(timeout=300)
+        assert first.returncode == 1, first_err
         stored = rows(source, "SELECT status, total, mismatch FROM reconciliation_runs")
         findings = rows(source, "SELECT count(*) FROM reconciliation_findings")
         # The same night again, on a disk that fills up while the notebook is written.
-        full = subprocess.run(
-            [*args, str(tmp_path / "full")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=_small_files,
-        )
-    assert full.returncode == 2, full.stdout + full.stderr
-    failure = [line for line in full.stderr.splitlines() if "File too large" in line]
+        process = start(source, healthy.url, dataset, tmp_path / "full", preexec_fn=_small_files)
+        stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 2, stdout + stderr
+    failure = [line for line in stderr.splitlines() if "File too large" in line]
     assert len(failure) == 1 and str(tmp_path / "full") in failure[0]
-    assert "Traceback" not in full.stdout + full.stderr
+    assert "Traceback" not in stdout + stderr
     (folder,) = (tmp_path / "full").iterdir()
     assert not (folder / "notebook.ipynb").exists()  # never a half notebook under its real name
     # The completed run of the key, its findings and the health's last completed run stand.
