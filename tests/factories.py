@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import polars as pl
@@ -39,7 +38,7 @@ def finding(invoice_id: str, cls: str = "match", **values: Any) -> dict[str, Any
         "drift_rank": None,
         "token_decimals": 7,
         "currency": "USDC",
-        "db_total_funded": Decimal("1250.00"),
+        "db_total_funded": "1250.00",
         "flags": [],
         "escrow_invoice_id": invoice_id,
         "escrow_status": 1,
@@ -73,7 +72,7 @@ def mismatch(invoice_id: str, db_cents: int, chain_base: int, **values: Any) -> 
         db_funded_base_units=str(db_base),
         chain_funded_base_units=str(chain_base),
         delta_base_units=str(delta),
-        db_total_funded=Decimal(db_cents) / 100,
+        db_total_funded=f"{'-' if db_cents < 0 else ''}{abs(db_cents) // 100}.{abs(db_cents) % 100:02d}",
         **values,
     )
 
@@ -243,4 +242,3 @@ def facts(status: str = "findings", **values: Any) -> RunFacts:
 def settings(environ: Mapping[str, str] | None = None, **params: Any) -> Settings:
     """Settings from ``params`` over ``environ`` only: never the developer's own environment."""
     return load_settings({name: value for name, value in params.items() if value is not None}, environ or {})
-

@@ -50,7 +50,9 @@ def test_the_contracts_hold_and_catch_a_wrong_arrow(tmp_path: Path) -> None:
     copy = tmp_path / "checkout"
     copy.mkdir()
     shutil.copy(ROOT / "pyproject.toml", copy)
-    shutil.copytree(ROOT / "reconcile_audit", copy / "reconcile_audit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "reconcile_audit", copy / "reconcile_audit", ignore=shutil.ignore_patterns("__pycache__")
+    )
     classify = copy / "reconcile_audit" / "compute" / "classify.py"
     classify.write_text(classify.read_text() + "\nfrom reconcile_audit.output import report  # noqa\n")
     broken = lint_imports(copy)

@@ -15,6 +15,7 @@ import polars as pl
 
 # Python's int() refuses text past 4,300 digits; an i128 has at most 39.
 _INTEGER_TEXT: Final = re.compile(r"[+-]?[0-9]{1,4000}")
+_DECIMAL_TEXT: Final = re.compile(r"(-?)([0-9]{1,4000})(?:\.([0-9]{1,4000}))?")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -74,16 +75,25 @@ def format_base_units(base_units: str | int | None, decimals: int | None, *, sig
     return "+" + body if signed and value > 0 else body
 
 
-def format_decimal(value: Decimal | None) -> str:
-    if value is None:
+def format_decimal(text: str | None) -> str:
+    """Exact decimal text, as a database prints a numeric, as major units at its own scale:
+    ``"155560.584999" -> "155,560.584999"``, ``"-0.10" -> "\u22120.10"``; "n/a" for anything else."""
+    parts = split_decimal(text)
+    if parts is None:
         return "n/a"
-    if not value.is_finite():
-        return "n/a"
-    sign, digits, exponent = value.as_tuple()
-    # From the digit tuple, so no Decimal context (28 digits) ever rounds the amount.
-    scale = max(-int(exponent), 0)
-    unscaled = "".join(map(str, digits)) + "0" * max(int(exponent), 0)
-    return format_base_units(("-" if sign else "") + unscaled, scale)
+    sign, whole, fraction = parts
+    return format_base_units(sign + whole + fraction, len(fraction))
+
+
+def split_decimal(text: str | None) -> tuple[str, str, str] | None:
+    """``(sign, whole digits, fraction digits)`` of exact decimal text, or None when it is not one."""
+    if text is None:
+        return None
+    match = _DECIMAL_TEXT.fullmatch(text.strip())
+    if match is None:
+        return None
+    sign, whole, fraction = match.groups()
+    return sign, whole, fraction or ""
 
 
 def one_line(text: str) -> str:
@@ -101,5 +111,3 @@ def major_units(base_units: str | None, decimals: int | None) -> str | None:
     except ValueError:
         return None
     return format(value, "f")
-
-

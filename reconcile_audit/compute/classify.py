@@ -21,15 +21,19 @@ reason_code                         class                when
 ``unknown_token_decimals``          error                ``token_decimals`` is null
 ``unsupported_token_decimals``      error                ``token_decimals`` outside 0..38
 ``invoice_id_mismatch``             mismatch             the escrow stores another ``invoice_id``
-``db_amount_not_representable``     mismatch             decimals < 2 and the DB total has finer cents
+``unmapped_currency``               error                currencies are checked and this one has no token
+``token_mismatch``                  mismatch             ``funding_token`` is not the currency's token
+``invalid_db_amount``               error                the DB total is not decimal text
+``db_amount_not_representable``     mismatch             the DB total has more decimal places than the token
 ``equal``                           match                database and chain amounts are equal
 ``within_tolerance``                match                ``|delta| <= tolerance_base_units``
 ``db_over_chain``                   mismatch             the database total is larger
 ``chain_over_db``                   mismatch             the chain amount is larger
 =================================  ===================  ========================================
 
-Amounts: the database total in base units is ``cents * 10^(decimals - 2)`` (for decimals 0 or
-1, ``cents / 10^(2 - decimals)`` when that is exact). ``delta_base_units`` is database minus
+Amounts: the database total in base units is its exact decimal text times ``10^decimals``, at
+whatever scale the column has; a total with more (non-zero) decimal places than the token
+cannot exist on chain and is ``db_amount_not_representable``, whose reason names the remainder. ``delta_base_units`` is database minus
 chain. ``drift_rank`` ranks the ``db_over_chain`` / ``chain_over_db`` rows by absolute drift in
 major units (1 = worst, ties share a rank), compared exactly across tokens of different
 decimals; it is null for every other row.
@@ -46,17 +50,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import duckdb
 import polars as pl
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.amounts import format_major, format_major_expr
+from reconcile_audit.compute.amounts import (
+    format_decimal,
+    format_major,
+    format_major_expr,
+    one_line,
+    split_decimal,
+)
 from reconcile_audit.compute.ledger.types import LedgerRead
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import FINDINGS, LEDGER, RESOLVED, conform
-from reconcile_audit.compute.settings import Settings
+from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +85,9 @@ REASON_CODES: Final = {
     "unknown_token_decimals": "error",
     "unsupported_token_decimals": "error",
     "invoice_id_mismatch": "mismatch",
+    "unmapped_currency": "error",
+    "token_mismatch": "mismatch",
+    "invalid_db_amount": "error",
     "db_amount_not_representable": "mismatch",
     "equal": "match",
     "within_tolerance": "match",
@@ -88,28 +102,66 @@ def _with_currency(amount: str, currency: str | None) -> str:
 
 
 def _amounts_sentence(row: dict[str, Any]) -> str:
-    return _amounts_text(
-        row["db_total_funded_cents"],
-        int(row["chain_funded_base_units"]),
-        row["delta_base_units"],
-        row["token_decimals"],
-        row["currency"],
+    decimals = row["token_decimals"]
+    currency = row["currency"]
+    db_base = row["db_funded_base_units"]
+    db_major = (
+        format_major(int(db_base), decimals)
+        if db_base is not None
+        else format_decimal(row["db_total_funded"])
     )
-
-
-def _amounts_text(cents: int, chain: int, delta: str | None, decimals: int, currency: str | None) -> str:
-    db_text = _with_currency(format_major(cents, 2), currency)
-    chain_text = _with_currency(format_major(chain, decimals), currency)
-    if delta is None:
+    db_text = _with_currency(db_major, currency)
+    chain_text = _with_currency(format_major(int(row["chain_funded_base_units"]), decimals), currency)
+    if row["delta_base_units"] is None:  # an invoice_id_mismatch whose DB total does not fit the token
         return f"DB {db_text} vs chain {chain_text}"
-    value = int(delta)
+    value = int(row["delta_base_units"])
     if value == 0:
         return f"DB {db_text} equals chain {chain_text}"
     side = "under" if value > 0 else "over"
     return f"DB {db_text} vs chain {chain_text} (chain {side} by {format_major(abs(value), decimals)})"
 
 
-def _reason(row: dict[str, Any], tolerance_base_units: int) -> str:
+def _db_major(text: str | None) -> str:
+    """The database total at its own scale, as people read it: "155560.584999" -> "155,560.584999"."""
+    parts = split_decimal(text)
+    if parts is None:
+        return "n/a"
+    sign, whole, fraction = parts
+    return format_major(int(sign + whole + fraction), len(fraction))
+
+
+def _chain_sentence(row: dict[str, Any]) -> str:
+    return "chain " + _with_currency(
+        format_major(int(row["chain_funded_base_units"]), row["token_decimals"]), row["currency"]
+    )
+
+
+def _not_representable(row: dict[str, Any]) -> str:
+    """Why the database total cannot exist on chain: its digits past the token's decimals, exactly,
+    and the exact difference from the chain amount at the database's scale."""
+    decimals, currency = row["token_decimals"], row["currency"]
+    sign, whole, fraction = split_decimal(row["db_total_funded"]) or ("", "0", "")
+    fraction = fraction.rstrip("0")  # SQL chose this row on the significant places alone
+    scale = len(fraction)
+    remainder = sign + "0" * (decimals + 1) + fraction[decimals:]
+    chain = int(row["chain_funded_base_units"])
+    difference = int(sign + whole + fraction) - chain * 10 ** (scale - decimals)
+    side = "under" if difference > 0 else "over"
+    return (
+        f"DB {_with_currency(_db_major(row['db_total_funded']), currency)} has {scale} decimal "
+        f"places, more than the token's {decimals}: {_with_currency(format_major(int(remainder), scale), currency)} "
+        f"of it cannot be held on chain; {_chain_sentence(row)} (chain {side} by {format_major(abs(difference), scale)})"
+    )
+
+
+def _token_label(token: str | None, symbols: Mapping[str, str]) -> str:
+    if token is None:
+        return "no token"
+    symbol = symbols.get(token)
+    return f"{one_line(symbol)} ({token})" if symbol else token
+
+
+def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str, str]) -> str:
     code = row["reason_code"]
     contract = row["contract_id"]
     if code == "invalid_invoice_id":
@@ -140,13 +192,26 @@ def _reason(row: dict[str, Any], tolerance_base_units: int) -> str:
             f"the escrow at {contract} belongs to invoice {row['escrow_invoice_id']!r}, "
             f"not {row['invoice_id']!r}; {_amounts_sentence(row)}"
         )
-    elif code == "db_amount_not_representable":
-        decimals = row["token_decimals"]
+    elif code == "unmapped_currency":
+        token = _token_label(row["funding_token"], symbols)
+        if row["currency"] and row["currency"].strip():
+            text = (
+                f"invoice currency {one_line(row['currency'])!r} has no funding token in {CURRENCY_TOKENS_SETTING}, "
+                f"so the escrow's token {token} cannot be checked"
+            )
+        else:
+            text = f"the invoice has no currency, so the escrow's token {token} cannot be checked"
+    elif code == "token_mismatch":
         text = (
-            f"DB {_with_currency(format_major(row['db_total_funded_cents'], 2), row['currency'])} is not a whole "
-            f"number of base units of a {decimals}-decimal token; chain "
-            f"{_with_currency(format_major(int(row['chain_funded_base_units']), decimals), row['currency'])}"
+            f"the escrow is funded in {_token_label(row['funding_token'], symbols)}, but {row['currency']} "
+            f"invoices must be funded in {_token_label(row['expected_token'], symbols)} "
+            f"({CURRENCY_TOKENS_SETTING}); funded_amount {format_major(int(row['chain_funded_base_units']), row['token_decimals'])}"
+            f" of the wrong token"
         )
+    elif code == "invalid_db_amount":
+        text = f"the database total_funded {one_line(row['db_total_funded'] or '')!r} is not a decimal number"
+    elif code == "db_amount_not_representable":
+        text = _not_representable(row)
     elif code == "within_tolerance":
         text = f"{_amounts_sentence(row)}, within the tolerance of {tolerance_base_units:,} base units"
     else:  # equal, db_over_chain, chain_over_db
@@ -170,7 +235,10 @@ def _amount_reasons() -> pl.Expr:
         .then(pl.lit(" ") + pl.col("currency"))
         .otherwise(pl.lit(""))
     )
-    db_text = format_major_expr(pl.col("db_total_funded_cents").cast(pl.String), pl.lit(2, dtype=pl.Int64))
+    # The database total at its own scale: its digits, with the point moved by its fraction's length.
+    total = pl.col("db_total_funded")
+    scale = total.str.split(".").list.get(1, null_on_oob=True).str.len_chars().fill_null(0).cast(pl.Int64)
+    db_text = format_major_expr(total.str.replace(".", "", literal=True), scale)
     chain_text = format_major_expr(pl.col("chain_funded_base_units"), decimals)
     drift = format_major_expr(pl.col("delta_base_units").str.strip_chars_start("-"), decimals)
     side = pl.when(pl.col("reason_code") == "db_over_chain").then(pl.lit("under")).otherwise(pl.lit("over"))
@@ -195,7 +263,7 @@ def _amount_reasons() -> pl.Expr:
     )
 
 
-def _reasons(raw: pl.DataFrame, tolerance_base_units: int) -> pl.Series:
+def _reasons(raw: pl.DataFrame, tolerance_base_units: int, symbols: Mapping[str, str]) -> pl.Series:
     """The reason sentence of each row: the common amount codes vectorised, the rest (rare, and
     any row carrying an address-conflict note) one by one through :func:`_reason`."""
     common = pl.col("reason_code").is_in(list(_AMOUNT_CODES)) & pl.col("address_conflict").is_null()
@@ -205,7 +273,7 @@ def _reasons(raw: pl.DataFrame, tolerance_base_units: int) -> pl.Series:
         return frame.get_column("reason")
     reasons = frame.get_column("reason").to_list()
     for index in rare:
-        reasons[index] = _reason(raw.row(index, named=True), tolerance_base_units)
+        reasons[index] = _reason(raw.row(index, named=True), tolerance_base_units, symbols)
     return pl.Series("reason", reasons, dtype=pl.String)
 
 
@@ -225,11 +293,15 @@ def classify(
     *,
     tolerance_base_units: int = 0,
     ttl_warning_ledgers: int = DEFAULT_TTL_WARNING_LEDGERS,
+    currency_tokens: Mapping[str, str] | None = None,
+    token_symbols: Mapping[str, str] | None = None,
 ) -> pl.DataFrame:
     """One ``FINDINGS`` row per row of ``resolved``, in the same order (module docstring).
 
     ``ledger_frame`` is the ``LEDGER`` frame. A valid address missing from it becomes an
-    ``error`` row (``not_read``), never a dropped invoice.
+    ``error`` row (``not_read``), never a dropped invoice. ``currency_tokens`` maps an upper-case
+    invoice currency to the token its escrows must hold; None checks no currency.
+    ``token_symbols`` names tokens in reason sentences.
     """
     if tolerance_base_units < 0:
         raise ValueError("tolerance_base_units must not be negative")
@@ -240,17 +312,24 @@ def classify(
         .select(LEDGER.names())
         .to_arrow(compat_level=pl.CompatLevel.oldest())
     )
+    tokens = pl.DataFrame(
+        list((currency_tokens or {}).items()),
+        schema={"currency": pl.String, "token": pl.String},
+        orient="row",
+    ).to_arrow()
     with duckdb.connect() as conn:
         conn.register("resolved_input", resolved_input)
         conn.register("ledger_input", ledger_input)
+        conn.register("currency_tokens", tokens)
         table = conn.sql(
-            db.read_sql(CLASSIFY_SQL), params=[str(tolerance_base_units), ttl_warning_ledgers]
+            db.read_sql(CLASSIFY_SQL),
+            params=[str(tolerance_base_units), ttl_warning_ledgers, currency_tokens is not None],
         ).to_arrow_table()
     raw = pl.from_arrow(table)
     assert isinstance(raw, pl.DataFrame)
     # Sorting here is cheaper than an ORDER BY over every wide row in DuckDB.
     raw = raw.sort("_row")
-    reasons = _reasons(raw, tolerance_base_units)
+    reasons = _reasons(raw, tolerance_base_units, token_symbols or {})
     findings = conform(raw.with_columns(reasons), FINDINGS, "classify")
     findings = findings.select(FINDINGS.names())
     logger.info("classify: %d invoices in %.2f s", findings.height, time.perf_counter() - started)
@@ -264,6 +343,8 @@ def audit(resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings) -
         ledger_read.frame,
         tolerance_base_units=settings.tolerance_base_units,
         ttl_warning_ledgers=settings.ttl_warning_ledgers,
+        currency_tokens=settings.currency_tokens,
+        token_symbols=ledger_read.token_symbols,
     )
     result = AuditResult.of(
         findings,

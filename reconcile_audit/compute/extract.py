@@ -12,8 +12,10 @@ import logging
 import re
 import time
 from pathlib import Path
+from typing import Final
 
 import polars as pl
+import pyarrow as pa
 
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import INVOICES, conform
@@ -90,7 +92,9 @@ def _check_one_query(sql: str, source: str) -> None:
     is touched; the read-only connection is the second line of defence, not the first."""
     code = _QUOTED.sub("''", _BLOCK_COMMENT.sub(" ", _strip_sql_comments(sql))).strip().rstrip(";").strip()
     if ";" in code:
-        raise ExtractError(f"the extract SQL file {source} holds more than one statement; it must be one query")
+        raise ExtractError(
+            f"the extract SQL file {source} holds more than one statement; it must be one query"
+        )
     if not code.lower().startswith(_READING):
         first = code.split(None, 1)[0] if code else "nothing"
         raise ExtractError(
@@ -98,21 +102,41 @@ def _check_one_query(sql: str, source: str) -> None:
         )
 
 
+MONEY_COLUMN: Final = "db_total_funded"
+_LEGACY_MONEY_COLUMN: Final = "db_total_funded_cents"
+
+
 def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     """``frame`` checked and cast to ``INVOICES``; a clear error names what a user query lacks."""
     missing = [name for name in INVOICES if name not in frame.columns]
     if missing:
+        hint = (
+            f"; {_LEGACY_MONEY_COLUMN} (cents) was replaced by {MONEY_COLUMN}, the total as exact decimal "
+            "major units, e.g. CAST(escrow_summaries.total_funded AS TEXT)"
+            if MONEY_COLUMN in missing and _LEGACY_MONEY_COLUMN in frame.columns
+            else ""
+        )
         raise ExtractError(
             f"the extract query {source} did not return the columns {missing}; "
-            f"it must return {list(INVOICES)}"
+            f"it must return {list(INVOICES)}{hint}"
         )
-    cents_dtype = frame.schema["db_total_funded_cents"]
-    if cents_dtype.is_float() or (isinstance(cents_dtype, pl.Decimal) and (cents_dtype.scale or 0) > 0):
-        # Casting would truncate fractions of a cent (or floats) silently; money stays exact.
+    money_dtype = frame.schema[MONEY_COLUMN]
+    if money_dtype.is_float():
+        # A float has already lost the exact amount; text or a decimal keeps it.
         raise ExtractError(
-            f"the extract query {source} returned db_total_funded_cents as {cents_dtype}; "
-            "it must be an integer count of cents, e.g. CAST(total_funded * 100 AS BIGINT)"
+            f"the extract query {source} returned {MONEY_COLUMN} as {money_dtype}; it must be exact "
+            "decimal major units (a DECIMAL/numeric, an integer, or their text), never a float"
         )
+    if money_dtype != pl.String:
+        # Exact: polars prints a decimal at its scale. Rows that are not decimal text become
+        # invalid_db_amount errors in classify.
+        try:
+            frame = frame.with_columns(pl.col(MONEY_COLUMN).cast(pl.String))
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            raise ExtractError(
+                f"the extract query {source} returned {MONEY_COLUMN} as {money_dtype}; it must be exact "
+                "decimal major units (a DECIMAL/numeric, an integer, or their text)"
+            ) from exc
     for name, dtype in INVOICES.items():
         try:
             frame.get_column(name).cast(dtype, strict=True)
@@ -122,6 +146,51 @@ def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
                 f"{frame.schema[name]}, which does not convert to {dtype}"
             ) from exc
     return conform(frame, INVOICES, "extract").select(list(INVOICES)).sort("invoice_id", "invoice_pk")
+
+
+COLUMN_TYPE_SQL: Final = "source_column_type.sql"
+# The packaged query's money column, and the declared types that hold it exactly: numeric or
+# decimal at any scale, or an integer (PostgreSQL and DuckDB spellings).
+_MONEY_SOURCE: Final = ("escrow_summaries", "total_funded")
+_EXACT_TYPE: Final = re.compile(
+    r"(numeric|decimal)(\(\s*\d+\s*(,\s*\d+\s*)?\))?|(u?(tiny|small|big|huge)?int(eger)?)|int[248]",
+    re.IGNORECASE,
+)
+
+
+def _check_money_type(url: str) -> None:
+    """Raise :class:`SourceSchemaError` when ``escrow_summaries.total_funded`` is not an exact
+    number: a text column would otherwise surface as an operator error, and a float column would
+    be read as if it were exact."""
+    table, column = _MONEY_SOURCE
+    try:
+        with db.connect_source(url) as conn:
+            found = conn.rows(db.read_sql(COLUMN_TYPE_SQL), [table, column])
+    except Exception as exc:  # a catalog this role cannot read: the extract itself will say more
+        logger.debug("the type of %s.%s could not be checked: %s", table, column, type(exc).__name__)
+        return
+    if not found or found[0][0] is None:
+        return  # missing: the extract names the missing column
+    declared = str(found[0][0])
+    if not _EXACT_TYPE.fullmatch(declared.strip()):
+        raise SourceSchemaError(
+            table,
+            column,
+            f"the column's type is {declared}; expected numeric or decimal (exact major units, any scale) "
+            "or an integer type",
+        )
+
+
+def _without_extensions(table: pa.Table) -> pa.Table:
+    """``table`` with extension columns as their storage. ADBC hands PostgreSQL's numeric over as
+    an opaque extension over its exact text, which polars cannot cast."""
+    for index, column in enumerate(table.columns):
+        if isinstance(column.type, pa.BaseExtensionType):
+            storage = pa.chunked_array(
+                [chunk.storage for chunk in column.chunks], type=column.type.storage_type
+            )
+            table = table.set_column(index, table.field(index).name, storage)
+    return table
 
 
 SCOPE_SQL = "scope_tenants.sql"
@@ -138,7 +207,9 @@ def _check_scope(url: str, tenant_id: str | None) -> None:
         with db.connect_source(url) as conn:
             ((scope_rows, known),) = conn.rows(db.read_sql(SCOPE_SQL), [tenant_id])
     except Exception as exc:  # a custom source without the documented invoices table
-        logger.warning("the extract found no invoice and the scope could not be checked: %s", type(exc).__name__)
+        logger.warning(
+            "the extract found no invoice and the scope could not be checked: %s", type(exc).__name__
+        )
         return
     if int(scope_rows):
         return
@@ -169,6 +240,8 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         )
     params = [settings.tenant_id] if uses_tenant else []
     url = settings.source_url()
+    if settings.extract_sql_path is None:
+        _check_money_type(url)
     started = time.perf_counter()
     try:
         with db.connect_source(url) as conn:
@@ -184,7 +257,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
             raise schema_error from cause
         raise ExtractError(f"the extract query {source} failed: {_first_line(message)}") from cause
     try:
-        frame = pl.from_arrow(table)
+        frame = pl.from_arrow(_without_extensions(table))
     except Exception as exc:  # an Arrow type polars cannot hold, e.g. PostgreSQL numeric
         raise ExtractError(f"the extract query {source} returned a column polars cannot read: {exc}") from exc
     assert isinstance(frame, pl.DataFrame)

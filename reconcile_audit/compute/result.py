@@ -26,7 +26,9 @@ class AuditResult:
 
     def __post_init__(self) -> None:
         if self.counts.total != self.findings.height:
-            raise ValueError(f"counts say {self.counts.total} invoices, the findings hold {self.findings.height}")
+            raise ValueError(
+                f"counts say {self.counts.total} invoices, the findings hold {self.findings.height}"
+            )
 
     @classmethod
     def of(

@@ -147,6 +147,7 @@ def count_classes(findings: pl.DataFrame) -> ClassCounts:
         raise ValueError(f"findings hold unknown classes {sorted(map(str, unknown))}")
     return ClassCounts(total=findings.height, **{name: by_class.get(name, 0) for name in CLASSES})
 
+
 # --- extract: one row per reconcilable invoice ------------------------------------------------
 INVOICES: Final = pl.Schema(
     {
@@ -155,7 +156,7 @@ INVOICES: Final = pl.Schema(
         "tenant_id": pl.String,  # nullable
         "status": pl.String,  # linked_escrow | funded | partially_funded (by default)
         "currency": pl.String,  # nullable
-        "db_total_funded_cents": pl.Int64,  # escrow_summaries.total_funded * 100, exact; 0 if NULL
+        "db_total_funded": pl.String,  # escrow_summaries.total_funded, exact decimal text at its scale; "0" if NULL
         "total_was_null": pl.Boolean,  # no summary row, or a NULL total coerced to 0
         "summary_row_count": pl.Int64,  # escrow_summaries rows for the invoice; > 1 is a duplicate
         "op_contract_id": pl.String,  # latest completed `create` escrow_operations.contract_id
@@ -213,7 +214,7 @@ FINDINGS: Final = pl.Schema(
         "drift_rank": pl.Int64,  # 1 = largest absolute drift in major units; null if none
         "token_decimals": pl.Int64,
         "currency": pl.String,
-        "db_total_funded": pl.Decimal(15, 2),  # major units as stored
+        "db_total_funded": pl.String,  # major units exactly as stored, decimal text at the column's scale
         "flags": pl.List(pl.String),  # subset of FLAGS, sorted
         "escrow_invoice_id": pl.String,
         "escrow_status": pl.Int64,

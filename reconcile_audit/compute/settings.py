@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from reconcile_audit.compute.strkey import is_valid_contract
 from reconcile_audit.errors import ConfigError
 
 TESTNET_PASSPHRASE = "Test SDF Network ; September 2015"
@@ -123,6 +124,8 @@ class Settings:
     tolerance_base_units: int = 0
     ttl_warning_ledgers: int = 17_280 * 7  # about a week of 5-second ledgers
     token_decimals: Mapping[str, int] = field(default_factory=dict)
+    # Upper-case invoice currency -> the token contract its escrows must hold; None: not checked.
+    currency_tokens: Mapping[str, str] | None = None
     rpc_batch_size: int = 200
     rpc_concurrency: int = 4
     rpc_max_retries: int = 6
@@ -212,13 +215,46 @@ def _parse_token_decimals(raw: str | Mapping[str, int] | None) -> dict[str, int]
     try:
         parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
     except json.JSONDecodeError as exc:
-        raise ConfigError("RECONCILE_TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}') from exc
+        raise ConfigError(
+            "RECONCILE_TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}'
+        ) from exc
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 38
         for k, v in parsed.items()
     ):
-        raise ConfigError("RECONCILE_TOKEN_DECIMALS", "expected a JSON object of token address -> integer 0..38")
+        raise ConfigError(
+            "RECONCILE_TOKEN_DECIMALS", "expected a JSON object of token address -> integer 0..38"
+        )
     return parsed
+
+
+CURRENCY_TOKENS_SETTING: Final = "RECONCILE_CURRENCY_TOKENS"
+
+
+def _parse_currency_tokens(raw: str | Mapping[str, str] | None) -> dict[str, str] | None:
+    """``{"USD": "C..."}`` with currencies upper-cased and every token a valid contract address."""
+    if raw is None or raw == "":
+        return None
+    expected = 'expected a JSON object of invoice currency -> token contract address, e.g. {"USD": "C..."}'
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(CURRENCY_TOKENS_SETTING, f"not JSON ({exc.msg}); {expected}") from exc
+    if not isinstance(parsed, dict) or not parsed:
+        raise ConfigError(CURRENCY_TOKENS_SETTING, expected)
+    tokens: dict[str, str] = {}
+    for currency, token in parsed.items():
+        name = str(currency).strip().upper()
+        if not name or not isinstance(token, str) or not is_valid_contract(token.strip()):
+            raise ConfigError(
+                CURRENCY_TOKENS_SETTING,
+                f"{str(currency)[:20]!r} -> {str(token)[:60]!r} is not a currency and a C... "
+                "contract address",
+            )
+        if name in tokens:
+            raise ConfigError(CURRENCY_TOKENS_SETTING, f"currency {name!r} is listed twice")
+        tokens[name] = token.strip()
+    return tokens
 
 
 def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -240,6 +276,7 @@ ENVIRONMENT = {
     "tolerance_base_units": "RECONCILE_TOLERANCE_BASE_UNITS",
     "ttl_warning_ledgers": "RECONCILE_TTL_WARNING_LEDGERS",
     "token_decimals": "RECONCILE_TOKEN_DECIMALS",
+    "currency_tokens": CURRENCY_TOKENS_SETTING,
     "rpc_batch_size": "RECONCILE_RPC_BATCH_SIZE",
     "rpc_concurrency": "RECONCILE_RPC_CONCURRENCY",
     "rpc_max_retries": "RECONCILE_RPC_MAX_RETRIES",
@@ -288,13 +325,17 @@ def load_settings(
 
     database_url = raw.get("database_url")
     state_database_url = raw.get("state_database_url", database_url)
-    for variable, url in (("DATABASE_URL", database_url), ("RECONCILE_STATE_DATABASE_URL", state_database_url)):
+    for variable, url in (
+        ("DATABASE_URL", database_url),
+        ("RECONCILE_STATE_DATABASE_URL", state_database_url),
+    ):
         if url is not None and not str(url).startswith(("postgresql://", "postgres://", "duckdb://")):
             raise ConfigError(variable, "expected postgresql://... or duckdb:///path")
     values: dict[str, Any] = {
         "database_url": None if database_url is None else Secret(str(database_url)),
         "state_database_url": None if state_database_url is None else Secret(str(state_database_url)),
         "token_decimals": _parse_token_decimals(raw.get("token_decimals")),
+        "currency_tokens": _parse_currency_tokens(raw.get("currency_tokens")),
         "alert_email_to": _recipients(raw.get("alert_email_to")),
     }
     if "smtp_password" in raw:
@@ -326,7 +367,9 @@ def load_settings(
     for name, valid, rule in _RULES:
         if not valid(getattr(settings, name)):
             # Both spellings: the variable an operator sets, the parameter an analyst passes.
-            raise ConfigError(f"{ENVIRONMENT[name]} ({name})", f"{rule}, not {str(getattr(settings, name))[:60]!r}")
+            raise ConfigError(
+                f"{ENVIRONMENT[name]} ({name})", f"{rule}, not {str(getattr(settings, name))[:60]!r}"
+            )
     return settings
 
 

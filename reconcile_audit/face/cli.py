@@ -157,6 +157,7 @@ def demo(
     """Build a local demo database and emulator, then run the same audit as `run` (no network)."""
     # The demo pulls in the emulator, which no other command needs.
     from reconcile_audit.face import demo as demo_module
+
     _configure_logging(verbose, log_format)
     outcome = demo_module.run_demo(
         invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
@@ -193,7 +194,9 @@ def summary(
 
 
 @app.command()
-def unlock(tenant: Annotated[str | None, typer.Option(help="The tenant whose lease to break.")] = None) -> None:
+def unlock(
+    tenant: Annotated[str | None, typer.Option(help="The tenant whose lease to break.")] = None,
+) -> None:
     """Break the run lease of a tenant scope on purpose (a holder that died on another host).
 
     A holder on this host whose process is gone, or whose heartbeat stopped, is taken over by the

@@ -248,7 +248,9 @@ class RunContext:
             counts=ClassCounts.zero() if result is None else result.counts,
             ledger_min=None if result is None else result.ledger_min,
             ledger_max=None if result is None else result.ledger_max,
-            error_message=f"incomplete: {result.incomplete}" if result and result.incomplete else error_message,
+            error_message=f"incomplete: {result.incomplete}"
+            if result and result.incomplete
+            else error_message,
             attempt=self.run_id,
         )
 
@@ -277,7 +279,12 @@ class RunContext:
             duration_seconds=self.clock.elapsed(),
             tool_version=__version__,
             persist_error=persist_error,
-            failure_message=_incomplete_note(result.incomplete) if result and result.incomplete else failure_message,
+            failure_message=_incomplete_note(result.incomplete)
+            if result and result.incomplete
+            else failure_message,
+            currencies_checked=None
+            if self.settings.currency_tokens is None
+            else tuple(sorted(self.settings.currency_tokens)),
         )
 
     def render(
@@ -366,20 +373,28 @@ class RunContext:
         email = deliver.send_email(settings, message)
         notes.append(f"email {email.status}: {email.detail}")
         skipped = email.status == DeliveryStatus.SKIPPED
-        registry = registry_for(None if skipped else email.message_bytes, email.status == DeliveryStatus.FAILED)
+        registry = registry_for(
+            None if skipped else email.message_bytes, email.status == DeliveryStatus.FAILED
+        )
         pushed = metrics.push(registry, settings.pushgateway_url)
         notes.append(
-            f"metrics push {pushed.status}: {pushed.detail}" if pushed.detail else f"metrics push {pushed.status}"
+            f"metrics push {pushed.status}: {pushed.detail}"
+            if pushed.detail
+            else f"metrics push {pushed.status}"
         )
         if settings.metrics_textfile_dir is not None:
             metrics.write_textfile_dir(registry, settings.metrics_textfile_dir)
             notes.append(f"metrics textfile written to {settings.metrics_textfile_dir}")
         summary = summary_of(replace(facts, delivery_notes=(*facts.delivery_notes, *notes)))
-        deliver.write_atomically(paths.summary_json, lambda path: path.write_text(summary.to_json(), encoding="utf-8"))
+        deliver.write_atomically(
+            paths.summary_json, lambda path: path.write_text(summary.to_json(), encoding="utf-8")
+        )
         metrics.write_textfile(registry, paths.metrics_prom)
         return Delivered(paths, summary, tuple(notes), registry)
 
-    def record_failure(self, failure_message: str, *, send: bool, failed_cell: str | None = None) -> RunSummary:
+    def record_failure(
+        self, failure_message: str, *, send: bool, failed_cell: str | None = None
+    ) -> RunSummary:
         """The runner's path when the notebook died: the notebook cannot finish its own record.
 
         Ends the attempt as failed (so the health check reads ``failed``), renders a FAILED

@@ -335,7 +335,9 @@ class KernelLogFollower(threading.Thread):
                 "levelno": level,
                 "levelname": event["level"],
                 "msg": event.get("message", ""),
-                "created": datetime.fromisoformat(event["time"]).timestamp() if "time" in event else time.time(),
+                "created": datetime.fromisoformat(event["time"]).timestamp()
+                if "time" in event
+                else time.time(),
             }
         )
         logging.getLogger(record.name).handle(record)
@@ -402,9 +404,7 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _record_failure(
-    context: RunContext, request: RunRequest, *, cell: str, detail: str
-) -> RunSummary | None:
+def _record_failure(context: RunContext, request: RunRequest, *, cell: str, detail: str) -> RunSummary | None:
     """Record the failed run (state DB, artifacts, metrics) and write summary.json. Never raises.
 
     The notebook died part-way, so the runner is the only one left to tell the health check and
@@ -418,10 +418,15 @@ def _record_failure(
         problem = settings.redact(f"{type(exc).__name__}: {exc}")
         log.error("recording the failed run also failed: %s", problem)
     # Only the summary: what every reader of the run folder looks at first.
-    facts = context.facts(None, None, failure_message=f"{message}; recording the failure also failed: {problem}")
+    facts = context.facts(
+        None, None, failure_message=f"{message}; recording the failure also failed: {problem}"
+    )
     summary = RunSummary.from_run(facts, ClassCounts.zero(), None, redact=settings.redact, failed_cell=cell)
     try:
-        write_atomically(context.out_dir / "summary.json", lambda path: path.write_text(summary.to_json(), encoding="utf-8"))
+        write_atomically(
+            context.out_dir / "summary.json",
+            lambda path: path.write_text(summary.to_json(), encoding="utf-8"),
+        )
     except OSError as exc:
         log.error("could not write summary.json: %s", exc)
     return summary
@@ -465,7 +470,9 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
         papermill.execute_notebook(
             str(request.notebook), str(notebook_out), parameters=injected, prepare_only=True
         )
-        return RunOutcome(ExitCode.CLEAN, f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir)
+        return RunOutcome(
+            ExitCode.CLEAN, f"prepared notebook: {notebook_out}", run_id=run_id, run_dir=run_dir
+        )
 
     state_url = settings.state_url()
     holder = persist.holder_name(run_id)
@@ -500,7 +507,9 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 except PapermillExecutionError:
                     failure = failing_cell(executing)
                 except RunInterrupted as stop:
-                    log.error("%s received: stopping the kernel and recording the run as failed", stop.signal_name)
+                    log.error(
+                        "%s received: stopping the kernel and recording the run as failed", stop.signal_name
+                    )
                     failure = (_running_cell(executing, follower), f"stopped by {stop.signal_name}")
                 except Exception as exc:  # a timeout, a dead kernel, a full disk
                     cause = f"{type(exc).__name__}: {exc}"

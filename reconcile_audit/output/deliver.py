@@ -39,7 +39,9 @@ _CONTENT_TYPES: Final = {
     ".ipynb": ("application", "x-ipynb+json"),
 }
 # Exact integer columns: their leading "-" is a sign, never a spreadsheet formula.
-_NUMERIC_TEXT: Final = frozenset({"db_funded_base_units", "chain_funded_base_units", "delta_base_units"})
+_NUMERIC_TEXT: Final = frozenset(
+    {"db_funded_base_units", "chain_funded_base_units", "delta_base_units", "db_total_funded"}
+)
 MAX_ATTACHMENT_BYTES: Final = 10_000_000  # before base64; common relays cap a message at 10-25 MB
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
@@ -210,17 +212,16 @@ def _neutralise_formula(column: str) -> pl.Expr:
     # must stay text for the finance reader who opens results.csv (OWASP "CSV injection").
     value = pl.col(column)
     starts = pl.any_horizontal(*[value.str.starts_with(prefix) for prefix in _FORMULA_START])
+    if column in _NUMERIC_TEXT:  # a negative amount stays a number; anything else is text
+        starts = starts & ~value.str.contains(r"^-?[0-9]+(\.[0-9]+)?$")
     return pl.when(starts).then(pl.lit("'") + value).otherwise(value).alias(column)
 
 
 def findings_csv_frame(findings: pl.DataFrame) -> pl.DataFrame:
     """The FINDINGS frame as CSV cells: flags joined with ';', amounts as exact text."""
-    text_columns = [
-        name for name, dtype in findings.schema.items() if dtype == pl.String and name not in _NUMERIC_TEXT
-    ]
+    text_columns = [name for name, dtype in findings.schema.items() if dtype == pl.String]
     return findings.with_columns(
         pl.col("flags").list.sort().list.join(";"),
-        pl.col("db_total_funded").cast(pl.String),
         *[_neutralise_formula(name) for name in text_columns],
     )
 

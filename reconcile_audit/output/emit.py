@@ -15,14 +15,15 @@ from reconcile_audit.compute.amounts import major_units, one_line
 from reconcile_audit.compute.schemas import FINDINGS
 
 LOGGER: Final = logging.getLogger("reconcile_audit.findings")
+
+
 def _payload(row: dict[str, Any]) -> dict[str, Any]:
-    db_total = row["db_total_funded"]
     return {
         "invoiceId": row["invoice_id"],
         "tenantId": row["tenant_id"],
         "contractId": row["contract_id"],
         # Major units, as the database stores it (the seed's dbFundedTotal).
-        "dbFundedTotal": None if db_total is None else format(db_total, "f"),
+        "dbFundedTotal": row["db_total_funded"],
         # Major units too, so the two read side by side; exact, from the integer base units.
         "onChainAmount": major_units(row["chain_funded_base_units"], row["token_decimals"]),
         "dbFundedBaseUnits": row["db_funded_base_units"],

@@ -25,6 +25,7 @@ import polars as pl
 from reconcile_audit.compute.amounts import format_base_units, format_decimal, one_line
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASS_ORDER, CLASSES, FINDING_CLASSES, FINDINGS, AuditStatus
+from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING
 from reconcile_audit.output.summary import RunFacts, identity
 from reconcile_audit.resources import TEMPLATES_DIR
 
@@ -220,7 +221,9 @@ class TrendRow:
 
 def _ranked(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
-        pl.col("class").replace_strict(_CLASS_RANK, default=len(CLASS_ORDER), return_dtype=pl.Int64).alias("_order")
+        pl.col("class")
+        .replace_strict(_CLASS_RANK, default=len(CLASS_ORDER), return_dtype=pl.Int64)
+        .alias("_order")
     ).sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
 
 
@@ -237,6 +240,12 @@ def _drift_text(row: Mapping[str, Any]) -> str:
     if amount.startswith("\u2212"):
         return f"chain over by {amount[1:]} {currency}".rstrip()
     return "none"
+
+
+def _currencies_fact(checked: tuple[str, ...] | None) -> str:
+    if checked is None:
+        return f"not checked against funding tokens ({CURRENCY_TOKENS_SETTING} is not set)"
+    return "funding token checked for " + ", ".join(_plain(c) for c in checked)
 
 
 def _finding_row(row: Mapping[str, Any]) -> FindingRow:
@@ -413,7 +422,9 @@ def _view(
     if facts.status == AuditStatus.FAILED:
         headline = "The run did not complete."
     elif facts.status == AuditStatus.INCOMPLETE:
-        headline = f"Incomplete: not every escrow was read. {findings_total:,} of {total:,} invoices need attention."
+        headline = (
+            f"Incomplete: not every escrow was read. {findings_total:,} of {total:,} invoices need attention."
+        )
     elif total == 0:
         headline = "0 invoices in scope: nothing to reconcile."
     elif findings_total:
@@ -442,6 +453,7 @@ def _view(
             ("Finished", _format_when(facts.finished_at)),
             ("Tenant", _plain(facts.tenant_id) if facts.tenant_id else "all tenants"),
             ("Ledger range", ledger_range),
+            ("Currencies", _currencies_fact(facts.currencies_checked)),
             ("Duration", _format_duration(facts.duration_seconds)),
             ("Tool version", _plain(facts.tool_version)),
         ),

@@ -45,6 +45,8 @@ class RunFacts:
     persist_error: str | None = None
     delivery_notes: tuple[str, ...] = ()
     failure_message: str | None = None
+    # The invoice currencies checked against their funding tokens; None: no currency was checked.
+    currencies_checked: tuple[str, ...] | None = None
 
 
 class ListedFindings(Protocol):

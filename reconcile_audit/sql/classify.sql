@@ -2,11 +2,13 @@
 -- DuckDB over two registered Arrow frames:
 --   resolved_input  RESOLVED plus _row (input order) and address_conflict
 --   ledger_input    LEDGER
+--   currency_tokens (currency, token): RECONCILE_CURRENCY_TOKENS, currencies upper-cased
 -- $1: tolerance in base units, as exact integer text.   $2: TTL warning, in ledgers.
+-- $3: whether currencies are checked against funding tokens (the map was configured).
 --
--- Arithmetic is exact: the chain amount is HUGEINT (i128), the database amount is
--- cents * 10^(decimals - 2) built as digits and cast to BIGNUM, so nothing overflows and no
--- float is involved. BIGNUM has exact +, -, and comparisons, but abs() and * return DOUBLE,
+-- Arithmetic is exact: the chain amount is HUGEINT (i128), the database amount is its exact
+-- decimal text with the point moved by the token's decimals, built as digits and cast to
+-- BIGNUM, so nothing overflows, nothing is rounded and no float is involved. BIGNUM has exact +, -, and comparisons, but abs() and * return DOUBLE,
 -- hence the CASE for absolute values and digit padding for powers of ten.
 WITH ledger_one AS (
     -- The ledger reader sends one row per contract; should it repeat one, the newest read wins
@@ -40,18 +42,30 @@ joined AS (
     LEFT JOIN ledger_one AS l
         ON l.contract_id = r.contract_id AND r.address_error IS NULL
 ),
+with_token AS (
+    -- The token an invoice's currency must be funded in ($3: whether the map was configured).
+    SELECT j.*, c.token AS expected_token
+    FROM joined AS j
+    LEFT JOIN currency_tokens AS c ON c.currency = upper(trim(j.currency))
+),
+db_parts AS (
+    -- The database total is exact decimal text at the column's own scale. Trailing fraction
+    -- zeros carry no value; what is left must fit the token's decimals to exist on chain.
+    SELECT
+        *,
+        regexp_full_match(db_total_funded, '-?[0-9]{1,60}(\.[0-9]{1,60})?') AS db_total_valid,
+        split_part(db_total_funded, '.', 1) AS db_whole,
+        rtrim(split_part(db_total_funded, '.', 2), '0') AS db_fraction
+    FROM with_token
+),
 amounts AS (
     SELECT
         *,
         CASE
-            WHEN token_decimals BETWEEN 2 AND 38
-                THEN CAST(CAST(db_total_funded_cents AS VARCHAR) || repeat('0', CAST(token_decimals - 2 AS INTEGER)) AS BIGNUM)
-            WHEN token_decimals = 1 AND db_total_funded_cents % 10 = 0
-                THEN CAST(db_total_funded_cents // 10 AS BIGNUM)
-            WHEN token_decimals = 0 AND db_total_funded_cents % 100 = 0
-                THEN CAST(db_total_funded_cents // 100 AS BIGNUM)
+            WHEN db_total_valid AND token_decimals BETWEEN 0 AND 38 AND length(db_fraction) <= token_decimals
+                THEN CAST(db_whole || rpad(db_fraction, CAST(token_decimals AS INTEGER), '0') AS BIGNUM)
         END AS db_base
-    FROM joined
+    FROM db_parts
 ),
 deltas AS (
     SELECT
@@ -77,6 +91,9 @@ classified AS (
             WHEN token_decimals IS NULL THEN 'unknown_token_decimals'
             WHEN NOT (token_decimals BETWEEN 0 AND 38) THEN 'unsupported_token_decimals'
             WHEN escrow_invoice_id IS DISTINCT FROM invoice_id THEN 'invoice_id_mismatch'
+            WHEN $3 AND expected_token IS NULL THEN 'unmapped_currency'
+            WHEN $3 AND funding_token IS DISTINCT FROM expected_token THEN 'token_mismatch'
+            WHEN NOT db_total_valid THEN 'invalid_db_amount'
             WHEN db_base IS NULL THEN 'db_amount_not_representable'
             WHEN delta = CAST(0 AS BIGNUM) THEN 'equal'
             WHEN abs_delta <= CAST($1 AS BIGNUM) THEN 'within_tolerance'
@@ -90,8 +107,9 @@ with_class AS (
         *,
         CASE
             WHEN reason_code IN ('equal', 'within_tolerance') THEN 'match'
-            WHEN reason_code IN ('invoice_id_mismatch', 'db_amount_not_representable', 'db_over_chain', 'chain_over_db')
-                THEN 'mismatch'
+            WHEN reason_code IN (
+                'invoice_id_mismatch', 'token_mismatch', 'db_amount_not_representable', 'db_over_chain', 'chain_over_db'
+            ) THEN 'mismatch'
             WHEN reason_code IN ('no_instance', 'no_escrow') THEN 'missing_on_chain'
             WHEN reason_code = 'no_address' THEN 'unlinked'
             ELSE 'error'
@@ -133,7 +151,7 @@ SELECT
     drift_ranks.drift_rank,
     token_decimals,
     currency,
-    TRY_CAST(TRY_CAST(db_total_funded_cents AS DECIMAL(38, 0)) * 0.01 AS DECIMAL(15, 2)) AS db_total_funded,
+    db_total_funded,
     list_filter(
         -- Listed in sorted order, so the result is sorted.
         [
@@ -154,7 +172,7 @@ SELECT
     last_modified_ledger,
     live_until_ledger,
     -- For the reason sentence, built in Python from these exact values.
-    db_total_funded_cents,
+    expected_token,
     CAST(abs_delta AS VARCHAR) AS abs_delta_base_units,
     read_status,
     read_error,

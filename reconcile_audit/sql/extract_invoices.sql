@@ -8,8 +8,9 @@
 --   invoice_pk             invoices.id as text
 --   invoice_id             the business id the escrow contract stores
 --   tenant_id, status, currency
---   db_total_funded_cents  escrow_summaries.total_funded * 100 as BIGINT (exact for
---                          DECIMAL(15,2)); 0 when there is no summary row or its total is NULL
+--   db_total_funded        escrow_summaries.total_funded as exact decimal text in major units, at
+--                          whatever scale the column has (never rounded, never through cents);
+--                          '0' when there is no summary row or its total is NULL
 --   total_was_null         no summary row, or the latest row's total is NULL
 --   summary_row_count      summary rows for the invoice; more than 1 is a duplicate
 --   op_contract_id         contract_id of the latest escrow_operations row with
@@ -47,7 +48,7 @@ SELECT
     CAST(invoices.tenant_id AS TEXT) AS tenant_id,
     CAST(invoices.status AS TEXT) AS status,
     CAST(invoices.currency AS TEXT) AS currency,
-    COALESCE(CAST(ranked_summaries.total_funded * 100 AS BIGINT), 0) AS db_total_funded_cents,
+    COALESCE(CAST(ranked_summaries.total_funded AS TEXT), '0') AS db_total_funded,
     ranked_summaries.total_funded IS NULL AS total_was_null,
     COALESCE(ranked_summaries.row_count, 0) AS summary_row_count,
     CAST(latest_create.contract_id AS TEXT) AS op_contract_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+import re
 from typing import Any
 
 import polars as pl
@@ -33,6 +33,13 @@ CONTRACTS = [StrKey.encode_contract(bytes([i]) * 32) for i in range(1, 41)]
 TOKEN = StrKey.encode_contract(b"\xee" * 32)
 
 
+def cents(count: int) -> str:
+    """``count`` cents as the exact decimal text a DECIMAL(p,2) column prints: 125000 -> "1250.00"."""
+    sign = "-" if count < 0 else ""
+    digits = str(abs(count)).rjust(3, "0")
+    return f"{sign}{digits[:-2]}.{digits[-2:]}"
+
+
 def resolved_row(invoice_id: str = "INV-1", **overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "invoice_pk": f"pk-{invoice_id}",
@@ -40,7 +47,7 @@ def resolved_row(invoice_id: str = "INV-1", **overrides: Any) -> dict[str, Any]:
         "tenant_id": "tenant-a",
         "status": "funded",
         "currency": "USDC",
-        "db_total_funded_cents": 125_000,
+        "db_total_funded": "1250.00",
         "total_was_null": False,
         "summary_row_count": 1,
         "op_contract_id": CONTRACTS[0],
@@ -96,7 +103,7 @@ def test_the_documented_example_sentence() -> None:
         "12499900000",
         "100000",
     )
-    assert row["db_total_funded"] == Decimal("1250.00")
+    assert row["db_total_funded"] == "1250.00"
     assert row["drift_rank"] == 1
     assert row["token_decimals"] == 7
     assert row["flags"] == []
@@ -206,28 +213,61 @@ _REASON_CASES: list[tuple[dict[str, Any], list[dict[str, Any]], str, str, str]] 
         "belongs to invoice None",
     ),
     (
-        resolved_row(db_total_funded_cents=1),
+        resolved_row(db_total_funded=cents(1)),
         [ledger_row(token_decimals=0, funded_amount="0")],
         "mismatch",
         "db_amount_not_representable",
-        "0-decimal token",
+        "DB 0.01 USDC has 2 decimal places, more than the token's 0: 0.01 USDC of it cannot be held on chain; "
+        "chain 0 USDC (chain under by 0.01)",
     ),
     (
-        resolved_row(db_total_funded_cents=11),
+        resolved_row(db_total_funded=cents(11)),
         [ledger_row(token_decimals=1, funded_amount="1")],
         "mismatch",
         "db_amount_not_representable",
-        "1-decimal token",
+        "0.01 USDC of it cannot be held on chain; chain 0.1 USDC (chain under by 0.01)",
     ),
     (
-        resolved_row(db_total_funded_cents=1200),
+        # The issue's false match: a sub-cent total against a 2-decimal token once read "equal".
+        resolved_row(db_total_funded="155560.584999"),
+        [ledger_row(token_decimals=2, funded_amount="15556058")],
+        "mismatch",
+        "db_amount_not_representable",
+        "DB 155,560.584999 USDC has 6 decimal places, more than the token's 2: 0.004999 USDC of it cannot be "
+        "held on chain; chain 155,560.58 USDC (chain under by 0.004999)",
+    ),
+    (
+        # At 7 decimals the same total exists on chain, and the chain holds 0.004999 less.
+        resolved_row(db_total_funded="155560.584999"),
+        [ledger_row(funded_amount="1555605800000")],
+        "mismatch",
+        "db_over_chain",
+        "DB 155,560.584999 USDC vs chain 155,560.58 USDC (chain under by 0.004999)",
+    ),
+    (
+        # Trailing zeros past the token's decimals carry no value.
+        resolved_row(db_total_funded="12.300000000000"),
+        [ledger_row(token_decimals=1, funded_amount="123")],
+        "match",
+        "equal",
+        "DB 12.30 USDC equals chain 12.3 USDC",
+    ),
+    (
+        resolved_row(db_total_funded="1,250.00"),
+        None,
+        "error",
+        "invalid_db_amount",
+        "the database total_funded '1,250.00' is not a decimal number",
+    ),
+    (
+        resolved_row(db_total_funded=cents(1200)),
         [ledger_row(token_decimals=0, funded_amount="12")],
         "match",
         "equal",
         "DB 12.00 USDC equals chain 12 USDC",
     ),
     (
-        resolved_row(db_total_funded_cents=1230),
+        resolved_row(db_total_funded=cents(1230)),
         [ledger_row(token_decimals=1, funded_amount="123")],
         "match",
         "equal",
@@ -246,10 +286,65 @@ def test_every_reason_code(
     assert reason_part in row["reason"]
 
 
+EURC = StrKey.encode_contract(b"\xe5" * 32)
+_SYMBOLS = {TOKEN: "USDC", EURC: "EURC"}
+# (resolved, ledger, class, reason_code, reason part), with currencies checked against {"USDC": TOKEN}.
+_CURRENCY_CASES = [
+    (
+        # The issue's case: an escrow holding EURC under a USDC invoice once read "match".
+        resolved_row(),
+        [ledger_row(funding_token=EURC)],
+        "mismatch",
+        "token_mismatch",
+        f"the escrow is funded in EURC ({EURC}), but USDC invoices must be funded in USDC ({TOKEN}) "
+        "(RECONCILE_CURRENCY_TOKENS); funded_amount 1,250.00 of the wrong token",
+    ),
+    (
+        resolved_row(currency="GBP"),
+        None,
+        "error",
+        "unmapped_currency",
+        f"invoice currency 'GBP' has no funding token in RECONCILE_CURRENCY_TOKENS, so the escrow's token "
+        f"USDC ({TOKEN}) cannot be checked",
+    ),
+    (
+        resolved_row(currency=None),
+        None,
+        "error",
+        "unmapped_currency",
+        "the invoice has no currency, so the escrow's",
+    ),
+    # Currencies match case- and space-insensitively, as the map's keys are upper-cased.
+    (resolved_row(currency=" usdc "), None, "match", "equal", "DB 1,250.00  usdc  equals chain"),
+    # The wrong token outranks an amount that differs too: the amounts are of different assets.
+    (
+        resolved_row(),
+        [ledger_row(funding_token=EURC, funded_amount="1")],
+        "mismatch",
+        "token_mismatch",
+        "funded_amount 0.0000001 of the wrong token",
+    ),
+]
+
+
+@pytest.mark.parametrize(("resolved", "ledger", "klass", "code", "reason_part"), _CURRENCY_CASES)
+def test_currency_against_token(
+    resolved: dict[str, Any], ledger: list[dict[str, Any]] | None, klass: str, code: str, reason_part: str
+) -> None:
+    row = one(resolved, ledger, currency_tokens={"USDC": TOKEN}, token_symbols=_SYMBOLS)
+    assert (row["class"], row["reason_code"]) == (klass, code)
+    assert reason_part in row["reason"]
+
+
+def test_currencies_are_not_checked_without_the_map() -> None:
+    row = one(resolved_row(), [ledger_row(funding_token=EURC)])
+    assert (row["class"], row["reason_code"]) == ("match", "equal")
+
+
 def test_every_reason_code_is_exercised() -> None:
-    # Guards the table above against a new code added to classify without a test.
+    # Guards the tables above against a new code added to classify without a test.
     tested = {"equal", "chain_over_db", "db_over_chain", "within_tolerance"} | {
-        case[3] for case in _REASON_CASES
+        case[3] for case in [*_REASON_CASES, *_CURRENCY_CASES]
     }
     assert tested == set(REASON_CODES)
 
@@ -306,7 +401,7 @@ def test_flags() -> None:
                 contract_id=CONTRACTS[5],
                 summary_row_count=3,
                 total_was_null=True,
-                db_total_funded_cents=0,
+                db_total_funded=cents(0),
             ),
             ledger_row(
                 CONTRACTS[5], escrow_invoice_id="duplicate-null", funded_amount="0", live_until_ledger=0
@@ -346,7 +441,7 @@ def test_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cents", "decimals", "chain"),
+    ("count", "decimals", "chain"),
     [
         (I64_MAX, 38, I128_MIN),  # delta far beyond i128
         (I64_MIN, 38, I128_MAX),
@@ -358,41 +453,40 @@ def test_flags() -> None:
         (I64_MIN + 8, 0, I128_MIN),  # the most negative whole number of units
     ],
 )
-def test_amounts_at_the_i128_limits_are_exact(cents: int, decimals: int, chain: int) -> None:
+def test_amounts_at_the_i128_limits_are_exact(count: int, decimals: int, chain: int) -> None:
     row = one(
-        resolved_row(db_total_funded_cents=cents),
+        resolved_row(db_total_funded=cents(count)),
         [ledger_row(funded_amount=str(chain), token_decimals=decimals)],
     )
-    db_base = cents * 10 ** (decimals - 2) if decimals >= 2 else cents // 10 ** (2 - decimals)
+    db_base = count * 10 ** (decimals - 2) if decimals >= 2 else count // 10 ** (2 - decimals)
     assert row["db_funded_base_units"] == str(db_base)
     assert row["chain_funded_base_units"] == str(chain)
     assert row["delta_base_units"] == str(db_base - chain)
     assert row["class"] == "mismatch"
     assert row["reason_code"] == ("db_over_chain" if db_base > chain else "chain_over_db")
     assert format_major(abs(db_base - chain), decimals) in row["reason"]
-    if abs(cents) >= 10**15:
-        assert row["db_total_funded"] is None  # beyond DECIMAL(15,2): absent, never wrapped
+    assert row["db_total_funded"] == cents(count)  # kept exactly as stored, never wrapped
 
 
 def test_equal_at_the_i128_maximum() -> None:
     chain = I128_MAX - I128_MAX % 10**20  # a whole number of cents at 22 decimals
-    cents = chain // 10**20
-    assert cents <= I64_MAX
+    count = chain // 10**20
+    assert count <= I64_MAX
     row = one(
-        resolved_row(db_total_funded_cents=cents), [ledger_row(funded_amount=str(chain), token_decimals=22)]
+        resolved_row(db_total_funded=cents(count)), [ledger_row(funded_amount=str(chain), token_decimals=22)]
     )
     assert (row["class"], row["delta_base_units"]) == ("match", "0")
 
 
 def test_drift_rank_compares_major_units_exactly_across_decimals() -> None:
     resolved = [
-        resolved_row("seven-1.00", contract_id=CONTRACTS[0], db_total_funded_cents=200),
-        resolved_row("two-0.99", contract_id=CONTRACTS[1], db_total_funded_cents=199),
-        resolved_row("eighteen-1.00", contract_id=CONTRACTS[2], db_total_funded_cents=200),
-        resolved_row("seven-tiny", contract_id=CONTRACTS[3], db_total_funded_cents=100),
-        resolved_row("equal", contract_id=CONTRACTS[4], db_total_funded_cents=100),
-        resolved_row("id-mismatch", contract_id=CONTRACTS[5], db_total_funded_cents=10**12),
-        resolved_row("chain-over-huge", contract_id=CONTRACTS[6], db_total_funded_cents=0),
+        resolved_row("seven-1.00", contract_id=CONTRACTS[0], db_total_funded=cents(200)),
+        resolved_row("two-0.99", contract_id=CONTRACTS[1], db_total_funded=cents(199)),
+        resolved_row("eighteen-1.00", contract_id=CONTRACTS[2], db_total_funded=cents(200)),
+        resolved_row("seven-tiny", contract_id=CONTRACTS[3], db_total_funded=cents(100)),
+        resolved_row("equal", contract_id=CONTRACTS[4], db_total_funded=cents(100)),
+        resolved_row("id-mismatch", contract_id=CONTRACTS[5], db_total_funded=cents(10**12)),
+        resolved_row("chain-over-huge", contract_id=CONTRACTS[6], db_total_funded=cents(0)),
     ]
     ledger = [
         ledger_row(CONTRACTS[0], escrow_invoice_id="seven-1.00", funded_amount=str(10**7), token_decimals=7),
@@ -563,6 +657,29 @@ _AMOUNTS = st.one_of(
 )
 
 
+# Exact decimal text at scales 0 to 12 (as numeric(p, s) columns print), huge and negative
+# values, and text that is no number at all.
+_DB_TOTALS = st.one_of(
+    st.integers(min_value=I64_MIN, max_value=I64_MAX).map(cents),
+    st.integers(min_value=-5, max_value=10**6).map(cents),
+    st.builds(
+        lambda unscaled, scale: (
+            str(unscaled)
+            if scale == 0
+            else (
+                ("-" if unscaled < 0 else "")
+                + str(abs(unscaled)).rjust(scale + 1, "0")[:-scale]
+                + "."
+                + str(abs(unscaled)).rjust(scale + 1, "0")[-scale:]
+            )
+        ),
+        st.integers(min_value=-(10**30), max_value=10**30),
+        st.integers(min_value=0, max_value=12),
+    ),
+    st.sampled_from(["", "1e5", "abc", " 1.00", "1.", ".5", "--1", "1,000.00"]),
+)
+
+
 @st.composite
 def random_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame, int]:
     invoice_ids = [f"INV-{i}" for i in range(draw(st.integers(min_value=0, max_value=30)))]
@@ -576,12 +693,7 @@ def random_frames(draw: st.DrawFn) -> tuple[pl.DataFrame, pl.DataFrame, int]:
                 contract_id=contract,
                 address_error="bad checksum" if contract == "CBAD" else None,
                 invoice_id_error=draw(st.sampled_from([None, None, None, "invoice id is empty"])),
-                db_total_funded_cents=draw(
-                    st.one_of(
-                        st.integers(min_value=I64_MIN, max_value=I64_MAX),
-                        st.integers(min_value=-5, max_value=10**6),
-                    )
-                ),
+                db_total_funded=draw(_DB_TOTALS),
                 total_was_null=draw(st.booleans()),
                 summary_row_count=draw(st.integers(min_value=0, max_value=3)),
             )
@@ -634,15 +746,17 @@ def oracle(resolved: dict[str, Any], ledger: dict[str, Any] | None, tolerance: i
         return "unknown_token_decimals", None
     if not 0 <= decimals <= 38:
         return "unsupported_token_decimals", None
-    cents = resolved["db_total_funded_cents"]
-    if decimals >= 2:
-        db_base: int | None = cents * 10 ** (decimals - 2)
-    else:
-        scale = 10 ** (2 - decimals)
-        db_base = cents // scale if cents % scale == 0 else None
+    match = re.fullmatch(r"(-?[0-9]+)(?:\.([0-9]+))?", resolved["db_total_funded"])
+    db_base: int | None = None
+    if match is not None:
+        whole, fraction = match.group(1), (match.group(2) or "").rstrip("0")
+        if len(fraction) <= decimals:
+            db_base = int(whole + fraction.ljust(decimals, "0"))
     delta = None if db_base is None else db_base - chain
     if ledger["escrow_invoice_id"] != resolved["invoice_id"]:
         return "invoice_id_mismatch", delta
+    if match is None:
+        return "invalid_db_amount", None
     if delta is None:
         return "db_amount_not_representable", None
     if delta == 0:
@@ -683,7 +797,8 @@ def test_property_every_invoice_once_in_exactly_one_class(
             assert delta is not None
             decimals = readings[want["contract_id"]]["token_decimals"]
             chain = int(readings[want["contract_id"]]["funded_amount"])
-            db_text = f"{format_major(want['db_total_funded_cents'], 2)} USDC"
+            whole, _, fraction = want["db_total_funded"].partition(".")
+            db_text = f"{format_major(int(whole + fraction), len(fraction))} USDC"
             chain_text = f"{format_major(chain, decimals)} USDC"
             if delta == 0:
                 expected = f"DB {db_text} equals chain {chain_text}"

@@ -194,31 +194,28 @@ def test_scope_summaries_and_operations(source_url: str) -> None:
         "tenant_id": "tenant-a",
         "status": "funded",
         "currency": "USDC",
-        "db_total_funded_cents": 125000,
+        "db_total_funded": "1250.00",
         "total_was_null": False,
         "summary_row_count": 1,
         "op_contract_id": "CPLAIN",
     }
     assert uuid.UUID(str(rows["A-plain"]["invoice_pk"]))
     assert (
-        rows["B-linked"]["db_total_funded_cents"],
+        rows["B-linked"]["db_total_funded"],
         rows["B-linked"]["total_was_null"],
         rows["B-linked"]["summary_row_count"],
-    ) == (0, True, 0)
-    assert rows["C-partial"]["db_total_funded_cents"] == 1
-    assert (rows["D-dup"]["db_total_funded_cents"], rows["D-dup"]["summary_row_count"]) == (300, 3)
-    assert (rows["E-tie"]["db_total_funded_cents"], rows["E-tie"]["summary_row_count"]) == (800, 2)
+    ) == ("0", True, 0)
+    assert rows["C-partial"]["db_total_funded"] == "0.01"
+    assert (rows["D-dup"]["db_total_funded"], rows["D-dup"]["summary_row_count"]) == ("3.00", 3)
+    assert (rows["E-tie"]["db_total_funded"], rows["E-tie"]["summary_row_count"]) == ("8.00", 2)
     assert (
-        rows["F-null"]["db_total_funded_cents"],
+        rows["F-null"]["db_total_funded"],
         rows["F-null"]["total_was_null"],
         rows["F-null"]["summary_row_count"],
-    ) == (0, True, 1)
-    assert (rows["G-null-latest"]["db_total_funded_cents"], rows["G-null-latest"]["total_was_null"]) == (
-        0,
-        True,
-    )
-    assert rows["H-max"]["db_total_funded_cents"] == 999_999_999_999_999
-    assert rows["I-negative"]["db_total_funded_cents"] == -1
+    ) == ("0", True, 1)
+    assert (rows["G-null-latest"]["db_total_funded"], rows["G-null-latest"]["total_was_null"]) == ("0", True)
+    assert rows["H-max"]["db_total_funded"] == "9999999999999.99"
+    assert rows["I-negative"]["db_total_funded"] == "-0.01"
     assert rows["J-ops"]["op_contract_id"] == "CNEW"
     assert rows["K-failed-only"]["op_contract_id"] is None
     assert rows["L-null-time"]["op_contract_id"] == "CTIMED"
@@ -246,7 +243,7 @@ def test_tenant_filter_and_hostile_strings_stay_data(source_url: str) -> None:
         only = _extract(source_url, tenant_id=hostile)
         assert only.get_column("invoice_id").to_list() == [hostile]
         assert only.row(0, named=True)["currency"] == hostile
-        assert only.row(0, named=True)["db_total_funded_cents"] == index * 100
+        assert only.row(0, named=True)["db_total_funded"] == f"{index}.00"
     assert _extract(source_url, tenant_id="tenant-b").get_column("invoice_id").to_list() == ["plain"]
     # An unknown tenant is a scope error; the hostile tenant ids it lists are escaped, one line.
     with pytest.raises(ScopeError) as unknown:
@@ -320,7 +317,7 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
     good.write_text(
         "SELECT CAST(invoices.id AS TEXT) AS invoice_pk, invoices.invoice_id, invoices.tenant_id,"
         " invoices.status, invoices.currency,"
-        " CAST(456 AS BIGINT) AS db_total_funded_cents, FALSE AS total_was_null,"
+        " CAST(4.56 AS DECIMAL(15, 2)) AS db_total_funded, FALSE AS total_was_null,"
         " CAST(1 AS BIGINT) AS summary_row_count, CAST(NULL AS TEXT) AS op_contract_id,"
         " 'extra' AS my_extra_column"
         " FROM invoices WHERE invoices.status = 'custom_status'"
@@ -330,7 +327,7 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
     frame = _extract(source_url, extract_sql_path=str(good))
     assert frame.schema == INVOICES
     assert frame.get_column("invoice_id").to_list() == ["keep"]
-    assert frame.get_column("db_total_funded_cents").to_list() == [456]
+    assert frame.get_column("db_total_funded").to_list() == ["4.56"]
 
     lacking = tmp_path / "lacking.sql"
     lacking.write_text(
@@ -340,18 +337,38 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
         _extract(source_url, extract_sql_path=str(lacking))
     message = str(raised.value)
     assert str(lacking) in message
-    for name in ("tenant_id", "db_total_funded_cents", "op_contract_id"):
+    for name in ("tenant_id", "db_total_funded", "op_contract_id"):
         assert name in message
 
     with pytest.raises(ExtractError, match=r"does not use \$1"):
         _extract(source_url, extract_sql_path=str(lacking), tenant_id="tenant-a")
 
-    major_units = tmp_path / "major.sql"
-    major_units.write_text(
-        good.read_text().replace("CAST(456 AS BIGINT)", "CAST(4.56 AS DECIMAL(15, 2))"), encoding="utf-8"
+    # Exact either way: an integer, or text, is taken as it is; a float never is.
+    for value, text in (("CAST(456 AS BIGINT)", "456"), ("CAST('0.000000001' AS TEXT)", "0.000000001")):
+        other = tmp_path / "other.sql"
+        other.write_text(good.read_text().replace("CAST(4.56 AS DECIMAL(15, 2))", value), encoding="utf-8")
+        assert _extract(source_url, extract_sql_path=str(other)).get_column("db_total_funded").to_list() == [
+            text
+        ]
+    floating = tmp_path / "float.sql"
+    floating.write_text(
+        good.read_text().replace("CAST(4.56 AS DECIMAL(15, 2))", "CAST(4.56 AS DOUBLE PRECISION)"),
+        encoding="utf-8",
     )
-    with pytest.raises(ExtractError, match="db_total_funded_cents"):
-        _extract(source_url, extract_sql_path=str(major_units))
+    with pytest.raises(ExtractError, match=r"db_total_funded as Float64.*never a float"):
+        _extract(source_url, extract_sql_path=str(floating))
+    # The column of earlier releases is named, with what replaced it.
+    legacy = tmp_path / "legacy.sql"
+    legacy.write_text(
+        good.read_text().replace(
+            "CAST(4.56 AS DECIMAL(15, 2)) AS db_total_funded", "CAST(456 AS BIGINT) AS db_total_funded_cents"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        ExtractError, match=r"db_total_funded_cents \(cents\) was replaced by db_total_funded"
+    ):
+        _extract(source_url, extract_sql_path=str(legacy))
 
     with pytest.raises(ExtractError, match="cannot read"):
         _extract(source_url, extract_sql_path=str(tmp_path / "absent.sql"))
@@ -487,7 +504,7 @@ def test_source_to_findings_end_to_end(source_url: str) -> None:
     }
     drift = findings.filter(pl.col("invoice_id") == "drift").row(0, named=True)
     assert drift["reason"] == "DB 1,250.00 USDC vs chain 1,249.99 USDC (chain under by 0.01)"
-    assert drift["db_total_funded"] == Decimal("1250.00")
+    assert drift["db_total_funded"] == "1250.00"
     assert (
         findings.filter(pl.col("invoice_id") == "mapped").item(0, "address_source")
         == "escrow_addr_by_invoice"

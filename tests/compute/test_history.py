@@ -32,7 +32,9 @@ def frame(classes: dict[str | None, str], tenant: str | None = "t1") -> pl.DataF
     """One finding per invoice of ``classes``, reasons naming class and invoice."""
     return factories.frame(
         [
-            factories.finding(invoice_id, cls, tenant_id=tenant, reason_code=f"{cls}_code", reason=f"{cls} for {invoice_id}")
+            factories.finding(
+                invoice_id, cls, tenant_id=tenant, reason_code=f"{cls}_code", reason=f"{cls} for {invoice_id}"
+            )
             for invoice_id, cls in classes.items()
         ]
     )
@@ -62,8 +64,6 @@ def persisted(
 
 def settings_for(url: str, tenant: str | None = "t1") -> Settings:
     return factories.settings(database_url=url, tenant_id=tenant)
-
-
 
 
 def by_invoice(findings: pl.DataFrame) -> dict[str | None, dict[str, Any]]:
@@ -113,7 +113,9 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
             None: "error",  # no id to follow: new
         }  # X (error in r3) is no longer extracted: resolved
     )
-    history = compare_with_history(AuditResult.of(current), settings_for(state_url), run_key="current", now=NOW)
+    history = compare_with_history(
+        AuditResult.of(current), settings_for(state_url), run_key="current", now=NOW
+    )
 
     assert history.warning is None
     assert history.findings.schema == HISTORY_FINDINGS
@@ -180,7 +182,9 @@ def test_an_empty_state_database_gives_an_empty_history(
 ) -> None:
     current = frame({"A": "mismatch", "B": "match"})
     with caplog.at_level(logging.WARNING, logger="reconcile_audit.compute.history"):
-        history = compare_with_history(AuditResult.of(current), settings_for(state_url), run_key="first", now=NOW)
+        history = compare_with_history(
+            AuditResult.of(current), settings_for(state_url), run_key="first", now=NOW
+        )
     assert history.warning is not None and "no earlier runs" in history.warning
     assert any("no earlier runs" in r.getMessage() for r in caplog.records)
     assert history.findings["finding_state"].to_list() == ["new", None]

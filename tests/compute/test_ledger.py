@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -332,7 +334,9 @@ def test_an_unreadable_token_is_an_outage_not_a_decimals_setting() -> None:
         result = read(emu, ids=[SHAPED[0].contract_id], rpc_max_retries=1)
     (row,) = result.frame.iter_rows(named=True)
     assert row["read_status"] == "error" and row["token_decimals"] is None
-    assert row["read_error"].startswith("not read: the RPC was unavailable") and "http_503" in row["read_error"]
+    assert (
+        row["read_error"].startswith("not read: the RPC was unavailable") and "http_503" in row["read_error"]
+    )
     assert "RECONCILE_TOKEN_DECIMALS" not in row["read_error"]
     assert result.read_share == 0.0 and result.incomplete_because(0.99) is not None
 
@@ -423,8 +427,10 @@ def test_simulate_fallback_gives_the_same_escrows(clean: LedgerRead) -> None:
     assert got[MISSING]["read_status"] == "no_instance"
     assert got[SPECIAL["no_escrow"].contract_id]["read_status"] == "error"
     assert got[SPECIAL["bare_token"].contract_id]["token_decimals"] is None
-    # get_escrow for each id, get_funding_token for each of the 7 escrows read, decimals once per token
-    assert stats.requests["simulateTransaction"] == len(ids) + 7 + 2
+    # get_escrow for each id, get_funding_token for each of the 7 escrows read, then decimals and
+    # symbol once per token
+    assert stats.requests["simulateTransaction"] == len(ids) + 7 + 2 + 2
+    assert result.token_symbols == {TOKEN.contract_id: "USDC"}
 
 
 def test_simulate_reference_path_is_one_call_per_invoice() -> None:
@@ -477,3 +483,19 @@ def test_summary_is_logged_at_info(caplog) -> None:
     with Emulator(STATE) as emu, caplog.at_level("INFO", logger="reconcile_audit.compute.ledger"):
         result = read(emu, ids=ALL_IDS[:3])
     assert result.summary_line() in caplog.messages
+
+
+def test_token_symbols_include_the_tokens_currencies_must_be_funded_in() -> None:
+    """A wrong-token finding names both tokens: the mapped one is read even when no escrow holds it."""
+    euro = TokenSpec(contract_id=random_contract_id(random.Random(11)), decimals=6, symbol="EURC")
+    state = replace(STATE, tokens=(*STATE.tokens, euro))
+    mapping = json.dumps({"USDC": TOKEN.contract_id, "EUR": euro.contract_id})
+    for simulate in (False, True):
+        with Emulator(state) as emu:
+            result = read(
+                emu,
+                ids=[e.contract_id for e in SHAPED[:3]],
+                currency_tokens=mapping,
+                rpc_use_simulate=simulate,
+            )
+        assert result.token_symbols == {TOKEN.contract_id: "USDC", euro.contract_id: "EURC"}, simulate

@@ -304,7 +304,7 @@ def test_not_an_instance_entry() -> None:
 @given(
     decimals=st.none() | st.integers(0, 2**32 - 1),
     name=st.text(max_size=20),
-    symbol=st.from_regex(r"[A-Z]{1,12}", fullmatch=True),
+    symbol=st.from_regex(r"[A-Z]{1,12}", fullmatch=True) | st.text(max_size=40),
 )
 def test_token_fast_equals_sdk(decimals, name, symbol) -> None:
     token = es.TokenSpec(contract_id=TOKEN.contract_id, decimals=decimals, name=name, symbol=symbol)
@@ -313,6 +313,17 @@ def test_token_fast_equals_sdk(decimals, name, symbol) -> None:
     assert fast == lx.decode_token_sdk(buf)
     assert fast is not None and fast.decimals == decimals
     assert (fast.problem is None) == (decimals is not None)
+    # The symbol names the token to people: short printable text, else nothing.
+    readable = len(symbol.encode()) <= 32 and symbol.isprintable() and symbol.strip() != ""
+    assert fast.symbol == (symbol if decimals is not None and readable else None)
+
+
+def test_token_symbol_that_is_not_a_string_is_left_out() -> None:
+    metadata = scval.to_struct({"decimal": scval.to_uint32(7), "symbol": scval.to_symbol("USDC")})
+    buf = _custom_entry([(scval.to_symbol("METADATA"), metadata)])
+    assert lx.decode_token_fast(buf) is None  # the SDK path decides
+    got = lx.decode_token_entry(base64.b64encode(buf).decode())
+    assert (got.decimals, got.symbol, got.problem) == (7, None, None)
 
 
 def test_token_metadata_without_decimal() -> None:

@@ -58,8 +58,6 @@ def record(findings: pl.DataFrame, run_key: str = "run-1", **fields: Any) -> Run
     return RunRecord(counts=count_classes(findings), **values)
 
 
-
-
 def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with connect(url) as conn:
         return conn.rows(sql, params)
@@ -83,7 +81,7 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
     versions = query(
         state_url, "SELECT version, name FROM reconcile_audit_schema_migrations ORDER BY version"
     )
-    assert versions == [(1, "initial"), (2, "attempts"), (3, "findings_invoice_index")]
+    assert versions == [(1, "initial"), (2, "attempts"), (3, "findings_invoice_index"), (4, "exact_db_total")]
     for table in (
         "reconciliation_runs",
         "reconciliation_findings",
@@ -558,8 +556,12 @@ def test_the_heartbeat_keeps_a_live_holder_s_lease(state_url: str) -> None:
             pass
 
 
-def test_a_holder_whose_process_is_gone_is_taken_over(state_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+def test_a_holder_whose_process_is_gone_is_taken_over(
+    state_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     holder = f"{socket.gethostname()}:{int(gone.stdout)}:killed-run"
     with ExitStack() as killed:
         killed.enter_context(persist.run_lease(state_url, "t1", holder, heartbeat=False))  # live for minutes
@@ -583,7 +585,9 @@ def test_a_future_dated_run_does_not_hide_newer_ones(state_url: str) -> None:
     """Health follows the database's order of writes, not the clocks of the machines that ran."""
     skewed = T0 + timedelta(days=365)
     clean = frame([finding("INV-1", "match")])
-    assert persist.persist_run(state_url, record(clean, run_key="skewed", started_at=skewed, finished_at=skewed), clean).ok
+    assert persist.persist_run(
+        state_url, record(clean, run_key="skewed", started_at=skewed, finished_at=skewed), clean
+    ).ok
     assert persist.persist_run(state_url, record(MIXED, run_key="later"), MIXED).ok
     health = persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=1))
     assert health.latest is not None and health.latest.run_key == "later"

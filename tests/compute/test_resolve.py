@@ -31,7 +31,7 @@ def _invoices(rows: list[tuple[str | None, str | None]]) -> pl.DataFrame:
             "tenant_id": "t",
             "status": "funded",
             "currency": "USDC",
-            "db_total_funded_cents": 0,
+            "db_total_funded": "0",
             "total_was_null": False,
             "summary_row_count": 1,
             "op_contract_id": [r[1] for r in rows],

@@ -1,6 +1,8 @@
+import json
 import logging
 
 import pytest
+from stellar_sdk import StrKey
 
 from reconcile_audit.compute.settings import RedactingFilter, load_settings
 from reconcile_audit.errors import ConfigError
@@ -89,6 +91,36 @@ def test_a_bad_token_decimals_names_the_real_variable():
 
 
 def test_a_tenant_id_longer_than_the_backend_allows_is_refused():
-    with pytest.raises(ConfigError, match=r"^RECONCILE_TENANT_ID \(tenant_id\): must be at most 128") as refused:
+    with pytest.raises(
+        ConfigError, match=r"^RECONCILE_TENANT_ID \(tenant_id\): must be at most 128"
+    ) as refused:
         load_settings({"tenant_id": "t" * 10_000}, {})
     assert len(str(refused.value)) < 200
+
+
+USDC = StrKey.encode_contract(b"\x01" * 32)
+EURC = StrKey.encode_contract(b"\x02" * 32)
+
+
+def test_currency_tokens_map_upper_cased_currencies_to_contracts():
+    settings = load_settings({}, {"RECONCILE_CURRENCY_TOKENS": json.dumps({"usd ": USDC, "EUR": EURC})})
+    assert settings.currency_tokens == {"USD": USDC, "EUR": EURC}
+    assert load_settings({}, {}).currency_tokens is None  # not configured: currencies are not checked
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("{bad", "not JSON"),
+        ("[]", "expected a JSON object"),
+        ("{}", "expected a JSON object"),
+        (json.dumps({"USD": "GABC"}), "is not a currency and a C... contract address"),
+        (json.dumps({"USD": USDC[:-1] + "A"}), "is not a currency and a C... contract address"),
+        (json.dumps({"USD": 5}), "is not a currency and a C... contract address"),
+        (json.dumps({"usd": USDC, "USD": EURC}), "currency 'USD' is listed twice"),
+    ],
+)
+def test_a_bad_currency_tokens_map_names_the_variable(value, problem):
+    with pytest.raises(ConfigError, match=r"^RECONCILE_CURRENCY_TOKENS: ") as refused:
+        load_settings({}, {"RECONCILE_CURRENCY_TOKENS": value})
+    assert problem in str(refused.value)

@@ -78,7 +78,9 @@ def test_a_failed_rerun_keeps_the_completed_result_its_findings_and_the_counter(
     assert rows(source, "SELECT status, total, mismatch FROM reconciliation_runs") == result_before
     assert rows(source, "SELECT count(*) FROM reconciliation_findings") == findings_before
     assert persist.cumulative_mismatches(source, None) == counter_before
-    assert [status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")] == [
+    assert [
+        status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")
+    ] == [
         "completed",
         "failed",
     ]

@@ -46,8 +46,6 @@ ARTIFACTS = (
 )
 
 
-
-
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) that checks the password, as a local relay would."""
@@ -205,7 +203,9 @@ def clean_run(tmp_path_factory, loaded, emulator, dataset) -> Run:
 def failing_run(tmp_path_factory, loaded, emulator, dataset, smtp, pushgateway) -> Run:
     broken = tmp_path_factory.mktemp("sql") / "broken_extract.sql"
     broken.write_text("SELECT id AS invoice_pk FROM invoices WHERE tenant_id = $1 AND (", encoding="utf-8")
-    env = environment(loaded["failing"], emulator, dataset, password_in_query=True) | delivery(smtp, pushgateway)
+    env = environment(loaded["failing"], emulator, dataset, password_in_query=True) | delivery(
+        smtp, pushgateway
+    )
     return run_cli(tmp_path_factory, "failing", ["-p", f"extract_sql_path={broken}"], env)
 
 

@@ -33,6 +33,7 @@ EXPECTED = {
     "null_total": ("match", "null_total"),
     "no_summary": ("mismatch", "null_total"),
     "mapped_address": ("match", None),
+    "wrong_token": ("mismatch", None),
 }
 
 
@@ -100,6 +101,11 @@ def test_demo_findings_cover_every_class_and_flag(demo_runs):
                 assert flag in row["flags"], (kind, row["flags"])
     mapped = by_id[data.planted["mapped_address"][0]]
     assert mapped["address_source"] == "escrow_addr_by_invoice"
+    # The demo configures RECONCILE_CURRENCY_TOKENS: the escrow in the wrong asset is named by symbol.
+    wrong = by_id[data.planted["wrong_token"][0]]
+    assert wrong["reason_code"] == "token_mismatch"
+    assert "funded in EURC (" in wrong["reason"] and "must be funded in USDC (" in wrong["reason"]
+    assert "funding token checked for EURC, LGCY, USDC" in (latest / "report.txt").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -79,10 +79,15 @@ def test_unlock_breaks_a_stuck_lease_and_says_whose(tmp_path: Path) -> None:
     state = f"duckdb://{tmp_path / 'state.duckdb'}"
     env = {**UNSET, "RECONCILE_STATE_DATABASE_URL": state}
     with ExitStack() as stuck:
-        stuck.enter_context(persist.run_lease(state, "acme", "host-b:4242:20261128T021500Z-abc", heartbeat=False))
+        stuck.enter_context(
+            persist.run_lease(state, "acme", "host-b:4242:20261128T021500Z-abc", heartbeat=False)
+        )
         first = CliRunner().invoke(app, ["unlock", "--tenant", "acme"], env=env, catch_exceptions=False)
         assert first.exit_code == 0
-        assert "released the lease of tenant 'acme', held by host-b:4242:20261128T021500Z-abc since" in first.output
+        assert (
+            "released the lease of tenant 'acme', held by host-b:4242:20261128T021500Z-abc since"
+            in first.output
+        )
     again = CliRunner().invoke(app, ["unlock", "--tenant", "acme"], env=env, catch_exceptions=False)
     assert again.exit_code == 0 and "no lease held for tenant 'acme'" in again.output
 

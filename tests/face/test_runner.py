@@ -50,7 +50,9 @@ def test_password_in_a_url_parameter_is_refused(known):
     assert "hunter2" not in str(caught.value)
     # libpq's query form is a password too.
     with pytest.raises(ConfigError, match="environment") as caught:
-        runner.check_parameters({"database_url": "postgresql://app@db/x?sslmode=require&password=qp-77"}, known)
+        runner.check_parameters(
+            {"database_url": "postgresql://app@db/x?sslmode=require&password=qp-77"}, known
+        )
     assert "qp-77" not in str(caught.value)
     # Without a password the URL is an ordinary parameter.
     assert runner.check_parameters({"database_url": "postgresql://app@db/x"}, known)
@@ -179,16 +181,37 @@ def test_the_log_follower_repeats_warnings_and_marked_records_and_tracks_the_sta
     events = tmp_path / "run.jsonl"
     follower = runner.KernelLogFollower(events)
     lines = [
-        {"time": "2026-11-29T02:00:00+00:00", "level": "INFO", "logger": "reconcile_audit.face.run",
-         "message": "stage ledger started", "stage": "ledger"},
-        {"time": "2026-11-29T02:00:01+00:00", "level": "INFO", "logger": "reconcile_audit.x", "message": "quiet"},
-        {"time": "2026-11-29T02:00:02+00:00", "level": "WARNING", "logger": "reconcile_audit.findings",
-         "message": "escrow reconciliation mismatch: A"},
-        {"time": "2026-11-29T02:00:03+00:00", "level": "INFO", "logger": "reconcile_audit.face.run",
-         "message": "stage timings: ledger 1.0 s", "console": True},
+        {
+            "time": "2026-11-29T02:00:00+00:00",
+            "level": "INFO",
+            "logger": "reconcile_audit.face.run",
+            "message": "stage ledger started",
+            "stage": "ledger",
+        },
+        {
+            "time": "2026-11-29T02:00:01+00:00",
+            "level": "INFO",
+            "logger": "reconcile_audit.x",
+            "message": "quiet",
+        },
+        {
+            "time": "2026-11-29T02:00:02+00:00",
+            "level": "WARNING",
+            "logger": "reconcile_audit.findings",
+            "message": "escrow reconciliation mismatch: A",
+        },
+        {
+            "time": "2026-11-29T02:00:03+00:00",
+            "level": "INFO",
+            "logger": "reconcile_audit.face.run",
+            "message": "stage timings: ledger 1.0 s",
+            "console": True,
+        },
     ]
     with caplog.at_level(logging.DEBUG):
-        events.write_text("\n" + "\n".join(json.dumps(line) for line in lines) + '\n{"half a line', encoding="utf-8")
+        events.write_text(
+            "\n" + "\n".join(json.dumps(line) for line in lines) + '\n{"half a line', encoding="utf-8"
+        )
         follower.start()
         follower.stop()
     repeated = [r.getMessage() for r in caplog.records if r.name.startswith("reconcile_audit.")]

@@ -55,7 +55,11 @@ def start(
 ) -> subprocess.Popen[str]:
     """`reconcile-audit run` as its own process, configured by the environment alone."""
     environment = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RECONCILE_", "SMTP_", "ALERT_", "PUSHGATEWAY"))
+        },
         "DATABASE_URL": source,
         "SOROBAN_RPC_URL": rpc_url,
         "ESCROW_ADDR_BY_INVOICE": dataset.escrow_addr_by_invoice,
@@ -108,7 +112,9 @@ def test_sigterm_records_the_run_failed_releases_the_lease_and_exits_2(
     assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
     (folder,) = (tmp_path / "stopped").iterdir()
     assert '"status": "failed"' in (folder / "summary.json").read_text(encoding="utf-8")
-    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(encoding="utf-8")
+    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_after_sigkill_the_next_run_takes_over_and_closes_the_dead_attempt(
@@ -124,7 +130,9 @@ def test_after_sigkill_the_next_run_takes_over_and_closes_the_dead_attempt(
         rerun = start(source, healthy.url, dataset, tmp_path / "rerun")
         _, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 1, stderr  # not 3: the dead holder's lease was taken over
-    statuses = [status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")]
+    statuses = [
+        status for (status,) in rows(source, "SELECT status FROM reconciliation_attempts ORDER BY id")
+    ]
     assert statuses == ["abandoned", "completed"]
 
 
@@ -159,7 +167,11 @@ def test_a_dead_kernel_is_recorded_failed_naming_the_cell(
 ) -> None:
     process = start(source, slow_rpc.url, dataset, tmp_path / "dead-kernel")
     wait_until_running(source, process)
-    kernels = [p for p in psutil.Process(process.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    kernels = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if "ipykernel" in " ".join(p.cmdline())
+    ]
     assert len(kernels) == 1
     kernels[0].kill()
     _, stderr = process.communicate(timeout=120)
@@ -188,12 +200,17 @@ def test_a_state_database_gone_at_persist_time_exits_2_and_says_the_run_was_not_
     (folder,) = (tmp_path / "unstored").iterdir()
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     assert summary["persisted"] is False and summary["persist_error"]
-    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(encoding="utf-8")
-    assert "history and the health check miss this run" in (folder / "report.html").read_text(encoding="utf-8")
+    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(
+        encoding="utf-8"
+    )
+    assert "history and the health check miss this run" in (folder / "report.html").read_text(
+        encoding="utf-8"
+    )
     # Nothing could be written: the attempt still says running, and its lease expires in minutes.
     assert rows(source, "SELECT status FROM reconciliation_attempts") == [("running",)]
     ((minutes_left,),) = rows(
-        source, "SELECT CAST(EXTRACT(EPOCH FROM expires_at - now()) / 60 AS DOUBLE PRECISION) FROM reconciliation_leases"
+        source,
+        "SELECT CAST(EXTRACT(EPOCH FROM expires_at - now()) / 60 AS DOUBLE PRECISION) FROM reconciliation_leases",
     )
     assert minutes_left <= 10
 
@@ -238,7 +255,12 @@ def test_two_tenants_at_once_on_one_duckdb_state_file_both_complete(
     with Emulator(dataset.ledger_state(0)) as healthy:
         runs = {
             tenant: start(
-                source, healthy.url, dataset, tmp_path / tenant, "--tenant", tenant,
+                source,
+                healthy.url,
+                dataset,
+                tmp_path / tenant,
+                "--tenant",
+                tenant,
                 env={"RECONCILE_STATE_DATABASE_URL": state},
             )
             for tenant in ("acme", "globex")

@@ -83,7 +83,11 @@ def test_demo_runs_from_the_installed_wheel_outside_the_checkout(wheel: Path, tm
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     where = subprocess.run(
-        [str(python), "-c", "import reconcile_audit.resources as r; print(r.__file__); print(r.NOTEBOOK_PATH)"],
+        [
+            str(python),
+            "-c",
+            "import reconcile_audit.resources as r; print(r.__file__); print(r.NOTEBOOK_PATH)",
+        ],
         cwd=workdir,
         env=environment,
         check=True,

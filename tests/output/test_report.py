@@ -278,8 +278,10 @@ def test_amount_formatting_examples() -> None:
     assert format_base_units("0", 7, signed=True) == "0.00"
     assert format_base_units("123", None) == "123 base units"
     assert format_base_units("12x", 2) == "n/a"
-    assert format_decimal(Decimal("1234567890123.45")) == "1,234,567,890,123.45"
-    assert format_decimal(Decimal("-0.10")) == "\u22120.10"
+    assert format_decimal("1234567890123.45") == "1,234,567,890,123.45"
+    assert format_decimal("155560.584999") == "155,560.584999"
+    assert format_decimal("1,250.00") == "n/a"
+    assert format_decimal("-0.10") == "\u22120.10"
 
 
 def test_summary_json_round_trip() -> None:

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 import polars as pl
@@ -291,7 +292,12 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         async with client_for(settings, policy) as client:
             sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes)
             await sweep.read(list(keys.values()), decode_escrow_bytes, lambda: bar.update(1))
-            tokens = _funding_tokens(keys, sweep.outcomes)
+            # The tokens invoices must be funded in are read too, so a wrong token is named by symbol.
+            tokens = list(
+                dict.fromkeys(
+                    [*_funding_tokens(keys, sweep.outcomes), *(settings.currency_tokens or {}).values()]
+                )
+            )
             token_keys = {token: instance_key_of_hash(contract_hash(token)) for token in tokens}
             hashes.update((key, contract_hash(token)) for token, key in token_keys.items())
             if token_keys:
@@ -304,14 +310,28 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
     }
     frame = _frame(ids, keys, invalid, sweep.outcomes, decimals)
+    symbols = {
+        token: symbol
+        for token, key in token_keys.items()
+        if (symbol := _token_symbol(sweep.outcomes.get(key)))
+    }
     seconds = time.perf_counter() - started
-    stats = LedgerStats.of_sweep(sweep.counters, batches=sweep.batches, entries=sweep.entries, seconds=seconds)
+    stats = LedgerStats.of_sweep(
+        sweep.counters, batches=sweep.batches, entries=sweep.entries, seconds=seconds
+    )
     return LedgerRead(
         frame=frame,
         ledger_min=min(sweep.ledgers) if sweep.ledgers else None,
         ledger_max=max(sweep.ledgers) if sweep.ledgers else None,
         stats=stats,
+        token_symbols=MappingProxyType(symbols),
     )
+
+
+def _token_symbol(outcome: _Outcome | None) -> str | None:
+    if isinstance(outcome, _Found) and isinstance(outcome.value, TokenInstance):
+        return outcome.value.symbol
+    return None
 
 
 def _funding_tokens(keys: Mapping[str, str], outcomes: Mapping[str, _Outcome]) -> list[str]:
@@ -460,4 +480,3 @@ def _row(
 
 def _text(value: int | None) -> str | None:
     return None if value is None else str(value)
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 import polars as pl
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcClient, RpcFault, client_for, run_sync
 from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, distinct_ids, unknown_decimals
-from reconcile_audit.compute.ledger.xdr import EntryDecodeError, contract_hash, escrow_fields_sdk
+from reconcile_audit.compute.ledger.xdr import EntryDecodeError, contract_hash, escrow_fields_sdk, symbol_text
 from reconcile_audit.compute.schemas import LEDGER, conform
 from reconcile_audit.compute.settings import Settings
 
@@ -148,13 +149,30 @@ async def _read(
                 tokens[row["funding_token"]] = await _decimals(client, settings, row["funding_token"])
             decimals, source, problem = tokens[row["funding_token"]]
             row.update(token_decimals=decimals, token_decimals_source=source, read_error=problem)
+        symbols: dict[str, str] = {}
+        for token in dict.fromkeys([*tokens, *(settings.currency_tokens or {}).values()]):
+            symbol = await _symbol(client, settings, token)
+            if symbol is not None:
+                symbols[token] = symbol
         counters = client.counters
     seconds = time.perf_counter() - started
     frame = pl.DataFrame({name: [row.get(name) for row in rows] for name in LEDGER}, schema=LEDGER)
     stats = LedgerStats.of_sweep(counters, batches=len(ids), entries=entries, seconds=seconds)
     return LedgerRead(
-        conform(frame, LEDGER, "ledger"), min(ledgers, default=None), max(ledgers, default=None), stats
+        conform(frame, LEDGER, "ledger"),
+        min(ledgers, default=None),
+        max(ledgers, default=None),
+        stats,
+        token_symbols=MappingProxyType(symbols),
     )
+
+
+async def _symbol(client: RpcClient, settings: Settings, token: str) -> str | None:
+    """The token's ``symbol()``, to name it to people; None when it has none."""
+    got = await _simulate(client, settings, token, "symbol")
+    if got.value is None or got.value.type != sx.SCValType.SCV_STRING or got.value.str is None:
+        return None
+    return symbol_text(got.value.str.sc_string)
 
 
 async def _decimals(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -35,7 +35,9 @@ class LedgerStats:
     faults_by_kind: Mapping[str, int]
 
     @classmethod
-    def of_sweep(cls, counters: TransportCounters, *, batches: int, entries: int, seconds: float) -> LedgerStats:
+    def of_sweep(
+        cls, counters: TransportCounters, *, batches: int, entries: int, seconds: float
+    ) -> LedgerStats:
         return cls(
             requests=counters.requests,
             retries=counters.retries,
@@ -55,6 +57,8 @@ class LedgerRead:
     ledger_min: int | None
     ledger_max: int | None
     stats: LedgerStats
+    # Token contract -> its METADATA symbol, for the tokens read; names tokens to people.
+    token_symbols: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def breaker_opened(self) -> bool:

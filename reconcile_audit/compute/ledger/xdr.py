@@ -69,11 +69,13 @@ class EscrowInstance(NamedTuple):
 
 
 class TokenInstance(NamedTuple):
-    """A token contract instance: ``decimals`` from SAC ``METADATA``, or ``problem`` saying why not."""
+    """A token contract instance: ``decimals`` from SAC ``METADATA``, or ``problem`` saying why not;
+    ``symbol`` from the same map, to name the token to people (None when absent)."""
 
     contract_hash: bytes
     decimals: int | None
     problem: str | None
+    symbol: str | None = None
 
 
 # --- contract ids and keys -------------------------------------------------------------------
@@ -195,7 +197,9 @@ _ESCROW_KEY, _TOKEN_KEY, _PRINCIPAL_KEY = (
     _unit_key("FundingToken"),
     _unit_key("DistributedPrincipal"),
 )
-_METADATA_KEY, _DECIMAL_FIELD = _symbol("METADATA"), _symbol("decimal")
+_METADATA_KEY, _DECIMAL_FIELD, _SYMBOL_FIELD = _symbol("METADATA"), _symbol("decimal"), _symbol("symbol")
+_STRING: Final = 14
+_MAX_SYMBOL_BYTES: Final = 32  # a name for people; longer text is no symbol a person reads
 _ESCROW_FIELD_KEYS: Final = {_symbol(name): name for name in ESCROW_FIELDS}
 _ESCROW_FIELD_TAGS: Final = {
     "invoice_id": _SYM,
@@ -483,6 +487,7 @@ def decode_token_fast(buf: bytes) -> TokenInstance | None:
     try:
         raw_hash, pos, count = _instance_storage(buf)
         decimals: int | None = None
+        symbol: str | None = None
         seen = False
         for _ in range(count):
             end = _skip(buf, pos, _MAX_DEPTH)
@@ -490,20 +495,34 @@ def decode_token_fast(buf: bytes) -> TokenInstance | None:
                 if seen:
                     raise _Unrecognised
                 seen = True
-                fields, pos = _struct_fields(buf, end, {_DECIMAL_FIELD: "decimal"})
+                fields, pos = _struct_fields(buf, end, {_DECIMAL_FIELD: "decimal", _SYMBOL_FIELD: "symbol"})
                 found = fields.get("decimal")
                 if found is None or found[0] != _U32:
                     raise _Unrecognised  # the SDK path words the problem
                 decimals = _u32(buf, found[1])[0]
+                named = fields.get("symbol")
+                if named is not None:
+                    if named[0] != _STRING:
+                        raise _Unrecognised
+                    (n,) = _u32(buf, named[1])
+                    symbol = symbol_text(buf[named[1] + 4 : named[1] + 4 + n])
                 continue
             pos = _skip(buf, end, _MAX_DEPTH)
         if pos != len(buf):
             raise _Unrecognised
         if not seen:
             return TokenInstance(raw_hash, None, _NO_METADATA)
-        return TokenInstance(raw_hash, decimals, None)
+        return TokenInstance(raw_hash, decimals, None, symbol)
     except (_Unrecognised, struct.error, UnicodeDecodeError, IndexError):
         return None
+
+
+def symbol_text(raw: bytes) -> str | None:
+    """A token's METADATA symbol as text for people, or None when it is not short printable text."""
+    text = raw.decode("utf-8", errors="replace")
+    if len(raw) > _MAX_SYMBOL_BYTES or not text.isprintable() or not text.strip():
+        return None
+    return text
 
 
 # --- the SDK path: the oracle, and the fallback for whatever the walker leaves ----------------
@@ -643,11 +662,14 @@ def decode_token_sdk(buf: bytes) -> TokenInstance:
     if _METADATA not in named:
         return TokenInstance(raw_hash, None, _NO_METADATA)
     try:
-        fields = _struct_sdk(named[_METADATA], "METADATA", ("decimal",))
+        fields = _struct_sdk(named[_METADATA], "METADATA", ("decimal", "symbol"))
         decimals = _field_sdk(fields, "METADATA", "decimal", sx.SCValType.SCV_U32, scval.from_uint32)
     except EntryDecodeError as exc:
         return TokenInstance(raw_hash, None, str(exc))
-    return TokenInstance(raw_hash, decimals, None)
+    symbol = fields.get("symbol")
+    if symbol is None or symbol.type != sx.SCValType.SCV_STRING or symbol.str is None:
+        return TokenInstance(raw_hash, decimals, None)
+    return TokenInstance(raw_hash, decimals, None, symbol_text(symbol.str.sc_string))
 
 
 # --- what the reader calls -------------------------------------------------------------------

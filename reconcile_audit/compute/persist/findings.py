@@ -37,6 +37,7 @@ RESULTS_ORDER: Final = (
 )
 _STAGING: Final = "reconcile_findings_staging"
 
+
 def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
     """The FINDINGS rows to store: every class but ``match``, numbered by frame position.
 
@@ -97,5 +98,3 @@ def insert_findings(conn: Connection, run_id: int, rows: pl.DataFrame) -> None:
         conn.execute(read_sql("persist/insert_findings.duckdb.sql"), (run_id,))
     finally:
         conn.raw.unregister(_STAGING)
-
-

@@ -118,10 +118,14 @@ def _renew(url: str, lease: Lease, ttl: timedelta, lock_wait_seconds: float) -> 
                 read_sql("persist/lease_renew.sql"), (_scope(lease.tenant_id), lease.token, utc_now() + ttl)
             )
     except Exception as exc:
-        logger.warning("lease heartbeat for %s failed: %s", _tenant_label(lease.tenant_id), describe_error(exc, url))
+        logger.warning(
+            "lease heartbeat for %s failed: %s", _tenant_label(lease.tenant_id), describe_error(exc, url)
+        )
         return True
     if not kept:
-        logger.error("the lease for %s is no longer this run's (broken or taken over)", _tenant_label(lease.tenant_id))
+        logger.error(
+            "the lease for %s is no longer this run's (broken or taken over)", _tenant_label(lease.tenant_id)
+        )
     return bool(kept)
 
 
@@ -139,7 +143,6 @@ def break_lease(url: str, tenant_id: str | None) -> str | None:
     held = _holder_text(removed.row(0, named=True))
     logger.warning("broke the lease for %s held by %s", _tenant_label(tenant_id), held)
     return held
-
 
 
 def _release(url: str, lease: Lease, lock_wait_seconds: float) -> None:

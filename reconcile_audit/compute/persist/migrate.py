@@ -84,5 +84,3 @@ def migrate(url: str) -> None:
         raise PersistError(
             f"cannot migrate the state database {redact_url(url)}: {describe_error(exc, url)}"
         ) from exc
-
-

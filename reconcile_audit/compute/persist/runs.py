@@ -99,7 +99,9 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
 def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int | None:
     """The key's result row; None when a completed result was kept (``record`` is a failure)."""
     replace_completed = record.status == RunStatus.COMPLETED
-    written = conn.rows(read_sql("persist/upsert_run.sql"), (*_run_params(record, results), replace_completed))
+    written = conn.rows(
+        read_sql("persist/upsert_run.sql"), (*_run_params(record, results), replace_completed)
+    )
     return int(written[0][0]) if written else None
 
 
@@ -250,5 +252,3 @@ def cumulative_mismatches(url: str, tenant_id: str | None) -> int:
             return int(conn.rows(read_sql("persist/cumulative_mismatches.sql"), (tenant_id,))[0][0])
     except Exception as exc:
         raise PersistError(f"cannot read the mismatch history: {describe_error(exc, url)}") from exc
-
-

@@ -23,7 +23,11 @@ _DUCKDB_LOCK: Final = re.compile(r"Conflicting lock is held in (?P<program>.*?) 
 
 
 # PostgreSQL's words for a role that may not create or write there (42501, 3F000, 25006).
-_READ_ONLY_SIGNS: Final = ("permission denied", "no schema has been selected to create in", "read-only transaction")
+_READ_ONLY_SIGNS: Final = (
+    "permission denied",
+    "no schema has been selected to create in",
+    "read-only transaction",
+)
 _NOT_WRITABLE: Final = (
     "; the state database must be writable by this role: point RECONCILE_STATE_DATABASE_URL at one "
     "that is, or run `reconcile-audit migrate` once as the schema's owner"

@@ -72,6 +72,7 @@ PLANTED_KINDS: Final = (
     "null_total",  # NULL total_funded, escrow funded 0: a match with the flag
     "no_summary",  # no summary row at all, escrow funded: a mismatch with the flag
     "mapped_address",  # address from ESCROW_ADDR_BY_INVOICE, not escrow_operations
+    "wrong_token",  # a USDC invoice whose escrow holds EURC (RECONCILE_CURRENCY_TOKENS)
 )
 NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
 
@@ -86,6 +87,7 @@ class DemoData:
     escrows: tuple[EscrowSpec, ...]
     tokens: tuple[TokenSpec, ...]
     escrow_addr_by_invoice: str
+    currency_tokens: str  # RECONCILE_CURRENCY_TOKENS: each invoice currency's token, as JSON
     planted: Mapping[str, tuple[str, ...]]  # kind -> invoice ids
     # nights_ago -> {contract_id: funded_amount} on that night, for the replayed history.
     earlier_funding: Mapping[int, Mapping[str, int]]
@@ -153,7 +155,11 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         currency = "EURC" if rng.random() < 0.25 else "USDC"
         if kind == "unknown_decimals":
             currency = "LGCY"
-        token = tokens["NOMETA" if kind == "unknown_decimals" else currency]
+        if kind == "wrong_token":
+            currency = "USDC"
+        token = tokens[
+            "NOMETA" if kind == "unknown_decimals" else "EURC" if kind == "wrong_token" else currency
+        ]
         decimals = token.decimals if token.decimals is not None else 7
         scale = 10 ** (decimals - 2)
         amount_cents = rng.randrange(500_00, 250_000_00)
@@ -289,6 +295,13 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         escrows=tuple(escrows),
         tokens=tuple(tokens.values()),
         escrow_addr_by_invoice=json.dumps({"mappings": mappings}),
+        currency_tokens=json.dumps(
+            {
+                "USDC": tokens["USDC"].contract_id,
+                "EURC": tokens["EURC"].contract_id,
+                "LGCY": tokens["NOMETA"].contract_id,
+            }
+        ),
         planted=MappingProxyType({kind: tuple(ids) for kind, ids in planted.items()}),
         earlier_funding=MappingProxyType(earlier),
     )
@@ -356,6 +369,7 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
                 "database_url": url,
                 "rpc_url": emulator.url,
                 "escrow_addr_by_invoice": data.escrow_addr_by_invoice,
+                "currency_tokens": data.currency_tokens,
                 "run_key": run_key,
             },
             {},
@@ -386,12 +400,22 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
 
 @dataclass(frozen=True)
 class EmbeddedDemo:
-    """What the notebook needs to run on demo data: a database URL, an RPC URL, the mapping JSON."""
+    """What the notebook needs to run on demo data: a database URL, an RPC URL, the data (whose
+    ``escrow_addr_by_invoice`` and ``currency_tokens`` are the settings to run it with)."""
 
     database_url: str
     rpc_url: str
-    escrow_addr_by_invoice: str
     data: DemoData
+
+    def environ(self) -> dict[str, str]:
+        """The environment a run of the demo needs, and nothing of the operator's."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "RECONCILE_STATE_DATABASE_URL": self.database_url,
+            "SOROBAN_RPC_URL": self.rpc_url,
+            "ESCROW_ADDR_BY_INVOICE": self.data.escrow_addr_by_invoice,
+            "RECONCILE_CURRENCY_TOKENS": self.data.currency_tokens,
+        }
 
 
 @contextmanager
@@ -408,7 +432,7 @@ def embedded_demo(
         replay_night(data, url, nights_ago, tonight)
     # A real RPC closes a ledger every few seconds, so a sweep reads across several ledgers.
     with Emulator(data.ledger_state(0), ledger_step_per_request=DEMO_LEDGERS_PER_REQUEST) as emulator:
-        yield EmbeddedDemo(url, emulator.url, data.escrow_addr_by_invoice, data)
+        yield EmbeddedDemo(url, emulator.url, data)
 
 
 def run_demo(
@@ -430,11 +454,5 @@ def run_demo(
         shutil.rmtree(demo_dir)
     with embedded_demo(demo_dir, invoices=invoices, history_nights=history_runs, seed=seed) as embedded:
         log.info("demo: %d invoices in %s, emulator at %s", invoices, embedded.database_url, embedded.rpc_url)
-        environ = {
-            "DATABASE_URL": embedded.database_url,
-            "RECONCILE_STATE_DATABASE_URL": embedded.database_url,
-            "SOROBAN_RPC_URL": embedded.rpc_url,
-            "ESCROW_ADDR_BY_INVOICE": embedded.escrow_addr_by_invoice,
-        }
         request = runner.RunRequest(output_dir=output_dir, deliver=False, progress_bar=progress)
-        return runner.run(request, environ)
+        return runner.run(request, embedded.environ())

@@ -1,5 +1,6 @@
 -- Moves the staged non-match rows (COPY-ingested by ADBC into a temporary table) into the
--- findings table in one statement; amounts go from exact integer text to numeric.
+-- findings table in one statement; amounts go from exact text to numeric (a database total that
+-- is not decimal text, an invalid_db_amount finding, is kept in its reason and stored as NULL).
 INSERT INTO reconciliation_findings (
     run_id, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
     db_funded_base_units, chain_funded_base_units, delta_base_units, drift_rank,
@@ -10,7 +11,9 @@ SELECT
     $1, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
     CAST(db_funded_base_units AS numeric), CAST(chain_funded_base_units AS numeric),
     CAST(delta_base_units AS numeric), drift_rank,
-    token_decimals, currency, db_total_funded, COALESCE(flags, CAST(ARRAY[] AS text[])),
+    token_decimals, currency,
+    CASE WHEN db_total_funded ~ '^-?[0-9]+(\.[0-9]+)?$' THEN CAST(db_total_funded AS numeric) END,
+    COALESCE(flags, CAST(ARRAY[] AS text[])),
     escrow_invoice_id, escrow_status,
     funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger
 FROM reconcile_findings_staging
