@@ -85,6 +85,8 @@ class RunSummary:
     findings_shown: int | None = None
     findings_omitted: int | None = None
     failed_cell: str | None = None  # the notebook cell that failed, when the runner recorded it
+    # The currencies checked against their funding tokens; None when RECONCILE_CURRENCY_TOKENS is unset.
+    currencies_checked: tuple[str, ...] | None = None
     schema_version: int = SUMMARY_SCHEMA_VERSION
 
     @property
@@ -125,12 +127,16 @@ class RunSummary:
             findings_shown=None if report is None else report.findings_shown,
             findings_omitted=None if report is None else report.findings_omitted,
             failed_cell=failed_cell,
+            currencies_checked=facts.currencies_checked,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["counts"] = dict(self.counts)
         data["delivery"] = list(self.delivery)
+        data["currencies_checked"] = (
+            None if self.currencies_checked is None else list(self.currencies_checked)
+        )
         return data
 
     def to_json(self) -> str:
@@ -142,5 +148,7 @@ class RunSummary:
         data["status"] = AuditStatus(data["status"])
         data["counts"] = MappingProxyType({c: int(data["counts"].get(c, 0)) for c in CLASSES})
         data["delivery"] = tuple(data.get("delivery") or ())
+        if data.get("currencies_checked") is not None:
+            data["currencies_checked"] = tuple(data["currencies_checked"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

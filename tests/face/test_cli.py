@@ -125,6 +125,7 @@ def clean_subset(data: demo.DemoData) -> demo.DemoData:
         escrows=data.escrows,
         tokens=data.tokens,
         escrow_addr_by_invoice='{"mappings": []}',
+        currency_tokens=data.currency_tokens,
         planted={},
         earlier_funding={},
     )

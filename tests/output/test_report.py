@@ -404,3 +404,17 @@ def test_samples_conform_to_the_findings_schema() -> None:
 def test_an_empty_scope_says_so_in_words() -> None:
     report = render_report(AuditResult.empty(), None, facts(status="clean", tenant_id="acme"))
     assert "0 invoices in scope" in report.html and "0 invoices in scope" in report.text
+
+
+def test_the_report_and_summary_say_whether_currencies_were_checked() -> None:
+    findings = AuditResult.of(frame([finding("A")]))
+    unchecked = render_report(findings, None, facts())
+    assert "not checked against funding tokens (RECONCILE_CURRENCY_TOKENS is not set)" in unchecked.text
+    assert "not checked against funding tokens" in unchecked.html
+    checked_facts = facts(currencies_checked=("EUR", "USD"))
+    checked = render_report(findings, None, checked_facts)
+    assert "funding token checked for EUR, USD" in checked.text
+    summary = RunSummary.from_run(checked_facts, checked.counts, checked)
+    assert summary.to_dict()["currencies_checked"] == ["EUR", "USD"]
+    assert RunSummary.from_json(summary.to_json()) == summary
+    assert RunSummary.from_run(facts(), unchecked.counts, unchecked).to_dict()["currencies_checked"] is None
