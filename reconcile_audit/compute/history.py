@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 TREND_RUNS: Final = 30
 """Runs in the trend, the current one included."""
+# Ageing buckets of open findings, in whole days since first seen (the buckets finance teams use).
+AGE_BUCKETS: Final = (("0-1", 0, 1), ("2-7", 2, 7), ("8-30", 8, 30), ("over-30", 31, None))
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,14 @@ class HistoryComparison:
     previous_run_key: str | None
     earlier_runs: int  # earlier completed runs in the trend
     warning: str | None = None
+
+    def findings_by_age(self) -> dict[str, int]:
+        """Open (non-match) findings per ageing bucket of :data:`AGE_BUCKETS`, every bucket present."""
+        ages = self.findings.get_column("age_days").drop_nulls()
+        return {
+            name: int(((ages >= low) & (ages <= high if high is not None else True)).sum())
+            for name, low, high in AGE_BUCKETS
+        }
 
 
 _PREVIOUS_FINDINGS: Final = pl.Schema(

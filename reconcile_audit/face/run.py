@@ -338,6 +338,7 @@ class RunContext:
         # A run that was not stored did not succeed: the health check and history miss it.
         success = audited and facts.persist_error is None
         cumulative = self.cumulative_mismatches(counts, persisted)
+        tenant = metrics.tenant_label(settings.tenant_id)
         # Artifacts carry the history columns (new / persisting, age) when there are any.
         findings = None if result is None else (comparison.findings if comparison else result.findings)
 
@@ -347,8 +348,13 @@ class RunContext:
                     success=success,
                     finished_at_epoch=(facts.finished_at or datetime.now(UTC)).timestamp(),
                     duration_seconds=self.clock.elapsed(),
+                    tenant=tenant,
+                    status=facts.status,
                     cumulative_mismatches=cumulative,
                     class_counts=counts.by_class() if audited else None,
+                    findings_by_age=comparison.findings_by_age()
+                    if audited and comparison is not None and comparison.warning is None
+                    else None,
                     stage_seconds=self.clock.stage_seconds,
                     email_bytes=email_bytes,
                     email_failed=email_failed,
@@ -376,15 +382,15 @@ class RunContext:
         registry = registry_for(
             None if skipped else email.message_bytes, email.status == DeliveryStatus.FAILED
         )
-        pushed = metrics.push(registry, settings.pushgateway_url)
+        pushed = metrics.push(registry, settings.pushgateway_url, tenant=tenant)
         notes.append(
             f"metrics push {pushed.status}: {pushed.detail}"
             if pushed.detail
             else f"metrics push {pushed.status}"
         )
         if settings.metrics_textfile_dir is not None:
-            metrics.write_textfile_dir(registry, settings.metrics_textfile_dir)
-            notes.append(f"metrics textfile written to {settings.metrics_textfile_dir}")
+            written = metrics.write_textfile_dir(registry, settings.metrics_textfile_dir, tenant)
+            notes.append(f"metrics textfile written to {written}")
         summary = summary_of(replace(facts, delivery_notes=(*facts.delivery_notes, *notes)))
         deliver.write_atomically(
             paths.summary_json, lambda path: path.write_text(summary.to_json(), encoding="utf-8")

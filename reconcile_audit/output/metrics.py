@@ -17,8 +17,10 @@ the timestamp of the last successful run and a staleness alert on it keeps firin
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconcile_audit.compute.schemas import CLASSES, DeliveryStatus
+from reconcile_audit.compute.schemas import CLASSES, AuditStatus, DeliveryStatus
 from reconcile_audit.compute.settings import public_url, url_credentials
 
 LOGGER = logging.getLogger(__name__)
@@ -41,7 +43,16 @@ JOB: Final = "escrow_reconciliation"
 MISMATCHES_HELP: Final = (
     "Total escrow reconciliation mismatches between DB fundedTotal and on-chain funded_amount"
 )
-TEXTFILE_NAME: Final = "escrow_reconciliation.prom"
+TEXTFILE_STEM: Final = "escrow_reconciliation"
+_PLAIN_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+ALL_TENANTS: Final = "all"  # the tenant label of a run over every tenant
+
+
+def tenant_label(tenant_id: str | None) -> str:
+    """The ``tenant`` label of a run's series and Pushgateway group: the tenant id, or ``all``."""
+    return tenant_id if tenant_id else ALL_TENANTS
 
 
 def _frozen(mapping: Mapping[str, float] | None) -> Mapping[str, float] | None:
@@ -52,12 +63,17 @@ def _frozen(mapping: Mapping[str, float] | None) -> Mapping[str, float] | None:
 class RunMetricsInput:
     """What one run knows when it builds its metrics.
 
+    ``tenant``: the ``tenant`` label every series carries (:func:`tenant_label`), so that per-tenant
+    runs each keep their own series on the Pushgateway and in the textfile collector.
+    ``status``: how the run ended (``escrow_reconciliation_last_run_status``, one series per status).
     ``cumulative_mismatches``: mismatches over all persisted completed runs, this one included
     (``persist.cumulative_mismatches`` after persisting). When persisting failed, pass the
     persisted total plus this run's mismatches; ``None`` (history unreadable) leaves the counter
     out, so the gateway keeps its last value instead of seeing a reset.
     ``class_counts``: invoices per class; ``None`` when the run failed before classifying, which
     leaves the per-class gauges out of the push for the same reason. Missing classes are 0.
+    ``findings_by_age``: open findings per ageing bucket (``HistoryComparison.findings_by_age``);
+    ``None`` when the run has no history to age them by, which leaves the gauge out.
     ``email_bytes``: size of the sent message; ``None`` when no email was attempted.
     ``email_failed``: whether an attempted send failed.
     """
@@ -65,82 +81,118 @@ class RunMetricsInput:
     success: bool
     finished_at_epoch: float
     duration_seconds: float
+    tenant: str = ALL_TENANTS
+    status: AuditStatus | None = None
     cumulative_mismatches: int | None = None
     class_counts: Mapping[str, int] | None = None
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    findings_by_age: Mapping[str, int] | None = None
     email_bytes: int | None = None
     email_failed: bool = False
 
     def __post_init__(self) -> None:
         # Frozen means the caller cannot change the mappings behind our back either.
         object.__setattr__(self, "class_counts", _frozen(self.class_counts))
+        object.__setattr__(self, "findings_by_age", _frozen(self.findings_by_age))
         object.__setattr__(self, "stage_seconds", _frozen(self.stage_seconds) or MappingProxyType({}))
         if self.cumulative_mismatches is not None and self.cumulative_mismatches < 0:
             raise ValueError("cumulative_mismatches must not be negative")
+        if not self.tenant:
+            raise ValueError("tenant must not be empty; a run over every tenant is 'all'")
         unknown = set(self.class_counts or {}) - set(CLASSES)
         if unknown:
             raise ValueError(f"unknown classes {sorted(unknown)}; expected {CLASSES}")
 
 
 class _RunCollector(Collector):
-    """Yields the run's metric families. Built by hand so the counter carries no ``_created``
-    sample: a batch process would report a new creation time on every run."""
+    """Yields the run's metric families, every series labelled with the run's tenant. Built by
+    hand so the counter carries no ``_created`` sample: a batch process would report a new
+    creation time on every run."""
 
     def __init__(self, run: RunMetricsInput) -> None:
         self._run = run
 
+    def _family(self, kind: type[Metric], name: str, documentation: str, value: float) -> Metric:
+        family = kind(PREFIX + name, documentation, labels=["tenant"])
+        family.add_metric([self._run.tenant], value)  # type: ignore[attr-defined]
+        return family
+
     def collect(self) -> Iterable[Metric]:
-        run = self._run
+        run, tenant = self._run, self._run.tenant
         if run.cumulative_mismatches is not None:
-            yield CounterMetricFamily(PREFIX + "mismatches", MISMATCHES_HELP, value=run.cumulative_mismatches)
+            yield self._family(CounterMetricFamily, "mismatches", MISMATCHES_HELP, run.cumulative_mismatches)
         if run.success:
-            yield GaugeMetricFamily(
-                PREFIX + "last_success_timestamp_seconds",
+            yield self._family(
+                GaugeMetricFamily,
+                "last_success_timestamp_seconds",
                 "Unix time at which the last successful reconciliation run finished",
-                value=run.finished_at_epoch,
+                run.finished_at_epoch,
             )
-        yield GaugeMetricFamily(
-            PREFIX + "last_run_timestamp_seconds",
+        yield self._family(
+            GaugeMetricFamily,
+            "last_run_timestamp_seconds",
             "Unix time at which the last reconciliation run finished, successful or not",
-            value=run.finished_at_epoch,
+            run.finished_at_epoch,
         )
-        yield GaugeMetricFamily(
-            PREFIX + "last_run_success",
+        yield self._family(
+            GaugeMetricFamily,
+            "last_run_success",
             "1 if the last reconciliation run completed, 0 if it failed",
-            value=1 if run.success else 0,
+            1 if run.success else 0,
         )
-        yield GaugeMetricFamily(
-            PREFIX + "run_duration_seconds",
+        if run.status is not None:
+            statuses = GaugeMetricFamily(
+                PREFIX + "last_run_status",
+                "1 for the status the last reconciliation run ended in, 0 for the others",
+                labels=["tenant", "status"],
+            )
+            for status in AuditStatus:
+                statuses.add_metric([tenant, status.value], 1 if status == run.status else 0)
+            yield statuses
+        yield self._family(
+            GaugeMetricFamily,
+            "run_duration_seconds",
             "Wall-clock duration of the last reconciliation run",
-            value=run.duration_seconds,
+            run.duration_seconds,
         )
         stages = GaugeMetricFamily(
             PREFIX + "stage_duration_seconds",
             "Wall-clock duration of each stage of the last reconciliation run",
-            labels=["stage"],
+            labels=["tenant", "stage"],
         )
         for stage, seconds in sorted(run.stage_seconds.items()):
-            stages.add_metric([stage], seconds)
+            stages.add_metric([tenant, stage], seconds)
         yield stages
         if run.class_counts is not None:
             invoices = GaugeMetricFamily(
                 PREFIX + "invoices",
                 "Invoices in each reconciliation class in the last completed run",
-                labels=["class"],
+                labels=["tenant", "class"],
             )
             for name in CLASSES:
-                invoices.add_metric([name], run.class_counts.get(name, 0))
+                invoices.add_metric([tenant, name], run.class_counts.get(name, 0))
             yield invoices
-        if run.email_bytes is not None:
-            yield GaugeMetricFamily(
-                PREFIX + "email_bytes",
-                "Size of the last report email in bytes, attachments included",
-                value=run.email_bytes,
+        if run.findings_by_age is not None:
+            ages = GaugeMetricFamily(
+                PREFIX + "findings",
+                "Open findings (every class but match) of the last completed run, by days since first seen",
+                labels=["tenant", "bucket"],
             )
-        yield GaugeMetricFamily(
-            PREFIX + "email_failures",
+            for bucket, count in run.findings_by_age.items():
+                ages.add_metric([tenant, bucket], count)
+            yield ages
+        if run.email_bytes is not None:
+            yield self._family(
+                GaugeMetricFamily,
+                "email_bytes",
+                "Size of the last report email in bytes, attachments included",
+                run.email_bytes,
+            )
+        yield self._family(
+            GaugeMetricFamily,
+            "email_failures",
             "Report emails that failed to send in the last run (0 or 1)",
-            value=1 if run.email_failed else 0,
+            1 if run.email_failed else 0,
         )
 
 
@@ -158,10 +210,18 @@ def write_textfile(registry: CollectorRegistry, path: Path) -> Path:
     return path
 
 
-def write_textfile_dir(registry: CollectorRegistry, directory: Path) -> Path:
+def textfile_name(tenant: str) -> str:
+    """``escrow_reconciliation_<tenant>.prom``: one file per tenant, so one tenant's run never
+    replaces another's series. A tenant id that is not a plain file name is hashed."""
+    if _PLAIN_NAME.fullmatch(tenant):
+        return f"{TEXTFILE_STEM}_{tenant}.prom"
+    return f"{TEXTFILE_STEM}_{hashlib.sha256(tenant.encode()).hexdigest()[:16]}.prom"
+
+
+def write_textfile_dir(registry: CollectorRegistry, directory: Path, tenant: str) -> Path:
     """For node_exporter's textfile collector: it must never read a half-written file, which
     :func:`write_textfile` guarantees by renaming into place."""
-    return write_textfile(registry, directory / TEXTFILE_NAME)
+    return write_textfile(registry, directory / textfile_name(tenant))
 
 
 @dataclass(frozen=True)
@@ -174,10 +234,12 @@ def push(
     registry: CollectorRegistry,
     url: str | None,
     *,
-    grouping_key: Mapping[str, str] | None = None,
+    tenant: str,
     timeout_seconds: float = 10.0,
 ) -> PushOutcome:
-    """``pushadd`` the registry to the Pushgateway at ``url`` under job ``escrow_reconciliation``.
+    """``pushadd`` the registry to the Pushgateway at ``url`` in the group
+    ``{job="escrow_reconciliation", tenant=...}``: each tenant's runs replace only that tenant's
+    series.
 
     No ``instance`` label: a batch job's results belong to the job, not to whichever host ran it.
     Credentials in the URL (``http://user:password@gateway:9091``) go out as HTTP basic auth
@@ -192,7 +254,7 @@ def push(
             gateway,
             job=JOB,
             registry=registry,
-            grouping_key=dict(grouping_key or {}),
+            grouping_key={"tenant": tenant},
             timeout=timeout_seconds,
             handler=handler,
         )

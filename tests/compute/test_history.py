@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from reconcile_audit.compute import persist
-from reconcile_audit.compute.history import TREND_RUNS, compare_with_history
+from reconcile_audit.compute.history import TREND_RUNS, HistoryComparison, compare_with_history
 from reconcile_audit.compute.persist import RunRecord
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
@@ -214,3 +214,11 @@ def test_naive_now_is_refused(tmp_path: Path) -> None:
             run_key="k",
             now=datetime(2026, 1, 1),
         )
+
+
+def test_findings_by_age_counts_open_findings_into_every_bucket() -> None:
+    ages = pl.DataFrame({"age_days": [None, 0, 1, 2, 7, 8, 30, 31, 400]}, schema={"age_days": pl.Int64})
+    comparison = HistoryComparison(ages, pl.DataFrame(), pl.DataFrame(), None, None, 0)
+    assert comparison.findings_by_age() == {"0-1": 2, "2-7": 2, "8-30": 2, "over-30": 2}
+    none = HistoryComparison(ages.clear(), pl.DataFrame(), pl.DataFrame(), None, None, 0)
+    assert none.findings_by_age() == {"0-1": 0, "2-7": 0, "8-30": 0, "over-30": 0}

@@ -118,7 +118,7 @@ def test_an_rpc_outage_after_preflight_is_incomplete_never_a_result(
     summary = (folder / "summary.json").read_text(encoding="utf-8")
     assert '"status": "incomplete"' in summary
     metrics = (folder / "metrics.prom").read_text(encoding="utf-8")
-    assert "escrow_reconciliation_last_run_success 0.0" in metrics
+    assert 'escrow_reconciliation_last_run_success{tenant="all"} 0.0' in metrics
     assert "last_success_timestamp" not in metrics
     assert "Escrow reconciliation: INCOMPLETE" in (folder / "report.html").read_text(encoding="utf-8")
     results = pl.read_parquet(folder / "results.parquet")

@@ -314,7 +314,10 @@ def test_findings_run_emails_the_report_and_pushes_metrics(findings_run, smtp, p
     assert any(note.startswith("email sent") for note in delivered), delivered
     assert any(note.startswith("metrics push pushed") for note in delivered), delivered
     pushed = gateway_samples(pushgateway)
-    assert pushed['escrow_reconciliation_invoices{class="mismatch",job="escrow_reconciliation"}'] > 0
+    assert (
+        pushed['escrow_reconciliation_invoices{class="mismatch",job="escrow_reconciliation",tenant="all"}']
+        > 0
+    )
     assert "escrow_reconciliation_last_success_timestamp_seconds" in "".join(pushed)
     assert (findings_run.folder / "metrics.prom").read_text(encoding="utf-8").count(
         "escrow_reconciliation_"
@@ -358,7 +361,7 @@ def test_failing_cell_exits_2_names_the_cell_and_records_the_failure(failing_run
     assert "papermill-error-cell" in notebook  # papermill's banner stays in the executed notebook
     assert "FAILED" in failing_run.text("report.html")
     metrics = failing_run.text("metrics.prom")
-    assert "escrow_reconciliation_last_run_success 0.0" in metrics
+    assert 'escrow_reconciliation_last_run_success{tenant="all"} 0.0' in metrics
     assert "escrow_reconciliation_last_success_timestamp_seconds" not in metrics
     health = persist.latest_summary(loaded["failing"])
     assert health.status == "failed"

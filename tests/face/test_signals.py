@@ -112,7 +112,7 @@ def test_sigterm_records_the_run_failed_releases_the_lease_and_exits_2(
     assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
     (folder,) = (tmp_path / "stopped").iterdir()
     assert '"status": "failed"' in (folder / "summary.json").read_text(encoding="utf-8")
-    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(
+    assert 'escrow_reconciliation_last_run_success{tenant="all"} 0.0' in (folder / "metrics.prom").read_text(
         encoding="utf-8"
     )
 
@@ -200,7 +200,7 @@ def test_a_state_database_gone_at_persist_time_exits_2_and_says_the_run_was_not_
     (folder,) = (tmp_path / "unstored").iterdir()
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     assert summary["persisted"] is False and summary["persist_error"]
-    assert "escrow_reconciliation_last_run_success 0.0" in (folder / "metrics.prom").read_text(
+    assert 'escrow_reconciliation_last_run_success{tenant="all"} 0.0' in (folder / "metrics.prom").read_text(
         encoding="utf-8"
     )
     assert "history and the health check miss this run" in (folder / "report.html").read_text(

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconcile_audit.compute.schemas import CLASSES
+from reconcile_audit.compute.schemas import CLASSES, AuditStatus
 from reconcile_audit.output.metrics import (
     JOB,
     MISMATCHES_HELP,
@@ -24,6 +24,7 @@ from reconcile_audit.output.metrics import (
 from tests.services import free_port, require_binary, running_pushgateway
 
 PREFIX = "escrow_reconciliation_"
+ALL = (("tenant", "all"),)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,6 +45,7 @@ def success_run(**values: object) -> RunMetricsInput:
         "class_counts": {"match": 42, "mismatch": 3, "error": 1},
         "stage_seconds": {"extract": 1.5, "ledger": 60.0, "classify": 0.25},
         "email_bytes": 48_213,
+        "status": AuditStatus.FINDINGS,
     }
     base.update(values)
     return RunMetricsInput(**base)  # type: ignore[arg-type]
@@ -56,6 +58,7 @@ def failed_run(**values: object) -> RunMetricsInput:
         "duration_seconds": 3.0,
         "cumulative_mismatches": None,
         "class_counts": None,
+        "status": AuditStatus.FAILED,
     }
     base.update(values)
     return RunMetricsInput(**base)  # type: ignore[arg-type]
@@ -67,14 +70,19 @@ def test_registry_holds_the_seeds_counter_and_the_batch_gauges() -> None:
     assert f"# TYPE {PREFIX}mismatches_total counter" in text
     assert "_created" not in text  # a batch job would report a new creation time every run
     found = samples(text)
-    assert found[(f"{PREFIX}mismatches_total", ())] == 12
-    assert found[(f"{PREFIX}last_success_timestamp_seconds", ())] == 1_795_000_000.0
-    assert found[(f"{PREFIX}last_run_timestamp_seconds", ())] == 1_795_000_000.0
-    assert found[(f"{PREFIX}last_run_success", ())] == 1
-    assert found[(f"{PREFIX}run_duration_seconds", ())] == 74.25
-    assert found[(f"{PREFIX}stage_duration_seconds", (("stage", "ledger"),))] == 60.0
-    assert found[(f"{PREFIX}email_bytes", ())] == 48_213
-    assert found[(f"{PREFIX}email_failures", ())] == 0
+    assert found[(f"{PREFIX}mismatches_total", ALL)] == 12
+    assert found[(f"{PREFIX}last_success_timestamp_seconds", ALL)] == 1_795_000_000.0
+    assert found[(f"{PREFIX}last_run_timestamp_seconds", ALL)] == 1_795_000_000.0
+    assert found[(f"{PREFIX}last_run_success", ALL)] == 1
+    assert found[(f"{PREFIX}run_duration_seconds", ALL)] == 74.25
+    assert found[(f"{PREFIX}stage_duration_seconds", (("stage", "ledger"), *ALL))] == 60.0
+    assert found[(f"{PREFIX}email_bytes", ALL)] == 48_213
+    assert found[(f"{PREFIX}email_failures", ALL)] == 0
+    statuses = {
+        dict(labels)["status"]: v for (name, labels), v in found.items() if name == f"{PREFIX}last_run_status"
+    }
+    assert statuses == {"clean": 0, "findings": 1, "incomplete": 0, "failed": 0}
+    assert all(dict(labels)["tenant"] == "all" for _, labels in found)
     per_class = {
         dict(labels)["class"]: v for (name, labels), v in found.items() if name == f"{PREFIX}invoices"
     }
@@ -96,8 +104,9 @@ def test_a_failed_run_leaves_out_what_it_does_not_know() -> None:
     assert f"{PREFIX}last_success_timestamp_seconds" not in names
     assert f"{PREFIX}mismatches_total" not in names
     assert f"{PREFIX}invoices" not in names
-    assert found[(f"{PREFIX}last_run_success", ())] == 0
-    assert found[(f"{PREFIX}email_failures", ())] == 1
+    assert found[(f"{PREFIX}last_run_success", ALL)] == 0
+    assert found[(f"{PREFIX}email_failures", ALL)] == 1
+    assert found[(f"{PREFIX}last_run_status", (("status", "failed"), *ALL))] == 1
 
 
 def test_input_is_validated_and_frozen() -> None:
@@ -121,11 +130,19 @@ def test_promtool_accepts_the_textfile(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_textfile_dir_is_written_atomically(tmp_path: Path) -> None:
-    path = write_textfile_dir(build_registry(success_run()), tmp_path)
-    assert path == tmp_path / "escrow_reconciliation.prom"
+def test_textfile_dir_is_written_atomically_one_file_per_tenant(tmp_path: Path) -> None:
+    path = write_textfile_dir(build_registry(success_run()), tmp_path, "all")
+    assert path == tmp_path / "escrow_reconciliation_all.prom"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
-    assert samples(path.read_text())[(f"{PREFIX}mismatches_total", ())] == 12
+    assert samples(path.read_text())[(f"{PREFIX}mismatches_total", ALL)] == 12
+    acme = write_textfile_dir(build_registry(success_run(tenant="acme")), tmp_path, "acme")
+    odd = write_textfile_dir(build_registry(success_run(tenant="../x y")), tmp_path, "../x y")
+    assert acme.name == "escrow_reconciliation_acme.prom"
+    assert (
+        odd.parent == tmp_path and odd.name.startswith("escrow_reconciliation_") and "/" not in odd.name[:-5]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, acme.name, odd.name])
+    assert samples(path.read_text())[(f"{PREFIX}mismatches_total", ALL)] == 12  # acme's run left it alone
 
 
 @pytest.fixture
@@ -148,35 +165,66 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.mark.slow
 def test_pushgateway_keeps_the_counter_monotonic_and_the_last_success(pushgateway: str) -> None:
-    key = (f"{PREFIX}mismatches_total", (("job", JOB),))
-    success_key = (f"{PREFIX}last_success_timestamp_seconds", (("job", JOB),))
+    group = (("job", JOB), ("tenant", "all"))
+    key = (f"{PREFIX}mismatches_total", group)
+    success_key = (f"{PREFIX}last_success_timestamp_seconds", group)
 
-    assert push(build_registry(success_run(cumulative_mismatches=12)), pushgateway).status == "pushed"
+    assert (
+        push(build_registry(success_run(cumulative_mismatches=12)), pushgateway, tenant="all").status
+        == "pushed"
+    )
     first = scrape(pushgateway)
     assert first[key] == 12
     assert all("instance" not in dict(labels) for _, labels in first)
 
     later = success_run(cumulative_mismatches=15, finished_at_epoch=1_795_086_400.0)
-    assert push(build_registry(later), pushgateway).status == "pushed"
+    assert push(build_registry(later), pushgateway, tenant="all").status == "pushed"
     second = scrape(pushgateway)
     assert second[key] == 15 >= first[key]
     assert second[success_key] == 1_795_086_400.0
 
     failure = failed_run(finished_at_epoch=1_795_172_800.0)
-    assert push(build_registry(failure), pushgateway).status == "pushed"
+    assert push(build_registry(failure), pushgateway, tenant="all").status == "pushed"
     third = scrape(pushgateway)
     assert third[success_key] == 1_795_086_400.0  # kept from the last successful run
-    assert third[(f"{PREFIX}last_run_success", (("job", JOB),))] == 0
-    assert third[(f"{PREFIX}last_run_timestamp_seconds", (("job", JOB),))] == 1_795_172_800.0
+    assert third[(f"{PREFIX}last_run_success", group)] == 0
+    assert third[(f"{PREFIX}last_run_timestamp_seconds", group)] == 1_795_172_800.0
     assert third[key] == 15  # the failed run did not know the history: the counter stays
-    assert third[(f"{PREFIX}invoices", (("class", "mismatch"), ("job", JOB)))] == 3
+    assert third[(f"{PREFIX}invoices", (("class", "mismatch"), *group))] == 3
+
+
+@pytest.mark.slow
+def test_each_tenants_series_survive_the_other_tenants_pushes(pushgateway: str) -> None:
+    """The issue's case: `run --tenant acme`, then a failed `run --tenant globex`, once left
+    last_run_success 0 and mismatches_total 0 (it was 3) for everyone on the gateway."""
+    acme = success_run(tenant="acme", cumulative_mismatches=3, class_counts={"match": 7, "mismatch": 3})
+    assert push(build_registry(acme), pushgateway, tenant="acme").status == "pushed"
+    globex = failed_run(tenant="globex", status=AuditStatus.FAILED)
+    assert push(build_registry(globex), pushgateway, tenant="globex").status == "pushed"
+    found = scrape(pushgateway)
+    acme_group = (("job", JOB), ("tenant", "acme"))
+    globex_group = (("job", JOB), ("tenant", "globex"))
+    assert found[(f"{PREFIX}mismatches_total", acme_group)] == 3
+    assert found[(f"{PREFIX}last_run_success", acme_group)] == 1
+    assert found[(f"{PREFIX}invoices", (("class", "mismatch"), *acme_group))] == 3
+    assert found[(f"{PREFIX}last_run_success", globex_group)] == 0
+    assert (
+        found[(f"{PREFIX}last_run_status", (("job", JOB), ("status", "failed"), ("tenant", "globex")))] == 1
+    )
+    # Pushed in the other order, the same holds.
+    assert push(build_registry(acme), pushgateway, tenant="acme").status == "pushed"
+    again = scrape(pushgateway)
+    assert again[(f"{PREFIX}last_run_success", globex_group)] == 0
+    assert again[(f"{PREFIX}last_run_success", acme_group)] == 1
 
 
 def test_a_push_failure_is_returned_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    outcome = push(build_registry(success_run()), f"http://127.0.0.1:{free_port()}", timeout_seconds=2)
+    outcome = push(
+        build_registry(success_run()), f"http://127.0.0.1:{free_port()}", tenant="all", timeout_seconds=2
+    )
     assert outcome.status == "failed" and outcome.detail
     assert "Pushgateway failed" in caplog.text
-    assert push(build_registry(success_run()), None).status == "skipped"
+    assert push(build_registry(success_run()), None, tenant="all").status == "skipped"
 
 
 def test_basic_auth_credentials_in_the_url_push_and_never_show(tmp_path):
@@ -190,11 +238,25 @@ def test_basic_auth_credentials_in_the_url_push_and_never_show(tmp_path):
     config.write_text(f"basic_auth_users:\n  audit: '{hashed}'\n", encoding="utf-8")
     with running_pushgateway(web_config=config) as url:
         host = url.split("://", 1)[1]
-        assert push(build_registry(success_run()), f"http://audit:{password}@{host}").status == "pushed"
-        wrong = push(build_registry(success_run()), f"http://audit:not-{password}@{host}")
+        assert (
+            push(build_registry(success_run()), f"http://audit:{password}@{host}", tenant="all").status
+            == "pushed"
+        )
+        wrong = push(build_registry(success_run()), f"http://audit:not-{password}@{host}", tenant="all")
         assert wrong.status == "failed" and "401" in wrong.detail and password not in wrong.detail
-        assert push(build_registry(success_run()), url).status == "failed"  # the gateway does require it
+        assert push(build_registry(success_run()), url, tenant="all").status == "failed"  # auth is required
         token = base64.b64encode(f"audit:{password}".encode()).decode()
         request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Basic {token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert "escrow_reconciliation_last_run_success" in response.read().decode()
+
+
+def test_open_findings_by_age_only_when_the_run_could_age_them() -> None:
+    aged = success_run(findings_by_age={"0-1": 2, "2-7": 0, "8-30": 1, "over-30": 4})
+    found = samples(generate_latest(build_registry(aged)).decode())
+    buckets = {
+        dict(labels)["bucket"]: v for (name, labels), v in found.items() if name == f"{PREFIX}findings"
+    }
+    assert buckets == {"0-1": 2, "2-7": 0, "8-30": 1, "over-30": 4}
+    unaged = samples(generate_latest(build_registry(success_run())).decode())
+    assert not any(name == f"{PREFIX}findings" for name, _ in unaged)
