@@ -157,3 +157,107 @@ def running_smtp(password: str, *, user: str = SMTP_USER, **controller: Any) -> 
         yield inbox, server.port
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class PageView:
+    """A page as headless Chromium laid it out on a screen of ``inner_width`` CSS pixels."""
+
+    scroll_width: int
+    inner_width: int
+    png: bytes
+
+
+def view_in_chromium(page: Path, width: int, height: int, profile: Path) -> PageView:
+    """Open ``page`` in headless Chromium on a ``width`` x ``height`` phone-like screen, through
+    the DevTools protocol: ``--window-size`` cannot go below 500 px, and a 375 px phone is the
+    case that matters. Measures the layout and takes a screenshot; the page runs no script."""
+    import asyncio
+    import base64
+    import json
+    from itertools import count
+
+    from tornado.websocket import websocket_connect
+
+    binary = require_binary("chromium")
+    profile.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def session() -> PageView:
+        active = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if active.exists() and len(active.read_text().splitlines()) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        port, path = active.read_text().splitlines()[:2]
+        socket_ = await websocket_connect(f"ws://127.0.0.1:{port}{path}", max_message_size=256 * 2**20)
+        ids = count(1)
+
+        async def call(
+            method: str, params: dict[str, Any] | None = None, session_id: str | None = None
+        ) -> Any:
+            number = next(ids)
+            message: dict[str, Any] = {"id": number, "method": method, "params": params or {}}
+            if session_id:
+                message["sessionId"] = session_id
+            await socket_.write_message(json.dumps(message))
+            while True:
+                raw = await socket_.read_message()
+                if raw is None:
+                    raise RuntimeError("Chromium closed the DevTools connection")
+                answer = json.loads(raw)
+                if answer.get("id") == number:
+                    if "error" in answer:
+                        raise RuntimeError(f"{method}: {answer['error']}")
+                    return answer["result"]
+
+        target = (await call("Target.createTarget", {"url": "about:blank"}))["targetId"]
+        sid = (await call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 500}
+        await call("Emulation.setDeviceMetricsOverride", metrics, sid)
+        await call("Page.navigate", {"url": page.resolve().as_uri()}, sid)
+        for _ in range(200):
+            state = await call(
+                "Runtime.evaluate", {"expression": "document.readyState", "returnByValue": True}, sid
+            )
+            if state["result"].get("value") == "complete":
+                break
+            await asyncio.sleep(0.05)
+        measured = await call(
+            "Runtime.evaluate",
+            {
+                "expression": "[document.documentElement.scrollWidth, window.innerWidth]",
+                "returnByValue": True,
+            },
+            sid,
+        )
+        scroll_width, inner_width = measured["result"]["value"]
+        shot = await call("Page.captureScreenshot", {"format": "png"}, sid)
+        socket_.close()
+        return PageView(int(scroll_width), int(inner_width), base64.b64decode(shot["data"]))
+
+    try:
+        return asyncio.run(asyncio.wait_for(session(), timeout=120))
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

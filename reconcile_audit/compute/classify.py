@@ -202,11 +202,13 @@ def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str
         else:
             text = f"the invoice has no currency, so the escrow's token {token} cannot be checked"
     elif code == "token_mismatch":
+        held = format_major(int(row["chain_funded_base_units"]), row["token_decimals"])
+        symbol = symbols.get(row["funding_token"])
         text = (
             f"the escrow is funded in {_token_label(row['funding_token'], symbols)}, but {row['currency']} "
             f"invoices must be funded in {_token_label(row['expected_token'], symbols)} "
-            f"({CURRENCY_TOKENS_SETTING}); funded_amount {format_major(int(row['chain_funded_base_units']), row['token_decimals'])}"
-            f" of the wrong token"
+            f"({CURRENCY_TOKENS_SETTING}); its funded_amount is {held} "
+            + (one_line(symbol) if symbol else "of that token")
         )
     elif code == "invalid_db_amount":
         text = f"the database total_funded {one_line(row['db_total_funded'] or '')!r} is not a decimal number"

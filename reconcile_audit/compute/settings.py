@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from email.utils import formataddr, getaddresses
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -136,8 +136,10 @@ class Settings:
     smtp_user: str | None = None
     smtp_password: Secret | None = None
     smtp_starttls: bool = True
-    alert_email_to: tuple[str, ...] = ()
+    alert_email_to: tuple[str, ...] = ()  # "Name <addr>" or "addr", as getaddresses parsed them
     alert_email_from: str = "reconcile-audit@localhost"
+    email_max_attachment_bytes: int = 5_000_000
+    report_base_url: str | None = None  # where run folders are published, for absolute links
     pushgateway_url: str | None = None
     metrics_textfile_dir: Path | None = None
     stale_after_hours: float = 25.0
@@ -258,10 +260,25 @@ def _parse_currency_tokens(raw: str | Mapping[str, str] | None) -> dict[str, str
 
 
 def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """``ALERT_EMAIL_TO`` as mail clients read it: ``Finance Team <finance@example.test>, ops@x``
+    is two recipients, display names kept. Each must carry an address with a domain."""
     if raw is None:
         return ()
-    items = re.split(r"[,\s]+", raw) if isinstance(raw, str) else list(raw)
-    return tuple(item for item in (i.strip() for i in items) if item)
+    fields = [raw] if isinstance(raw, str) else list(raw)
+    recipients = []
+    for name, address in getaddresses(fields):
+        if not name and not address:
+            continue
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            shown = formataddr((name, address)) if name else address
+            raise ConfigError("ALERT_EMAIL_TO", f"{shown[:80]!r} is not an email address")
+        recipients.append(formataddr((name, address)) if name else address)
+    return tuple(recipients)
+
+
+def envelope_addresses(recipients: tuple[str, ...]) -> list[str]:
+    """The bare addresses of :func:`_recipients`' output, for the SMTP envelope."""
+    return [address for _, address in getaddresses(list(recipients))]
 
 
 # Parameter name -> environment variable. The backend's names where they exist (docs/domain.md, "Interfaces users rely on").
@@ -289,6 +306,8 @@ ENVIRONMENT = {
     "smtp_starttls": "SMTP_STARTTLS",
     "alert_email_to": "ALERT_EMAIL_TO",
     "alert_email_from": "ALERT_EMAIL_FROM",
+    "email_max_attachment_bytes": "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES",
+    "report_base_url": "RECONCILE_REPORT_BASE_URL",
     "pushgateway_url": "PUSHGATEWAY_URL",
     "metrics_textfile_dir": "RECONCILE_METRICS_TEXTFILE_DIR",
     "stale_after_hours": "RECONCILE_STALE_AFTER_HOURS",
@@ -348,6 +367,7 @@ def load_settings(
         "rpc_max_retries": int,
         "rpc_timeout_seconds": float,
         "smtp_port": int,
+        "email_max_attachment_bytes": int,
         "stale_after_hours": float,
         "min_read_share": float,
         "rpc_use_simulate": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
@@ -384,6 +404,19 @@ _RULES: Final = (
     ("ttl_warning_ledgers", lambda v: v >= 0, "must not be negative"),
     ("min_read_share", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     ("tolerance_base_units", lambda v: v >= 0, "must not be negative"),
+    ("email_max_attachment_bytes", lambda v: v >= 0, "must not be negative (0 attaches nothing)"),
+    (
+        "report_base_url",
+        lambda v: (
+            v is None
+            or (
+                urlsplit(v).scheme in ("http", "https")
+                and urlsplit(v).netloc
+                and "@" not in urlsplit(v).netloc
+            )
+        ),
+        "must be an http(s) URL without credentials, as it is written into every email",
+    ),
     # The backend's ids are at most 128 characters, and the scope keys indexed rows.
     ("tenant_id", lambda v: v is None or len(v) <= 128, "must be at most 128 characters"),
 )

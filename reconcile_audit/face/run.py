@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+import polars as pl
 from prometheus_client import CollectorRegistry
 
 from reconcile_audit import __version__
@@ -285,6 +287,8 @@ class RunContext:
             currencies_checked=None
             if self.settings.currency_tokens is None
             else tuple(sorted(self.settings.currency_tokens)),
+            run_folder=f"{socket.gethostname()}:{self.out_dir}",
+            report_base_url=self.settings.report_base_url,
         )
 
     def render(
@@ -375,8 +379,7 @@ class RunContext:
             return Delivered(paths, summary, (), registry)
 
         notes: list[str] = []
-        message = deliver.build_email(settings, report, facts, [paths.results_csv])
-        email = deliver.send_email(settings, message)
+        email = self.send_report(result, comparison, facts, findings)
         notes.append(f"email {email.status}: {email.detail}")
         skipped = email.status == DeliveryStatus.SKIPPED
         registry = registry_for(
@@ -397,6 +400,28 @@ class RunContext:
         )
         metrics.write_textfile(registry, paths.metrics_prom)
         return Delivered(paths, summary, tuple(notes), registry)
+
+    def send_report(
+        self,
+        result: AuditResult | None,
+        comparison: HistoryComparison | None,
+        facts: RunFacts,
+        findings: pl.DataFrame | None,
+    ) -> deliver.DeliveryOutcome:
+        """Email the report with the findings attached. Built only when there are recipients: at
+        1M invoices the attachment alone is real work. The email's report is rendered again with
+        the footer saying what is attached and what had to be cut."""
+        settings = self.settings
+        if not settings.alert_email_to:
+            return deliver.DeliveryOutcome(DeliveryStatus.SKIPPED, "ALERT_EMAIL_TO is not set")
+        attachment = (
+            None
+            if findings is None
+            else deliver.findings_attachment(findings, settings.email_max_attachment_bytes)
+        )
+        email_facts = replace(facts, attachment_note=None if attachment is None else attachment.note)
+        report = render_report(result, comparison, email_facts, redact=settings.redact)
+        return deliver.send_email(settings, deliver.build_email(settings, report, email_facts, attachment))
 
     def record_failure(
         self, failure_message: str, *, send: bool, failed_cell: str | None = None

@@ -10,11 +10,11 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import mimetypes
 import os
+import re
 import smtplib
 import ssl
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -24,26 +24,20 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.compute.schemas import FINDINGS, DeliveryStatus
-from reconcile_audit.compute.settings import Settings
+from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, DeliveryStatus
+from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
 from reconcile_audit.output.report import Report
 from reconcile_audit.output.summary import RunFacts, RunSummary
 
 LOGGER = logging.getLogger(__name__)
 
-# Types a mail client should open as what they are; mimetypes does not know the last two.
-_CONTENT_TYPES: Final = {
-    ".csv": ("text", "csv"),
-    ".parquet": ("application", "vnd.apache.parquet"),
-    ".ipynb": ("application", "x-ipynb+json"),
-}
 # Exact integer columns: their leading "-" is a sign, never a spreadsheet formula.
 _NUMERIC_TEXT: Final = frozenset(
     {"db_funded_base_units", "chain_funded_base_units", "delta_base_units", "db_total_funded"}
 )
-MAX_ATTACHMENT_BYTES: Final = 10_000_000  # before base64; common relays cap a message at 10-25 MB
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_CLASS_RANK: Final = {name: rank for rank, name in enumerate(CLASS_ORDER)}
 
 
 @dataclass(frozen=True)
@@ -65,60 +59,107 @@ class ArtifactPaths:
     metrics_prom: Path
 
 
-def build_email(
-    settings: Settings,
-    report: Report,
-    facts: RunFacts,
-    attachments: Sequence[Path],
-    *,
-    max_attachment_bytes: int = MAX_ATTACHMENT_BYTES,
-) -> EmailMessage:
-    """``multipart/mixed`` holding ``multipart/alternative`` (text, then HTML) and the attachments.
+@dataclass(frozen=True)
+class Attachment:
+    """What the email attaches, and a sentence saying so (and what was cut) for its footer."""
 
-    The text part comes first because clients show the last alternative they understand. An
-    attachment over ``max_attachment_bytes`` is sent gzip-compressed; if it is still too big it
-    is left out and a short ``attachments-not-included.txt`` says where the file is, because
-    relays refuse messages of tens of megabytes and the report must still arrive.
+    filename: str
+    data: bytes
+    maintype: str
+    subtype: str
+    note: str
+
+
+GZIP_ABOVE_BYTES: Final = 1_000_000  # a findings CSV past this travels gzip-compressed
+FINDINGS_ATTACHMENT: Final = "findings.csv"
+
+
+def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | None:
+    """The findings (every class but match), worst first, as CSV: gzip-compressed above 1 MB, and
+    cut to the first rows that fit ``max_bytes``. None when there is nothing to attach.
+
+    Matches stay out: at 1M invoices every-invoice CSV is some 300 MB, which no relay takes, and
+    the full results stay in the run folder.
+    """
+    rows = findings.filter(pl.col("class") != "match")
+    if rows.is_empty() or max_bytes <= 0:
+        return None
+    ranked = (
+        rows.with_columns(
+            pl.col("class")
+            .replace_strict(_CLASS_RANK, default=len(_CLASS_RANK), return_dtype=pl.Int64)
+            .alias("_order")
+        )
+        .sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
+        .drop("_order")
+    )
+    cells = findings_csv_frame(ranked)
+
+    def packed(count: int) -> tuple[bytes, bool]:
+        data = cells.head(count).write_csv().encode("utf-8")
+        if len(data) <= GZIP_ABOVE_BYTES:
+            return data, False
+        return gzip.compress(data, compresslevel=6, mtime=0), True
+
+    total = cells.height
+    data, zipped = packed(total)
+    kept = total
+    if len(data) > max_bytes:
+        # Shrink by the measured bytes per row until the cut fits; each pass compresses once.
+        while kept > 0 and len(data) > max_bytes:
+            kept = min(kept - 1, int(kept * max_bytes / len(data) * 0.95))
+            data, zipped = packed(max(kept, 0))
+        if kept <= 0:
+            return None
+    name = FINDINGS_ATTACHMENT + (".gz" if zipped else "")
+    note = f"Attached: {name}, the {total:,} findings (every class but match), worst first."
+    if kept < total:
+        note = (
+            f"Attached: {name}, the worst {kept:,} of {total:,} findings; the rest did not fit the "
+            f"{max_bytes:,}-byte attachment limit (RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES) and are in "
+            "results.csv in the run folder."
+        )
+    maintype, subtype = ("application", "gzip") if zipped else ("text", "csv")
+    return Attachment(name, data, maintype, subtype, note)
+
+
+def build_email(
+    settings: Settings, report: Report, facts: RunFacts, attachment: Attachment | None
+) -> EmailMessage:
+    """``multipart/mixed`` holding ``multipart/alternative`` (text, then HTML) and the findings.
+
+    The text part comes first because clients show the last alternative they understand. The
+    headers let mail filters sort the nightly mail: ``List-Id`` names the audit (and its tenant),
+    ``Auto-Submitted`` marks it as machine-sent so no out-of-office reply answers it.
     """
     message = EmailMessage()
+    domain = _domain_of(settings.alert_email_from)
     message["Subject"] = _header(settings.redact(report.subject))
     message["From"] = _header(settings.alert_email_from)
     message["To"] = _header(", ".join(settings.alert_email_to))
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(domain=_domain_of(settings.alert_email_from))
+    message["Message-ID"] = make_msgid(idstring="reconcile-audit", domain=domain)
+    message["List-Id"] = _list_id(facts.tenant_id, domain)
+    message["Auto-Submitted"] = "auto-generated"
     message["X-Reconcile-Run-Id"] = _header(facts.run_id)
     message["X-Reconcile-Status"] = facts.status
     message.set_content(report.text, subtype="plain", charset="utf-8")
     message.add_alternative(report.html, subtype="html", charset="utf-8")
-    left_out: list[str] = []
-    for path in attachments:
-        size = path.stat().st_size
-        maintype, subtype = _content_type(path)
-        if size <= max_attachment_bytes and maintype == "text":
-            message.add_attachment(
-                path.read_text(encoding="utf-8"), subtype=subtype, charset="utf-8", filename=path.name
-            )
-        elif size <= max_attachment_bytes:
-            message.add_attachment(path.read_bytes(), maintype=maintype, subtype=subtype, filename=path.name)
-        else:
-            packed = gzip.compress(path.read_bytes(), mtime=0)
-            if len(packed) <= max_attachment_bytes:
-                message.add_attachment(
-                    packed, maintype="application", subtype="gzip", filename=f"{path.name}.gz"
-                )
-            else:
-                left_out.append(f"{path.name} ({size:,} bytes)")
-    if left_out:
-        LOGGER.warning("attachments too large for the email, left out: %s", ", ".join(left_out))
-        note = (
-            f"Too large to attach even compressed (limit {max_attachment_bytes:,} bytes): "
-            f"{', '.join(left_out)}.\nThe files are in the run's output folder, {facts.run_id}/, "
-            "on the host that ran the audit.\n"
-        )
+    if attachment is not None:
         message.add_attachment(
-            note, subtype="plain", charset="utf-8", filename="attachments-not-included.txt"
+            attachment.data,
+            maintype=attachment.maintype,
+            subtype=attachment.subtype,
+            filename=attachment.filename,
         )
     return message
+
+
+def _list_id(tenant_id: str | None, domain: str) -> str:
+    """RFC 2919: ``Escrow reconciliation (acme) <acme.escrow-reconciliation.example.com>``."""
+    label = re.sub(r"[^a-z0-9-]+", "-", (tenant_id or "all").lower()).strip("-")[:40] or "tenant"
+    name = f"Escrow reconciliation ({_header(tenant_id)[:60]})" if tenant_id else "Escrow reconciliation"
+    return f"{name} <{label}.escrow-reconciliation.{domain}>"
 
 
 def _header(value: str) -> str:
@@ -128,17 +169,6 @@ def _header(value: str) -> str:
 
 def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip("> ") or "localhost"
-
-
-def _content_type(path: Path) -> tuple[str, str]:
-    known = _CONTENT_TYPES.get(path.suffix.lower())
-    if known:
-        return known
-    guessed, _ = mimetypes.guess_type(path.name)
-    if guessed:
-        maintype, _, subtype = guessed.partition("/")
-        return maintype, subtype
-    return "application", "octet-stream"
 
 
 def send_email(
@@ -189,7 +219,7 @@ def send_email(
                     )
                 client.login(settings.smtp_user, settings.smtp_password.reveal())
             refused = client.send_message(
-                message, from_addr=settings.alert_email_from, to_addrs=list(recipients)
+                message, from_addr=settings.alert_email_from, to_addrs=envelope_addresses(recipients)
             )
     except (smtplib.SMTPException, OSError) as exc:  # ssl.SSLError and timeouts are OSErrors
         return _failed(settings, f"{type(exc).__name__}: {exc}", size, recipients)

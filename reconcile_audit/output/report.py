@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import PurePath
 from types import MappingProxyType
 from typing import Any, Final, Protocol
+from urllib.parse import quote
 
 import css_inline
 import jinja2
@@ -41,10 +42,10 @@ CLASS_WORDS: Final = {
 _CLASS_RANK: Final = {name: rank for rank, name in enumerate(CLASS_ORDER)}
 TREND_RUNS: Final = 30
 SECONDARY_ROWS: Final = 50  # rows at most in the new / persisting / resolved / expiry lists
-BAR_MAX_PX: Final = 240
+BAR_MAX_PX: Final = 200  # fits a 375 px phone screen beside the page's padding
 # Every listed row renders to at least this many bytes, which bounds the search for the cut.
 _MIN_ROW_BYTES: Final = 32
-ATTACHMENT_LINKS: Final = (
+RESULT_FILES: Final = (
     ("results.csv", "every invoice as CSV"),
     ("results.parquet", "every invoice as Parquet"),
     ("summary.json", "the run summary as JSON"),
@@ -483,10 +484,23 @@ def _view(
         else "Trend of recent runs",
         "legend": tuple((c, CLASS_WORDS[c]) for c in FINDING_CLASSES),
         "bar_max_px": BAR_MAX_PX,
-        # Relative: the report sits beside the notebook in reports/<run_id>/ and in the email.
-        "notebook_path": _plain(PurePath(facts.notebook_path).name or "notebook.ipynb"),
-        "attachments": ATTACHMENT_LINKS,
+        "links": _links(facts),
+        "run_folder": _plain(facts.run_folder or facts.run_id),
+        "attachment_note": _plain(facts.attachment_note) if facts.attachment_note else "",
         "tool_version": _plain(facts.tool_version),
+    }
+
+
+def _links(facts: RunFacts) -> dict[str, Any] | None:
+    """Absolute links to the run's files under ``report_base_url``; None without one, as a
+    relative link in an email leads nowhere."""
+    if not facts.report_base_url:
+        return None
+    base = f"{facts.report_base_url.rstrip('/')}/{quote(facts.run_id)}"
+    notebook = PurePath(facts.notebook_path).name or "notebook.ipynb"
+    return {
+        "notebook": f"{base}/{quote(notebook)}",
+        "files": tuple((f"{base}/{name}", label) for name, label in RESULT_FILES),
     }
 
 

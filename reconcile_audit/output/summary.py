@@ -47,6 +47,11 @@ class RunFacts:
     failure_message: str | None = None
     # The invoice currencies checked against their funding tokens; None: no currency was checked.
     currencies_checked: tuple[str, ...] | None = None
+    # Where the run's files are: the folder on the host that ran it, and, when published, the URL
+    # of the folder that holds run folders (RECONCILE_REPORT_BASE_URL).
+    run_folder: str | None = None
+    report_base_url: str | None = None
+    attachment_note: str | None = None  # what the email attaches, and what it had to leave out
 
 
 class ListedFindings(Protocol):

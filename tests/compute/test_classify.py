@@ -297,7 +297,7 @@ _CURRENCY_CASES = [
         "mismatch",
         "token_mismatch",
         f"the escrow is funded in EURC ({EURC}), but USDC invoices must be funded in USDC ({TOKEN}) "
-        "(RECONCILE_CURRENCY_TOKENS); funded_amount 1,250.00 of the wrong token",
+        "(RECONCILE_CURRENCY_TOKENS); its funded_amount is 1,250.00 EURC",
     ),
     (
         resolved_row(currency="GBP"),
@@ -322,7 +322,7 @@ _CURRENCY_CASES = [
         [ledger_row(funding_token=EURC, funded_amount="1")],
         "mismatch",
         "token_mismatch",
-        "funded_amount 0.0000001 of the wrong token",
+        "its funded_amount is 0.0000001 EURC",
     ),
 ]
 

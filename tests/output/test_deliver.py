@@ -18,7 +18,14 @@ import trustme
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import FINDINGS
 from reconcile_audit.compute.settings import Settings, load_settings
-from reconcile_audit.output.deliver import build_email, send_email, write_artifacts
+from reconcile_audit.errors import ConfigError
+from reconcile_audit.output.deliver import (
+    Attachment,
+    build_email,
+    findings_attachment,
+    send_email,
+    write_artifacts,
+)
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
 from reconcile_audit.output.report import Report, render_report
 from reconcile_audit.output.summary import RunSummary
@@ -93,17 +100,10 @@ def settings_for(
     return factories.settings(environ, **params)
 
 
-def report_and_csv(tmp_path: Path) -> tuple[Report, Path, pl.DataFrame]:
+def report_and_csv(tmp_path: Path) -> tuple[Report, Attachment | None, pl.DataFrame]:
     findings = frame(realistic_rows())
     report = render_report(AuditResult.of(findings), history_for(findings), facts())
-    paths = write_artifacts(
-        tmp_path,
-        findings,
-        report,
-        RunSummary.from_run(facts(), report.counts, report),
-        build_registry(RunMetricsInput(success=True, finished_at_epoch=1.0, duration_seconds=1.0)),
-    )
-    return report, paths.results_csv, findings
+    return report, findings_attachment(findings, 5_000_000), findings
 
 
 def check_message(message: EmailMessage, report: Report, findings: pl.DataFrame) -> None:
@@ -121,18 +121,21 @@ def check_message(message: EmailMessage, report: Report, findings: pl.DataFrame)
     assert html.rstrip("\n") == report.html.rstrip("\n")
     assert len(html.encode()) < 100_000
     attachments = list(message.iter_attachments())
-    assert [a.get_filename() for a in attachments] == ["results.csv"]
+    assert [a.get_filename() for a in attachments] == ["findings.csv"]
     assert attachments[0].get_content_type() == "text/csv"
     csv = pl.read_csv(io.StringIO(attachments[0].get_content()), infer_schema=False)
-    assert csv.height == findings.height
-    assert csv["invoice_id"].to_list() == findings["invoice_id"].to_list()
+    open_findings = findings.filter(pl.col("class") != "match")
+    assert csv.height == open_findings.height  # the findings only: no match row travels
+    assert sorted(csv["invoice_id"].to_list()) == sorted(open_findings["invoice_id"].to_list())
+    assert message["List-Id"] == "Escrow reconciliation (acme) <acme.escrow-reconciliation.example.com>"
+    assert message["Auto-Submitted"] == "auto-generated" and message["Date"] and message["Message-ID"]
 
 
 def test_plain_smtp_with_login_receives_the_report(plain_smtp: tuple[Inbox, int], tmp_path: Path) -> None:
     inbox, port = plain_smtp
-    report, csv_path, findings = report_and_csv(tmp_path)
+    report, attachment, findings = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=False)
-    message = build_email(settings, report, facts(), [csv_path])
+    message = build_email(settings, report, facts(), attachment)
     outcome = send_email(settings, message)
     assert outcome.status == "sent", outcome.detail
     assert outcome.message_bytes == len(message.as_bytes())
@@ -144,10 +147,10 @@ def test_starttls_and_login_against_a_relay_that_requires_both(
     tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path
 ) -> None:
     inbox, port, client_context = tls_smtp
-    report, csv_path, findings = report_and_csv(tmp_path)
+    report, attachment, findings = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=True)
     outcome = send_email(
-        settings, build_email(settings, report, facts(), [csv_path]), ssl_context=client_context
+        settings, build_email(settings, report, facts(), attachment), ssl_context=client_context
     )
     assert outcome.status == "sent", outcome.detail
     check_message(inbox.only_message(), report, findings)
@@ -156,9 +159,9 @@ def test_starttls_and_login_against_a_relay_that_requires_both(
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_implicit_tls_and_login(implicit_tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path) -> None:
     inbox, port, client_context = implicit_tls_smtp
-    report, csv_path, findings = report_and_csv(tmp_path)
+    report, attachment, findings = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=True)
-    message = build_email(settings, report, facts(), [csv_path])
+    message = build_email(settings, report, facts(), attachment)
     outcome = send_email(settings, message, ssl_context=client_context, implicit_tls=True)
     assert outcome.status == "sent", outcome.detail
     check_message(inbox.only_message(), report, findings)
@@ -168,9 +171,9 @@ def test_an_untrusted_certificate_fails_without_raising(
     tls_smtp: tuple[Inbox, int, ssl.SSLContext], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     inbox, port, _ = tls_smtp
-    report, csv_path, _ = report_and_csv(tmp_path)
+    report, attachment, _ = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=True)
-    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))  # system trust store
+    outcome = send_email(settings, build_email(settings, report, facts(), attachment))  # system trust store
     assert outcome.status == "failed" and "SSL" in outcome.detail
     assert not inbox.envelopes
     assert PASSWORD not in caplog.text
@@ -180,9 +183,9 @@ def test_credentials_are_never_sent_in_clear_when_starttls_is_wanted(
     plain_smtp: tuple[Inbox, int], tmp_path: Path
 ) -> None:
     inbox, port = plain_smtp
-    report, csv_path, _ = report_and_csv(tmp_path)
+    report, attachment, _ = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=True)  # the plain server offers no STARTTLS
-    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))
+    outcome = send_email(settings, build_email(settings, report, facts(), attachment))
     assert outcome.status == "failed" and "STARTTLS" in outcome.detail
     assert not inbox.envelopes
 
@@ -191,20 +194,20 @@ def test_wrong_password_is_reported_redacted(
     plain_smtp: tuple[Inbox, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     inbox, port = plain_smtp
-    report, csv_path, _ = report_and_csv(tmp_path)
+    report, attachment, _ = report_and_csv(tmp_path)
     settings = settings_for(port, starttls=False).with_changes(smtp_user="intruder")
-    outcome = send_email(settings, build_email(settings, report, facts(), [csv_path]))
+    outcome = send_email(settings, build_email(settings, report, facts(), attachment))
     assert outcome.status == "failed" and "Authentication" in outcome.detail
     assert not inbox.envelopes
     assert PASSWORD not in caplog.text and PASSWORD not in outcome.detail
 
 
 def test_no_recipients_means_skipped_and_no_server_means_failed(tmp_path: Path) -> None:
-    report, csv_path, _ = report_and_csv(tmp_path)
+    report, attachment, _ = report_and_csv(tmp_path)
     quiet = settings_for(free_port(), starttls=False, to="")
-    assert send_email(quiet, build_email(quiet, report, facts(), [csv_path])).status == "skipped"
+    assert send_email(quiet, build_email(quiet, report, facts(), attachment)).status == "skipped"
     closed = settings_for(free_port(), starttls=False)
-    outcome = send_email(closed, build_email(closed, report, facts(), [csv_path]), timeout_seconds=5)
+    outcome = send_email(closed, build_email(closed, report, facts(), attachment), timeout_seconds=5)
     assert outcome.status == "failed" and "ConnectionRefused" in outcome.detail
 
 
@@ -228,7 +231,7 @@ def test_artifacts(tmp_path: Path) -> None:
     assert data["run_id"] == "20261124T020003Z-acme" and data["status"] == "findings"
     assert data["total"] == findings.height == sum(data["counts"].values())
     assert "escrow_reconciliation_mismatches_total" not in paths.metrics_prom.read_text()  # none given
-    assert "escrow_reconciliation_last_run_success 1.0" in paths.metrics_prom.read_text()
+    assert 'escrow_reconciliation_last_run_success{tenant="all"} 1.0' in paths.metrics_prom.read_text()
 
     parquet = pl.read_parquet(paths.results_parquet)
     assert parquet.schema == FINDINGS
@@ -260,28 +263,61 @@ def _reparsed(message: EmailMessage) -> EmailMessage:
     return parsed
 
 
-def test_a_large_attachment_is_compressed_or_left_out_with_a_note(tmp_path: Path) -> None:
-    report, csv_path, _ = report_and_csv(tmp_path)
-    settings = settings_for(free_port(), starttls=False)
-    size = csv_path.stat().st_size
+def test_findings_attachment_is_compressed_above_1_mb_and_cut_to_the_cap_worst_first() -> None:
+    rows = [finding(f"M-{i:06d}") for i in range(50)]
+    rows += [mismatch(f"D-{i:06d}", 100_000 + i, 1, drift_rank=9_000 - i) for i in range(9_000)]
+    findings = frame(rows)
+    whole = findings_attachment(findings, 50_000_000)
+    assert whole is not None and whole.filename == "findings.csv.gz" and whole.maintype == "application"
+    csv = pl.read_csv(io.BytesIO(gzip.decompress(whole.data)), infer_schema=False)
+    assert csv.height == 9_000 and not csv["invoice_id"].str.starts_with("M-").any()
+    assert csv["drift_rank"].cast(pl.Int64).is_sorted()  # worst first
+    assert whole.note == "Attached: findings.csv.gz, the 9,000 findings (every class but match), worst first."
 
-    packed = _reparsed(build_email(settings, report, facts(), [csv_path], max_attachment_bytes=size - 1))
-    (attachment,) = packed.iter_attachments()
-    assert attachment.get_filename() == "results.csv.gz"
-    assert attachment.get_content_type() == "application/gzip"
-    assert gzip.decompress(attachment.get_content()) == csv_path.read_bytes()
+    cut = findings_attachment(findings, 40_000)
+    assert cut is not None and len(cut.data) <= 40_000
+    kept = pl.read_csv(
+        io.BytesIO(gzip.decompress(cut.data)) if cut.filename.endswith(".gz") else io.BytesIO(cut.data),
+        infer_schema=False,
+    )
+    assert 0 < kept.height < 9_000
+    assert kept["invoice_id"].to_list() == csv["invoice_id"].head(kept.height).to_list()  # the worst ones
+    assert f"the worst {kept.height:,} of 9,000 findings" in cut.note
+    assert "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES" in cut.note and "results.csv in the run folder" in cut.note
 
-    omitted = _reparsed(build_email(settings, report, facts(), [csv_path], max_attachment_bytes=10))
-    (note,) = omitted.iter_attachments()
-    assert note.get_filename() == "attachments-not-included.txt"
-    assert f"results.csv ({size:,} bytes)" in note.get_content()
+    small = findings_attachment(frame(rows[:60]), 5_000_000)
+    assert small is not None and small.filename == "findings.csv" and small.subtype == "csv"
+    assert findings_attachment(frame(rows[:50]), 5_000_000) is None  # nothing but matches
+    assert findings_attachment(findings, 0) is None
+
+
+def test_recipients_with_display_names_are_parsed_like_a_mail_client_does(
+    plain_smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    inbox, port = plain_smtp
+    report, attachment, _ = report_and_csv(tmp_path)
+    settings = settings_for(
+        port, starttls=False, to='Finance Team <finance@example.test>, "Ops, Night" <ops@example.test>'
+    )
+    assert settings.alert_email_to == (
+        "Finance Team <finance@example.test>",
+        '"Ops, Night" <ops@example.test>',
+    )
+    outcome = send_email(settings, build_email(settings, report, facts(), attachment))
+    assert outcome.status == "sent", outcome.detail
+    assert sorted(inbox.envelopes[0].rcpt_tos) == ["finance@example.test", "ops@example.test"]
+    assert (
+        inbox.only_message()["To"] == 'Finance Team <finance@example.test>, "Ops, Night" <ops@example.test>'
+    )
+    with pytest.raises(ConfigError, match="ALERT_EMAIL_TO"):
+        load_settings({}, {"ALERT_EMAIL_TO": "Finance Team"})
 
 
 def test_header_values_cannot_inject_headers(tmp_path: Path) -> None:
-    report, csv_path, _ = report_and_csv(tmp_path)
+    report, attachment, _ = report_and_csv(tmp_path)
     settings = settings_for(free_port(), starttls=False)
     message = _reparsed(
-        build_email(settings, report, facts(run_id="r1\nBcc: victim@example.com"), [csv_path])
+        build_email(settings, report, facts(run_id="r1\nBcc: victim@example.com"), attachment)
     )
     assert message["Bcc"] is None
     assert message["X-Reconcile-Run-Id"] == "r1 Bcc: victim@example.com"
@@ -309,7 +345,7 @@ def test_no_secret_reaches_an_artifact_the_email_or_the_log(
     summary = RunSummary.from_run(failed, report.counts, report, redact=settings.redact)
     registry = build_registry(RunMetricsInput(success=False, finished_at_epoch=1.0, duration_seconds=1.0))
     paths = write_artifacts(tmp_path, None, report, summary, registry)
-    outcome = send_email(settings, build_email(settings, report, failed, [paths.results_csv]))
+    outcome = send_email(settings, build_email(settings, report, failed, None))
     assert outcome.status == "sent", outcome.detail
 
     received = inbox.envelopes[0].original_content or b""

@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 from reconcile_audit.compute.amounts import format_base_units, format_decimal
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS
-from reconcile_audit.output.report import Report, environment, render_report
+from reconcile_audit.output.deliver import build_email, findings_attachment
+from reconcile_audit.output.report import BAR_MAX_PX, Report, environment, render_report
 from reconcile_audit.output.summary import RunSummary
+from tests import factories
 from tests.factories import facts, finding, frame, history_for, mismatch, realistic_rows
-from tests.services import require_binary
+from tests.services import require_binary, view_in_chromium
 
 SECTIONS_HTML = (
     "Escrow reconciliation: FINDINGS",
@@ -74,7 +76,7 @@ def test_content_in_the_documented_order() -> None:
         "FINDINGS, WORST FIRST",
         "ARCHIVED AND TTL-EXPIRING ESCROWS",
         "TREND OF THE LAST",
-        "Audit record: notebook.ipynb",
+        "Audit record: the executed notebook, notebook.ipynb, in the run folder",
     )
     text_pos = positions(report.text, text_needles)
     assert text_pos == sorted(text_pos)
@@ -132,9 +134,9 @@ def test_trend_bars_are_table_cells_sized_by_counts() -> None:
     report = realistic_report()
     widths = [int(w) for w in re.findall(r'<td[^>]*class="bar-mismatch"[^>]*width="(\d+)"', report.html)]
     widths += [int(w) for w in re.findall(r'<td[^>]*width="(\d+)"[^>]*class="bar-mismatch"', report.html)]
-    assert widths and max(widths) <= 240
+    assert widths and max(widths) <= BAR_MAX_PX
     # The largest run (7 findings, 4 of them mismatches) draws 4/7 of the full bar in red.
-    assert round(4 * 240 / 7) in widths
+    assert round(4 * BAR_MAX_PX / 7) in widths
     assert "(this run)" in report.html
     assert len(re.findall(r"\(this run\)", report.text)) == 1
     trend = report.text[report.text.index("TREND OF THE LAST 30 RUNS") : report.text.index("Audit record")]
@@ -300,11 +302,12 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def screenshot(html: Path, png: Path, profile: Path, height: int = 2600) -> None:
-    chromium = require_binary("chromium")
-    subprocess.run(
+def chromium(page: Path, profile: Path, *action: str, width: int = 1200, height: int = 2600) -> str:
+    """Headless Chromium on ``page`` with ``action`` (``--screenshot=...`` or ``--dump-dom``); stdout."""
+    binary = require_binary("chromium")
+    done = subprocess.run(
         [
-            chromium,
+            binary,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -313,15 +316,22 @@ def screenshot(html: Path, png: Path, profile: Path, height: int = 2600) -> None
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
+            "--hide-scrollbars",
             f"--user-data-dir={profile}",
-            f"--screenshot={png}",
-            f"--window-size=1200,{height}",
-            html.resolve().as_uri(),
+            f"--window-size={width},{height}",
+            *action,
+            page.resolve().as_uri(),
         ],
         check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    return done.stdout
+
+
+def screenshot(html: Path, png: Path, profile: Path, height: int = 2600, width: int = 1200) -> None:
+    chromium(html, profile, f"--screenshot={png}", width=width, height=height)
 
 
 @pytest.mark.slow
@@ -418,3 +428,40 @@ def test_the_report_and_summary_say_whether_currencies_were_checked() -> None:
     assert summary.to_dict()["currencies_checked"] == ["EUR", "USD"]
     assert RunSummary.from_json(summary.to_json()) == summary
     assert RunSummary.from_run(facts(), unchecked.counts, unchecked).to_dict()["currencies_checked"] is None
+
+
+# Where the email screenshots are kept for a reviewer to look at (build/ is not committed).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "email"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [375, 1000])
+def test_the_email_reads_at_375_and_1000_px_without_horizontal_scroll(tmp_path: Path, width: int) -> None:
+    """The HTML part of the email, as sent, in headless Chromium: nothing is wider than the screen.
+
+    The findings carry what once widened the page to 888 px: a 56-character contract address, a
+    long unbroken invoice id, long reasons and the trend bars.
+    """
+    rows = [
+        *realistic_rows(),
+        finding("INV-" + "X" * 120, "error", reason="invalid invoice id " + "Y" * 200),
+    ]
+    findings = frame(rows)
+    report = render_report(AuditResult.of(findings), history_for(findings, runs=5), facts())
+    settings = factories.settings(alert_email_to="Finance <finance@example.test>")
+    message = build_email(settings, report, facts(), findings_attachment(findings, 5_000_000))
+    html_part = message.get_body(("html",))
+    assert html_part is not None
+    html = html_part.get_content()
+    assert "<script" not in html.lower() and "<svg" not in html.lower() and len(html.encode()) < 100_000
+    page = tmp_path / "email.html"
+    page.write_text(html, encoding="utf-8")
+    view = view_in_chromium(page, width, 2400, tmp_path / "profile")
+    assert view.inner_width == width
+    assert view.scroll_width <= view.inner_width, (
+        f"the email is {view.scroll_width} px wide on a {width} px screen"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    png = SCREENSHOTS / f"email-{width}.png"
+    png.write_bytes(view.png)
+    assert _png_size(png) == (width, 2400)
