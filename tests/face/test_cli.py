@@ -309,7 +309,7 @@ def test_findings_run_emails_the_report_and_pushes_metrics(findings_run, smtp, p
     assert body is not None and "FINDINGS" in body.get_content()
     assert message.get_body(("plain",)) is not None
     attachments = [part.get_filename() for part in message.iter_attachments()]
-    assert "results.csv" in attachments
+    assert attachments == ["findings.csv"]  # the findings only, never every invoice
     delivered = findings_run.summary["delivery"]
     assert any(note.startswith("email sent") for note in delivered), delivered
     assert any(note.startswith("metrics push pushed") for note in delivered), delivered
