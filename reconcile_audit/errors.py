@@ -90,3 +90,8 @@ class StateLockedError(ReconcileAuditError):
 
 class PersistError(ReconcileAuditError):
     """Writing the run or its findings failed. Logged and marked on the run, never raised over findings."""
+
+
+class StateUnavailableError(PersistError):
+    """The state database cannot be reached at all (no server, no such database, bad login): the
+    message is the driver's own cause in one line, with the database named by its public URL."""

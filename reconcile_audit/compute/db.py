@@ -6,10 +6,11 @@ code path. Values are always bound, never formatted into SQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import adbc_driver_postgresql.dbapi as pg
 import duckdb
@@ -94,6 +95,23 @@ def connect(url: str, *, read_only: bool = False, autocommit: bool = False) -> I
         yield connection
     finally:
         connection.close()
+
+
+# libpq words the cause last: '... connection to server at "h", port 5432 failed: FATAL:  database
+# "x" does not exist'. The part after the last "failed:" is what an operator needs.
+_CONNECT_FAILED: Final = re.compile(
+    r"Failed to connect|could not connect|connection to server", re.IGNORECASE
+)
+_LAST_CAUSE: Final = re.compile(r".*failed:\s*(?P<cause>.+)$", re.DOTALL)
+
+
+def connection_cause(message: str) -> str | None:
+    """The real cause of a failed connection, in one line ("database "x" does not exist"), or
+    None when ``message`` is not about connecting."""
+    if not _CONNECT_FAILED.search(message):
+        return None
+    match = _LAST_CAUSE.match(message)
+    return " ".join((match["cause"] if match else message).replace("FATAL:", "").split())
 
 
 def check_source_exists(url: str) -> None:

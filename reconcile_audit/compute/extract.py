@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import INVOICES, conform
-from reconcile_audit.compute.settings import Settings
+from reconcile_audit.compute.settings import Settings, redact_url
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,18 @@ def schema_error_from(message: str) -> SourceSchemaError | None:
             detail = "missing column" if column else "missing table"
             return SourceSchemaError(table, column, f"{detail} ({_first_line(message)})")
     return None
+
+
+def _extract_error(message: str, source: str, url: str) -> ReconcileAuditError:
+    """The error an operator can act on: the connection's real cause, the missing table or
+    column, or the query's first line of complaint."""
+    cause = db.connection_cause(message)
+    if cause is not None:
+        return ExtractError(f"cannot connect to the source database {redact_url(url)}: {cause}")
+    schema_error = schema_error_from(message)
+    if schema_error is not None:
+        return schema_error
+    return ExtractError(f"the extract query {source} failed: {_first_line(message)}")
 
 
 def _first_line(message: str) -> str:
@@ -252,10 +264,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         message = settings.redact(str(exc))
         # Chain the driver's error only when it holds no secret: tracebacks are printed whole.
         cause = exc if message == str(exc) else None
-        schema_error = schema_error_from(message)
-        if schema_error is not None:
-            raise schema_error from cause
-        raise ExtractError(f"the extract query {source} failed: {_first_line(message)}") from cause
+        raise _extract_error(message, source, url) from cause
     try:
         frame = pl.from_arrow(_without_extensions(table))
     except Exception as exc:  # an Arrow type polars cannot hold, e.g. PostgreSQL numeric
@@ -272,3 +281,37 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         settings.tenant_id or "all",
     )
     return invoices
+
+
+def check_source(settings: Settings) -> str:
+    """What ``reconcile-audit check`` says of the source database: reachable, the extract query
+    binds (every table and column it reads exists, with exact money), and how many invoices the
+    scope holds. Reads no invoice row: the query runs under ``LIMIT 0``."""
+    sql, source = _query_text(settings)
+    url = settings.source_url()
+    db.check_source_exists(url)
+    if settings.extract_sql_path is None:
+        _check_money_type(url)
+    uses_tenant = _TENANT_PARAMETER.search(_strip_sql_comments(sql)) is not None
+    body = _strip_sql_comments(sql).strip().rstrip(";")
+    try:
+        with db.connect_source(url) as conn:
+            table = conn.arrow(
+                f"SELECT * FROM (\n{body}\n) AS extract_check LIMIT 0",
+                [settings.tenant_id] if uses_tenant else [],
+            )
+            ((scope_rows, _known),) = conn.rows(db.read_sql(SCOPE_SQL), [settings.tenant_id])
+    except ReconcileAuditError:
+        raise
+    except Exception as exc:
+        raise _extract_error(settings.redact(str(exc)), source, url) from None
+    frame = pl.from_arrow(_without_extensions(table))
+    assert isinstance(frame, pl.DataFrame)
+    _to_invoices(frame, source)
+    scope = f"tenant {settings.tenant_id!r}" if settings.tenant_id else "all tenants"
+    try:
+        with db.connect_source(url) as conn:
+            ((scope_rows, _known),) = conn.rows(db.read_sql(SCOPE_SQL), [settings.tenant_id])
+    except Exception:  # a custom source without the documented invoices table: no count
+        return f"{redact_url(url)}: {source} binds ({scope})"
+    return f"{redact_url(url)}: {source} binds; {int(scope_rows):,} invoice rows of {scope}"

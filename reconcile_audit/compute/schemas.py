@@ -80,6 +80,7 @@ class DeliveryStatus(StrEnum):
     PUSHED = "pushed"
     SKIPPED = "skipped"
     FAILED = "failed"
+    CHECKED = "checked"  # `reconcile-audit check`: reachable and accepting, nothing delivered
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The ``reconcile-audit`` command: run, demo, summary, migrate.
+"""The ``reconcile-audit`` command: run, demo, check, summary, unlock, migrate, version.
 
 Exit codes: :class:`reconcile_audit.errors.ExitCode` (0 clean, 1 findings, 2 failed, 3 lease held).
 """
@@ -11,13 +11,13 @@ import re
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
 from reconcile_audit import __version__
 from reconcile_audit.compute import persist
-from reconcile_audit.compute.settings import load_settings, redact_url
+from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, redact_url
 from reconcile_audit.errors import ExitCode, ReconcileAuditError
 from reconcile_audit.face import runner
 from reconcile_audit.face.run import TEXT_LOG_FORMAT, JsonLogFormatter
@@ -30,9 +30,37 @@ app = typer.Typer(
     name="reconcile-audit",
     help="Nightly escrow reconciliation audit: database invoices against Soroban escrow contracts.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _environment_epilog(*names: str) -> str:
+    """The environment variables a command reads, for its --help (each on its own line)."""
+    variables = [ENVIRONMENT[name] for name in names] if names else list(ENVIRONMENT.values())
+    return "Environment: " + ", ".join(dict.fromkeys(variables)) + "."
+
+
+_STATE_VARIABLES: Final = ("database_url", "state_database_url", "tenant_id")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit(ExitCode.CLEAN)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Nightly escrow reconciliation audit: database invoices against Soroban escrow contracts.
+
+    Exit codes: 0 clean, 1 findings, 2 failed, 3 another run holds the lease.
+    """
+
 
 OutputDir = Annotated[
     Path | None,
@@ -73,14 +101,23 @@ LogFormatOption = Annotated[
 ]
 
 
-def _parse_parameters(pairs: list[str]) -> dict[str, str]:
-    """``-p name value`` arrives as a flat list ``[name, value, name, value]``; ``name=value`` also works."""
+def _parse_parameters(pairs: list[str], extra: list[str]) -> dict[str, str]:
+    """``-p name=value``, or papermill's ``-p name value``: click takes ``name`` as the option's
+    value and leaves ``value`` among the extra arguments, in order, so each bare name takes the
+    next of them."""
     parameters: dict[str, str] = {}
+    values = list(extra)
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"{pair!r}: expected name=value", param_hint="-p/--parameter")
+            if not values:
+                raise typer.BadParameter(
+                    f"{pair!r}: expected name=value or name value", param_hint="-p/--parameter"
+                )
+            value = values.pop(0)
         parameters[name.strip()] = value
+    if values:
+        raise typer.BadParameter(f"unexpected arguments {values!r}", param_hint="-p/--parameter")
     return parameters
 
 
@@ -94,14 +131,18 @@ def _finish(outcome: RunOutcome) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
-@app.command()
+@app.command(
+    context_settings={"allow_extra_args": True},
+    epilog=_environment_epilog(),
+)
 def run(
+    context: typer.Context,
     parameter: Annotated[
         list[str] | None,
         typer.Option(
             "--parameter",
             "-p",
-            help="Notebook parameter as name=value (repeatable). See `papermill --help-notebook`.",
+            help="Notebook parameter as name=value or name value (repeatable). See `papermill --help-notebook`.",
         ),
     ] = None,
     output_dir: OutputDir = None,
@@ -128,7 +169,7 @@ def run(
     environment only (DATABASE_URL's password, SMTP_PASSWORD), never from -p.
     """
     _configure_logging(verbose, log_format)
-    parameters: dict[str, object] = dict(_parse_parameters(parameter or []))
+    parameters: dict[str, object] = dict(_parse_parameters(parameter or [], list(context.args)))
     if tenant is not None:
         parameters["tenant_id"] = tenant
     if run_key is not None:
@@ -144,7 +185,7 @@ def run(
     _finish(runner.run(request))
 
 
-@app.command()
+@app.command(epilog="Environment: none of the operator's; the demo builds its own database and RPC.")
 def demo(
     invoices: Annotated[int, typer.Option(min=50, help="Synthetic invoices to reconcile.")] = 10_000,
     output_dir: OutputDir = None,
@@ -165,7 +206,7 @@ def demo(
     _finish(outcome)
 
 
-@app.command()
+@app.command(epilog=_environment_epilog(*_STATE_VARIABLES, "stale_after_hours"))
 def summary(
     as_json: Annotated[bool, typer.Option("--json", help="Print the health as JSON.")] = False,
     tenant: Annotated[str | None, typer.Option(help="The tenant's latest run.")] = None,
@@ -193,7 +234,7 @@ def summary(
     raise typer.Exit(ExitCode.for_health(health.status))
 
 
-@app.command()
+@app.command(epilog=_environment_epilog(*_STATE_VARIABLES))
 def unlock(
     tenant: Annotated[str | None, typer.Option(help="The tenant whose lease to break.")] = None,
 ) -> None:
@@ -212,7 +253,33 @@ def unlock(
     print(f"released the lease of {scope}, held by {held}" if held else f"no lease held for {scope}")
 
 
-@app.command()
+@app.command(epilog=_environment_epilog())
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+    tenant: Annotated[str | None, typer.Option(help="Check the extract for one tenant.")] = None,
+) -> None:
+    """Try the configuration without auditing: source, state database, RPC, SMTP, Pushgateway.
+
+    One line per check; nothing is sent, pushed or written. Exit 0 when every configured part
+    answers, 2 otherwise.
+    """
+    from reconcile_audit.face import check as checks
+
+    try:
+        settings = load_settings({"tenant_id": tenant} if tenant else {})
+    except ReconcileAuditError as exc:
+        print(f"check: {exc}", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED) from exc
+    results = checks.run_checks(settings)
+    if as_json:
+        print(checks.to_json(results))
+    else:
+        for result in results:
+            print(result.line())
+    raise typer.Exit(checks.exit_code(results))
+
+
+@app.command(epilog=_environment_epilog("database_url", "state_database_url"))
 def migrate() -> None:
     """Create or update the tool's own tables in the state database (idempotent)."""
     try:

@@ -305,6 +305,8 @@ class RunContext:
         still moves; when the history cannot be read the counter is left out (``None``) rather
         than pushed as a reset.
         """
+        if persisted is not None and persisted.state_unreachable:
+            return None
         try:
             stored = persist.cumulative_mismatches(self.state_url, self.settings.tenant_id)
         except PersistError as exc:
@@ -424,7 +426,12 @@ class RunContext:
         return deliver.send_email(settings, deliver.build_email(settings, report, email_facts, attachment))
 
     def record_failure(
-        self, failure_message: str, *, send: bool, failed_cell: str | None = None
+        self,
+        failure_message: str,
+        *,
+        send: bool,
+        failed_cell: str | None = None,
+        state_reachable: bool = True,
     ) -> RunSummary:
         """The runner's path when the notebook died: the notebook cannot finish its own record.
 
@@ -432,14 +439,27 @@ class RunContext:
         report, writes every artifact (empty results), and when ``send`` emails the report and
         pushes the failure metrics, which leave the last-success timestamp untouched. Each step
         is independent: an unreachable state database must not stop the metrics that would alert
-        on it. Safe whatever the notebook got to: an attempt that already ended completed (the
-        persist cell ran, a later one broke) stays completed, and a key's completed result is
-        never replaced by a failure.
+        on it (``state_reachable=False`` skips it without a word, as the caller already said why).
+        Safe whatever the notebook got to: an attempt that already ended completed (the persist
+        cell ran, a later one broke) stays completed, and a key's completed result is never
+        replaced by a failure.
         """
         message = self.settings.redact(failure_message)
-        persisted = persist.persist_run(
-            self.state_url, self.run_record(None, error_message=message), AuditResult.empty().findings
-        )
+        if state_reachable:
+            persisted = persist.persist_run(
+                self.state_url, self.run_record(None, error_message=message), AuditResult.empty().findings
+            )
+        else:
+            persisted = PersistOutcome(
+                ok=False,
+                run_key=self.run_key,
+                run_id=None,
+                findings_written=0,
+                results_rows=0,
+                seconds=0.0,
+                error="the state database could not be reached",
+                state_unreachable=True,
+            )
         facts = self.facts(None, persisted, failure_message=message)
         rendered = render_report(None, None, facts, redact=self.settings.redact)
         delivered = self.deliver(

@@ -36,6 +36,7 @@ from reconcile_audit.errors import (
     LeaseHeldError,
     ReconcileAuditError,
     StateLockedError,
+    StateUnavailableError,
 )
 from reconcile_audit.face.run import RUN_EVENTS, RunContext, StageClock, new_run_id
 from reconcile_audit.output.deliver import write_atomically
@@ -404,16 +405,20 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _record_failure(context: RunContext, request: RunRequest, *, cell: str, detail: str) -> RunSummary | None:
+def _record_failure(
+    context: RunContext, request: RunRequest, *, cell: str | None, detail: str, state_reachable: bool = True
+) -> RunSummary | None:
     """Record the failed run (state DB, artifacts, metrics) and write summary.json. Never raises.
 
     The notebook died part-way, so the runner is the only one left to tell the health check and
     the alerting that this night failed.
     """
     settings = context.settings
-    message = settings.redact(f"cell {cell!r} failed: {detail}")
+    message = settings.redact(f"cell {cell!r} failed: {detail}" if cell else detail)
     try:
-        return context.record_failure(message, send=request.deliver, failed_cell=cell)
+        return context.record_failure(
+            message, send=request.deliver, failed_cell=cell, state_reachable=state_reachable
+        )
     except Exception as exc:  # the summary.json below must be written whatever broke above
         problem = settings.redact(f"{type(exc).__name__}: {exc}")
         log.error("recording the failed run also failed: %s", problem)
@@ -478,6 +483,13 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     holder = persist.holder_name(run_id)
     failure: tuple[str, str] | None = None
     try:
+        persist.ping(state_url)
+    except StateUnavailableError as exc:
+        # The real cause, first and alone; the failure is still reported and pushed, as an
+        # unreachable database is exactly what the alerts are for.
+        with environment(environ):
+            return _failed(context, request, None, str(exc), state_reachable=False)
+    try:
         with environment(environ):
             kernel = ensure_kernel(request.kernel_name)
             with persist.run_lease(state_url, settings.tenant_id, holder):
@@ -529,7 +541,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     except ReconcileAuditError as exc:
         # The state database or the kernel setup failed before the notebook ran.
         with environment(environ):
-            return _failed(context, request, "runner", str(exc))
+            return _failed(context, request, None, str(exc))
     finally:
         if run_dir.exists():
             scrub_secrets(run_dir, settings.secrets)
@@ -537,14 +549,17 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     return _completed(run_id, run_dir)
 
 
-def _failed(context: RunContext, request: RunRequest, cell: str, detail: str) -> RunOutcome:
-    summary = _record_failure(context, request, cell=cell, detail=detail)
+def _failed(
+    context: RunContext, request: RunRequest, cell: str | None, detail: str, *, state_reachable: bool = True
+) -> RunOutcome:
+    """``cell`` is the notebook cell that failed, or None when the run failed around the notebook."""
+    summary = _record_failure(context, request, cell=cell, detail=detail, state_reachable=state_reachable)
     notebook = context.out_dir / "notebook.ipynb"
     detail = context.settings.redact(detail)
-    if notebook.exists():
+    if cell is not None and notebook.exists():
         message = f"notebook cell {cell!r} failed: {detail} (executed notebook: {notebook})"
     else:
-        message = f"{cell}: {detail}"
+        message = detail
     return RunOutcome(
         ExitCode.FAILED,
         message,

@@ -171,9 +171,15 @@ def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip("> ") or "localhost"
 
 
+def check_smtp(settings: Settings, *, timeout_seconds: float = 15.0) -> DeliveryOutcome:
+    """Connect, upgrade to TLS as a send would, log in, and quit: nothing is sent. SKIPPED when
+    no recipient is set (no email is ever built then)."""
+    return send_email(settings, None, timeout_seconds=timeout_seconds)
+
+
 def send_email(
     settings: Settings,
-    message: EmailMessage,
+    message: EmailMessage | None,
     *,
     ssl_context: ssl.SSLContext | None = None,
     implicit_tls: bool | None = None,
@@ -185,13 +191,14 @@ def send_email(
     is used when ``smtp_starttls`` is set and the server offers it; credentials are then never
     sent over a connection that did not upgrade.
     ``ssl_context`` defaults to the system trust store (pass one to trust a private CA).
+    ``message=None`` goes as far as the login and sends nothing (:func:`check_smtp`).
     """
     recipients = tuple(settings.alert_email_to)
     if not recipients:
         return DeliveryOutcome(DeliveryStatus.SKIPPED, "ALERT_EMAIL_TO is not set")
     if not settings.smtp_host:
         return _failed(settings, "SMTP_HOST is not set", None, recipients)
-    size = len(message.as_bytes())
+    size = len(message.as_bytes()) if message is not None else None
     context = ssl_context or ssl.create_default_context()
     tls_from_start = settings.smtp_port == 465 if implicit_tls is None else implicit_tls
     try:
@@ -218,6 +225,22 @@ def send_email(
                         recipients,
                     )
                 client.login(settings.smtp_user, settings.smtp_password.reveal())
+            if message is None:
+                client.noop()
+                return DeliveryOutcome(
+                    DeliveryStatus.CHECKED,
+                    f"{settings.smtp_host}:{settings.smtp_port} accepts "
+                    + (
+                        "a TLS login"
+                        if secure and settings.smtp_user
+                        else "a login"
+                        if settings.smtp_user
+                        else "mail"
+                    )
+                    + f" for {len(recipients)} recipient(s); nothing sent",
+                    None,
+                    recipients,
+                )
             refused = client.send_message(
                 message, from_addr=settings.alert_email_from, to_addrs=envelope_addresses(recipients)
             )
@@ -233,7 +256,7 @@ def _failed(
     settings: Settings, detail: str, size: int | None, recipients: tuple[str, ...]
 ) -> DeliveryOutcome:
     detail = settings.redact(detail)
-    LOGGER.error("sending the report email failed: %s", detail)
+    LOGGER.error("the SMTP server %s:%s: %s", settings.smtp_host, settings.smtp_port, detail)
     return DeliveryOutcome(DeliveryStatus.FAILED, detail, size, recipients)
 
 

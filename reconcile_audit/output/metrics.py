@@ -267,6 +267,26 @@ def push(
     return PushOutcome(DeliveryStatus.PUSHED)
 
 
+def check_pushgateway(url: str | None, *, timeout_seconds: float = 10.0) -> PushOutcome:
+    """``GET /-/ready`` on the Pushgateway through prometheus-client's handlers (the URL's
+    credentials as basic auth, as a push would send them): pushes nothing. SKIPPED without a URL."""
+    if not url:
+        return PushOutcome(DeliveryStatus.SKIPPED, "PUSHGATEWAY_URL is not set")
+    gateway, handler = _gateway_and_handler(url)
+    try:
+        if urlsplit(gateway).scheme not in ("http", "https"):
+            raise ValueError("PUSHGATEWAY_URL must be an http(s) URL")
+        handler(
+            url=gateway.rstrip("/") + "/-/ready", method="GET", timeout=timeout_seconds, headers=[], data=b""
+        )()
+    except Exception as exc:  # OSError for HTTP >= 400 and unreachable hosts, timeouts
+        detail = f"{type(exc).__name__}: {exc}"
+        for secret in url_credentials(url):
+            detail = detail.replace(secret, "***")
+        return PushOutcome(DeliveryStatus.FAILED, f"{public_url(url)}: {detail}")
+    return PushOutcome(DeliveryStatus.CHECKED, f"{public_url(url)} is ready; nothing pushed")
+
+
 def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
     """The URL without its userinfo, and the handler that sends that userinfo as basic auth."""
     parts = urlsplit(url)

@@ -41,7 +41,7 @@ from reconcile_audit.compute.persist.findings import (
 )
 from reconcile_audit.compute.persist.health import AttemptView, Health, latest_summary
 from reconcile_audit.compute.persist.lease import Lease, break_lease, holder_name, run_lease
-from reconcile_audit.compute.persist.migrate import migrate
+from reconcile_audit.compute.persist.migrate import check_state, migrate
 from reconcile_audit.compute.persist.runs import (
     PersistOutcome,
     RunRecord,
@@ -50,7 +50,7 @@ from reconcile_audit.compute.persist.runs import (
     persist_run,
     start_run,
 )
-from reconcile_audit.compute.persist.session import state_database_missing
+from reconcile_audit.compute.persist.session import ping, state_database_missing
 
 __all__ = [
     "RESULTS_COLUMNS",
@@ -62,12 +62,14 @@ __all__ = [
     "RunRecord",
     "abandon_stale_attempts",
     "break_lease",
+    "check_state",
     "cumulative_mismatches",
     "holder_name",
     "latest_summary",
     "migrate",
     "non_match_rows",
     "persist_run",
+    "ping",
     "results_digest",
     "run_lease",
     "start_run",

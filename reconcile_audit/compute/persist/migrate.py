@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconcile_audit.compute.db import Connection, read_sql
+from reconcile_audit.compute.db import Connection, duckdb_path, read_sql
 from reconcile_audit.compute.persist.session import (
     describe_error,
+    ping,
     state_session,
     table_exists,
     transaction,
@@ -84,3 +86,36 @@ def migrate(url: str) -> None:
         raise PersistError(
             f"cannot migrate the state database {redact_url(url)}: {describe_error(exc, url)}"
         ) from exc
+
+
+def check_state(url: str) -> str:
+    """What ``reconcile-audit check`` says of the state database: reachable, migrated (or able to
+    migrate on the first run) and writable. :class:`PersistError` naming what is wrong."""
+    ping(url)
+    try:
+        with state_session(url) as conn:
+            pending = pending_migrations(conn)
+            latest = max((m.version for m in migrations(conn.dialect)), default=0)
+            if conn.dialect == "duckdb":
+                path = Path(duckdb_path(url))
+                writable = os.access(path if path.exists() else path.parent, os.W_OK)
+            elif pending:
+                writable = bool(conn.rows(read_sql("persist/check_can_migrate.postgres.sql"))[0][0])
+            else:
+                writable = bool(conn.rows(read_sql("persist/check_writable.postgres.sql"))[0][0])
+    except PersistError:
+        raise
+    except Exception as exc:
+        raise PersistError(
+            f"cannot read the state database {redact_url(url)}: {describe_error(exc, url)}"
+        ) from exc
+    if not writable:
+        raise PersistError(
+            f"the state database {redact_url(url)} is not writable by this role"
+            + (" and has migrations pending" if pending else "")
+            + ": point RECONCILE_STATE_DATABASE_URL at a writable one, or run `reconcile-audit migrate` "
+            "once as the schema's owner"
+        )
+    if pending:
+        return f"{redact_url(url)}: writable; migrations {[m.version for m in pending]} will be applied by the first run"
+    return f"{redact_url(url)}: migrated to version {latest}, writable"

@@ -76,6 +76,7 @@ class PersistOutcome:
     error: str | None = None
     marked_failed: bool = False  # the attempt was recorded as failed, with its counts, after the error
     kept_completed: bool = False  # a failed attempt left the key's earlier completed result in place
+    state_unreachable: bool = False  # nothing was tried: the state database could not be reached
 
 
 def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:

@@ -14,8 +14,16 @@ from typing import Any, Final
 import polars as pl
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from reconcile_audit.compute.db import Connection, dialect_of, duckdb_path, open_connection, read_sql
+from reconcile_audit.compute.db import (
+    Connection,
+    connection_cause,
+    dialect_of,
+    duckdb_path,
+    open_connection,
+    read_sql,
+)
 from reconcile_audit.compute.settings import redact_url, url_password
+from reconcile_audit.errors import StateUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +52,22 @@ def describe_error(exc: BaseException, url: str) -> str:
     if any(sign in text.lower() for sign in _READ_ONLY_SIGNS):
         text += _NOT_WRITABLE
     return " ".join(text.split())
+
+
+def ping(url: str) -> None:
+    """Connect to a PostgreSQL state database once: :class:`StateUnavailableError` with the real
+    cause in one line when it cannot be reached. (A DuckDB state file is created on first use.)"""
+    if dialect_of(url) == "duckdb":
+        return
+    try:
+        with state_session(url) as conn:
+            conn.rows("SELECT 1")
+    except Exception as exc:
+        text = describe_error(exc, url)
+        cause = connection_cause(text) or text
+        raise StateUnavailableError(
+            f"cannot connect to the state database {redact_url(url)}: {cause}"
+        ) from None
 
 
 def duckdb_lock_holder(exc: BaseException) -> str | None:
