@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench lab clean
 
 $(VENV): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ bench: $(VENV)
 	$(BIN)/python benchmarks/ledger_bench.py --escrows 20000 --repeats 5
 	$(BIN)/python benchmarks/ledger_bench.py --escrows 100000 --repeats 3
 	$(BIN)/python benchmarks/extract_bench.py --invoices 200000 --repeats 3
+
+# The analyst's JupyterLab on the audit notebook: its stored defaults build a demo database.
+lab: $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev,lab]'
+	$(BIN)/jupyter lab notebooks/reconcile_escrow.ipynb
 
 clean:
 	rm -rf $(VENV) reports/*/ .pytest_cache

@@ -76,3 +76,27 @@ def trend_chart_html(trend: pl.DataFrame, *, width_px: int = 320) -> str:
         label = str(run["run_key"]) + (" (this run)" if run.get("current") else "")
         rows.append((label, {name: int(run[name] or 0) for name in CLASSES if name != "match"}))
     return _bar_rows(rows, width_px)
+
+
+def show_findings_in_full() -> None:
+    """Let polars print findings whole in the notebook: every column, up to 100 rows, and
+    reasons of any length (the defaults show 10 rows and cut text at about 30 characters)."""
+    pl.Config.set_tbl_rows(100)
+    pl.Config.set_tbl_cols(-1)
+    pl.Config.set_fmt_str_lengths(2_000)
+    pl.Config.set_tbl_width_chars(2_000)
+    pl.Config.set_fmt_table_cell_list_len(-1)
+
+
+def invoice_detail_html(row: Mapping[str, object]) -> str:
+    """One finding as two full-width columns (field, value), every value whole and escaped: the
+    drill-down into one invoice, where a 25-column row would be cut."""
+    lines = "".join(
+        "<tr>"
+        f"<th style='text-align:left;vertical-align:top;white-space:nowrap;padding-right:16px'>{escape(name)}</th>"
+        f"<td style='text-align:left;white-space:pre-wrap;overflow-wrap:anywhere'>"
+        f"{escape('' if value is None else str(value))}</td>"
+        "</tr>"
+        for name, value in row.items()
+    )
+    return f"<table style='width:100%;table-layout:auto'>{lines}</table>"

@@ -1,0 +1,30 @@
+"""The notebook's own views: the analyst sees findings and one invoice whole."""
+
+from __future__ import annotations
+
+from html import escape
+
+import polars as pl
+
+from reconcile_audit.output import notebook_views
+from tests.factories import finding, frame
+
+
+def test_one_invoice_shows_every_field_whole_and_escaped() -> None:
+    reason = "the escrow at C" + "A" * 55 + " belongs to invoice 'X', not 'Y'; " + "detail " * 40
+    row = frame([finding("<b>INV-1</b>", "mismatch", reason=reason)]).row(0, named=True)
+    html = notebook_views.invoice_detail_html(row)
+    assert html.count("<tr>") == len(row)  # one line per field: nothing dropped
+    assert escape(reason) in html  # nothing cut
+    assert "&lt;b&gt;INV-1&lt;/b&gt;" in html and "<b>INV-1</b>" not in html
+    assert "width:100%" in html
+
+
+def test_findings_tables_print_reasons_whole() -> None:
+    long_reason = "DB 1,250.00 USDC vs chain 1,249.99 USDC (chain under by 0.01); " + "more " * 30
+    findings = pl.DataFrame({"invoice_id": [f"INV-{i}" for i in range(24)], "reason": [long_reason] * 24})
+    with pl.Config():
+        notebook_views.show_findings_in_full()
+        printed = str(findings)
+    assert long_reason.strip() in printed
+    assert "INV-23" in printed and "…" not in printed
