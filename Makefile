@@ -12,8 +12,9 @@ $(VENV): pyproject.toml
 	touch $(VENV)
 
 # The demo plants findings on purpose, so its expected exit code is 1 (findings), not 0.
+# DEMO_ARGS=--deliver emails the demo's report with the SMTP_* / ALERT_EMAIL_* of the environment.
 demo: $(VENV)
-	$(BIN)/reconcile-audit demo || [ $$? -eq 1 ]
+	$(BIN)/reconcile-audit demo $(DEMO_ARGS) || [ $$? -eq 1 ]
 
 test: lint
 	# One session, so the closing line counts every test: the suite, then nbval over the notebook.

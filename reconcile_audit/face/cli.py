@@ -185,13 +185,24 @@ def run(
     _finish(runner.run(request))
 
 
-@app.command(epilog="Environment: none of the operator's; the demo builds its own database and RPC.")
+@app.command(
+    epilog="Environment: none of the operator's (the demo builds its own database and RPC), but with "
+    "--deliver: SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD, SMTP_STARTTLS, ALERT_EMAIL_TO, "
+    "ALERT_EMAIL_FROM, RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES, RECONCILE_REPORT_BASE_URL, PUSHGATEWAY_URL."
+)
 def demo(
     invoices: Annotated[int, typer.Option(min=50, help="Synthetic invoices to reconcile.")] = 10_000,
     output_dir: OutputDir = None,
     history_runs: Annotated[
         int, typer.Option(min=0, max=10, help="Earlier nightly runs to replay first, for the trend.")
     ] = 3,
+    deliver: Annotated[
+        bool,
+        typer.Option(
+            "--deliver",
+            help="Email the demo's report and push its metrics with the delivery settings of the environment.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
@@ -201,7 +212,11 @@ def demo(
 
     _configure_logging(verbose, log_format)
     outcome = demo_module.run_demo(
-        invoices=invoices, output_dir=output_dir, history_runs=history_runs, progress=sys.stderr.isatty()
+        invoices=invoices,
+        output_dir=output_dir,
+        history_runs=history_runs,
+        progress=sys.stderr.isatty(),
+        deliver=deliver,
     )
     _finish(outcome)
 

@@ -132,3 +132,27 @@ def test_demo_database_is_replaced(tmp_path: Path):
     demo.write_source_database(url, demo.build_dataset(50))
     again = demo.fresh_duckdb(tmp_path / "demo.duckdb")
     assert again == url and not (tmp_path / "demo.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_demo_deliver_emails_the_report_with_the_environments_smtp(tmp_path, monkeypatch):
+    from tests.services import running_smtp
+
+    with running_smtp("demo-smtp-pw") as (inbox, port):
+        for name, value in {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(port),
+            "SMTP_USER": "reconcile",
+            "SMTP_PASSWORD": "demo-smtp-pw",
+            "SMTP_STARTTLS": "false",
+            "ALERT_EMAIL_TO": "Finance Team <finance@example.test>",
+            "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/not-used-by-the-demo",
+        }.items():
+            monkeypatch.setenv(name, value)
+        outcome = demo.run_demo(invoices=60, output_dir=tmp_path, history_runs=0, deliver=True)
+        assert outcome.exit_code == 1, outcome.message
+        message = inbox.only_message()
+    assert message["To"] == "Finance Team <finance@example.test>"
+    assert [part.get_filename() for part in message.iter_attachments()] == ["findings.csv"]
+    summary = json.loads(next(p for p in tmp_path.glob("*/summary.json")).read_text(encoding="utf-8"))
+    assert any(note.startswith("email sent") for note in summary["delivery"])

@@ -465,3 +465,20 @@ def test_the_email_reads_at_375_and_1000_px_without_horizontal_scroll(tmp_path: 
     png = SCREENSHOTS / f"email-{width}.png"
     png.write_bytes(view.png)
     assert _png_size(png) == (width, 2400)
+
+
+def test_footer_links_are_absolute_under_a_base_url_and_never_dead_without_one() -> None:
+    findings = frame(realistic_rows())
+    plain = render_report(
+        AuditResult.of(findings), None, facts(run_folder="audit-host:/var/lib/reconcile/r1")
+    )
+    assert "href=" not in plain.html.split('class="foot"', 1)[1]  # no relative link that leads nowhere
+    assert "in the run folder audit-host:/var/lib/reconcile/r1" in plain.html
+    assert "in the run folder audit-host:/var/lib/reconcile/r1" in plain.text
+    published = render_report(
+        AuditResult.of(findings), None, facts(report_base_url="https://reports.example.test/reconcile/")
+    )
+    base = "https://reports.example.test/reconcile/20261124T020003Z-acme"
+    for name in ("notebook.ipynb", "results.csv", "results.parquet", "summary.json"):
+        assert f'href="{base}/{name}"' in published.html
+        assert f"{base}/{name}" in published.text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import uuid
@@ -75,6 +76,19 @@ PLANTED_KINDS: Final = (
     "wrong_token",  # a USDC invoice whose escrow holds EURC (RECONCILE_CURRENCY_TOKENS)
 )
 NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
+# What `demo --deliver` takes from the operator's environment; nothing else of it reaches the demo.
+DELIVERY_VARIABLES: Final = (
+    "SMTP_HOST",
+    "SMTP_PORT",
+    "SMTP_USER",
+    "SMTP_PASSWORD",
+    "SMTP_STARTTLS",
+    "ALERT_EMAIL_TO",
+    "ALERT_EMAIL_FROM",
+    "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES",
+    "RECONCILE_REPORT_BASE_URL",
+    "PUSHGATEWAY_URL",
+)
 
 
 @dataclass(frozen=True)
@@ -442,11 +456,14 @@ def run_demo(
     history_runs: int = 3,
     progress: bool = False,
     seed: int = 7,
+    deliver: bool = False,
 ) -> runner.RunOutcome:
     """Build the demo, then run the notebook through :func:`reconcile_audit.face.runner.run`.
 
     Returns the runner's ``RunOutcome``: the same exit codes and folder layout as ``run``. The
-    demo database lives in ``<output_dir>/demo/`` and is rebuilt on every call.
+    demo database lives in ``<output_dir>/demo/`` and is rebuilt on every call. The operator's
+    environment is left out, but for ``deliver``: then the delivery settings (SMTP, recipients,
+    Pushgateway) are taken from it, to see the demo's email and metrics arrive somewhere real.
     """
     output_dir = (output_dir or default_output_dir()).resolve()
     demo_dir = output_dir / "demo"
@@ -454,5 +471,8 @@ def run_demo(
         shutil.rmtree(demo_dir)
     with embedded_demo(demo_dir, invoices=invoices, history_nights=history_runs, seed=seed) as embedded:
         log.info("demo: %d invoices in %s, emulator at %s", invoices, embedded.database_url, embedded.rpc_url)
-        request = runner.RunRequest(output_dir=output_dir, deliver=False, progress_bar=progress)
-        return runner.run(request, embedded.environ())
+        environ = embedded.environ()
+        if deliver:
+            environ.update({name: os.environ[name] for name in DELIVERY_VARIABLES if name in os.environ})
+        request = runner.RunRequest(output_dir=output_dir, deliver=deliver, progress_bar=progress)
+        return runner.run(request, environ)
