@@ -117,8 +117,17 @@ class _RunCollector(Collector):
         family.add_metric([self._run.tenant], value)  # type: ignore[attr-defined]
         return family
 
+    def _gauges(
+        self, name: str, documentation: str, label: str, values: Iterable[tuple[str, float]]
+    ) -> Metric:
+        """A gauge with one series per ``label`` value, beside the tenant."""
+        family = GaugeMetricFamily(PREFIX + name, documentation, labels=["tenant", label])
+        for value, number in values:
+            family.add_metric([self._run.tenant, value], number)
+        return family
+
     def collect(self) -> Iterable[Metric]:
-        run, tenant = self._run, self._run.tenant
+        run = self._run
         if run.cumulative_mismatches is not None:
             yield self._family(CounterMetricFamily, "mismatches", MISMATCHES_HELP, run.cumulative_mismatches)
         if run.success:
@@ -141,46 +150,38 @@ class _RunCollector(Collector):
             1 if run.success else 0,
         )
         if run.status is not None:
-            statuses = GaugeMetricFamily(
-                PREFIX + "last_run_status",
+            yield self._gauges(
+                "last_run_status",
                 "1 for the status the last reconciliation run ended in, 0 for the others",
-                labels=["tenant", "status"],
+                "status",
+                ((status.value, 1 if status == run.status else 0) for status in AuditStatus),
             )
-            for status in AuditStatus:
-                statuses.add_metric([tenant, status.value], 1 if status == run.status else 0)
-            yield statuses
         yield self._family(
             GaugeMetricFamily,
             "run_duration_seconds",
             "Wall-clock duration of the last reconciliation run",
             run.duration_seconds,
         )
-        stages = GaugeMetricFamily(
-            PREFIX + "stage_duration_seconds",
+        yield self._gauges(
+            "stage_duration_seconds",
             "Wall-clock duration of each stage of the last reconciliation run",
-            labels=["tenant", "stage"],
+            "stage",
+            sorted(run.stage_seconds.items()),
         )
-        for stage, seconds in sorted(run.stage_seconds.items()):
-            stages.add_metric([tenant, stage], seconds)
-        yield stages
         if run.class_counts is not None:
-            invoices = GaugeMetricFamily(
-                PREFIX + "invoices",
+            yield self._gauges(
+                "invoices",
                 "Invoices in each reconciliation class in the last completed run",
-                labels=["tenant", "class"],
+                "class",
+                ((name, run.class_counts.get(name, 0)) for name in CLASSES),
             )
-            for name in CLASSES:
-                invoices.add_metric([tenant, name], run.class_counts.get(name, 0))
-            yield invoices
         if run.findings_by_age is not None:
-            ages = GaugeMetricFamily(
-                PREFIX + "findings",
+            yield self._gauges(
+                "findings",
                 "Open findings (every class but match) of the last completed run, by days since first seen",
-                labels=["tenant", "bucket"],
+                "bucket",
+                run.findings_by_age.items(),
             )
-            for bucket, count in run.findings_by_age.items():
-                ages.add_metric([tenant, bucket], count)
-            yield ages
         if run.email_bytes is not None:
             yield self._family(
                 GaugeMetricFamily,

@@ -7,7 +7,6 @@ state database, the health check and the mismatch counter say afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,17 +22,6 @@ from reconcile_audit.face import demo
 from reconcile_audit.face.cli import app
 
 RUN_KEY = "acme:nightly"
-
-
-@pytest.fixture(scope="module")
-def dataset() -> demo.DemoData:
-    return demo.build_dataset(60, history_nights=0)
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset: demo.DemoData) -> Iterator[Emulator]:
-    with Emulator(dataset.ledger_state(0)) as running:
-        yield running
 
 
 @pytest.fixture

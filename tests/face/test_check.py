@@ -4,6 +4,7 @@ and the CLI's conventions (papermill's `-p name value`, `--version`, environment
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,21 +17,10 @@ from reconcile_audit.compute import db
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
 from reconcile_audit.face.cli import _parse_parameters, app
-from tests.services import SMTP_USER, Inbox, free_port, running_pushgateway, running_smtp
+from tests.services import SMTP_USER, Inbox, free_port, running_smtp
 
 SMTP_PASSWORD = "smtp-Check-Pw-91c2"
 DB_PASSWORD = "pg-Check-Pw-3b7e"
-
-
-@pytest.fixture(scope="module")
-def dataset() -> demo.DemoData:
-    return demo.build_dataset(60, history_nights=0)
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset: demo.DemoData) -> Iterator[Emulator]:
-    with Emulator(dataset.ledger_state(0)) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +29,12 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def pushgateway() -> Iterator[str]:
-    with running_pushgateway() as url:
-        yield url
-
-
 def check(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Exit code and what `check` printed: its own lines, without log lines other parts of the
+    session (aiosmtpd's deprecation warning) write to the same captured stream."""
     result = CliRunner().invoke(app, ["check", *args], env=env, catch_exceptions=False)
-    return result.exit_code, result.output
+    own = [line for line in result.output.splitlines() if not re.match(r"\d{4}-\d\d-\d\d \d\d:", line)]
+    return result.exit_code, "\n".join(own) + "\n"
 
 
 @pytest.fixture

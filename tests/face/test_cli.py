@@ -24,7 +24,7 @@ from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.face import demo
 from reconcile_audit.face.cli import app
-from tests.services import SMTP_USER, Inbox, admin_execute, running_pushgateway, running_smtp
+from tests.services import SMTP_USER, Inbox, admin_execute, running_smtp
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -51,12 +51,6 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
     """A real SMTP server (aiosmtpd) that checks the password, as a local relay would."""
     with running_smtp(SMTP_PASSWORD, user=SMTP_USER) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def pushgateway() -> Iterator[str]:
-    with running_pushgateway() as url:
-        yield url
 
 
 def gateway_samples(url: str) -> dict[str, float]:
@@ -129,12 +123,6 @@ def clean_subset(data: demo.DemoData) -> demo.DemoData:
         planted={},
         earlier_funding={},
     )
-
-
-@pytest.fixture(scope="module")
-def emulator(dataset: demo.DemoData) -> Iterator[Emulator]:
-    with Emulator(dataset.ledger_state(0)) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,6 @@ SCRIPT = Path(sys.executable).with_name("reconcile-audit")
 RUN_KEY = "acme:signals"
 
 
-@pytest.fixture(scope="module")
-def dataset() -> demo.DemoData:
-    return demo.build_dataset(60, history_nights=0)
-
-
 @pytest.fixture
 def source(pg_url: str, dataset: demo.DemoData) -> str:
     demo.write_source_database(pg_url, dataset)
