@@ -38,12 +38,13 @@ _INSTANCE_KEY_TAIL: Final = _U32(stellar_xdr.SCValType.SCV_LEDGER_KEY_CONTRACT_I
     stellar_xdr.ContractDataDurability.PERSISTENT.value
 )
 _EXT_V0: Final = _U32(0)
-_WASM_INSTANCE_HEAD: Final = (
-    _U32(stellar_xdr.SCValType.SCV_CONTRACT_INSTANCE.value)
+_WASM_INSTANCE_HEADS: Final = {
+    wasm_hash: _U32(stellar_xdr.SCValType.SCV_CONTRACT_INSTANCE.value)
     + _U32(stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM.value)
-    + state.ESCROW_WASM_HASH
+    + wasm_hash
     + _U32(1)  # storage map present
-)
+    for wasm_hash in (state.ESCROW_WASM_HASH, state.CUSTODIAL_ESCROW_WASM_HASH)
+}
 _ADDRESS_ACCOUNT: Final = _U32(stellar_xdr.SCAddressType.SC_ADDRESS_TYPE_ACCOUNT.value) + _U32(
     stellar_xdr.PublicKeyType.PUBLIC_KEY_TYPE_ED25519.value
 )
@@ -167,7 +168,7 @@ _PLACEHOLDER: Final = state.StrKey.encode_contract(bytes(32))
 
 @functools.cache
 def _storage_layout(
-    shape: str, has_escrow: bool, has_distributed: bool
+    shape: str, has_escrow: bool, has_distributed: bool, custodial: bool
 ) -> tuple[tuple[bytes, Callable[[state.EscrowSpec], bytes] | None, bytes], ...]:
     """The storage map's entries in key order, learnt from stellar-sdk's encoding of a placeholder."""
     placeholder = state.EscrowSpec(
@@ -182,6 +183,7 @@ def _storage_layout(
         distributed_principal=0 if has_distributed else None,
         has_escrow=has_escrow,
         storage_shape=shape,
+        custodial=custodial,
     )
     storage = state.escrow_storage(placeholder).map
     assert storage is not None
@@ -195,13 +197,15 @@ def _storage_layout(
 
 def escrow_entry_xdr(spec: state.EscrowSpec) -> bytes:
     """XDR of ``state.escrow_instance_entry(spec)`` (a ``LedgerEntryData``)."""
-    layout = _storage_layout(spec.storage_shape, spec.has_escrow, spec.distributed_principal is not None)
+    layout = _storage_layout(
+        spec.storage_shape, spec.has_escrow, spec.distributed_principal is not None, spec.custodial
+    )
     parts = [
         _CONTRACT_DATA,
         _EXT_V0,
         sc_address_xdr(spec.contract_id),
         _INSTANCE_KEY_TAIL,
-        _WASM_INSTANCE_HEAD,
+        _WASM_INSTANCE_HEADS[state.escrow_wasm_hash(spec)],
         _U32(len(layout)),
     ]
     for key, slot, constant in layout:
@@ -210,12 +214,52 @@ def escrow_entry_xdr(spec: state.EscrowSpec) -> bytes:
     return b"".join(parts)
 
 
+_PERSISTENT: Final = _U32(stellar_xdr.ContractDataDurability.PERSISTENT.value)
+_BALANCE_KEY_HEAD: Final = (
+    _U32(stellar_xdr.SCValType.SCV_VEC.value) + _U32(1) + _U32(2) + sc_val_symbol("Balance")
+)
+_BALANCE_VALUE_HEAD: Final = _SCV_MAP_PRESENT + _U32(3) + sc_val_symbol("amount")
+_BALANCE_VALUE_TAIL: Final = (
+    sc_val_symbol("authorized")
+    + _U32(stellar_xdr.SCValType.SCV_BOOL.value)
+    + _U32(1)
+    + sc_val_symbol("clawback")
+    + _U32(stellar_xdr.SCValType.SCV_BOOL.value)
+    + _U32(0)
+)
+
+
+def balance_key_xdr(token: str, holder: str) -> bytes:
+    """XDR of ``state.balance_key(token, holder)``."""
+    return _CONTRACT_DATA + _balance_key_body(token, holder)
+
+
+def _balance_key_body(token: str, holder: str) -> bytes:
+    return sc_address_xdr(token) + _BALANCE_KEY_HEAD + sc_val_address(holder) + _PERSISTENT
+
+
+def balance_entry_xdr(token: str, holder: str, amount: int) -> bytes:
+    """XDR of ``state.balance_entry(token, holder, amount)``."""
+    return b"".join(
+        (
+            _CONTRACT_DATA,
+            _EXT_V0,
+            _balance_key_body(token, holder),
+            _BALANCE_VALUE_HEAD,
+            sc_val_i128(amount),
+            _BALANCE_VALUE_TAIL,
+        )
+    )
+
+
 def token_entry_xdr(spec: state.TokenSpec) -> bytes:
     """Tokens are few, so stellar-sdk encodes them directly."""
     return state.token_instance_entry(spec).to_xdr_bytes()
 
 
 __all__ = [
+    "balance_entry_xdr",
+    "balance_key_xdr",
     "contract_code_key_xdr",
     "escrow_entry_xdr",
     "escrow_struct_xdr",

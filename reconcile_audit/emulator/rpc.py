@@ -109,7 +109,17 @@ class RpcNode:
             self._entry(t.contract_id, encode.token_entry_xdr(t), t.last_modified_ledger, t.live_until_ledger)
             for t in ledger.tokens
         )
-        self.entries = {entry.key: entry for entry in itertools.chain(escrow_entries, token_entries)}
+        # A Stellar Asset Contract keeps each holder's balance in its own entry; a Wasm token's
+        # balances are its own business, so none is served for it.
+        assets = {t.contract_id for t in ledger.tokens if t.stellar_asset}
+        balance_entries = (
+            self._balance(e)
+            for e in ledger.escrows
+            if e.token_balance is not None and e.funding_token in assets
+        )
+        self.entries = {
+            entry.key: entry for entry in itertools.chain(escrow_entries, token_entries, balance_entries)
+        }
         self._simulation_data: dict[str, str] = {}
 
     @functools.cached_property
@@ -123,6 +133,19 @@ class RpcNode:
         xdr = _b64(data)
         return Entry(
             key, entry_fragment(key, xdr, last_modified, live_until), contract_id, last_modified, live_until
+        )
+
+    @staticmethod
+    def _balance(spec: state.EscrowSpec) -> Entry:
+        key = _b64(encode.balance_key_xdr(spec.funding_token, spec.contract_id))
+        xdr = _b64(encode.balance_entry_xdr(spec.funding_token, spec.contract_id, spec.token_balance or 0))
+        last_modified, live_until = spec.balance_last_modified_ledger, spec.balance_live_until_ledger
+        return Entry(
+            key,
+            entry_fragment(key, xdr, last_modified, live_until),
+            spec.contract_id,
+            last_modified,
+            live_until,
         )
 
     def advance(self, ledgers: int) -> int:

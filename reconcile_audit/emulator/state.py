@@ -35,8 +35,13 @@ DEFAULT_MATURITY: Final = 1_800_000_000  # unix seconds, u64
 DEFAULT_YIELD_BPS: Final = 800
 ESCROW_VERSION: Final = 1
 
-# The escrow contracts run one Wasm; the hash only has to be a stable 32 bytes.
+# The escrow contracts run one Wasm per release; a hash only has to be a stable 32 bytes. Code from
+# 2026-06-29 on moves tokens into the escrow (custodial), keeps Version 6, and stores
+# ProtocolFeeBps; a non-SAC token runs its own Wasm.
 ESCROW_WASM_HASH: Final = hashlib.sha256(b"liquifact-escrow-wasm").digest()
+CUSTODIAL_ESCROW_WASM_HASH: Final = hashlib.sha256(b"liquifact-escrow-wasm-2026-06-29").digest()
+TOKEN_WASM_HASH: Final = hashlib.sha256(b"custom-token-wasm").digest()
+PROTOCOL_FEE_BPS: Final = 25
 
 _SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
 I128_MIN: Final = -(2**127)
@@ -53,6 +58,7 @@ class TokenSpec:
     symbol: str = "USDC"
     live_until_ledger: int = DEFAULT_LIVE_UNTIL_LEDGER
     last_modified_ledger: int = DEFAULT_LAST_MODIFIED_LEDGER
+    stellar_asset: bool = True  # a Stellar Asset Contract; False: a Wasm token, whose balances are its own
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +77,10 @@ class EscrowSpec:
     - ``escrow_extra_fields``: standard, with unknown fields inside the Escrow map
       (``currency_code: Symbol``, ``legal_hold: Bool``), still sorted by name.
     - ``no_funding_token``: standard without FundingToken.
+
+    ``custodial``: the instance runs the custodial code (its own Wasm hash) and stores
+    ``ProtocolFeeBps``. ``token_balance``: the funding token's ``Balance`` entry for this escrow
+    (served when the token is a Stellar Asset Contract), or None for no entry, which reads as 0.
     """
 
     contract_id: str
@@ -89,6 +99,10 @@ class EscrowSpec:
     last_modified_ledger: int = DEFAULT_LAST_MODIFIED_LEDGER
     live_until_ledger: int = DEFAULT_LIVE_UNTIL_LEDGER
     storage_shape: str = "standard"
+    custodial: bool = False
+    token_balance: int | None = None
+    balance_last_modified_ledger: int = DEFAULT_LAST_MODIFIED_LEDGER
+    balance_live_until_ledger: int = DEFAULT_LIVE_UNTIL_LEDGER
 
     def __post_init__(self) -> None:
         if self.storage_shape not in STORAGE_SHAPES:
@@ -99,8 +113,10 @@ class EscrowSpec:
             value = getattr(self, name)
             if not I128_MIN <= value <= I128_MAX:
                 raise ValueError(f"{name} {value} does not fit in i128")
-        if self.distributed_principal is not None and not I128_MIN <= self.distributed_principal <= I128_MAX:
-            raise ValueError(f"distributed_principal {self.distributed_principal} does not fit in i128")
+        for name in ("distributed_principal", "token_balance"):
+            value = getattr(self, name)
+            if value is not None and not I128_MIN <= value <= I128_MAX:
+                raise ValueError(f"{name} {value} does not fit in i128")
 
 
 @dataclass(frozen=True)
@@ -235,6 +251,8 @@ def escrow_storage(spec: EscrowSpec) -> stellar_xdr.SCVal:
         entries.append((storage_key("FundingToken"), scval.to_address(spec.funding_token)))
     if spec.distributed_principal is not None:
         entries.append((storage_key("DistributedPrincipal"), scval.to_int128(spec.distributed_principal)))
+    if spec.custodial:
+        entries.append((storage_key("ProtocolFeeBps"), scval.to_uint32(PROTOCOL_FEE_BPS)))
     if spec.storage_shape != "minimal":
         entries.append((storage_key("Admin"), scval.to_address(spec.admin)))
         entries.append((storage_key("Version"), scval.to_uint32(ESCROW_VERSION)))
@@ -263,11 +281,51 @@ def _instance_entry(
 
 def escrow_instance_entry(spec: EscrowSpec) -> stellar_xdr.LedgerEntryData:
     """The escrow's contract-instance ``LedgerEntryData``, exactly as the emulator serves it."""
-    executable = stellar_xdr.ContractExecutable(
-        stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,
-        wasm_hash=stellar_xdr.Hash(ESCROW_WASM_HASH),
+    return _instance_entry(spec.contract_id, _wasm(escrow_wasm_hash(spec)), escrow_storage(spec))
+
+
+def escrow_wasm_hash(spec: EscrowSpec) -> bytes:
+    return CUSTODIAL_ESCROW_WASM_HASH if spec.custodial else ESCROW_WASM_HASH
+
+
+def _wasm(wasm_hash: bytes) -> stellar_xdr.ContractExecutable:
+    return stellar_xdr.ContractExecutable(
+        stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM, wasm_hash=stellar_xdr.Hash(wasm_hash)
     )
-    return _instance_entry(spec.contract_id, executable, escrow_storage(spec))
+
+
+def balance_key(token: str, holder: str) -> stellar_xdr.LedgerKey:
+    """A Stellar Asset Contract's balance entry of ``holder``: ContractData{token,
+    Vec[Symbol("Balance"), Address(holder)], PERSISTENT}."""
+    return stellar_xdr.LedgerKey(
+        type=stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+        contract_data=stellar_xdr.LedgerKeyContractData(
+            contract=_sc_address(token),
+            key=scval.to_vec([scval.to_symbol("Balance"), scval.to_address(holder)]),
+            durability=stellar_xdr.ContractDataDurability.PERSISTENT,
+        ),
+    )
+
+
+def balance_entry(token: str, holder: str, amount: int) -> stellar_xdr.LedgerEntryData:
+    """The SAC's ``BalanceValue{amount, authorized, clawback}`` for ``holder``, as the host stores it."""
+    key = balance_key(token, holder).contract_data
+    return stellar_xdr.LedgerEntryData(
+        type=stellar_xdr.LedgerEntryType.CONTRACT_DATA,
+        contract_data=stellar_xdr.ContractDataEntry(
+            ext=stellar_xdr.ExtensionPoint(0),
+            contract=key.contract,
+            key=key.key,
+            durability=key.durability,
+            val=scval.to_struct(
+                {
+                    "amount": scval.to_int128(amount),
+                    "authorized": scval.to_bool(True),
+                    "clawback": scval.to_bool(False),
+                }
+            ),
+        ),
+    )
 
 
 def token_metadata(spec: TokenSpec) -> stellar_xdr.SCVal:
@@ -299,8 +357,10 @@ def token_instance_entry(spec: TokenSpec) -> stellar_xdr.LedgerEntryData:
     ]
     if spec.decimals is not None:
         entries.append((scval.to_symbol("METADATA"), token_metadata(spec)))
-    executable = stellar_xdr.ContractExecutable(
-        stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET
+    executable = (
+        stellar_xdr.ContractExecutable(stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET)
+        if spec.stellar_asset
+        else _wasm(TOKEN_WASM_HASH)
     )
     return _instance_entry(spec.contract_id, executable, _sorted_map(entries))
 

@@ -457,3 +457,25 @@ def test_response_body_is_plain_json(emulator: Emulator) -> None:
     assert body["id"] == 77
     assert set(body["result"]["entries"][0]) == {"key", "xdr", "lastModifiedLedgerSeq", "liveUntilLedgerSeq"}
     GetLatestLedgerResponse.model_validate(_post(emulator.url, "getLatestLedger").json()["result"])
+
+
+def test_balance_entries_are_served_for_stellar_asset_contracts_only() -> None:
+    from reconcile_audit.emulator.state import balance_entry, balance_key
+
+    wasm_token = dataclasses.replace(USDC, contract_id=random_contract_id(RNG), stellar_asset=False)
+    held = _escrow(200, token_balance=7_000_000, balance_last_modified_ledger=LATEST - 3, custodial=True)
+    empty = _escrow(201)  # no Balance entry: the holder has never received the token
+    on_wasm = _escrow(202, funding_token=wasm_token.contract_id, token_balance=5)
+    state = LedgerState(latest_ledger=LATEST, escrows=(held, empty, on_wasm), tokens=(USDC, wasm_token))
+    with Emulator(state) as running:
+        client = SorobanServer(running.url)
+        keys = [balance_key(e.funding_token, e.contract_id) for e in (held, empty, on_wasm)]
+        response = client.get_ledger_entries(keys)
+        client.close()
+    assert response.entries is not None and len(response.entries) == 1
+    (entry,) = response.entries
+    assert entry.key == keys[0].to_xdr()
+    assert stellar_xdr.LedgerEntryData.from_xdr(entry.xdr) == balance_entry(
+        USDC.contract_id, held.contract_id, 7_000_000
+    )
+    assert entry.last_modified_ledger == LATEST - 3

@@ -19,6 +19,8 @@ from reconcile_audit.emulator.state import (
     EscrowSpec,
     LedgerState,
     TokenSpec,
+    balance_entry,
+    balance_key,
     escrow_instance_entry,
     instance_key,
     random_account_id,
@@ -162,8 +164,13 @@ def test_synthetic_state_is_seeded() -> None:
 @pytest.mark.parametrize("shape", STORAGE_SHAPES)
 @pytest.mark.parametrize("has_escrow", [True, False])
 @pytest.mark.parametrize("distributed", [None, -1])
-def test_fast_entry_equals_sdk_for_every_shape(shape: str, has_escrow: bool, distributed: int | None) -> None:
-    spec = _escrow(storage_shape=shape, has_escrow=has_escrow, distributed_principal=distributed)
+@pytest.mark.parametrize("custodial", [False, True])
+def test_fast_entry_equals_sdk_for_every_shape(
+    shape: str, has_escrow: bool, distributed: int | None, custodial: bool
+) -> None:
+    spec = _escrow(
+        storage_shape=shape, has_escrow=has_escrow, distributed_principal=distributed, custodial=custodial
+    )
     assert encode.escrow_entry_xdr(spec) == escrow_instance_entry(spec).to_xdr_bytes()
 
 
@@ -190,6 +197,8 @@ i128 = st.integers(min_value=I128_MIN, max_value=I128_MAX)
     token=addresses,
     shape=st.sampled_from(STORAGE_SHAPES),
     has_escrow=st.booleans(),
+    custodial=st.booleans(),
+    balance=i128,
 )
 def test_fast_entry_equals_sdk_for_any_values(
     contract: str,
@@ -206,6 +215,8 @@ def test_fast_entry_equals_sdk_for_any_values(
     token: str,
     shape: str,
     has_escrow: bool,
+    custodial: bool,
+    balance: int,
 ) -> None:
     spec = EscrowSpec(
         contract_id=contract,
@@ -222,9 +233,16 @@ def test_fast_entry_equals_sdk_for_any_values(
         distributed_principal=distributed,
         has_escrow=has_escrow,
         storage_shape=shape,
+        custodial=custodial,
     )
     assert encode.escrow_entry_xdr(spec) == escrow_instance_entry(spec).to_xdr_bytes()
     assert encode.instance_key_xdr(contract) == instance_key(contract).to_xdr_bytes()
+    if token.startswith("C"):  # a token is a contract; the holder (the escrow) is one too
+        assert encode.balance_key_xdr(token, contract) == balance_key(token, contract).to_xdr_bytes()
+        assert (
+            encode.balance_entry_xdr(token, contract, balance)
+            == balance_entry(token, contract, balance).to_xdr_bytes()
+        )
 
 
 def test_fast_address_rejects_a_bad_checksum() -> None:
@@ -274,3 +292,22 @@ def test_fast_transaction_data_equals_sdk(with_code: bool) -> None:
         fast_keys, instructions=123_456, disk_read_bytes=7, write_bytes=0, resource_fee=90_353
     )
     assert fast == expected
+
+
+def test_custodial_escrows_run_their_own_code_and_store_the_protocol_fee() -> None:
+    from reconcile_audit.emulator.state import CUSTODIAL_ESCROW_WASM_HASH, ESCROW_WASM_HASH
+
+    for custodial, wasm_hash in ((False, ESCROW_WASM_HASH), (True, CUSTODIAL_ESCROW_WASM_HASH)):
+        entry = escrow_instance_entry(_escrow(custodial=custodial)).contract_data
+        instance = entry.val.instance
+        assert instance.executable.wasm_hash.hash == wasm_hash
+        keys = [item.key.to_xdr() for item in instance.storage.sc_map]
+        fee = scval.to_vec([scval.to_symbol("ProtocolFeeBps")]).to_xdr()
+        assert (fee in keys) == custodial
+
+
+def test_a_wasm_token_is_not_a_stellar_asset_contract() -> None:
+    sac = token_instance_entry(TokenSpec(contract_id=TOKEN)).contract_data.val.instance
+    wasm = token_instance_entry(TokenSpec(contract_id=TOKEN, stellar_asset=False)).contract_data.val.instance
+    assert sac.executable.type == stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET
+    assert wasm.executable.type == stellar_xdr.ContractExecutableType.CONTRACT_EXECUTABLE_WASM
