@@ -52,7 +52,14 @@ def expected(s: es.EscrowSpec) -> lx.EscrowInstance:
         else None
     )
     token = None if s.storage_shape == "no_funding_token" else s.funding_token
-    return lx.EscrowInstance(StrKey.decode_contract(s.contract_id), escrow, token, s.distributed_principal)
+    return lx.EscrowInstance(
+        StrKey.decode_contract(s.contract_id),
+        escrow,
+        token,
+        s.distributed_principal,
+        es.escrow_wasm_hash(s),
+        s.custodial,
+    )
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -110,8 +117,12 @@ def test_contract_hash_rejects_garbage_like_sdk(text: str) -> None:
 @pytest.mark.parametrize("shape", es.STORAGE_SHAPES)
 @pytest.mark.parametrize("has_escrow", [True, False])
 @pytest.mark.parametrize("principal", [None, 0, 999])
-def test_every_storage_shape_fast_equals_sdk(shape: str, has_escrow: bool, principal: int | None) -> None:
-    s = spec(storage_shape=shape, has_escrow=has_escrow, distributed_principal=principal)
+@pytest.mark.parametrize("custodial", [False, True])
+def test_every_storage_shape_fast_equals_sdk(
+    shape: str, has_escrow: bool, principal: int | None, custodial: bool
+) -> None:
+    """Custody too: the Wasm hash, and whether ProtocolFeeBps is stored, on every path."""
+    s = spec(storage_shape=shape, has_escrow=has_escrow, distributed_principal=principal, custodial=custodial)
     buf = entry_bytes(s)
     fast = lx.decode_escrow_fast(buf)
     assert fast is not None, "the fast path should recognise every shape the platform writes"
@@ -305,14 +316,22 @@ def test_not_an_instance_entry() -> None:
     decimals=st.none() | st.integers(0, 2**32 - 1),
     name=st.text(max_size=20),
     symbol=st.from_regex(r"[A-Z]{1,12}", fullmatch=True) | st.text(max_size=40),
+    stellar_asset=st.booleans(),
 )
-def test_token_fast_equals_sdk(decimals, name, symbol) -> None:
-    token = es.TokenSpec(contract_id=TOKEN.contract_id, decimals=decimals, name=name, symbol=symbol)
+def test_token_fast_equals_sdk(decimals, name, symbol, stellar_asset) -> None:
+    token = es.TokenSpec(
+        contract_id=TOKEN.contract_id,
+        decimals=decimals,
+        name=name,
+        symbol=symbol,
+        stellar_asset=stellar_asset,
+    )
     buf = es.token_instance_entry(token).to_xdr_bytes()
     fast = lx.decode_token_fast(buf)
     assert fast == lx.decode_token_sdk(buf)
     assert fast is not None and fast.decimals == decimals
     assert (fast.problem is None) == (decimals is not None)
+    assert fast.stellar_asset == stellar_asset  # whose balances sit in Balance entries
     # The symbol names the token to people: short printable text, else nothing.
     readable = len(symbol.encode()) <= 32 and symbol.isprintable() and symbol.strip() != ""
     assert fast.symbol == (symbol if decimals is not None and readable else None)
@@ -404,3 +423,47 @@ def test_base64_batch_of_real_entries_is_their_bytes() -> None:
     texts = [base64.b64encode(buf).decode() for buf in bufs]
     assert lx.decode_base64_batch(texts) == bufs
     assert lx.decode_base64_batch([]) == []
+
+
+# --- Stellar Asset Contract balance entries (issue 11: what the escrow holds) ------------------
+
+
+def _balance_entry(token: str, holder: str, amount: int, authorized: bool, clawback: bool) -> bytes:
+    entry = es.balance_entry(token, holder, amount)
+    entry.contract_data.val = scval.to_struct(
+        {
+            "amount": scval.to_int128(amount),
+            "authorized": scval.to_bool(authorized),
+            "clawback": scval.to_bool(clawback),
+        }
+    )
+    return entry.to_xdr_bytes()
+
+
+@settings(deadline=None)
+@given(
+    token=st.binary(min_size=32, max_size=32),
+    holder=st.binary(min_size=32, max_size=32),
+    amount=st.integers(min_value=-(2**127), max_value=2**127 - 1),
+    authorized=st.booleans(),
+    clawback=st.booleans(),
+)
+def test_balance_fast_equals_sdk(token, holder, amount, authorized, clawback) -> None:
+    token_id, holder_id = StrKey.encode_contract(token), StrKey.encode_contract(holder)
+    assert lx.balance_key_of_hashes(token, holder) == lx.balance_key_sdk(token_id, holder_id)
+    buf = _balance_entry(token_id, holder_id, amount, authorized, clawback)
+    fast = lx.decode_balance_fast(buf)
+    assert fast == lx.decode_balance_sdk(buf) == lx.TokenBalance(amount, authorized, clawback)
+    assert lx.decode_balance_bytes(buf) == fast
+
+
+def test_what_is_not_a_balance_entry_is_refused_with_a_reason() -> None:
+    escrow = entry_bytes(spec())
+    assert lx.decode_balance_fast(escrow) is None
+    with pytest.raises(lx.EntryDecodeError, match="not Vec"):
+        lx.decode_balance_sdk(escrow)
+    other = es.balance_entry(TOKEN.contract_id, TOKEN.contract_id, 5)
+    other.contract_data.val = scval.to_struct({"amount": scval.to_int64(5)})
+    assert lx.decode_balance_fast(other.to_xdr_bytes()) is None
+    with pytest.raises(lx.EntryDecodeError, match="amount is SCV_I64"):
+        lx.decode_balance_sdk(other.to_xdr_bytes())

@@ -396,7 +396,7 @@ def _frame(
         if type(outcome) is _Found:
             value, latest, last_modified, live_until = outcome
             if type(value) is EscrowInstance:
-                _, escrow, token, principal = value
+                _, escrow, token, principal, _, _ = value
                 if escrow is not None and token is not None:
                     if token != last_token:
                         found = decimals[token]

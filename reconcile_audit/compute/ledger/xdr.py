@@ -38,7 +38,7 @@ KEY_SUFFIX: Final = struct.pack(">II", 20, 1)
 _MAX_DEPTH: Final = 64
 
 ESCROW_FIELDS: Final = ("invoice_id", "funded_amount", "amount", "funding_target", "status")
-_ESCROW_NAMES: Final = frozenset({"Escrow", "FundingToken", "DistributedPrincipal"})
+_ESCROW_NAMES: Final = frozenset({"Escrow", "FundingToken", "DistributedPrincipal", "ProtocolFeeBps"})
 _METADATA: Final = "Symbol:METADATA"
 _NO_METADATA: Final = "no METADATA in the token's instance storage"
 
@@ -66,6 +66,10 @@ class EscrowInstance(NamedTuple):
     escrow: EscrowFields | None
     funding_token: str | None
     distributed_principal: int | None
+    # Custody: the instance's Wasm hash, and whether its storage holds ProtocolFeeBps (which code
+    # from 2026-06-29 on, the first to move tokens into the escrow, always stores).
+    wasm_hash: bytes | None = None
+    protocol_fee: bool = False
 
 
 class TokenInstance(NamedTuple):
@@ -76,6 +80,15 @@ class TokenInstance(NamedTuple):
     decimals: int | None
     problem: str | None
     symbol: str | None = None
+    stellar_asset: bool = True  # its executable is the Stellar Asset Contract, not a Wasm hash
+
+
+class TokenBalance(NamedTuple):
+    """A Stellar Asset Contract's ``BalanceValue`` for one holder: what the escrow holds."""
+
+    amount: int
+    authorized: bool
+    clawback: bool
 
 
 # --- contract ids and keys -------------------------------------------------------------------
@@ -88,6 +101,101 @@ def instance_key(contract_id: str) -> str:
 
 def instance_key_of_hash(raw_hash: bytes) -> str:
     return binascii.b2a_base64(KEY_PREFIX + raw_hash + KEY_SUFFIX, newline=False).decode("ascii")
+
+
+# ContractData{contract: token, key: Vec[Symbol("Balance"), Address(contract holder)], PERSISTENT}.
+_BALANCE_KEY_HEAD: Final = b"\x00\x00\x00\x06\x00\x00\x00\x01"  # CONTRACT_DATA, SCAddress CONTRACT
+_BALANCE_KEY_MIDDLE: Final = (
+    b"\x00\x00\x00\x10\x00\x00\x00\x01\x00\x00\x00\x02"  # SCV_VEC, present, 2 elements
+    b"\x00\x00\x00\x0f\x00\x00\x00\x07Balance\x00"  # Symbol("Balance")
+    b"\x00\x00\x00\x12\x00\x00\x00\x01"  # SCV_ADDRESS, SCAddress CONTRACT
+)
+_BALANCE_KEY_TAIL: Final = b"\x00\x00\x00\x01"  # PERSISTENT
+
+
+def balance_key_of_hashes(token_hash: bytes, holder_hash: bytes) -> str:
+    """Base64 ``LedgerKey`` of the SAC ``token``'s balance entry of the contract ``holder``."""
+    raw = _BALANCE_KEY_HEAD + token_hash + _BALANCE_KEY_MIDDLE + holder_hash + _BALANCE_KEY_TAIL
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+
+
+def balance_key_sdk(token: str, holder: str) -> str:
+    """The oracle of :func:`balance_key_of_hashes`, built with stellar-sdk."""
+    key = sx.LedgerKey(
+        type=sx.LedgerEntryType.CONTRACT_DATA,
+        contract_data=sx.LedgerKeyContractData(
+            contract=Address(token).to_xdr_sc_address(),
+            key=scval.to_vec([scval.to_symbol("Balance"), scval.to_address(holder)]),
+            durability=sx.ContractDataDurability.PERSISTENT,
+        ),
+    )
+    return key.to_xdr()
+
+
+# The BalanceValue map a SAC stores: {amount: i128, authorized: bool, clawback: bool}, in key order.
+_BALANCE_VALUE: Final = re.compile(
+    re.escape(
+        b"\x00\x00\x00\x11\x00\x00\x00\x01\x00\x00\x00\x03\x00\x00\x00\x0f\x00\x00\x00\x06amount\x00\x00\x00\x00\x00\x0a"
+    )
+    + b"(?P<amount>.{16})"
+    + re.escape(b"\x00\x00\x00\x0f\x00\x00\x00\x0aauthorized\x00\x00\x00\x00\x00\x00")
+    + b"\x00\x00\x00(?P<authorized>[\x00\x01])"
+    + re.escape(b"\x00\x00\x00\x0f\x00\x00\x00\x08clawback\x00\x00\x00\x00")
+    + b"\x00\x00\x00(?P<clawback>[\x00\x01])",
+    re.DOTALL,
+)
+
+
+def decode_balance_fast(buf: bytes) -> TokenBalance | None:
+    """A SAC balance entry read from its fixed layout; None for anything else (the SDK decides)."""
+    # LedgerEntryData CONTRACT_DATA, ext v0, then the key as in balance_key_of_hashes, then the value.
+    if buf[:4] != b"\x00\x00\x00\x06" or buf[4:8] != b"\x00\x00\x00\x00" or buf[8:12] != b"\x00\x00\x00\x01":
+        return None
+    if buf[44 : 44 + len(_BALANCE_KEY_MIDDLE)] != _BALANCE_KEY_MIDDLE:
+        return None
+    value_at = 44 + len(_BALANCE_KEY_MIDDLE) + 32
+    if buf[value_at : value_at + 4] != _BALANCE_KEY_TAIL:
+        return None
+    match = _BALANCE_VALUE.fullmatch(buf, value_at + 4)
+    if match is None:
+        return None
+    return TokenBalance(
+        int.from_bytes(match["amount"], "big", signed=True),
+        match["authorized"] == b"\x01",
+        match["clawback"] == b"\x01",
+    )
+
+
+def decode_balance_sdk(buf: bytes) -> TokenBalance:
+    """The oracle: a SAC balance entry decoded with stellar-sdk; ``EntryDecodeError`` says why not."""
+    try:
+        data = sx.LedgerEntryData.from_xdr_bytes(buf)
+    except Exception as exc:  # the generated decoder raises ValueError, EOFError, struct.error...
+        raise EntryDecodeError(f"undecodable LedgerEntryData XDR ({type(exc).__name__}: {exc})") from exc
+    if data.type != sx.LedgerEntryType.CONTRACT_DATA or data.contract_data is None:
+        raise EntryDecodeError(f"entry is {data.type.name}, not CONTRACT_DATA")
+    entry = data.contract_data
+    key = entry.key
+    if (
+        key.type != sx.SCValType.SCV_VEC
+        or key.vec is None
+        or len(key.vec.sc_vec) != 2
+        or key.vec.sc_vec[0].type != sx.SCValType.SCV_SYMBOL
+        or key.vec.sc_vec[0].sym is None
+        or key.vec.sc_vec[0].sym.sc_symbol != b"Balance"
+    ):
+        raise EntryDecodeError("entry key is not Vec[Symbol(Balance), Address]")
+    if entry.durability != sx.ContractDataDurability.PERSISTENT:
+        raise EntryDecodeError(f"balance durability is {entry.durability.name}, not PERSISTENT")
+    fields = _struct_sdk(entry.val, "BalanceValue", ("amount", "authorized", "clawback"))
+    amount = _field_sdk(fields, "BalanceValue", "amount", sx.SCValType.SCV_I128, _i128_sdk)
+    authorized = _field_sdk(fields, "BalanceValue", "authorized", sx.SCValType.SCV_BOOL, scval.from_bool)
+    clawback = _field_sdk(fields, "BalanceValue", "clawback", sx.SCValType.SCV_BOOL, scval.from_bool)
+    return TokenBalance(amount, authorized, clawback)
+
+
+def decode_balance_bytes(buf: bytes) -> TokenBalance:
+    return decode_balance_fast(buf) or decode_balance_sdk(buf)
 
 
 def instance_key_sdk(contract_id: str) -> str:
@@ -192,10 +300,11 @@ def _symbol(name: str) -> bytes:
     return _encoded(sx.SCVal(sx.SCValType.SCV_SYMBOL, sym=sx.SCSymbol(name.encode())))
 
 
-_ESCROW_KEY, _TOKEN_KEY, _PRINCIPAL_KEY = (
+_ESCROW_KEY, _TOKEN_KEY, _PRINCIPAL_KEY, _FEE_KEY = (
     _unit_key("Escrow"),
     _unit_key("FundingToken"),
     _unit_key("DistributedPrincipal"),
+    _unit_key("ProtocolFeeBps"),
 )
 _METADATA_KEY, _DECIMAL_FIELD, _SYMBOL_FIELD = _symbol("METADATA"), _symbol("decimal"), _symbol("symbol")
 _STRING: Final = 14
@@ -231,6 +340,11 @@ def _instance_storage(buf: bytes) -> tuple[bytes, int, int]:
         raise _Unrecognised
     (count,) = _u32(buf, pos + 4)
     return buf[12:44], pos + 8, count
+
+
+def _wasm_hash(buf: bytes) -> bytes | None:
+    """The Wasm hash of an instance entry ``_instance_storage`` accepted; None for a Stellar Asset Contract."""
+    return buf[60:92] if _u32(buf, 56)[0] == 0 else None
 
 
 def _struct_fields(buf: bytes, pos: int, wanted: dict[bytes, str]) -> tuple[dict[str, tuple[int, int]], int]:
@@ -285,9 +399,12 @@ def decode_escrow_walk(buf: bytes) -> EscrowInstance | None:
         raw_hash, pos, count = _instance_storage(buf)
         escrow = token = principal = None
         seen: set[bytes] = set()
+        protocol_fee = False
         for _ in range(count):
             end = _skip(buf, pos, _MAX_DEPTH)
             key = buf[pos:end]
+            if key == _FEE_KEY:
+                protocol_fee = True
             if key == _ESCROW_KEY or key == _TOKEN_KEY or key == _PRINCIPAL_KEY:
                 if key in seen:
                     raise _Unrecognised
@@ -307,7 +424,7 @@ def decode_escrow_walk(buf: bytes) -> EscrowInstance | None:
             pos = _skip(buf, end, _MAX_DEPTH)
         if pos != len(buf):
             raise _Unrecognised
-        return EscrowInstance(raw_hash, escrow, token, principal)
+        return EscrowInstance(raw_hash, escrow, token, principal, _wasm_hash(buf), protocol_fee)
     except (_Unrecognised, struct.error, UnicodeDecodeError, IndexError):
         return None
 
@@ -337,6 +454,7 @@ _TEMPLATE_GROUPS: Final = (
     "status",
     "token",
     "principal",
+    "wasm",
 )
 
 
@@ -346,11 +464,13 @@ class _Template:
 
     pattern: re.Pattern[bytes]
     pick: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    protocol_fee: bool  # the layout holds ProtocolFeeBps: the same for every entry it matches
 
     @classmethod
-    def of(cls, pattern: re.Pattern[bytes]) -> _Template:
+    def of(cls, pattern: re.Pattern[bytes], protocol_fee: bool) -> _Template:
         # groupindex numbers from 1; -1 picks the appended None.
-        return cls(pattern, itemgetter(*(pattern.groupindex.get(name, 0) - 1 for name in _TEMPLATE_GROUPS)))
+        pick = itemgetter(*(pattern.groupindex.get(name, 0) - 1 for name in _TEMPLATE_GROUPS))
+        return cls(pattern, pick, protocol_fee)
 
 
 _templates: list[_Template] = []
@@ -403,7 +523,7 @@ def _learn_escrow_template(buf: bytes) -> _Template | None:
             return None
         head = [re.escape(buf[:12]), b"(?P<hash>.{32})", re.escape(buf[44:60])]
         if _u32(buf, 56)[0] == 0:
-            head.append(b".{32}")  # the Wasm hash: any version of the code
+            head.append(b"(?P<wasm>.{32})")  # the Wasm hash: any version of the code
         head.append(re.escape(buf[pos - 8 : pos]))  # storage present, entry count
         parts, found = head, set()
         for _ in range(count):
@@ -425,7 +545,7 @@ def _learn_escrow_template(buf: bytes) -> _Template | None:
         return None
     if _ESCROW_KEY in found and "invoice_id" not in compiled.groupindex:
         return None
-    return _Template.of(compiled)
+    return _Template.of(compiled, _FEE_KEY in found)
 
 
 def _decode_by_template(buf: bytes) -> EscrowInstance | None:
@@ -434,7 +554,7 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
         if match is None:
             continue
         # One groups() and one C itemgetter: cheaper than a lookup per field by name or number.
-        raw_hash, id_len, invoice_id, id_pad, funded, amount, target, status, token, principal = (
+        raw_hash, id_len, invoice_id, id_pad, funded, amount, target, status, token, principal, wasm = (
             template.pick((*match.groups(), None))
         )
         escrow = None
@@ -458,6 +578,8 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
                 escrow,
                 None if token is None else contract_id_of(token),
                 None if principal is None else _from_bytes(principal, "big", signed=True),
+                wasm,
+                template.protocol_fee,
             ),
         )
     return None
@@ -510,9 +632,10 @@ def decode_token_fast(buf: bytes) -> TokenInstance | None:
             pos = _skip(buf, end, _MAX_DEPTH)
         if pos != len(buf):
             raise _Unrecognised
+        asset = _wasm_hash(buf) is None
         if not seen:
-            return TokenInstance(raw_hash, None, _NO_METADATA)
-        return TokenInstance(raw_hash, decimals, None, symbol)
+            return TokenInstance(raw_hash, None, _NO_METADATA, stellar_asset=asset)
+        return TokenInstance(raw_hash, decimals, None, symbol, asset)
     except (_Unrecognised, struct.error, UnicodeDecodeError, IndexError):
         return None
 
@@ -528,7 +651,8 @@ def symbol_text(raw: bytes) -> str | None:
 # --- the SDK path: the oracle, and the fallback for whatever the walker leaves ----------------
 
 
-def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry]]:
+def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry], bytes | None]:
+    """(contract hash, storage entries, Wasm hash or None for a Stellar Asset Contract)."""
     try:
         data = sx.LedgerEntryData.from_xdr_bytes(buf)
     except Exception as exc:  # the generated decoder raises ValueError, EOFError, struct.error...
@@ -546,7 +670,9 @@ def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry]]:
     if entry.val.type != sx.SCValType.SCV_CONTRACT_INSTANCE or entry.val.instance is None:
         raise EntryDecodeError(f"entry value is {entry.val.type.name}, not a contract instance")
     storage = entry.val.instance.storage
-    return address.contract_id.contract_id.hash, list(storage.sc_map) if storage else []
+    executable = entry.val.instance.executable
+    wasm_hash = executable.wasm_hash.hash if executable.wasm_hash is not None else None
+    return address.contract_id.contract_id.hash, list(storage.sc_map) if storage else [], wasm_hash
 
 
 def _key_name_sdk(key: sx.SCVal) -> str | None:
@@ -636,7 +762,7 @@ def escrow_fields_sdk(val: sx.SCVal) -> EscrowFields:
 
 def decode_escrow_sdk(buf: bytes) -> EscrowInstance:
     """The oracle: decode with stellar-sdk; ``EntryDecodeError`` says what is wrong."""
-    raw_hash, items = _instance_storage_sdk(buf)
+    raw_hash, items, wasm_hash = _instance_storage_sdk(buf)
     named = _named_sdk(items, _ESCROW_NAMES)
     escrow = escrow_fields_sdk(named["Escrow"]) if "Escrow" in named else None
     token = None
@@ -653,23 +779,24 @@ def decode_escrow_sdk(buf: bytes) -> EscrowInstance:
         if val.type != sx.SCValType.SCV_I128:
             raise EntryDecodeError(f"DistributedPrincipal is {val.type.name}, expected SCV_I128")
         principal = _i128_sdk(val)
-    return EscrowInstance(raw_hash, escrow, token, principal)
+    return EscrowInstance(raw_hash, escrow, token, principal, wasm_hash, "ProtocolFeeBps" in named)
 
 
 def decode_token_sdk(buf: bytes) -> TokenInstance:
-    raw_hash, items = _instance_storage_sdk(buf)
+    raw_hash, items, wasm_hash = _instance_storage_sdk(buf)
+    asset = wasm_hash is None
     named = _named_sdk(items, frozenset({_METADATA}))
     if _METADATA not in named:
-        return TokenInstance(raw_hash, None, _NO_METADATA)
+        return TokenInstance(raw_hash, None, _NO_METADATA, stellar_asset=asset)
     try:
         fields = _struct_sdk(named[_METADATA], "METADATA", ("decimal", "symbol"))
         decimals = _field_sdk(fields, "METADATA", "decimal", sx.SCValType.SCV_U32, scval.from_uint32)
     except EntryDecodeError as exc:
-        return TokenInstance(raw_hash, None, str(exc))
+        return TokenInstance(raw_hash, None, str(exc), stellar_asset=asset)
     symbol = fields.get("symbol")
     if symbol is None or symbol.type != sx.SCValType.SCV_STRING or symbol.str is None:
-        return TokenInstance(raw_hash, decimals, None)
-    return TokenInstance(raw_hash, decimals, None, symbol_text(symbol.str.sc_string))
+        return TokenInstance(raw_hash, decimals, None, stellar_asset=asset)
+    return TokenInstance(raw_hash, decimals, None, symbol_text(symbol.str.sc_string), asset)
 
 
 # --- what the reader calls -------------------------------------------------------------------
