@@ -194,7 +194,22 @@ LEDGER: Final = pl.Schema(
         "latest_ledger": pl.Int64,  # latestLedger of the batch that read this entry
         "last_modified_ledger": pl.Int64,  # lastModifiedLedgerSeq
         "live_until_ledger": pl.Int64,  # liveUntilLedgerSeq (0 or below latest: archived)
+        # The money the escrow holds (issue 11): read for custodial escrows funded in a Stellar
+        # Asset Contract, with the instance in the same getLedgerEntries call (one ledger).
+        "custodial": pl.Boolean,  # runs code that moves tokens into the escrow; null when not read
+        "chain_balance": pl.String,  # i128 token balance; "0" when the entry is absent; null when not read
+        "balance_note": pl.String,  # why chain_balance is null (not custodial, not a SAC, an error)
+        "balance_last_modified_ledger": pl.Int64,
+        "balance_live_until_ledger": pl.Int64,  # balances archive too: a read does not extend them
     }
+)
+
+BALANCE_COLUMNS: Final = (
+    "custodial",
+    "chain_balance",
+    "balance_note",
+    "balance_last_modified_ledger",
+    "balance_live_until_ledger",
 )
 
 FLAGS: Final = ("archived", "ttl_expiring", "duplicate_summary", "null_total")

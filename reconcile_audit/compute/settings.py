@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from email.utils import formataddr, getaddresses
@@ -126,6 +127,8 @@ class Settings:
     token_decimals: Mapping[str, int] = field(default_factory=dict)
     # Upper-case invoice currency -> the token contract its escrows must hold; None: not checked.
     currency_tokens: Mapping[str, str] | None = None
+    # Wasm hashes of the escrow code that holds the tokens; None: custody is told by ProtocolFeeBps.
+    custodial_wasm_hashes: frozenset[bytes] | None = None
     rpc_batch_size: int = 200
     rpc_concurrency: int = 4
     rpc_max_retries: int = 6
@@ -259,6 +262,20 @@ def _parse_currency_tokens(raw: str | Mapping[str, str] | None) -> dict[str, str
     return tokens
 
 
+def _parse_wasm_hashes(raw: str | None) -> frozenset[bytes] | None:
+    """``RECONCILE_CUSTODIAL_WASM_HASHES``: 64-hex-digit Wasm hashes, separated by commas or spaces."""
+    if raw is None or not str(raw).strip():
+        return None
+    hashes = set()
+    for item in re.split(r"[,\s]+", str(raw).strip()):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            raise ConfigError(
+                "RECONCILE_CUSTODIAL_WASM_HASHES", f"{item[:70]!r} is not a 64-digit hex Wasm hash"
+            )
+        hashes.add(bytes.fromhex(item))
+    return frozenset(hashes)
+
+
 def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """``ALERT_EMAIL_TO`` as mail clients read it: ``Finance Team <finance@example.test>, ops@x``
     is two recipients, display names kept. Each must carry an address with a domain."""
@@ -294,6 +311,7 @@ ENVIRONMENT = {
     "ttl_warning_ledgers": "RECONCILE_TTL_WARNING_LEDGERS",
     "token_decimals": "RECONCILE_TOKEN_DECIMALS",
     "currency_tokens": CURRENCY_TOKENS_SETTING,
+    "custodial_wasm_hashes": "RECONCILE_CUSTODIAL_WASM_HASHES",
     "rpc_batch_size": "RECONCILE_RPC_BATCH_SIZE",
     "rpc_concurrency": "RECONCILE_RPC_CONCURRENCY",
     "rpc_max_retries": "RECONCILE_RPC_MAX_RETRIES",
@@ -355,6 +373,7 @@ def load_settings(
         "state_database_url": None if state_database_url is None else Secret(str(state_database_url)),
         "token_decimals": _parse_token_decimals(raw.get("token_decimals")),
         "currency_tokens": _parse_currency_tokens(raw.get("currency_tokens")),
+        "custodial_wasm_hashes": _parse_wasm_hashes(raw.get("custodial_wasm_hashes")),
         "alert_email_to": _recipients(raw.get("alert_email_to")),
     }
     if "smtp_password" in raw:

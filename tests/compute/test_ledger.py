@@ -499,3 +499,71 @@ def test_token_symbols_include_the_tokens_currencies_must_be_funded_in() -> None
                 rpc_use_simulate=simulate,
             )
         assert result.token_symbols == {TOKEN.contract_id: "USDC", euro.contract_id: "EURC"}, simulate
+
+
+# --- the balance side (issue 11): what a custodial escrow holds --------------------------------
+
+WASM_TOKEN = TokenSpec(contract_id=random_contract_id(rng), decimals=7, stellar_asset=False, symbol="WUSD")
+HOLDERS = {
+    "held": escrow(300, custodial=True, token_balance=3_000_000_000, balance_last_modified_ledger=LATEST - 9),
+    "short": escrow(301, custodial=True, token_balance=1),
+    "no_entry": escrow(302, custodial=True),
+    "record_only": escrow(303, token_balance=5),  # pre-custody code: its balance is not its money
+    "wasm_token": escrow(304, custodial=True, funding_token=WASM_TOKEN.contract_id, token_balance=7),
+    "archived_balance": escrow(305, custodial=True, token_balance=9, balance_live_until_ledger=0),
+}
+HOLDER_STATE = LedgerState(
+    latest_ledger=LATEST, escrows=(*HOLDERS.values(), *BULK[:50]), tokens=(TOKEN, BARE_TOKEN, WASM_TOKEN)
+)
+
+
+def _rows(result: LedgerRead) -> dict[str, dict]:
+    by_id = {row["contract_id"]: row for row in result.frame.iter_rows(named=True)}
+    return {name: by_id[spec.contract_id] for name, spec in HOLDERS.items()}
+
+
+@pytest.mark.parametrize("batch_size", [200, 5])
+def test_custodial_escrows_are_read_with_their_balance(batch_size: int) -> None:
+    ids = [e.contract_id for e in HOLDER_STATE.escrows]
+    with Emulator(HOLDER_STATE, ledger_step_per_request=1) as emu:
+        result = read(emu, ids=ids, rpc_batch_size=batch_size)
+    assert result.frame.schema == LEDGER
+    rows = _rows(result)
+    assert (rows["held"]["custodial"], rows["held"]["chain_balance"], rows["held"]["balance_note"]) == (
+        True,
+        "3000000000",
+        None,
+    )
+    assert rows["held"]["balance_last_modified_ledger"] == LATEST - 9
+    assert rows["short"]["chain_balance"] == "1"
+    assert rows["no_entry"]["chain_balance"] == "0"  # no Balance entry: it has never held the token
+    assert (rows["record_only"]["custodial"], rows["record_only"]["chain_balance"]) == (False, None)
+    assert "not custodial" in rows["record_only"]["balance_note"]
+    assert rows["wasm_token"]["chain_balance"] is None
+    assert (
+        rows["wasm_token"]["balance_note"]
+        == "balance not read: the funding token is not a Stellar Asset Contract"
+    )
+    assert rows["archived_balance"]["balance_live_until_ledger"] == 0
+    # Every other escrow (the pre-custody bulk) carries no balance and says why.
+    bulk = result.frame.filter(~pl.col("contract_id").is_in([s.contract_id for s in HOLDERS.values()]))
+    assert bulk["custodial"].eq(False).all() and bulk["chain_balance"].is_null().all()
+
+
+def test_custody_follows_the_configured_wasm_hashes_when_set() -> None:
+    from reconcile_audit.emulator.state import ESCROW_WASM_HASH
+
+    ids = [s.contract_id for s in HOLDERS.values()]
+    with Emulator(HOLDER_STATE) as emu:
+        # Only the pre-custody code is listed: the ProtocolFeeBps heuristic no longer applies.
+        result = read(emu, ids=ids, custodial_wasm_hashes=ESCROW_WASM_HASH.hex())
+    rows = _rows(result)
+    assert rows["record_only"]["custodial"] is True and rows["record_only"]["chain_balance"] == "5"
+    assert rows["held"]["custodial"] is False and rows["held"]["chain_balance"] is None
+
+
+def test_a_wasm_hash_list_that_is_not_hex_names_the_variable() -> None:
+    from reconcile_audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="RECONCILE_CUSTODIAL_WASM_HASHES"):
+        load_settings({}, {"RECONCILE_CUSTODIAL_WASM_HASHES": "abc"})

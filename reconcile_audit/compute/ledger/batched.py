@@ -56,16 +56,19 @@ from reconcile_audit.compute.ledger.types import (
 from reconcile_audit.compute.ledger.xdr import (
     EntryDecodeError,
     EscrowInstance,
+    TokenBalance,
     TokenInstance,
+    balance_key_of_hashes,
     contract_hash,
     contract_id_of,
+    decode_balance_bytes,
     decode_base64,
     decode_base64_batch,
     decode_escrow_bytes,
     decode_token_bytes,
     instance_key_of_hash,
 )
-from reconcile_audit.compute.schemas import LEDGER, conform
+from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, conform
 from reconcile_audit.compute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ MAX_REREADS: Final = 2
 
 
 class _Found(NamedTuple):
-    value: EscrowInstance | TokenInstance
+    value: EscrowInstance | TokenInstance | _Balance
     latest_ledger: int
     last_modified_ledger: int
     live_until_ledger: int | None
@@ -94,8 +97,22 @@ class _Failed:
     latest_ledger: int | None = None
 
 
+class _Balance(NamedTuple):
+    """A SAC balance entry as the sweep keeps it: owned by the token contract."""
+
+    contract_hash: bytes  # the token's: the owner check compares it with the key's
+    balance: TokenBalance
+
+
 _Outcome = _Found | _Missing | _Failed
-Decoder = Callable[[bytes], EscrowInstance | TokenInstance]  # of an entry's XDR bytes
+Decoder = Callable[[bytes], EscrowInstance | TokenInstance | _Balance]  # of an entry's XDR bytes
+
+
+def _decode_pair_entry(buf: bytes) -> EscrowInstance | _Balance:
+    """An entry of a balance-pair read: the escrow's instance, or the token's balance entry of it."""
+    if buf[44:48] == b"\x00\x00\x00\x10":  # the key is an SCV_VEC (Balance, holder), not the instance
+        return _Balance(buf[12:44], decode_balance_bytes(buf))
+    return decode_escrow_bytes(buf)
 
 
 @dataclass
@@ -304,12 +321,16 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
                 bar.total += -(-len(token_keys) // batch_size)
                 bar.refresh()
                 await sweep.read(list(token_keys.values()), decode_token_bytes, lambda: bar.update(1))
+            custody = _custody(keys, sweep.outcomes, token_keys, settings)
+            pairs = await _read_balances(sweep, custody, keys, hashes, batch_size, bar)
     finally:
         bar.close()
     decimals = {
         token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
     }
-    frame = _frame(ids, keys, invalid, sweep.outcomes, decimals)
+    frame = _with_balances(
+        _frame(ids, keys, invalid, sweep.outcomes, decimals), custody, pairs, sweep.outcomes
+    )
     symbols = {
         token: symbol
         for token, key in token_keys.items()
@@ -326,6 +347,139 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         stats=stats,
         token_symbols=MappingProxyType(symbols),
     )
+
+
+# --- the balance side: what a custodial escrow holds --------------------------------------------
+
+_NOT_CUSTODIAL: Final = "balance not read: the escrow's code does not hold the tokens (not custodial)"
+_NOT_SAC: Final = "balance not read: the funding token is not a Stellar Asset Contract"
+
+
+@dataclass(frozen=True, slots=True)
+class _Custody:
+    """An escrow read whole: whether it holds its tokens, and the balance key to read if so."""
+
+    custodial: bool
+    balance_key: str | None  # None: no balance to read, for the reason in ``note``
+    note: str | None
+
+
+def _custody(
+    keys: Mapping[str, str],
+    outcomes: Mapping[str, _Outcome],
+    token_keys: Mapping[str, str],
+    settings: Settings,
+) -> dict[str, _Custody]:
+    """Per escrow read with its Escrow and FundingToken: custodial or not, and its balance key.
+
+    Custody is the instance's Wasm hash in ``RECONCILE_CUSTODIAL_WASM_HASHES`` when that is set,
+    else the ``ProtocolFeeBps`` key the custodial code always stores (``Version`` did not change).
+    """
+    hashes = settings.custodial_wasm_hashes
+    custody: dict[str, _Custody] = {}
+    for contract_id, key in keys.items():
+        outcome = outcomes.get(key)
+        if type(outcome) is not _Found or type(outcome.value) is not EscrowInstance:
+            continue
+        value = outcome.value
+        if value.escrow is None or value.funding_token is None:
+            continue
+        custodial = value.wasm_hash in hashes if hashes is not None else value.protocol_fee
+        if not custodial:
+            custody[contract_id] = _Custody(False, None, _NOT_CUSTODIAL)
+            continue
+        token = outcomes.get(token_keys[value.funding_token])
+        if type(token) is not _Found or type(token.value) is not TokenInstance:
+            custody[contract_id] = _Custody(True, None, "balance not read: the funding token was not read")
+        elif not token.value.stellar_asset:
+            custody[contract_id] = _Custody(True, None, _NOT_SAC)
+        else:
+            balance_key = balance_key_of_hashes(token.value.contract_hash, value.contract_hash)
+            custody[contract_id] = _Custody(True, balance_key, None)
+    return custody
+
+
+async def _read_balances(
+    sweep: _Sweep,
+    custody: Mapping[str, _Custody],
+    keys: Mapping[str, str],
+    hashes: dict[str, bytes],
+    batch_size: int,
+    bar: Any,
+) -> dict[str, str]:
+    """Read each custodial escrow's instance again with its balance, the two keys side by side in
+    one request so both come from one ledger. Returns escrow -> balance key for those read."""
+    pairs = {contract_id: c.balance_key for contract_id, c in custody.items() if c.balance_key is not None}
+    if not pairs:
+        return {}
+    flat: list[str] = []
+    for contract_id, balance_key in pairs.items():
+        flat += (keys[contract_id], balance_key)
+        hashes[balance_key] = _token_hash(balance_key)
+    size = max(2, batch_size - batch_size % 2)  # an even batch never splits a pair
+    bar.total += -(-len(flat) // size)
+    bar.refresh()
+    paired = _Sweep(
+        sweep.client, sweep.policy, size, outcomes=sweep.outcomes, ledgers=sweep.ledgers, hashes=hashes
+    )
+    await paired.read(flat, _decode_pair_entry, lambda: bar.update(1))
+    sweep.entries += paired.entries
+    sweep.batches += paired.batches
+    # A pair split by the server (a fault answered with a split) came from two ledgers: read it again alone.
+    split = [
+        c
+        for c, b in pairs.items()
+        if _ledger_of(sweep.outcomes.get(keys[c])) != _ledger_of(sweep.outcomes.get(b))
+    ]
+    for contract_id in split:
+        await paired.fetch([keys[contract_id], pairs[contract_id]], _decode_pair_entry)
+    return pairs
+
+
+def _token_hash(balance_key: str) -> bytes:
+    return binascii.a2b_base64(balance_key)[8:40]
+
+
+def _ledger_of(outcome: _Outcome | None) -> int | None:
+    return None if outcome is None else outcome.latest_ledger
+
+
+def _with_balances(
+    frame: pl.DataFrame,
+    custody: Mapping[str, _Custody],
+    pairs: Mapping[str, str],
+    outcomes: Mapping[str, _Outcome],
+) -> pl.DataFrame:
+    """``frame`` with the balance columns of LEDGER, from the pair reads."""
+    ids, custodial, balances, notes, modified, live = [], [], [], [], [], []
+    for contract_id, found in custody.items():
+        balance = note = None
+        last_modified = live_until = None
+        if contract_id in pairs:
+            outcome = outcomes.get(pairs[contract_id])
+            if type(outcome) is _Found:
+                balance = str(outcome.value.balance.amount)  # type: ignore[union-attr]
+                last_modified, live_until = outcome.last_modified_ledger, outcome.live_until_ledger
+            elif type(outcome) is _Missing:
+                balance = "0"  # no entry: the escrow has never held the token
+            else:
+                note = f"balance {outcome.cause}" if isinstance(outcome, _Failed) else "balance not read"
+        else:
+            note = found.note
+        ids.append(contract_id)
+        custodial.append(found.custodial)
+        balances.append(balance)
+        notes.append(note)
+        modified.append(last_modified)
+        live.append(live_until)
+    side = pl.DataFrame(
+        {
+            "contract_id": ids,
+            **dict(zip(BALANCE_COLUMNS, (custodial, balances, notes, modified, live), strict=True)),
+        },
+        schema={"contract_id": pl.String, **{name: LEDGER[name] for name in BALANCE_COLUMNS}},
+    )
+    return conform(frame.join(side, on="contract_id", how="left", maintain_order="left"), LEDGER, "ledger")
 
 
 def _token_symbol(outcome: _Outcome | None) -> str | None:
@@ -371,7 +525,7 @@ def _token_decimals(token: str, outcome: _Outcome | None, settings: Settings) ->
     return _Decimals(None, None, unknown_decimals(token, why))
 
 
-_COLUMNS: Final = tuple(LEDGER)
+_COLUMNS: Final = tuple(name for name in LEDGER if name not in BALANCE_COLUMNS)  # what _frame builds
 _NO_TOKEN: Final = "the escrow's instance storage has no FundingToken, so its token decimals are unknown"
 Row = tuple[Any, ...]  # the LEDGER columns, in order
 
@@ -425,8 +579,10 @@ def _frame(
                     continue
         append(_row(contract_id, keys, invalid, outcomes, decimals))
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in _COLUMNS]
-    frame = pl.DataFrame(dict(zip(_COLUMNS, columns, strict=True)), schema=LEDGER)
-    return conform(frame, LEDGER, "ledger")
+    # The balance columns are joined on by _with_balances.
+    return pl.DataFrame(
+        dict(zip(_COLUMNS, columns, strict=True)), schema={name: LEDGER[name] for name in _COLUMNS}
+    )
 
 
 def _row(
