@@ -23,6 +23,7 @@ reason_code                         class                when
 ``invoice_id_mismatch``             mismatch             the escrow stores another ``invoice_id``
 ``unmapped_currency``               error                currencies are checked and this one has no token
 ``token_mismatch``                  mismatch             ``funding_token`` is not the currency's token
+``balance_short``                   mismatch             a custodial escrow holds less than its status requires
 ``invalid_db_amount``               error                the DB total is not decimal text
 ``db_amount_not_representable``     mismatch             the DB total has more decimal places than the token
 ``equal``                           match                database and chain amounts are equal
@@ -38,7 +39,15 @@ chain. ``drift_rank`` ranks the ``db_over_chain`` / ``chain_over_db`` rows by ab
 major units (1 = worst, ties share a rank), compared exactly across tokens of different
 decimals; it is null for every other row.
 
+What a custodial escrow must hold (B its token balance, F ``funded_amount``, DP
+``DistributedPrincipal``): B >= F while open (0) or funded (1); B >= F - DP once cancelled (4);
+B >= 0 once withdrawn (3), where anything held is stray; no invariant once settled (2), as claims
+lower it and coupons raise it. Less is ``balance_short``; more is the flag ``balance_surplus``.
+Only custodial escrows (see the ledger reader) are held to it.
+
 Flags (sorted): ``archived`` (``live_until_ledger`` 0 or below ``latest_ledger``),
+``balance_archived`` / ``balance_ttl_expiring`` (the same for the Balance entry),
+``balance_surplus``, ``balance_unread`` (custodial, but the balance was not read),
 ``duplicate_summary`` (``summary_row_count > 1``), ``null_total`` (``total_was_null``),
 ``ttl_expiring`` (not archived and ``live_until_ledger - latest_ledger <= ttl_warning_ledgers``).
 
@@ -87,6 +96,7 @@ REASON_CODES: Final = {
     "invoice_id_mismatch": "mismatch",
     "unmapped_currency": "error",
     "token_mismatch": "mismatch",
+    "balance_short": "mismatch",
     "invalid_db_amount": "error",
     "db_amount_not_representable": "mismatch",
     "equal": "match",
@@ -154,6 +164,23 @@ def _not_representable(row: dict[str, Any]) -> str:
     )
 
 
+STATUS_WORDS: Final = {0: "open", 1: "funded", 2: "settled", 3: "withdrawn", 4: "cancelled"}
+
+
+def _balance_sentence(row: dict[str, Any]) -> str:
+    """What a custodial escrow holds against what its status requires, exactly."""
+    decimals, currency = row["token_decimals"], row["currency"]
+    held = _with_currency(format_major(int(row["chain_balance_base_units"]), decimals), currency)
+    required = format_major(int(row["balance_required_base_units"]), decimals)
+    gap = int(row["balance_gap_base_units"])
+    status = STATUS_WORDS.get(row["escrow_status"], f"status {row['escrow_status']}")
+    if gap < 0:
+        return f"the escrow holds {held}, {format_major(-gap, decimals)} short of the {required} status {status} requires"
+    if gap > 0:
+        return f"the escrow holds {held}, {format_major(gap, decimals)} more than the {required} status {status} requires"
+    return f"the escrow holds {held}, as status {status} requires"
+
+
 def _token_label(token: str | None, symbols: Mapping[str, str]) -> str:
     if token is None:
         return "no token"
@@ -210,6 +237,8 @@ def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str
             f"({CURRENCY_TOKENS_SETTING}); its funded_amount is {held} "
             + (one_line(symbol) if symbol else "of that token")
         )
+    elif code == "balance_short":
+        text = f"{_balance_sentence(row)}; {_amounts_sentence(row) if row['delta_base_units'] is not None else _chain_sentence(row)}"
     elif code == "invalid_db_amount":
         text = f"the database total_funded {one_line(row['db_total_funded'] or '')!r} is not a decimal number"
     elif code == "db_amount_not_representable":
@@ -218,6 +247,8 @@ def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str
         text = f"{_amounts_sentence(row)}, within the tolerance of {tolerance_base_units:,} base units"
     else:  # equal, db_over_chain, chain_over_db
         text = _amounts_sentence(row)
+    if code in _AMOUNT_CODES | {"within_tolerance"} and row["balance_gap_base_units"] is not None:
+        text += f"; {_balance_sentence(row)}"  # every side compared is named
     if row["address_conflict"] is not None:
         text += (
             f". Note: ESCROW_ADDR_BY_INVOICE maps this invoice to {row['address_conflict']}; "
@@ -267,8 +298,12 @@ def _amount_reasons() -> pl.Expr:
 
 def _reasons(raw: pl.DataFrame, tolerance_base_units: int, symbols: Mapping[str, str]) -> pl.Series:
     """The reason sentence of each row: the common amount codes vectorised, the rest (rare, and
-    any row carrying an address-conflict note) one by one through :func:`_reason`."""
-    common = pl.col("reason_code").is_in(list(_AMOUNT_CODES)) & pl.col("address_conflict").is_null()
+    any row carrying an address-conflict note or a held balance) one by one through :func:`_reason`."""
+    common = (
+        pl.col("reason_code").is_in(list(_AMOUNT_CODES))
+        & pl.col("address_conflict").is_null()
+        & pl.col("balance_gap_base_units").is_null()
+    )
     frame = raw.select(common.alias("common"), pl.when(common).then(_amount_reasons()).alias("reason"))
     rare = frame.select(pl.arg_where(~pl.col("common"))).to_series().to_list()
     if not rare:

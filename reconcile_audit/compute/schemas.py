@@ -212,7 +212,16 @@ BALANCE_COLUMNS: Final = (
     "balance_live_until_ledger",
 )
 
-FLAGS: Final = ("archived", "ttl_expiring", "duplicate_summary", "null_total")
+FLAGS: Final = (
+    "archived",
+    "ttl_expiring",
+    "duplicate_summary",
+    "null_total",
+    "balance_surplus",  # a custodial escrow holds more than its status requires (stray tokens)
+    "balance_unread",  # a custodial escrow whose balance could not be read (not a SAC, an error)
+    "balance_archived",  # its Balance entry is archived: restore it before the escrow pays out
+    "balance_ttl_expiring",
+)
 
 # --- classify: the findings frame, one row per extracted invoice ------------------------------
 # This is the contract that reports, history and users rely on (README.md, "Findings").
@@ -239,6 +248,9 @@ FINDINGS: Final = pl.Schema(
         "latest_ledger": pl.Int64,
         "last_modified_ledger": pl.Int64,
         "live_until_ledger": pl.Int64,
+        "chain_balance_base_units": pl.String,  # what a custodial escrow holds; null otherwise
+        "chain_distributed_base_units": pl.String,  # DistributedPrincipal; null when absent (0)
+        "custodial": pl.Boolean,  # null when the escrow was not read
     }
 )
 

@@ -33,6 +33,11 @@ joined AS (
         l.latest_ledger,
         l.last_modified_ledger,
         l.live_until_ledger,
+        l.distributed_principal,
+        l.custodial,
+        l.chain_balance,
+        l.balance_note,
+        l.balance_live_until_ledger,
         -- TRY_CAST alone would round '1.5' to 2: only plain integer text is an i128 here.
         CASE
             WHEN regexp_full_match(l.funded_amount, '-?[0-9]{1,39}')
@@ -61,6 +66,19 @@ db_parts AS (
 amounts AS (
     SELECT
         *,
+        -- What a custodial escrow must hold for its status (see the module docstring): funded
+        -- while open or funded, funded less what was refunded once cancelled, nothing once
+        -- withdrawn; a settled escrow has no balance invariant (claims lower it, coupons raise it).
+        CASE
+            WHEN custodial AND regexp_full_match(chain_balance, '-?[0-9]{1,39}')
+                THEN CAST(TRY_CAST(chain_balance AS HUGEINT) AS BIGNUM)
+        END AS balance_base,
+        CASE
+            WHEN escrow_status IN (0, 1) THEN chain_base
+            WHEN escrow_status = 4 AND regexp_full_match(COALESCE(distributed_principal, '0'), '-?[0-9]{1,39}')
+                THEN chain_base - CAST(TRY_CAST(COALESCE(distributed_principal, '0') AS HUGEINT) AS BIGNUM)
+            WHEN escrow_status = 3 THEN CAST(0 AS BIGNUM)
+        END AS balance_required,
         CASE
             WHEN db_total_valid AND token_decimals BETWEEN 0 AND 38 AND length(db_fraction) <= token_decimals
                 THEN CAST(db_whole || rpad(db_fraction, CAST(token_decimals AS INTEGER), '0') AS BIGNUM)
@@ -70,6 +88,7 @@ amounts AS (
 deltas AS (
     SELECT
         *,
+        balance_base - balance_required AS balance_gap,
         db_base - chain_base AS delta,
         CASE WHEN db_base - chain_base < CAST(0 AS BIGNUM) THEN chain_base - db_base ELSE db_base - chain_base END
             AS abs_delta
@@ -93,6 +112,7 @@ classified AS (
             WHEN escrow_invoice_id IS DISTINCT FROM invoice_id THEN 'invoice_id_mismatch'
             WHEN $3 AND expected_token IS NULL THEN 'unmapped_currency'
             WHEN $3 AND funding_token IS DISTINCT FROM expected_token THEN 'token_mismatch'
+            WHEN balance_gap < CAST(0 AS BIGNUM) THEN 'balance_short'
             WHEN NOT db_total_valid THEN 'invalid_db_amount'
             WHEN db_base IS NULL THEN 'db_amount_not_representable'
             WHEN delta = CAST(0 AS BIGNUM) THEN 'equal'
@@ -108,7 +128,12 @@ with_class AS (
         CASE
             WHEN reason_code IN ('equal', 'within_tolerance') THEN 'match'
             WHEN reason_code IN (
-                'invoice_id_mismatch', 'token_mismatch', 'db_amount_not_representable', 'db_over_chain', 'chain_over_db'
+                'invoice_id_mismatch',
+                'token_mismatch',
+                'balance_short',
+                'db_amount_not_representable',
+                'db_over_chain',
+                'chain_over_db'
             ) THEN 'mismatch'
             WHEN reason_code IN ('no_instance', 'no_escrow') THEN 'missing_on_chain'
             WHEN reason_code = 'no_address' THEN 'unlinked'
@@ -156,6 +181,20 @@ SELECT
         -- Listed in sorted order, so the result is sorted.
         [
             CASE WHEN archived THEN 'archived' END,
+            CASE
+                WHEN balance_live_until_ledger IS NOT NULL
+                    AND (balance_live_until_ledger <= 0 OR balance_live_until_ledger < latest_ledger)
+                    THEN 'balance_archived'
+            END,
+            CASE WHEN balance_gap > CAST(0 AS BIGNUM) THEN 'balance_surplus' END,
+            CASE
+                WHEN balance_live_until_ledger IS NOT NULL
+                    AND balance_live_until_ledger > 0
+                    AND balance_live_until_ledger >= latest_ledger
+                    AND balance_live_until_ledger - latest_ledger <= $2
+                    THEN 'balance_ttl_expiring'
+            END,
+            CASE WHEN custodial AND chain_balance IS NULL THEN 'balance_unread' END,
             CASE WHEN summary_row_count > 1 THEN 'duplicate_summary' END,
             CASE WHEN total_was_null THEN 'null_total' END,
             CASE
@@ -171,8 +210,14 @@ SELECT
     latest_ledger,
     last_modified_ledger,
     live_until_ledger,
+    CASE WHEN custodial THEN CAST(balance_base AS VARCHAR) END AS chain_balance_base_units,
+    distributed_principal AS chain_distributed_base_units,
+    custodial,
     -- For the reason sentence, built in Python from these exact values.
     expected_token,
+    CAST(balance_required AS VARCHAR) AS balance_required_base_units,
+    CAST(balance_gap AS VARCHAR) AS balance_gap_base_units,
+    balance_note,
     CAST(abs_delta AS VARCHAR) AS abs_delta_base_units,
     read_status,
     read_error,

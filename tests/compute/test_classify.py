@@ -341,9 +341,95 @@ def test_currencies_are_not_checked_without_the_map() -> None:
     assert (row["class"], row["reason_code"]) == ("match", "equal")
 
 
+F = 12_500_000_000  # the funded amount that equals the DB's 1,250.00 at 7 decimals
+
+
+def _required(status: int, funded: int, distributed: int) -> int | None:
+    """The invariant table of issue 11, in plain Python: what a custodial escrow must hold."""
+    return {0: funded, 1: funded, 3: 0, 4: funded - distributed}.get(status)
+
+
+def _balance_case(status: int, custodial: bool, balance: int, distributed: int = 0) -> dict[str, Any]:
+    return one(
+        resolved_row(),
+        [
+            ledger_row(
+                escrow_status=status,
+                funded_amount=str(F),
+                distributed_principal=str(distributed) if distributed else None,
+                custodial=custodial,
+                chain_balance=str(balance) if custodial else None,
+            )
+        ],
+    )
+
+
+def _expect(row: dict[str, Any], status: int, custodial: bool, balance: int, distributed: int) -> None:
+    required = _required(status, F, distributed)
+    gap = None if not custodial or required is None else balance - required
+    if gap is not None and gap < 0:
+        assert (row["class"], row["reason_code"]) == ("mismatch", "balance_short"), row
+        assert f"{format_major(-gap, 7)} short of the {format_major(required, 7)}" in row["reason"]
+        assert "DB 1,250.00 USDC equals chain 1,250.00 USDC" in row["reason"]  # the other side, named too
+    else:
+        assert (row["class"], row["reason_code"]) == ("match", "equal"), row
+    assert ("balance_surplus" in row["flags"]) == (gap is not None and gap > 0)
+    assert row["custodial"] is custodial
+    assert row["chain_balance_base_units"] == (str(balance) if custodial else None)
+
+
+@pytest.mark.parametrize("status", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("custodial", [False, True])
+@pytest.mark.parametrize("relation", ["equal", "short", "surplus"])
+def test_balance_invariant_of_every_status(status: int, custodial: bool, relation: str) -> None:
+    distributed = 2_500_000_000 if status in (3, 4) else 0
+    if status == 3:
+        distributed = F  # withdrawn: everything went to the SME and the treasury
+    required = _required(status, F, distributed)
+    base = required if required is not None else F
+    balance = base + {"equal": 0, "short": -1, "surplus": 5_000_000}[relation]
+    row = _balance_case(status, custodial, balance, distributed)
+    _expect(row, status, custodial, balance, distributed)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    status=st.integers(min_value=0, max_value=4),
+    custodial=st.booleans(),
+    balance=st.integers(min_value=I128_MIN, max_value=I128_MAX),
+    distributed=st.integers(min_value=0, max_value=I128_MAX),
+)
+def test_balance_invariant_against_the_oracle_at_the_i128_limits(
+    status: int, custodial: bool, balance: int, distributed: int
+) -> None:
+    row = _balance_case(status, custodial, balance, distributed)
+    _expect(row, status, custodial, balance, distributed)
+
+
+def test_a_custodial_escrow_whose_balance_was_not_read_is_flagged_not_judged() -> None:
+    row = one(
+        resolved_row(), [ledger_row(custodial=True, chain_balance=None, balance_note="balance not read: x")]
+    )
+    assert (row["class"], row["reason_code"]) == ("match", "equal")
+    assert "balance_unread" in row["flags"]
+
+
+def test_an_archived_or_expiring_balance_entry_is_flagged() -> None:
+    archived = one(
+        resolved_row(), [ledger_row(custodial=True, chain_balance=str(F), balance_live_until_ledger=0)]
+    )
+    expiring = one(
+        resolved_row(),
+        [ledger_row(custodial=True, chain_balance=str(F), balance_live_until_ledger=1_000_050)],
+        ttl_warning_ledgers=100,
+    )
+    assert "balance_archived" in archived["flags"] and "balance_ttl_expiring" not in archived["flags"]
+    assert "balance_ttl_expiring" in expiring["flags"]
+
+
 def test_every_reason_code_is_exercised() -> None:
     # Guards the tables above against a new code added to classify without a test.
-    tested = {"equal", "chain_over_db", "db_over_chain", "within_tolerance"} | {
+    tested = {"equal", "chain_over_db", "db_over_chain", "within_tolerance", "balance_short"} | {
         case[3] for case in [*_REASON_CASES, *_CURRENCY_CASES]
     }
     assert tested == set(REASON_CODES)

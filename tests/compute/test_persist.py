@@ -36,7 +36,7 @@ T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 
 def finding(invoice_id: str | None, cls: str, **values: Any) -> dict[str, Any]:
     """A row of tenant t1 with a 12.50 total; a mismatch is 0.00001 over on the database side."""
-    defaults: dict[str, Any] = {"tenant_id": "t1", "db_total_funded": Decimal("12.50")}
+    defaults: dict[str, Any] = {"tenant_id": "t1", "db_total_funded": "12.50"}
     if cls == "mismatch":
         defaults.update(
             db_funded_base_units="125000000", chain_funded_base_units="124999900", delta_base_units="100"
@@ -81,7 +81,13 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
     versions = query(
         state_url, "SELECT version, name FROM reconcile_audit_schema_migrations ORDER BY version"
     )
-    assert versions == [(1, "initial"), (2, "attempts"), (3, "findings_invoice_index"), (4, "exact_db_total")]
+    assert versions == [
+        (1, "initial"),
+        (2, "attempts"),
+        (3, "findings_invoice_index"),
+        (4, "exact_db_total"),
+        (5, "escrow_balances"),
+    ]
     for table in (
         "reconciliation_runs",
         "reconciliation_findings",
@@ -592,3 +598,26 @@ def test_a_future_dated_run_does_not_hide_newer_ones(state_url: str) -> None:
     health = persist.latest_summary(state_url, "t1", now=T0 + timedelta(hours=1))
     assert health.latest is not None and health.latest.run_key == "later"
     assert health.status == "findings"
+
+
+def test_what_a_custodial_escrow_holds_is_stored_with_its_finding(state_url: str) -> None:
+    findings = frame(
+        [
+            finding(
+                "SHORT-1",
+                "mismatch",
+                reason_code="balance_short",
+                chain_balance_base_units=I128_MIN,
+                chain_distributed_base_units=I128_MAX,
+                custodial=True,
+            ),
+            finding("PLAIN-1", "error", custodial=False),
+        ]
+    )
+    assert persist.persist_run(state_url, record(findings), findings).ok
+    stored = query(
+        state_url,
+        "SELECT invoice_id, CAST(chain_balance_base_units AS TEXT), CAST(chain_distributed_base_units AS TEXT),"
+        " custodial FROM reconciliation_findings ORDER BY invoice_id",
+    )
+    assert stored == [("PLAIN-1", None, None, False), ("SHORT-1", I128_MIN, I128_MAX, True)]

@@ -5,7 +5,8 @@ INSERT INTO reconciliation_findings (
     run_id, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
     db_funded_base_units, chain_funded_base_units, delta_base_units, drift_rank,
     token_decimals, currency, db_total_funded, flags, escrow_invoice_id, escrow_status,
-    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger
+    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
+    chain_balance_base_units, chain_distributed_base_units, custodial
 )
 SELECT
     $1, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
@@ -14,5 +15,6 @@ SELECT
     CASE WHEN regexp_full_match(db_total_funded, '-?[0-9]+(\.[0-9]+)?') THEN db_total_funded END,
     COALESCE(flags, []),
     escrow_invoice_id, escrow_status,
-    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger
+    funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
+    chain_balance_base_units, chain_distributed_base_units, custodial
 FROM reconcile_findings_staging
