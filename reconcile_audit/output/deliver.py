@@ -24,10 +24,10 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, DeliveryStatus
+from reconcile_audit.compute.schemas import FINDINGS, DeliveryStatus
 from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
-from reconcile_audit.output.report import Report
+from reconcile_audit.output.report import Report, worst_first
 from reconcile_audit.output.summary import RunFacts, RunSummary
 
 LOGGER = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ _NUMERIC_TEXT: Final = frozenset(
     {"db_funded_base_units", "chain_funded_base_units", "delta_base_units", "db_total_funded"}
 )
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
-_CLASS_RANK: Final = {name: rank for rank, name in enumerate(CLASS_ORDER)}
 
 
 @dataclass(frozen=True)
@@ -84,16 +83,7 @@ def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | 
     rows = findings.filter(pl.col("class") != "match")
     if rows.is_empty() or max_bytes <= 0:
         return None
-    ranked = (
-        rows.with_columns(
-            pl.col("class")
-            .replace_strict(_CLASS_RANK, default=len(_CLASS_RANK), return_dtype=pl.Int64)
-            .alias("_order")
-        )
-        .sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
-        .drop("_order")
-    )
-    cells = findings_csv_frame(ranked)
+    cells = findings_csv_frame(worst_first(rows))
 
     def packed(count: int) -> tuple[bytes, bool]:
         data = cells.head(count).write_csv().encode("utf-8")

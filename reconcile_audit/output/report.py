@@ -150,11 +150,14 @@ class FindingRow:
     notes: str  # database data-quality flags, in words; "" when none
 
 
-# Flags about the database side that change how finance reads the DB amount; archived and
-# TTL-expiring escrows have a section of their own.
+# Flags that change how finance reads a finding's amounts; archived and TTL-expiring escrows
+# have a section of their own.
 _FLAG_NOTES: Final = {
     "null_total": "the database has no funded total for this invoice (no summary row, or NULL): read as 0",
     "duplicate_summary": "the database has several escrow_summaries rows for this invoice: the latest was used",
+    "balance_surplus": "the escrow holds more tokens than its status requires (stray transfers)",
+    "balance_unread": "the escrow holds its tokens, but its balance could not be read",
+    "balance_archived": "the escrow's token balance entry is archived: restore it before it pays out",
 }
 
 
@@ -220,12 +223,19 @@ class TrendRow:
     current: bool
 
 
-def _ranked(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.with_columns(
-        pl.col("class")
-        .replace_strict(_CLASS_RANK, default=len(CLASS_ORDER), return_dtype=pl.Int64)
-        .alias("_order")
-    ).sort(["drift_rank", "_order", "invoice_id"], nulls_last=True)
+def worst_first(frame: pl.DataFrame) -> pl.DataFrame:
+    """Worst first: money missing from an escrow (``balance_short``) whatever its size, then drift
+    by size, then the other findings by class."""
+    return (
+        frame.with_columns(
+            (pl.col("reason_code") != "balance_short").alias("_held"),
+            pl.col("class")
+            .replace_strict(_CLASS_RANK, default=len(CLASS_ORDER), return_dtype=pl.Int64)
+            .alias("_order"),
+        )
+        .sort(["_held", "drift_rank", "_order", "invoice_id"], nulls_last=True)
+        .drop("_held", "_order")
+    )
 
 
 def _drift_text(row: Mapping[str, Any]) -> str:
@@ -382,7 +392,7 @@ class _Lists:
 
 
 def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Lists:
-    non_match = _ranked(findings.filter(pl.col("class") != "match"))
+    non_match = worst_first(findings.filter(pl.col("class") != "match"))
     has_flag = pl.col("flags").list.contains("archived") | pl.col("flags").list.contains("ttl_expiring")
     expiry = (
         findings.filter(has_flag)
@@ -391,7 +401,7 @@ def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Li
     )
     if history is not None and "finding_state" in history.findings.columns:
         states = history.findings.filter(pl.col("class") != "match")
-        new = _ranked(states.filter(pl.col("finding_state") == "new"))
+        new = worst_first(states.filter(pl.col("finding_state") == "new"))
         persisting = states.filter(pl.col("finding_state") == "persisting").sort(
             ["age_days", "drift_rank", "invoice_id"], descending=[True, False, False], nulls_last=True
         )

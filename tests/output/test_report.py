@@ -17,7 +17,7 @@ from reconcile_audit.compute.amounts import format_base_units, format_decimal
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS
 from reconcile_audit.output.deliver import build_email, findings_attachment
-from reconcile_audit.output.report import BAR_MAX_PX, Report, environment, render_report
+from reconcile_audit.output.report import BAR_MAX_PX, Report, environment, render_report, worst_first
 from reconcile_audit.output.summary import RunSummary
 from tests import factories
 from tests.factories import facts, finding, frame, history_for, mismatch, realistic_rows
@@ -482,3 +482,21 @@ def test_footer_links_are_absolute_under_a_base_url_and_never_dead_without_one()
     for name in ("notebook.ipynb", "results.csv", "results.parquet", "summary.json"):
         assert f'href="{base}/{name}"' in published.html
         assert f"{base}/{name}" in published.text
+
+
+def test_money_missing_from_an_escrow_ranks_first_whatever_its_size() -> None:
+    rows = [
+        mismatch("BIG-DRIFT", 5_000_000, 0, drift_rank=1),
+        finding(
+            "SHORT-BY-ONE",
+            "mismatch",
+            reason_code="balance_short",
+            reason="the escrow holds 1,249.9999999 USDC, 0.0000001 short of the 1,250.00 status funded requires",
+            chain_balance_base_units="12499999999",
+            custodial=True,
+        ),
+    ]
+    report = render_report(AuditResult.of(frame(rows)), None, facts())
+    worst = report.text[report.text.index("FINDINGS, WORST FIRST") :]
+    assert worst.index("SHORT-BY-ONE") < worst.index("BIG-DRIFT")
+    assert worst_first(frame(rows))["invoice_id"].to_list() == ["SHORT-BY-ONE", "BIG-DRIFT"]
