@@ -67,7 +67,6 @@ import polars as pl
 
 from reconcile_audit.compute import db
 from reconcile_audit.compute.amounts import (
-    format_decimal,
     format_major,
     format_major_expr,
     one_line,
@@ -114,13 +113,8 @@ def _with_currency(amount: str, currency: str | None) -> str:
 def _amounts_sentence(row: dict[str, Any]) -> str:
     decimals = row["token_decimals"]
     currency = row["currency"]
-    db_base = row["db_funded_base_units"]
-    db_major = (
-        format_major(int(db_base), decimals)
-        if db_base is not None
-        else format_decimal(row["db_total_funded"])
-    )
-    db_text = _with_currency(db_major, currency)
+    # At the database's own scale, as the vectorised sentences write it (_amount_reasons).
+    db_text = _with_currency(_db_major(row["db_total_funded"]), currency)
     chain_text = _with_currency(format_major(int(row["chain_funded_base_units"]), decimals), currency)
     if row["delta_base_units"] is None:  # an invoice_id_mismatch whose DB total does not fit the token
         return f"DB {db_text} vs chain {chain_text}"

@@ -896,3 +896,17 @@ def test_property_every_invoice_once_in_exactly_one_class(
 
 def test_module_exports() -> None:
     assert classify_module.DEFAULT_TTL_WARNING_LEDGERS == 17_280 * 7
+
+
+def test_both_sentence_paths_write_the_database_total_alike() -> None:
+    """The vectorised sentences and the one-by-one ones (rows with a held balance) agree."""
+    for total in ("0", "1250.00", "155560.584999"):
+        plain = one(resolved_row(db_total_funded=total), [ledger_row(funded_amount="1")])
+        held = one(
+            resolved_row(db_total_funded=total),
+            [ledger_row(funded_amount="1", custodial=True, chain_balance="1")],
+        )
+        assert held["reason"].startswith(plain["reason"] + "; the escrow holds"), (
+            plain["reason"],
+            held["reason"],
+        )

@@ -34,6 +34,14 @@ EXPECTED = {
     "no_summary": ("mismatch", "null_total"),
     "mapped_address": ("match", None),
     "wrong_token": ("mismatch", None),
+    "balance_short": ("mismatch", None),
+    "balance_surplus": ("match", "balance_surplus"),
+    "balance_unread": ("match", "balance_unread"),
+    "balance_archived": ("match", "balance_archived"),
+    "balance_ttl_expiring": ("match", "balance_ttl_expiring"),
+    "withdrawn": ("match", None),
+    "cancelled_refunded": ("match", None),
+    "record_only": ("match", None),
 }
 
 
@@ -105,7 +113,16 @@ def test_demo_findings_cover_every_class_and_flag(demo_runs):
     wrong = by_id[data.planted["wrong_token"][0]]
     assert wrong["reason_code"] == "token_mismatch"
     assert "funded in EURC (" in wrong["reason"] and "must be funded in USDC (" in wrong["reason"]
-    assert "funding token checked for EURC, LGCY, USDC" in (latest / "report.txt").read_text(encoding="utf-8")
+    assert "funding token checked for EURC, LGCY, USDC, WUSD" in (latest / "report.txt").read_text(
+        encoding="utf-8"
+    )
+    # What the escrows hold: the short one ranks first in the report, the others hold what they must.
+    short = by_id[data.planted["balance_short"][0]]
+    assert short["reason_code"] == "balance_short" and " short of the " in short["reason"]
+    assert by_id[data.planted["record_only"][0]]["custodial"] is False
+    assert by_id[data.planted["withdrawn"][0]]["chain_balance_base_units"] == "0"
+    worst = (latest / "report.txt").read_text(encoding="utf-8").split("FINDINGS, WORST FIRST", 1)[1]
+    assert worst.index(data.planted["balance_short"][0]) < worst.index(data.planted["mismatch_new_large"][0])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ the tests. The data is deterministic for a given seed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import polars as pl
+from stellar_sdk import StrKey
 
 from reconcile_audit.compute import classify, db, extract, ledger, persist, resolve
 from reconcile_audit.compute.persist import RunRecord
@@ -74,6 +76,16 @@ PLANTED_KINDS: Final = (
     "no_summary",  # no summary row at all, escrow funded: a mismatch with the flag
     "mapped_address",  # address from ESCROW_ADDR_BY_INVOICE, not escrow_operations
     "wrong_token",  # a USDC invoice whose escrow holds EURC (RECONCILE_CURRENCY_TOKENS)
+    # What the escrow holds (issue 11). Every other escrow runs the custodial code and holds
+    # exactly what its status requires.
+    "balance_short",  # holds half of what it is funded with: money is missing
+    "balance_surplus",  # holds 12.00 more than funded: stray tokens
+    "balance_unread",  # funded in a Wasm token (WUSD), whose balances are not Balance entries
+    "balance_archived",  # its Balance entry is archived
+    "balance_ttl_expiring",  # its Balance entry's TTL ends within the warning window
+    "withdrawn",  # status withdrawn, everything paid out, holds nothing: a match
+    "cancelled_refunded",  # status cancelled, a quarter refunded, holds the rest: a match
+    "record_only",  # pre-custody code: the tokens were never the escrow's to hold
 )
 NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
 # What `demo --deliver` takes from the operator's environment; nothing else of it reaches the demo.
@@ -111,7 +123,14 @@ class DemoData:
         """The chain as it was ``nights_ago`` nights before tonight."""
         overrides = self.earlier_funding.get(nights_ago, {}) if nights_ago else {}
         escrows = tuple(
-            replace(spec, funded_amount=overrides[spec.contract_id])
+            # A custodial escrow then held what it was funded with, as it does tonight.
+            replace(
+                spec,
+                funded_amount=overrides[spec.contract_id],
+                token_balance=overrides[spec.contract_id]
+                if spec.token_balance == spec.funded_amount
+                else spec.token_balance,
+            )
             if spec.contract_id in overrides
             else spec
             for spec in self.escrows
@@ -138,6 +157,27 @@ def _broken_checksum(contract_id: str) -> str:
     return contract_id[:position] + swapped + contract_id[position + 1 :]
 
 
+def _custody(kind: str | None, funded: int, scale: int, *, status: int) -> dict[str, Any]:
+    """The custody fields of one demo escrow: what it holds, its status and principal paid out."""
+    if kind == "record_only":
+        return {"custodial": False, "token_balance": None, "status": status}
+    fields: dict[str, Any] = {"custodial": True, "token_balance": funded, "status": status}
+    if kind == "balance_short":
+        fields["token_balance"] = funded // 2
+    elif kind == "balance_surplus":
+        fields["token_balance"] = funded + 12_00 * scale
+    elif kind == "balance_archived":
+        fields["balance_live_until_ledger"] = 0
+    elif kind == "balance_ttl_expiring":
+        fields["balance_live_until_ledger"] = LATEST_LEDGER + 2_000
+    elif kind == "withdrawn":
+        fields.update(status=3, distributed_principal=funded, token_balance=0)
+    elif kind == "cancelled_refunded":
+        refunded = funded // 4
+        fields.update(status=4, distributed_principal=refunded, token_balance=funded - refunded)
+    return fields
+
+
 def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int = 3) -> DemoData:
     """``invoices`` reconcilable invoices (plus a few the extract must skip), their escrows, and
     the planted findings. ``history_nights`` earlier nights get their own drifts, resolved since.
@@ -149,6 +189,14 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         "USDC": TokenSpec(contract_id=random_contract_id(rng), decimals=7, name="USD Coin", symbol="USDC"),
         "EURC": TokenSpec(contract_id=random_contract_id(rng), decimals=6, name="Euro Coin", symbol="EURC"),
         "NOMETA": TokenSpec(contract_id=random_contract_id(rng), decimals=None, name="Legacy", symbol="LGCY"),
+        # Not from rng, so the rest of the data stays as it was before this token existed.
+        "WUSD": TokenSpec(
+            contract_id=StrKey.encode_contract(hashlib.sha256(b"demo-wasm-usd").digest()),
+            decimals=7,
+            name="Wrapped USD",
+            symbol="WUSD",
+            stellar_asset=False,
+        ),
     }
     admin = random_account_id(rng)
     invoice_rows: list[dict[str, Any]] = []
@@ -171,6 +219,8 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
             currency = "LGCY"
         if kind == "wrong_token":
             currency = "USDC"
+        elif kind == "balance_unread":
+            currency = "WUSD"
         token = tokens[
             "NOMETA" if kind == "unknown_decimals" else "EURC" if kind == "wrong_token" else currency
         ]
@@ -258,6 +308,7 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
             live_until = 0
         elif kind == "ttl_expiring":
             live_until = LATEST_LEDGER + 2_000
+        custody = _custody(kind, chain_funded, scale, status=1 if funded_cents == amount_cents else 0)
         escrows.append(
             EscrowSpec(
                 contract_id=contract_id,
@@ -268,10 +319,10 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
                 funding_token=token.contract_id,
                 admin=admin,
                 sme_address=random_account_id(rng),
-                status=1 if funded_cents == amount_cents else 0,
                 has_escrow=kind != "no_escrow",
                 live_until_ledger=live_until,
                 last_modified_ledger=LATEST_LEDGER - rng.randrange(1, 200_000),
+                **custody,
             )
         )
         if kind is None:
@@ -314,6 +365,7 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
                 "USDC": tokens["USDC"].contract_id,
                 "EURC": tokens["EURC"].contract_id,
                 "LGCY": tokens["NOMETA"].contract_id,
+                "WUSD": tokens["WUSD"].contract_id,
             }
         ),
         planted=MappingProxyType({kind: tuple(ids) for kind, ids in planted.items()}),
