@@ -1,7 +1,7 @@
 """Benchmark: the batched ledger reader against the seed's per-invoice simulate path.
 
     python benchmarks/ledger_bench.py --escrows 20000 [--repeats 3] [--per-invoice-sample 0]
-        [--emulator subprocess|inprocess]
+        [--emulator subprocess|inprocess] [--balances]
 
 Prints ONE JSON object. Both paths read the SAME emulator state (``synthetic_state(N, seed)``)
 in the same run:
@@ -13,6 +13,11 @@ in the same run:
   ``--per-invoice-sample n`` only a random sample of n invoices is timed and the time is scaled
   linearly to N; the JSON then says so (``per_invoice_sampled: n``, ``per_invoice_extrapolated``).
 - ``speedup`` = per_invoice_seconds / batched_seconds.
+
+With ``--balances`` every escrow is custodial and holds its tokens, so the batched reader also
+reads each escrow's instance again with its Balance entry (issue 11): ``batched_seconds`` is that
+read, and ``batched_without_balances_seconds`` the same sweep told by
+``RECONCILE_CUSTODIAL_WASM_HASHES`` that no escrow is custodial, measured in the same run.
 
 By default the emulator runs in a subprocess: a real RPC is another process, and on a 2-core
 machine an in-process emulator would share the client's GIL and count its own JSON and lookup
@@ -51,9 +56,9 @@ from reconcile_audit.emulator import Emulator, escrow_instance_entry
 from reconcile_audit.emulator.state import synthetic_state
 
 
-def serve(escrows: int, seed: int) -> None:
+def serve(escrows: int, seed: int, balances: bool) -> None:
     """Child mode: serve the synthetic state, print the URL, stop when stdin closes."""
-    state = synthetic_state(escrows, seed=seed)
+    state = synthetic_state(escrows, seed=seed, custodial=balances)
     with Emulator(state) as emulator:
         print(emulator.url, flush=True)
         sys.stdin.read()
@@ -62,9 +67,18 @@ def serve(escrows: int, seed: int) -> None:
 
 
 class SubprocessEmulator:
-    def __init__(self, escrows: int, seed: int) -> None:
+    def __init__(self, escrows: int, seed: int, balances: bool) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--escrows", str(escrows), "--seed", str(seed)],
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                "--escrows",
+                str(escrows),
+                "--seed",
+                str(seed),
+                *(["--balances"] if balances else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -137,17 +151,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--micro-sample", type=int, default=2_000)
+    parser.add_argument("--balances", action="store_true", help="custodial escrows: read their balances too")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.escrows, args.seed)
+        serve(args.escrows, args.seed, args.balances)
         return
 
-    state = synthetic_state(args.escrows, seed=args.seed)
+    state = synthetic_state(args.escrows, seed=args.seed, custodial=args.balances)
     ids = [e.contract_id for e in state.escrows]
     micro = xdr_micro(state, min(args.micro_sample, len(ids)))
     emulator = (
-        SubprocessEmulator(args.escrows, args.seed) if args.emulator == "subprocess" else Emulator(state)
+        SubprocessEmulator(args.escrows, args.seed, args.balances)
+        if args.emulator == "subprocess"
+        else Emulator(state)
     )
     with emulator as emu:
         settings = load_settings(
@@ -166,7 +183,23 @@ def main() -> None:
                 raise SystemExit(f"batched read was not clean: {not_ok} rows not ok")
             batched.append(result.stats.seconds)
             rates.append(result.stats.entries_per_second)
+            if args.balances and result.frame["chain_balance"].is_null().any():
+                raise SystemExit("batched read with balances left balances unread")
         requests = result.stats.requests
+        without_balances: list[float] = []
+        if args.balances:
+            # The same sweep, told that no escrow is custodial: no balance is read.
+            nobody = load_settings(
+                {
+                    "rpc_url": emu.url,
+                    "rpc_concurrency": args.concurrency,
+                    "rpc_batch_size": args.batch_size,
+                    "custodial_wasm_hashes": "00" * 32,
+                },
+                {},
+            )
+            for _ in range(args.repeats):
+                without_balances.append(read_ledger(ids, nobody, progress=False).stats.seconds)
 
         sample = ids
         if 0 < args.per_invoice_sample < len(ids):
@@ -194,6 +227,10 @@ def main() -> None:
         "per_invoice_extrapolated": len(sample) != len(ids),
         "per_invoice_path": "simulateTransaction get_escrow, one call per invoice, in sequence (the seed's approach)",
         "speedup": round(per_invoice / batched_median, 1),
+        "balances": args.balances,
+        "batched_without_balances_seconds": round(statistics.median(without_balances), 3)
+        if without_balances
+        else None,
         "entries_per_second": round(statistics.median(rates)),
         # Client CPU only: on a busy machine wall time also counts waiting for a core.
         "batched_client_cpu_seconds": round(statistics.median(batched_cpu), 3),

@@ -385,11 +385,13 @@ def synthetic_state(
     latest_ledger: int = DEFAULT_LATEST_LEDGER,
     decimals: int = 7,
     invoice_prefix: str = "INV",
+    custodial: bool = False,
 ) -> LedgerState:
     """``count`` standard escrows funded with one token; invoice ids ``{prefix}_{n:07d}``.
 
     Amounts are whole-cent multiples of ``10**decimals`` / 100 so they match a DECIMAL(15,2)
-    database total exactly. For the demo, benchmark and bulk tests.
+    database total exactly. For the demo, benchmark and bulk tests. ``custodial``: every escrow
+    runs the custodial code and holds its funded amount in a Balance entry of the token.
     """
     rng = random.Random(seed)
     token = TokenSpec(contract_id=random_contract_id(rng), decimals=decimals)
@@ -410,6 +412,8 @@ def synthetic_state(
                 admin=admin,
                 sme_address=random_account_id(rng),
                 status=1 if funded_cents == amount_cents else 0,
+                custodial=custodial,
+                token_balance=funded_cents * cent if custodial else None,
             )
         )
     return LedgerState(latest_ledger=latest_ledger, escrows=tuple(escrows), tokens=(token,))
