@@ -168,13 +168,7 @@ def decode_balance_fast(buf: bytes) -> TokenBalance | None:
 
 def decode_balance_sdk(buf: bytes) -> TokenBalance:
     """The oracle: a SAC balance entry decoded with stellar-sdk; ``EntryDecodeError`` says why not."""
-    try:
-        data = sx.LedgerEntryData.from_xdr_bytes(buf)
-    except Exception as exc:  # the generated decoder raises ValueError, EOFError, struct.error...
-        raise EntryDecodeError(f"undecodable LedgerEntryData XDR ({type(exc).__name__}: {exc})") from exc
-    if data.type != sx.LedgerEntryType.CONTRACT_DATA or data.contract_data is None:
-        raise EntryDecodeError(f"entry is {data.type.name}, not CONTRACT_DATA")
-    entry = data.contract_data
+    entry = _contract_data_sdk(buf)
     key = entry.key
     if (
         key.type != sx.SCValType.SCV_VEC
@@ -651,15 +645,20 @@ def symbol_text(raw: bytes) -> str | None:
 # --- the SDK path: the oracle, and the fallback for whatever the walker leaves ----------------
 
 
-def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry], bytes | None]:
-    """(contract hash, storage entries, Wasm hash or None for a Stellar Asset Contract)."""
+def _contract_data_sdk(buf: bytes) -> sx.ContractDataEntry:
+    """The ContractData entry in ``buf``, decoded with stellar-sdk; ``EntryDecodeError`` otherwise."""
     try:
         data = sx.LedgerEntryData.from_xdr_bytes(buf)
     except Exception as exc:  # the generated decoder raises ValueError, EOFError, struct.error...
         raise EntryDecodeError(f"undecodable LedgerEntryData XDR ({type(exc).__name__}: {exc})") from exc
     if data.type != sx.LedgerEntryType.CONTRACT_DATA or data.contract_data is None:
         raise EntryDecodeError(f"entry is {data.type.name}, not CONTRACT_DATA")
-    entry = data.contract_data
+    return data.contract_data
+
+
+def _instance_storage_sdk(buf: bytes) -> tuple[bytes, list[sx.SCMapEntry], bytes | None]:
+    """(contract hash, storage entries, Wasm hash or None for a Stellar Asset Contract)."""
+    entry = _contract_data_sdk(buf)
     address = entry.contract
     if address.type != sx.SCAddressType.SC_ADDRESS_TYPE_CONTRACT or address.contract_id is None:
         raise EntryDecodeError(f"entry's owner is {address.type.name}, not a contract")
