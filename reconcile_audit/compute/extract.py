@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.schemas import INVOICES, conform
+from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, conform
 from reconcile_audit.compute.settings import Settings, redact_url
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
@@ -120,7 +120,9 @@ _LEGACY_MONEY_COLUMN: Final = "db_total_funded_cents"
 
 def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
     """``frame`` checked and cast to ``INVOICES``; a clear error names what a user query lacks."""
-    missing = [name for name in INVOICES if name not in frame.columns]
+    missing = [
+        name for name in INVOICES if name not in frame.columns and name not in OPTIONAL_INVOICE_COLUMNS
+    ]
     if missing:
         hint = (
             f"; {_LEGACY_MONEY_COLUMN} (cents) was replaced by {MONEY_COLUMN}, the total as exact decimal "
@@ -149,6 +151,11 @@ def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
                 f"the extract query {source} returned {MONEY_COLUMN} as {money_dtype}; it must be exact "
                 "decimal major units (a DECIMAL/numeric, an integer, or their text)"
             ) from exc
+    frame = frame.with_columns(
+        pl.lit(None, dtype=INVOICES[name]).alias(name)
+        for name in OPTIONAL_INVOICE_COLUMNS
+        if name not in frame.columns
+    )
     for name, dtype in INVOICES.items():
         try:
             frame.get_column(name).cast(dtype, strict=True)
@@ -168,6 +175,42 @@ _EXACT_TYPE: Final = re.compile(
     r"(numeric|decimal)(\(\s*\d+\s*(,\s*\d+\s*)?\))?|(u?(tiny|small|big|huge)?int(eger)?)|int[248]",
     re.IGNORECASE,
 )
+
+
+SIDES_SQL: Final = "extract_summary_sides.sql"
+SUMMARY_SIDES: Final = ("total_released", "available_amount", "stellar_ledger_sequence")
+
+
+def _has_summary_sides(url: str) -> bool:
+    """Whether escrow_summaries has the columns of the database's other sides (all of them)."""
+    try:
+        with db.connect_source(url) as conn:
+            return all(
+                conn.rows(db.read_sql(COLUMN_TYPE_SQL), ["escrow_summaries", column])
+                for column in SUMMARY_SIDES
+            )
+    except Exception as exc:  # a catalog this role cannot read: the sides are not compared
+        logger.warning("the other sides of escrow_summaries could not be looked up: %s", type(exc).__name__)
+        return False
+
+
+def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) -> pl.DataFrame:
+    """``invoices`` with what escrow_summaries says was released and is available, and its ledger."""
+    try:
+        with db.connect_source(url) as conn:
+            table = conn.arrow(db.read_sql(SIDES_SQL), [settings.tenant_id])
+    except Exception as exc:
+        raise _extract_error(settings.redact(str(exc)), SIDES_SQL, url) from None
+    sides = pl.from_arrow(_without_extensions(table))
+    assert isinstance(sides, pl.DataFrame)
+    sides = sides.select(
+        pl.col("invoice_pk").cast(pl.String),
+        *(pl.col(name).cast(INVOICES[name]) for name in OPTIONAL_INVOICE_COLUMNS),
+    )
+    joined = invoices.drop(OPTIONAL_INVOICE_COLUMNS).join(
+        sides, on="invoice_pk", how="left", maintain_order="left"
+    )
+    return conform(joined, INVOICES, "extract").select(list(INVOICES))
 
 
 def _check_money_type(url: str) -> None:
@@ -273,6 +316,8 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     invoices = _to_invoices(frame, source)
     if invoices.is_empty():
         _check_scope(url, settings.tenant_id)
+    elif settings.extract_sql_path is None and _has_summary_sides(url):
+        invoices = _with_summary_sides(invoices, url, settings)
     logger.info(
         "extract: %d invoices in %.2f s (%s, tenant %s)",
         invoices.height,

@@ -161,8 +161,15 @@ INVOICES: Final = pl.Schema(
         "total_was_null": pl.Boolean,  # no summary row, or a NULL total coerced to 0
         "summary_row_count": pl.Int64,  # escrow_summaries rows for the invoice; > 1 is a duplicate
         "op_contract_id": pl.String,  # latest completed `create` escrow_operations.contract_id
+        # The database's other sides, when the source has them (null otherwise; a custom extract
+        # may leave them out): what it says was paid out, what the escrow holds, and the ledger
+        # the row was synced at. Exact decimal text in major units, like db_total_funded.
+        "db_total_released": pl.String,
+        "db_available": pl.String,
+        "db_ledger_sequence": pl.Int64,
     }
 )
+OPTIONAL_INVOICE_COLUMNS: Final = ("db_total_released", "db_available", "db_ledger_sequence")
 
 # --- resolve: INVOICES plus the chosen address -------------------------------------------------
 RESOLVED: Final = pl.Schema(

@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS escrow_summaries (
     id BIGINT PRIMARY KEY DEFAULT nextval('escrow_summaries_id_seq'),
     invoice_id UUID NOT NULL,
     total_funded DECIMAL(15, 2) DEFAULT 0,
+    total_released DECIMAL(15, 2),
+    available_amount DECIMAL(15, 2),
+    stellar_ledger_sequence BIGINT,
     last_updated_at TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP
 )
 ;

@@ -15,10 +15,15 @@ SELECT
 FROM stage_invoices
 ;
 -- name: escrow_summaries
-INSERT INTO escrow_summaries (invoice_id, total_funded, last_updated_at)
+INSERT INTO escrow_summaries (
+    invoice_id, total_funded, total_released, available_amount, stellar_ledger_sequence, last_updated_at
+)
 SELECT
     CAST(stage_escrow_summaries.invoice_id AS UUID),
     CAST(stage_escrow_summaries.total_funded AS DECIMAL(15, 2)),
+    CAST(stage_escrow_summaries.total_released AS DECIMAL(15, 2)),
+    CAST(stage_escrow_summaries.available_amount AS DECIMAL(15, 2)),
+    CAST(stage_escrow_summaries.stellar_ledger_sequence AS BIGINT),
     CAST(stage_escrow_summaries.last_updated_at AS TIMESTAMP WITH TIME ZONE)
 FROM stage_escrow_summaries
 ;

@@ -35,6 +35,9 @@ def _invoices(rows: list[tuple[str | None, str | None]]) -> pl.DataFrame:
             "total_was_null": False,
             "summary_row_count": 1,
             "op_contract_id": [r[1] for r in rows],
+            "db_total_released": None,
+            "db_available": None,
+            "db_ledger_sequence": None,
         },
         schema=INVOICES,
     )

@@ -12,8 +12,10 @@ omitted and load as NULL or the table default):
     (String), ``status`` (String, required), ``amount`` (Decimal, integer or decimal text),
     ``currency`` (String), ``deleted_at`` (Datetime; naive values are taken as UTC).
 ``summaries`` (rows of ``escrow_summaries``)
-    ``invoice_id`` (String, the ``invoices.id`` uuid, required), ``total_funded`` (Decimal,
-    integer or decimal text in major units; null allowed), ``last_updated_at`` (Datetime).
+    ``invoice_id`` (String, the ``invoices.id`` uuid, required), ``total_funded``,
+    ``total_released`` and ``available_amount`` (Decimal, integer or decimal text in major units;
+    null allowed), ``stellar_ledger_sequence`` (integer: the ledger the row was synced at),
+    ``last_updated_at`` (Datetime).
 ``operations`` (rows of ``escrow_operations``)
     ``invoice_id`` (String, the ``invoices.id`` uuid, required), ``operation_type`` (String,
     required, e.g. ``create``), ``contract_id`` (String), ``status`` (String, required, e.g.
@@ -42,7 +44,14 @@ _COLUMNS: dict[str, dict[str, str]] = {
         "currency": "text",
         "deleted_at": "time",
     },
-    "escrow_summaries": {"invoice_id": "text", "total_funded": "money", "last_updated_at": "time"},
+    "escrow_summaries": {
+        "invoice_id": "text",
+        "total_funded": "money",
+        "total_released": "money",
+        "available_amount": "money",
+        "stellar_ledger_sequence": "text",  # an integer, cast by the load statement
+        "last_updated_at": "time",
+    },
     "escrow_operations": {
         "invoice_id": "text",
         "operation_type": "text",
