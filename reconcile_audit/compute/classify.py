@@ -27,9 +27,12 @@ reason_code                         class                when
 ``invalid_db_amount``               error                the DB total is not decimal text
 ``db_amount_not_representable``     mismatch             the DB total has more decimal places than the token
 ``equal``                           match                database and chain amounts are equal
+``db_over_chain``                   mismatch             the database total is larger, beyond the tolerance
+``chain_over_db``                   mismatch             the chain amount is larger, beyond the tolerance
+``released_mismatch``               mismatch             DB ``total_released`` is not ``DistributedPrincipal``
+``available_mismatch``              mismatch             DB ``available_amount`` is not what the escrow holds
+``equal``                           match                database and chain amounts are equal
 ``within_tolerance``                match                ``|delta| <= tolerance_base_units``
-``db_over_chain``                   mismatch             the database total is larger
-``chain_over_db``                   mismatch             the chain amount is larger
 =================================  ===================  ========================================
 
 Amounts: the database total in base units is its exact decimal text times ``10^decimals``, at
@@ -80,6 +83,7 @@ from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
 logger = logging.getLogger(__name__)
 
 CLASSIFY_SQL: Final = "classify.sql"
+CLASSIFY_MACROS_SQL: Final = "classify_macros.sql"
 REASON_CODES: Final = {
     "invalid_invoice_id": "error",
     "no_address": "unlinked",
@@ -96,6 +100,8 @@ REASON_CODES: Final = {
     "unmapped_currency": "error",
     "token_mismatch": "mismatch",
     "balance_short": "mismatch",
+    "released_mismatch": "mismatch",
+    "available_mismatch": "mismatch",
     "invalid_db_amount": "error",
     "db_amount_not_representable": "mismatch",
     "equal": "match",
@@ -132,6 +138,10 @@ def _db_major(text: str | None) -> str:
         return "n/a"
     sign, whole, fraction = parts
     return format_major(int(sign + whole + fraction), len(fraction))
+
+
+def _db_side(row: dict[str, Any], column: str) -> str:
+    return _with_currency(_db_major(row[column]), row["currency"])
 
 
 def _chain_sentence(row: dict[str, Any]) -> str:
@@ -233,6 +243,22 @@ def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str
         )
     elif code == "balance_short":
         text = f"{_balance_sentence(row)}; {_amounts_sentence(row) if row['delta_base_units'] is not None else _chain_sentence(row)}"
+    elif code == "released_mismatch":
+        text = (
+            f"DB total_released {_db_side(row, 'db_total_released')} vs the escrow's DistributedPrincipal "
+            f"{_with_currency(format_major(int(row['chain_distributed_base_units'] or 0), row['token_decimals']), row['currency'])}"
+            f"; {_amounts_sentence(row)}"
+        )
+    elif code == "available_mismatch":
+        available = _with_currency(
+            format_major(int(row["chain_available_base_units"]), row["token_decimals"]), row["currency"]
+        )
+        held = (
+            "the escrow holds for it"
+            if row["chain_balance_base_units"] is not None
+            else "is funded less paid out on chain"
+        )
+        text = f"DB available_amount {_db_side(row, 'db_available')} vs the {available} {held}; {_amounts_sentence(row)}"
     elif code == "invalid_db_amount":
         text = f"the database total_funded {one_line(row['db_total_funded'] or '')!r} is not a decimal number"
     elif code == "db_amount_not_representable":
@@ -243,6 +269,11 @@ def _reason(row: dict[str, Any], tolerance_base_units: int, symbols: Mapping[str
         text = _amounts_sentence(row)
     if code in _AMOUNT_CODES | {"within_tolerance"} and row["balance_gap_base_units"] is not None:
         text += f"; {_balance_sentence(row)}"  # every side compared is named
+    if "db_stale" in (row["flags"] or []):
+        text += (
+            f". The database last synced at ledger {row['db_ledger_sequence']:,}; the escrow changed at "
+            f"ledger {row['last_modified_ledger']:,}"
+        )
     if row["address_conflict"] is not None:
         text += (
             f". Note: ESCROW_ADDR_BY_INVOICE maps this invoice to {row['address_conflict']}; "
@@ -297,6 +328,7 @@ def _reasons(raw: pl.DataFrame, tolerance_base_units: int, symbols: Mapping[str,
         pl.col("reason_code").is_in(list(_AMOUNT_CODES))
         & pl.col("address_conflict").is_null()
         & pl.col("balance_gap_base_units").is_null()
+        & ~pl.col("flags").list.contains("db_stale")
     )
     frame = raw.select(common.alias("common"), pl.when(common).then(_amount_reasons()).alias("reason"))
     rare = frame.select(pl.arg_where(~pl.col("common"))).to_series().to_list()
@@ -352,6 +384,7 @@ def classify(
         conn.register("resolved_input", resolved_input)
         conn.register("ledger_input", ledger_input)
         conn.register("currency_tokens", tokens)
+        conn.execute(db.read_sql(CLASSIFY_MACROS_SQL))
         table = conn.sql(
             db.read_sql(CLASSIFY_SQL),
             params=[str(tolerance_base_units), ttl_warning_ledgers, currency_tokens is not None],

@@ -228,6 +228,7 @@ FLAGS: Final = (
     "balance_unread",  # a custodial escrow whose balance could not be read (not a SAC, an error)
     "balance_archived",  # its Balance entry is archived: restore it before the escrow pays out
     "balance_ttl_expiring",
+    "db_stale",  # the escrow changed after the ledger the database row was synced at
 )
 
 # --- classify: the findings frame, one row per extracted invoice ------------------------------
@@ -258,6 +259,9 @@ FINDINGS: Final = pl.Schema(
         "chain_balance_base_units": pl.String,  # what a custodial escrow holds; null otherwise
         "chain_distributed_base_units": pl.String,  # DistributedPrincipal; null when absent (0)
         "custodial": pl.Boolean,  # null when the escrow was not read
+        "db_released_base_units": pl.String,  # DB total_released in base units; null when absent
+        "db_available_base_units": pl.String,  # DB available_amount in base units; null when absent
+        "db_ledger_sequence": pl.Int64,  # the ledger the DB row was synced at; null when absent
     }
 )
 

@@ -1,5 +1,5 @@
 -- reconcile-audit classify: one findings row per resolved invoice (reconcile_audit.compute.classify).
--- DuckDB over two registered Arrow frames:
+-- DuckDB over two registered Arrow frames, with the macros of classify_macros.sql:
 --   resolved_input  RESOLVED plus _row (input order) and address_conflict
 --   ledger_input    LEDGER
 --   currency_tokens (currency, token): RECONCILE_CURRENCY_TOKENS, currencies upper-cased
@@ -38,11 +38,7 @@ joined AS (
         l.chain_balance,
         l.balance_note,
         l.balance_live_until_ledger,
-        -- TRY_CAST alone would round '1.5' to 2: only plain integer text is an i128 here.
-        CASE
-            WHEN regexp_full_match(l.funded_amount, '-?[0-9]{1,39}')
-                THEN CAST(TRY_CAST(l.funded_amount AS HUGEINT) AS BIGNUM)
-        END AS chain_base
+        i128(l.funded_amount) AS chain_base
     FROM resolved_input AS r
     LEFT JOIN ledger_one AS l
         ON l.contract_id = r.contract_id AND r.address_error IS NULL
@@ -53,46 +49,54 @@ with_token AS (
     FROM joined AS j
     LEFT JOIN currency_tokens AS c ON c.currency = upper(trim(j.currency))
 ),
-db_parts AS (
-    -- The database total is exact decimal text at the column's own scale. Trailing fraction
-    -- zeros carry no value; what is left must fit the token's decimals to exist on chain.
-    SELECT
-        *,
-        regexp_full_match(db_total_funded, '-?[0-9]{1,60}(\.[0-9]{1,60})?') AS db_total_valid,
-        split_part(db_total_funded, '.', 1) AS db_whole,
-        rtrim(split_part(db_total_funded, '.', 2), '0') AS db_fraction
-    FROM with_token
-),
 amounts AS (
     SELECT
         *,
         -- What a custodial escrow must hold for its status (see the module docstring): funded
         -- while open or funded, funded less what was refunded once cancelled, nothing once
         -- withdrawn; a settled escrow has no balance invariant (claims lower it, coupons raise it).
-        CASE
-            WHEN custodial AND regexp_full_match(chain_balance, '-?[0-9]{1,39}')
-                THEN CAST(TRY_CAST(chain_balance AS HUGEINT) AS BIGNUM)
-        END AS balance_base,
+        CASE WHEN custodial THEN i128(chain_balance) END AS balance_base,
         CASE
             WHEN escrow_status IN (0, 1) THEN chain_base
-            WHEN escrow_status = 4 AND regexp_full_match(COALESCE(distributed_principal, '0'), '-?[0-9]{1,39}')
-                THEN chain_base - CAST(TRY_CAST(COALESCE(distributed_principal, '0') AS HUGEINT) AS BIGNUM)
+            WHEN escrow_status = 4 THEN chain_base - i128(COALESCE(distributed_principal, '0'))
             WHEN escrow_status = 3 THEN CAST(0 AS BIGNUM)
         END AS balance_required,
+        -- The database total is exact decimal text at the column's own scale; trailing fraction
+        -- zeros carry no value, and what is left must fit the token's decimals to exist on chain.
+        regexp_full_match(db_total_funded, '-?[0-9]{1,60}(\.[0-9]{1,60})?') AS db_total_valid,
+        base_units(db_total_funded, token_decimals) AS db_base,
+        -- The database's other sides, when it has them: paid out (against DistributedPrincipal),
+        -- and available (against what the escrow holds, or funded less paid out without custody).
+        base_units(db_total_released, token_decimals) AS db_released_base,
+        base_units(db_available, token_decimals) AS db_available_base,
+        i128(COALESCE(distributed_principal, '0')) AS chain_distributed
+    FROM with_token
+),
+available AS (
+    -- What the chain holds for the invoice: the balance up to what the status requires (tokens
+    -- beyond it are stray: the balance_surplus flag), all of it once settled, and funded less
+    -- paid out when the escrow does not hold its tokens.
+    SELECT
+        *,
         CASE
-            WHEN db_total_valid AND token_decimals BETWEEN 0 AND 38 AND length(db_fraction) <= token_decimals
-                THEN CAST(db_whole || rpad(db_fraction, CAST(token_decimals AS INTEGER), '0') AS BIGNUM)
-        END AS db_base
-    FROM db_parts
+            WHEN balance_base IS NOT NULL AND balance_required IS NOT NULL AND balance_base > balance_required
+                THEN balance_required
+            WHEN balance_base IS NOT NULL THEN balance_base
+            ELSE chain_base - chain_distributed
+        END AS chain_available
+    FROM amounts
 ),
 deltas AS (
     SELECT
         *,
         balance_base - balance_required AS balance_gap,
+        db_total_released IS NOT NULL
+            AND db_released_base IS DISTINCT FROM chain_distributed AS released_differs,
+        db_available IS NOT NULL AND db_available_base IS DISTINCT FROM chain_available AS available_differs,
         db_base - chain_base AS delta,
         CASE WHEN db_base - chain_base < CAST(0 AS BIGNUM) THEN chain_base - db_base ELSE db_base - chain_base END
             AS abs_delta
-    FROM amounts
+    FROM available
 ),
 classified AS (
     SELECT
@@ -115,10 +119,12 @@ classified AS (
             WHEN balance_gap < CAST(0 AS BIGNUM) THEN 'balance_short'
             WHEN NOT db_total_valid THEN 'invalid_db_amount'
             WHEN db_base IS NULL THEN 'db_amount_not_representable'
+            WHEN abs_delta > CAST($1 AS BIGNUM) AND delta > CAST(0 AS BIGNUM) THEN 'db_over_chain'
+            WHEN abs_delta > CAST($1 AS BIGNUM) THEN 'chain_over_db'
+            WHEN released_differs THEN 'released_mismatch'
+            WHEN available_differs THEN 'available_mismatch'
             WHEN delta = CAST(0 AS BIGNUM) THEN 'equal'
-            WHEN abs_delta <= CAST($1 AS BIGNUM) THEN 'within_tolerance'
-            WHEN delta > CAST(0 AS BIGNUM) THEN 'db_over_chain'
-            ELSE 'chain_over_db'
+            ELSE 'within_tolerance'
         END AS reason_code
     FROM deltas
 ),
@@ -131,6 +137,8 @@ with_class AS (
                 'invoice_id_mismatch',
                 'token_mismatch',
                 'balance_short',
+                'released_mismatch',
+                'available_mismatch',
                 'db_amount_not_representable',
                 'db_over_chain',
                 'chain_over_db'
@@ -195,6 +203,7 @@ SELECT
                     THEN 'balance_ttl_expiring'
             END,
             CASE WHEN custodial AND chain_balance IS NULL THEN 'balance_unread' END,
+            CASE WHEN last_modified_ledger > db_ledger_sequence THEN 'db_stale' END,
             CASE WHEN summary_row_count > 1 THEN 'duplicate_summary' END,
             CASE WHEN total_was_null THEN 'null_total' END,
             CASE
@@ -211,10 +220,16 @@ SELECT
     last_modified_ledger,
     live_until_ledger,
     CASE WHEN custodial THEN CAST(balance_base AS VARCHAR) END AS chain_balance_base_units,
+    CAST(db_released_base AS VARCHAR) AS db_released_base_units,
+    CAST(db_available_base AS VARCHAR) AS db_available_base_units,
+    db_ledger_sequence,
     distributed_principal AS chain_distributed_base_units,
     custodial,
     -- For the reason sentence, built in Python from these exact values.
     expected_token,
+    db_total_released,
+    db_available,
+    CAST(chain_available AS VARCHAR) AS chain_available_base_units,
     CAST(balance_required AS VARCHAR) AS balance_required_base_units,
     CAST(balance_gap AS VARCHAR) AS balance_gap_base_units,
     balance_note,

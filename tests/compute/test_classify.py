@@ -427,11 +427,85 @@ def test_an_archived_or_expiring_balance_entry_is_flagged() -> None:
     assert "balance_ttl_expiring" in expiring["flags"]
 
 
+def _sides(**resolved: Any) -> dict[str, Any]:
+    """A matching invoice (DB 1,250.00 = chain) of a custodial escrow holding 1,000.00 after
+    250.00 was refunded (status cancelled), with the database's other sides as given."""
+    return one(
+        resolved_row(**resolved),
+        [
+            ledger_row(
+                escrow_status=4,
+                distributed_principal="2500000000",
+                custodial=True,
+                chain_balance="10000000000",
+                last_modified_ledger=999_000,
+            )
+        ],
+    )
+
+
+def test_the_databases_other_sides_agree() -> None:
+    row = _sides(db_total_released="250.00", db_available="1000.00", db_ledger_sequence=999_000)
+    assert (row["class"], row["reason_code"]) == ("match", "equal"), row["reason"]
+    assert (row["db_released_base_units"], row["db_available_base_units"]) == ("2500000000", "10000000000")
+    assert "db_stale" not in row["flags"]
+
+
+def test_released_and_available_that_differ_are_mismatches_naming_both_sides() -> None:
+    released = _sides(db_total_released="200.00", db_available="1000.00")
+    assert (released["class"], released["reason_code"]) == ("mismatch", "released_mismatch")
+    assert released["reason"].startswith(
+        "DB total_released 200.00 USDC vs the escrow's DistributedPrincipal 250.00 USDC"
+    )
+    available = _sides(db_total_released="250.00", db_available="1250.00")
+    assert (available["class"], available["reason_code"]) == ("mismatch", "available_mismatch")
+    assert available["reason"].startswith(
+        "DB available_amount 1,250.00 USDC vs the 1,000.00 USDC the escrow holds"
+    )
+    # Without custody, what is available on chain is funded less paid out.
+    plain = one(
+        resolved_row(db_available="1250.00"),
+        [ledger_row(distributed_principal="2500000000", escrow_status=4)],
+    )
+    assert plain["reason_code"] == "available_mismatch"
+    assert "vs the 1,000.00 USDC is funded less paid out on chain" in plain["reason"]
+    # Stray tokens above what the status requires are not the invoice's: a surplus, not a mismatch.
+    stray = _sides(db_available="1000.00", db_total_released="250.00")
+    stray_row = one(
+        resolved_row(db_available="1000.00", db_total_released="250.00"),
+        [
+            ledger_row(
+                escrow_status=4,
+                distributed_principal="2500000000",
+                custodial=True,
+                chain_balance="10000000001",
+            )
+        ],
+    )
+    assert stray["reason_code"] == "equal" and stray_row["reason_code"] == "equal"
+    assert "balance_surplus" in stray_row["flags"]
+    # A funded drift outranks them: it is the first side compared.
+    drift = one(resolved_row(db_total_released="1.00"), [ledger_row(funded_amount="1")])
+    assert drift["reason_code"] == "db_over_chain"
+
+
+def test_a_database_synced_before_the_escrow_changed_is_flagged_stale() -> None:
+    row = _sides(db_total_released="250.00", db_available="1000.00", db_ledger_sequence=998_000)
+    assert "db_stale" in row["flags"] and row["class"] == "match"
+    assert "The database last synced at ledger 998,000; the escrow changed at ledger 999,000" in row["reason"]
+
+
 def test_every_reason_code_is_exercised() -> None:
     # Guards the tables above against a new code added to classify without a test.
-    tested = {"equal", "chain_over_db", "db_over_chain", "within_tolerance", "balance_short"} | {
-        case[3] for case in [*_REASON_CASES, *_CURRENCY_CASES]
-    }
+    tested = {
+        "equal",
+        "chain_over_db",
+        "db_over_chain",
+        "within_tolerance",
+        "balance_short",
+        "released_mismatch",
+        "available_mismatch",
+    } | {case[3] for case in [*_REASON_CASES, *_CURRENCY_CASES]}
     assert tested == set(REASON_CODES)
 
 

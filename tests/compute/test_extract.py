@@ -577,3 +577,47 @@ def test_a_missing_duckdb_source_is_an_error_not_a_new_empty_file(tmp_path: Path
     with pytest.raises(ConfigError, match="DATABASE_URL: no DuckDB database file"):
         _extract(f"duckdb://{missing}")
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_the_databases_other_sides_are_read_when_the_source_has_them(source_url: str) -> None:
+    invoices = pl.DataFrame(
+        {"id": [_pk(), _pk()], "invoice_id": ["SIDES-1", "PLAIN-1"], "status": ["funded", "funded"]}
+    )
+    summaries = pl.DataFrame(
+        {
+            "invoice_id": invoices["id"],
+            "total_funded": ["1250.00", "5.00"],
+            "total_released": ["250.00", None],
+            "available_amount": ["1000.00", None],
+            "stellar_ledger_sequence": ["2000123", None],
+            "last_updated_at": [T0, T0],
+        }
+    )
+    with db.connect(source_url) as conn:
+        sourcedb.load_source_rows(
+            conn,
+            invoices,
+            summaries,
+            pl.DataFrame(
+                {"invoice_id": [], "operation_type": [], "status": []},
+                schema={"invoice_id": pl.String, "operation_type": pl.String, "status": pl.String},
+            ),
+        )
+    rows = _by_id(_extract(source_url))
+    assert (
+        rows["SIDES-1"]["db_total_released"],
+        rows["SIDES-1"]["db_available"],
+        rows["SIDES-1"]["db_ledger_sequence"],
+    ) == (
+        "250.00",
+        "1000.00",
+        2_000_123,
+    )
+    assert rows["PLAIN-1"]["db_ledger_sequence"] is None
+    # A source without those columns is read as before, the sides left empty.
+    with db.connect(source_url) as conn:
+        for column in ("total_released", "available_amount", "stellar_ledger_sequence"):
+            conn.execute(f"ALTER TABLE escrow_summaries DROP COLUMN {column}")
+        conn.commit()
+    rows = _by_id(_extract(source_url))
+    assert rows["SIDES-1"]["db_total_released"] is None and rows["SIDES-1"]["db_total_funded"] == "1250.00"

@@ -42,6 +42,8 @@ EXPECTED = {
     "withdrawn": ("match", None),
     "cancelled_refunded": ("match", None),
     "record_only": ("match", None),
+    "released_mismatch": ("mismatch", None),
+    "db_stale": ("match", "db_stale"),
 }
 
 
@@ -121,6 +123,8 @@ def test_demo_findings_cover_every_class_and_flag(demo_runs):
     assert short["reason_code"] == "balance_short" and " short of the " in short["reason"]
     assert by_id[data.planted["record_only"][0]]["custodial"] is False
     assert by_id[data.planted["withdrawn"][0]]["chain_balance_base_units"] == "0"
+    assert by_id[data.planted["released_mismatch"][0]]["reason_code"] == "released_mismatch"
+    assert "The database last synced at ledger" in by_id[data.planted["db_stale"][0]]["reason"]
     worst = (latest / "report.txt").read_text(encoding="utf-8").split("FINDINGS, WORST FIRST", 1)[1]
     assert worst.index(data.planted["balance_short"][0]) < worst.index(data.planted["mismatch_new_large"][0])
 

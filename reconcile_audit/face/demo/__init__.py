@@ -86,6 +86,10 @@ PLANTED_KINDS: Final = (
     "withdrawn",  # status withdrawn, everything paid out, holds nothing: a match
     "cancelled_refunded",  # status cancelled, a quarter refunded, holds the rest: a match
     "record_only",  # pre-custody code: the tokens were never the escrow's to hold
+    # The database's other sides (escrow_summaries.total_released, available_amount and
+    # stellar_ledger_sequence), which every summary row carries.
+    "released_mismatch",  # cancelled with a quarter refunded, but the database says nothing was
+    "db_stale",  # the escrow changed after the ledger the database row was synced at
 )
 NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
 # What `demo --deliver` takes from the operator's environment; nothing else of it reaches the demo.
@@ -147,7 +151,8 @@ def _uuid(rng: random.Random) -> str:
 
 
 def _money(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
 
 
 def _broken_checksum(contract_id: str) -> str:
@@ -172,8 +177,8 @@ def _custody(kind: str | None, funded: int, scale: int, *, status: int) -> dict[
         fields["balance_live_until_ledger"] = LATEST_LEDGER + 2_000
     elif kind == "withdrawn":
         fields.update(status=3, distributed_principal=funded, token_balance=0)
-    elif kind == "cancelled_refunded":
-        refunded = funded // 4
+    elif kind in ("cancelled_refunded", "released_mismatch"):
+        refunded = funded // 4 // scale * scale  # whole cents, as the database keeps them
         fields.update(status=4, distributed_principal=refunded, token_balance=funded - refunded)
     return fields
 
@@ -247,13 +252,18 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
             }
         )
         updated = BASE_TIME + timedelta(minutes=n)
+        latest_summary: dict[str, Any] | None = None  # given the other sides once the escrow is known
         if kind == "null_total":
-            summary_rows.append({"invoice_id": pk, "total_funded": None, "last_updated_at": updated})
+            latest_summary = {"invoice_id": pk, "total_funded": None, "last_updated_at": updated}
             funded_cents = 0
         elif kind != "no_summary":
-            summary_rows.append(
-                {"invoice_id": pk, "total_funded": _money(funded_cents), "last_updated_at": updated}
-            )
+            latest_summary = {
+                "invoice_id": pk,
+                "total_funded": _money(funded_cents),
+                "last_updated_at": updated,
+            }
+        if latest_summary is not None:
+            summary_rows.append(latest_summary)
         if kind == "duplicate_summary":
             # An older row with another total: the extract must take the latest, not add them up.
             older = updated - timedelta(days=3)
@@ -325,6 +335,14 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
                 **custody,
             )
         )
+        if latest_summary is not None:
+            # The database's view: what it says was paid out, what is left of what it says was
+            # funded, and the ledger it last synced the escrow at.
+            paid_cents = (escrows[-1].distributed_principal or 0) // scale
+            latest_summary["total_released"] = _money(0 if kind == "released_mismatch" else paid_cents)
+            latest_summary["available_amount"] = _money(funded_cents - paid_cents)
+            synced = escrows[-1].last_modified_ledger - (500 if kind == "db_stale" else 0)
+            latest_summary["stellar_ledger_sequence"] = str(synced)
         if kind is None:
             regular.append((contract_id, chain_funded))
 
@@ -386,7 +404,14 @@ INVOICE_COLUMNS: Final = pl.Schema(
     }
 )
 SUMMARY_COLUMNS: Final = pl.Schema(
-    {"invoice_id": pl.String, "total_funded": pl.String, "last_updated_at": _TIME}
+    {
+        "invoice_id": pl.String,
+        "total_funded": pl.String,
+        "total_released": pl.String,
+        "available_amount": pl.String,
+        "stellar_ledger_sequence": pl.String,
+        "last_updated_at": _TIME,
+    }
 )
 OPERATION_COLUMNS: Final = pl.Schema(
     {

@@ -6,7 +6,8 @@ INSERT INTO reconciliation_findings (
     db_funded_base_units, chain_funded_base_units, delta_base_units, drift_rank,
     token_decimals, currency, db_total_funded, flags, escrow_invoice_id, escrow_status,
     funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
-    chain_balance_base_units, chain_distributed_base_units, custodial
+    chain_balance_base_units, chain_distributed_base_units, custodial,
+    db_released_base_units, db_available_base_units, db_ledger_sequence
 )
 SELECT
     $1, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
@@ -17,5 +18,6 @@ SELECT
     COALESCE(flags, CAST(ARRAY[] AS text[])),
     escrow_invoice_id, escrow_status,
     funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
-    CAST(chain_balance_base_units AS numeric), CAST(chain_distributed_base_units AS numeric), custodial
+    CAST(chain_balance_base_units AS numeric), CAST(chain_distributed_base_units AS numeric), custodial,
+    CAST(db_released_base_units AS numeric), CAST(db_available_base_units AS numeric), db_ledger_sequence
 FROM reconcile_findings_staging

@@ -9,4 +9,10 @@ ALTER TABLE reconciliation_findings ADD COLUMN chain_distributed_base_units VARC
 
 ALTER TABLE reconciliation_findings ADD COLUMN custodial BOOLEAN;
 
+ALTER TABLE reconciliation_findings ADD COLUMN db_released_base_units VARCHAR;
+
+ALTER TABLE reconciliation_findings ADD COLUMN db_available_base_units VARCHAR;
+
+ALTER TABLE reconciliation_findings ADD COLUMN db_ledger_sequence BIGINT;
+
 CREATE INDEX reconciliation_findings_invoice_run ON reconciliation_findings (invoice_id, run_id);
