@@ -288,6 +288,12 @@ class RunContext:
             if self.settings.currency_tokens is None
             else tuple(sorted(self.settings.currency_tokens)),
             run_folder=f"{socket.gethostname()}:{self.out_dir}",
+            database_sides_compared=None
+            if result is None
+            else bool(result.findings.get_column("db_ledger_sequence").is_not_null().any()),
+            balances_checked=None
+            if result is None
+            else int(result.findings.get_column("chain_balance_base_units").is_not_null().sum()),
             report_base_url=self.settings.report_base_url,
         )
 

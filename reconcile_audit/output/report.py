@@ -259,6 +259,22 @@ def _currencies_fact(checked: tuple[str, ...] | None) -> str:
     return "funding token checked for " + ", ".join(_plain(c) for c in checked)
 
 
+def _balances_fact(checked: int | None) -> str:
+    if checked is None:
+        return "n/a"
+    if checked == 0:
+        return "none read: no custodial escrow in a Stellar Asset Contract"
+    return f"{checked:,} custodial escrows held to their status"
+
+
+def _sides_fact(compared: bool | None) -> str:
+    if compared is None:
+        return "n/a"
+    if compared:
+        return "total_released, available_amount and the synced ledger compared"
+    return "not compared: the source has no total_released, available_amount or stellar_ledger_sequence"
+
+
 def _finding_row(row: Mapping[str, Any]) -> FindingRow:
     decimals = row["token_decimals"]
     return FindingRow(
@@ -465,6 +481,8 @@ def _view(
             ("Tenant", _plain(facts.tenant_id) if facts.tenant_id else "all tenants"),
             ("Ledger range", ledger_range),
             ("Currencies", _currencies_fact(facts.currencies_checked)),
+            ("Escrow balances", _balances_fact(facts.balances_checked)),
+            ("Database sides", _sides_fact(facts.database_sides_compared)),
             ("Duration", _format_duration(facts.duration_seconds)),
             ("Tool version", _plain(facts.tool_version)),
         ),

@@ -52,6 +52,11 @@ class RunFacts:
     run_folder: str | None = None
     report_base_url: str | None = None
     attachment_note: str | None = None  # what the email attaches, and what it had to leave out
+    # Whether escrow_summaries' other sides (released, available, synced ledger) were compared;
+    # None when the run did not get that far.
+    database_sides_compared: bool | None = None
+    # Custodial escrows whose token balance was read and held to their status.
+    balances_checked: int | None = None
 
 
 class ListedFindings(Protocol):

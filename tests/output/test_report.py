@@ -500,3 +500,13 @@ def test_money_missing_from_an_escrow_ranks_first_whatever_its_size() -> None:
     worst = report.text[report.text.index("FINDINGS, WORST FIRST") :]
     assert worst.index("SHORT-BY-ONE") < worst.index("BIG-DRIFT")
     assert worst_first(frame(rows))["invoice_id"].to_list() == ["SHORT-BY-ONE", "BIG-DRIFT"]
+
+
+def test_the_report_says_which_escrow_checks_ran() -> None:
+    findings = AuditResult.of(frame([finding("A")]))
+    ran = render_report(findings, None, facts(database_sides_compared=True, balances_checked=9_983)).text
+    assert "9,983 custodial escrows held to their status" in ran
+    assert "total_released, available_amount and the synced ledger compared" in ran
+    skipped = render_report(findings, None, facts(database_sides_compared=False, balances_checked=0)).text
+    assert "not compared: the source has no total_released" in skipped
+    assert "none read: no custodial escrow" in skipped
