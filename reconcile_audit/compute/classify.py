@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import duckdb
@@ -75,6 +75,7 @@ from reconcile_audit.compute.amounts import (
     one_line,
     split_decimal,
 )
+from reconcile_audit.compute.ledger import read_ledger
 from reconcile_audit.compute.ledger.types import LedgerRead
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import FINDINGS, LEDGER, RESOLVED, conform
@@ -400,21 +401,46 @@ def classify(
     return findings
 
 
-def audit(resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings) -> AuditResult:
-    """The classify stage as the notebook runs it: the findings, counted once, with the ledger range."""
-    findings = classify(
-        resolved,
-        ledger_read.frame,
-        tolerance_base_units=settings.tolerance_base_units,
-        ttl_warning_ledgers=settings.ttl_warning_ledgers,
-        currency_tokens=settings.currency_tokens,
-        token_symbols=ledger_read.token_symbols,
-    )
+Reread = Callable[[list[str], Settings], LedgerRead]
+
+
+def _read_again(contract_ids: list[str], settings: Settings) -> LedgerRead:
+    return read_ledger(contract_ids, settings, progress=False)
+
+
+def audit(
+    resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings, *, reread: Reread = _read_again
+) -> AuditResult:
+    """The classify stage as the notebook runs it: the findings, counted once, with the ledger range.
+
+    No sweep is a snapshot: each batch reads the latest ledger, so an escrow funded while the
+    sweep ran looks like drift that is not. A finding on an escrow (or its Balance entry) modified
+    after ``sweep_start_ledger`` is read again once, instance and balance together, and every
+    invoice classified again: one that now matches is a match flagged ``settled_during_run``, one
+    that does not keeps its (new) class flagged ``changed_during_run``.
+    """
+    options: dict[str, Any] = {
+        "tolerance_base_units": settings.tolerance_base_units,
+        "ttl_warning_ledgers": settings.ttl_warning_ledgers,
+        "currency_tokens": settings.currency_tokens,
+        "token_symbols": ledger_read.token_symbols,
+    }
+    findings = classify(resolved, ledger_read.frame, **options)
+    changed = _changed_during_sweep(findings, ledger_read)
+    ledger_max = ledger_read.ledger_max
+    if changed:
+        again = reread(changed, settings)
+        logger.info("classify: %d findings changed during the sweep, read again", len(changed))
+        # The re-read replaces the sweep's reading of those contracts; the rest stand.
+        frame = pl.concat([ledger_read.frame.filter(~pl.col("contract_id").is_in(changed)), again.frame])
+        findings = _in_flight(classify(resolved, frame, **options), changed)
+        ledger_max = max((v for v in (ledger_max, again.ledger_max) if v is not None), default=None)
     result = AuditResult.of(
         findings,
         ledger_min=ledger_read.ledger_min,
-        ledger_max=ledger_read.ledger_max,
+        ledger_max=ledger_max,
         incomplete=ledger_read.incomplete_because(settings.min_read_share),
+        reread=len(changed),
     )
     if result.incomplete:
         logger.error("the run is incomplete: %s", result.incomplete)
@@ -422,3 +448,32 @@ def audit(resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings) -
         "classify: %s", ", ".join(f"{name} {count}" for name, count in result.counts.by_class().items())
     )
     return result
+
+
+def _changed_during_sweep(findings: pl.DataFrame, ledger_read: LedgerRead) -> list[str]:
+    """Contracts of findings whose instance or Balance entry was modified after the sweep began."""
+    start = ledger_read.sweep_start_ledger
+    if start is None:
+        return []
+    moved = ledger_read.frame.filter(
+        (pl.col("last_modified_ledger") > start) | (pl.col("balance_last_modified_ledger") > start)
+    ).get_column("contract_id")
+    if moved.is_empty():
+        return []
+    flagged = findings.filter((pl.col("class") != "match") & pl.col("contract_id").is_in(moved.implode()))
+    return flagged.get_column("contract_id").unique(maintain_order=True).to_list()
+
+
+def _in_flight(findings: pl.DataFrame, changed: list[str]) -> pl.DataFrame:
+    """Flag the invoices of ``changed``: settled during the run when they now match."""
+    flag = (
+        pl.when(pl.col("class") == "match")
+        .then(pl.lit("settled_during_run"))
+        .otherwise(pl.lit("changed_during_run"))
+    )
+    return findings.with_columns(
+        pl.when(pl.col("contract_id").is_in(changed))
+        .then(pl.concat_list(pl.col("flags"), flag).list.sort())
+        .otherwise(pl.col("flags"))
+        .alias("flags")
+    )

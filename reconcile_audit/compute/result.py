@@ -23,6 +23,7 @@ class AuditResult:
     ledger_min: int | None = None
     ledger_max: int | None = None
     incomplete: str | None = None  # why the ledger read cannot stand as a result (an outage)
+    reread: int = 0  # escrows read again after the sweep because they changed while it ran
 
     def __post_init__(self) -> None:
         if self.counts.total != self.findings.height:
@@ -38,10 +39,11 @@ class AuditResult:
         ledger_min: int | None = None,
         ledger_max: int | None = None,
         incomplete: str | None = None,
+        reread: int = 0,
     ) -> AuditResult:
         """Check ``findings`` against FINDINGS and count its classes: the one place they are counted."""
         frame = conform(findings, FINDINGS, "result")
-        return cls(frame, count_classes(frame), ledger_min, ledger_max, incomplete)
+        return cls(frame, count_classes(frame), ledger_min, ledger_max, incomplete, reread)
 
     @classmethod
     def empty(cls) -> AuditResult:

@@ -229,6 +229,8 @@ FLAGS: Final = (
     "balance_archived",  # its Balance entry is archived: restore it before the escrow pays out
     "balance_ttl_expiring",
     "db_stale",  # the escrow changed after the ledger the database row was synced at
+    "changed_during_run",  # modified while the sweep ran: read again, and still a finding
+    "settled_during_run",  # modified while the sweep ran: read again, and now it matches
 )
 
 # --- classify: the findings frame, one row per extracted invoice ------------------------------

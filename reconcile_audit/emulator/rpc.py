@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -120,6 +122,13 @@ class RpcNode:
         self.entries = {
             entry.key: entry for entry in itertools.chain(escrow_entries, token_entries, balance_entries)
         }
+        self._assets = assets
+        # Instance key -> (reads before the change, the escrow after it); reads so far per key.
+        self._pending = {
+            _b64(encode.instance_key_xdr(m.escrow.contract_id)): (m.after_reads, m.escrow)
+            for m in ledger.mutations
+        }
+        self._reads: collections.Counter[str] = collections.Counter()
         self._simulation_data: dict[str, str] = {}
 
     @functools.cached_property
@@ -170,6 +179,8 @@ class RpcNode:
             raise RpcError(-32602, f"key count ({len(keys)}) exceeds maximum supported ({MAX_KEYS})")
         found: list[Entry] = []
         seen: set[str] = set()
+        if self._pending:
+            self._mutate(keys)
         for index, key in enumerate(keys):
             entry = self.entries.get(key)
             if entry is None:
@@ -181,6 +192,34 @@ class RpcNode:
                 seen.add(key)
                 found.append(entry)
         return keys, found
+
+    def _mutate(self, keys: list[str]) -> None:
+        """Apply each due mutation before this request is answered, then count its reads."""
+        for key in keys:
+            pending = self._pending.get(key)
+            if pending is None:
+                continue
+            after_reads, spec = pending
+            if self._reads[key] >= after_reads:
+                del self._pending[key]
+                changed = dataclasses.replace(
+                    spec,
+                    last_modified_ledger=self.latest_ledger,
+                    balance_last_modified_ledger=self.latest_ledger,
+                )
+                self.escrows[spec.contract_id] = changed
+                instance = self._entry(
+                    spec.contract_id,
+                    encode.escrow_entry_xdr(changed),
+                    changed.last_modified_ledger,
+                    changed.live_until_ledger,
+                )
+                self.entries[instance.key] = instance
+                if changed.token_balance is not None and changed.funding_token in self._assets:
+                    balance = self._balance(changed)
+                    self.entries[balance.key] = balance
+            else:
+                self._reads[key] += 1
 
     def ledger_entries_body(self, request_id: Any, fragments: list[str], latest: int) -> str:
         return "".join(

@@ -120,12 +120,23 @@ class EscrowSpec:
 
 
 @dataclass(frozen=True)
+class Mutation:
+    """An escrow that changes while it is being read: the first ``after_reads`` reads of its
+    instance see it as in ``LedgerState.escrows``, later ones see ``escrow``, modified at the
+    ledger the emulator is at when it changes (a fund landing mid-sweep, for one)."""
+
+    after_reads: int
+    escrow: EscrowSpec
+
+
+@dataclass(frozen=True)
 class LedgerState:
     """What the emulator serves: escrow and token instances at ``latest_ledger``."""
 
     latest_ledger: int
     escrows: tuple[EscrowSpec, ...]
     tokens: tuple[TokenSpec, ...] = ()
+    mutations: tuple[Mutation, ...] = field(default=(), kw_only=True)
     network_passphrase: str = TESTNET
     protocol_version: int = 23
     oldest_ledger_offset: int = field(default=120_960, kw_only=True)  # RPC's default 7-day window

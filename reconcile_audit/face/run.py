@@ -294,6 +294,7 @@ class RunContext:
             balances_checked=None
             if result is None
             else int(result.findings.get_column("chain_balance_base_units").is_not_null().sum()),
+            reread=None if result is None else result.reread,
             report_base_url=self.settings.report_base_url,
         )
 

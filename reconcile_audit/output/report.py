@@ -463,6 +463,8 @@ def _view(
         if facts.ledger_min is None
         else f"{facts.ledger_min:,} to {facts.ledger_max if facts.ledger_max is not None else facts.ledger_min:,}"
     )
+    if facts.reread:
+        ledger_range += f"; {facts.reread:,} escrows changed during the sweep and were read again"
     prev_total = None if previous is None else sum(int(previous.get(c) or 0) for c in CLASSES)
     return {
         "status": facts.status,

@@ -57,6 +57,8 @@ class RunFacts:
     database_sides_compared: bool | None = None
     # Custodial escrows whose token balance was read and held to their status.
     balances_checked: int | None = None
+    # Escrows of findings that changed while the sweep ran, read again after it.
+    reread: int | None = None
 
 
 class ListedFindings(Protocol):

@@ -984,3 +984,84 @@ def test_both_sentence_paths_write_the_database_total_alike() -> None:
             plain["reason"],
             held["reason"],
         )
+
+
+# --- in flight (issue 11): findings on escrows that changed while the sweep ran ------------------
+
+
+def _read(rows: list[dict[str, Any]], *, start: int | None, ledger: int) -> Any:
+    from reconcile_audit.compute.ledger.rpc import TransportCounters
+    from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats
+
+    stats = LedgerStats.of_sweep(TransportCounters(), batches=1, entries=len(rows), seconds=1.0)
+    frame = pl.DataFrame(rows, schema=LEDGER)
+    return LedgerRead(frame, ledger, ledger, stats, sweep_start_ledger=start)
+
+
+def test_findings_that_changed_during_the_sweep_are_read_again_once() -> None:
+    from tests import factories
+
+    start = 1_000_000
+    resolved = [
+        resolved_row("SETTLES", contract_id=CONTRACTS[0]),  # DB 1,250.00 everywhere
+        resolved_row("STILL-OFF", contract_id=CONTRACTS[1]),
+        resolved_row("OLD-DRIFT", contract_id=CONTRACTS[2]),
+        resolved_row("FINE", contract_id=CONTRACTS[3]),
+    ]
+    sweep = [
+        ledger_row(
+            CONTRACTS[0], escrow_invoice_id="SETTLES", funded_amount="1", last_modified_ledger=start + 5
+        ),
+        ledger_row(
+            CONTRACTS[1], escrow_invoice_id="STILL-OFF", funded_amount="2", last_modified_ledger=start + 9
+        ),
+        ledger_row(
+            CONTRACTS[2], escrow_invoice_id="OLD-DRIFT", funded_amount="3", last_modified_ledger=start - 1
+        ),
+        ledger_row(
+            CONTRACTS[3], escrow_invoice_id="FINE", last_modified_ledger=start + 7
+        ),  # a match: not re-read
+    ]
+    asked: list[list[str]] = []
+
+    def reread(ids: list[str], _settings: Any) -> Any:
+        asked.append(ids)
+        again = {
+            CONTRACTS[0]: ledger_row(CONTRACTS[0], escrow_invoice_id="SETTLES", latest_ledger=start + 40),
+            CONTRACTS[1]: ledger_row(
+                CONTRACTS[1], escrow_invoice_id="STILL-OFF", funded_amount="4", latest_ledger=start + 40
+            ),
+        }
+        return _read([again[i] for i in ids], start=None, ledger=start + 40)
+
+    result = classify_module.audit(
+        pl.DataFrame(resolved, schema=RESOLVED),
+        _read(sweep, start=start, ledger=start),
+        factories.settings(),
+        reread=reread,
+    )
+    assert asked == [[CONTRACTS[0], CONTRACTS[1]]]  # the findings modified after the start, once
+    rows = {row["invoice_id"]: row for row in result.findings.iter_rows(named=True)}
+    assert (rows["SETTLES"]["class"], rows["SETTLES"]["flags"]) == ("match", ["settled_during_run"])
+    assert rows["STILL-OFF"]["class"] == "mismatch" and rows["STILL-OFF"]["flags"] == ["changed_during_run"]
+    assert rows["STILL-OFF"]["chain_funded_base_units"] == "4"  # the re-read's values
+    assert (rows["OLD-DRIFT"]["class"], rows["OLD-DRIFT"]["flags"]) == ("mismatch", [])
+    assert rows["FINE"]["flags"] == []
+    assert result.reread == 2 and result.ledger_max == start + 40
+    assert result.counts.total == 4 and result.counts.match == 2
+
+
+def test_without_a_sweep_start_nothing_is_read_again() -> None:
+    from tests import factories
+
+    read = _read(
+        [ledger_row(funded_amount="1", last_modified_ledger=2_000_000)], start=None, ledger=1_000_000
+    )
+
+    def reread(ids: list[str], _settings: Any) -> Any:
+        raise AssertionError("nothing should be read again")
+
+    result = classify_module.audit(
+        pl.DataFrame([resolved_row()], schema=RESOLVED), read, factories.settings(), reread=reread
+    )
+    assert result.reread == 0 and result.counts.mismatch == 1

@@ -191,11 +191,13 @@ def test_token_without_metadata_uses_configured_decimals() -> None:
 
 def test_summary_stats_and_ledger_range(clean: LedgerRead) -> None:
     s = clean.stats
-    assert s.batches == 3 + 1 and s.requests == 4 and s.retries == 0
+    # getLatestLedger (the sweep's start), 3 batches of escrows, 1 of the token
+    assert s.batches == 3 + 1 and s.requests == 1 + 4 and s.retries == 0
     assert s.entries == len(ESCROWS) + 2 and s.entries_per_second > 0
     assert (clean.ledger_min, clean.ledger_max) == (LATEST, LATEST)
     line = clean.summary_line()
-    assert line.startswith(f"ledger: {len(ALL_IDS):,} escrows in 4 requests (0 retries), ")
+    assert line.startswith(f"ledger: {len(ALL_IDS):,} escrows in 5 requests (0 retries), ")
+    assert clean.sweep_start_ledger == LATEST
     assert line.endswith(f"entries/s, ledgers {LATEST}-{LATEST}")
 
 

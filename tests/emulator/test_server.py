@@ -479,3 +479,23 @@ def test_balance_entries_are_served_for_stellar_asset_contracts_only() -> None:
         USDC.contract_id, held.contract_id, 7_000_000
     )
     assert entry.last_modified_ledger == LATEST - 3
+
+
+def test_a_mutation_changes_an_escrow_between_two_reads() -> None:
+    from reconcile_audit.emulator import Mutation
+
+    before = _escrow(300, funded_amount=1_000)
+    after = dataclasses.replace(before, funded_amount=2_000)
+    state = LedgerState(
+        latest_ledger=LATEST, escrows=(before,), tokens=(USDC,), mutations=(Mutation(1, after),)
+    )
+    with Emulator(state, ledger_step_per_request=1) as running:
+        client = SorobanServer(running.url)
+        first = client.get_ledger_entries([instance_key(before.contract_id)])
+        second = client.get_ledger_entries([instance_key(before.contract_id)])
+        client.close()
+    assert first.entries and second.entries
+    assert stellar_xdr.LedgerEntryData.from_xdr(first.entries[0].xdr) == escrow_instance_entry(before)
+    changed = dataclasses.replace(after, last_modified_ledger=second.entries[0].last_modified_ledger)
+    assert stellar_xdr.LedgerEntryData.from_xdr(second.entries[0].xdr) == escrow_instance_entry(changed)
+    assert second.entries[0].last_modified_ledger == LATEST + 1  # the ledger it changed at

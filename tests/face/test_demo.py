@@ -44,6 +44,8 @@ EXPECTED = {
     "record_only": ("match", None),
     "released_mismatch": ("mismatch", None),
     "db_stale": ("match", "db_stale"),
+    "settled_during_run": ("match", "settled_during_run"),
+    "changed_during_run": ("mismatch", "changed_during_run"),
 }
 
 

@@ -507,6 +507,9 @@ def test_the_report_says_which_escrow_checks_ran() -> None:
     ran = render_report(findings, None, facts(database_sides_compared=True, balances_checked=9_983)).text
     assert "9,983 custodial escrows held to their status" in ran
     assert "total_released, available_amount and the synced ledger compared" in ran
+    assert "escrows changed during the sweep" not in ran
+    reread = render_report(findings, None, facts(reread=3)).text
+    assert "3 escrows changed during the sweep and were read again" in reread
     skipped = render_report(findings, None, facts(database_sides_compared=False, balances_checked=0)).text
     assert "not compared: the source has no total_released" in skipped
     assert "none read: no custodial escrow" in skipped

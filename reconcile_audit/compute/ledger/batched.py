@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
 import polars as pl
-from stellar_sdk.soroban_rpc import GetLedgerEntriesResponse
+from stellar_sdk.soroban_rpc import GetLatestLedgerResponse, GetLedgerEntriesResponse
 from tqdm.auto import tqdm
 
 from reconcile_audit.compute.ledger.rpc import (
@@ -307,6 +307,7 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
     )
     try:
         async with client_for(settings, policy) as client:
+            sweep_start = await _latest_ledger(client) if keys else None
             sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes)
             await sweep.read(list(keys.values()), decode_escrow_bytes, lambda: bar.update(1))
             # The tokens invoices must be funded in are read too, so a wrong token is named by symbol.
@@ -346,7 +347,18 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         ledger_max=max(sweep.ledgers) if sweep.ledgers else None,
         stats=stats,
         token_symbols=MappingProxyType(symbols),
+        sweep_start_ledger=sweep_start,
     )
+
+
+async def _latest_ledger(client: RpcClient) -> int | None:
+    """The RPC's latest ledger before the first batch: an entry modified after it changed while
+    the sweep ran. None when the RPC does not say (no escrow is then read again)."""
+    try:
+        return (await client.call("getLatestLedger", None, GetLatestLedgerResponse)).sequence
+    except RpcFault as fault:
+        log.warning("getLatestLedger before the sweep failed: %s", fault)
+        return None
 
 
 # --- the balance side: what a custodial escrow holds --------------------------------------------

@@ -59,6 +59,8 @@ class LedgerRead:
     stats: LedgerStats
     # Token contract -> its METADATA symbol, for the tokens read; names tokens to people.
     token_symbols: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The RPC's latest ledger before the first batch; None when unknown (the simulate path).
+    sweep_start_ledger: int | None = None
 
     @property
     def breaker_opened(self) -> bool:

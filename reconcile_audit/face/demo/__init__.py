@@ -37,6 +37,7 @@ from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.emulator.state import (
     EscrowSpec,
     LedgerState,
+    Mutation,
     TokenSpec,
     random_account_id,
     random_contract_id,
@@ -90,6 +91,10 @@ PLANTED_KINDS: Final = (
     # stellar_ledger_sequence), which every summary row carries.
     "released_mismatch",  # cancelled with a quarter refunded, but the database says nothing was
     "db_stale",  # the escrow changed after the ledger the database row was synced at
+    # Escrows that change while the sweep reads them (the emulator's mutations): read with half
+    # the funding, then again after the sweep, when it has all of it or a third of it.
+    "settled_during_run",
+    "changed_during_run",
 )
 NEW_TONIGHT: Final = frozenset({"mismatch_chain_over", "mismatch_new_large"})
 # What `demo --deliver` takes from the operator's environment; nothing else of it reaches the demo.
@@ -121,6 +126,8 @@ class DemoData:
     planted: Mapping[str, tuple[str, ...]]  # kind -> invoice ids
     # nights_ago -> {contract_id: funded_amount} on that night, for the replayed history.
     earlier_funding: Mapping[int, Mapping[str, int]]
+    # Escrows that change while tonight's sweep reads them.
+    mutations: tuple[Mutation, ...] = ()
     latest_ledger: int = LATEST_LEDGER
 
     def ledger_state(self, nights_ago: int = 0) -> LedgerState:
@@ -143,6 +150,7 @@ class DemoData:
             latest_ledger=self.latest_ledger - nights_ago * LEDGERS_PER_DAY,
             escrows=escrows,
             tokens=self.tokens,
+            mutations=() if nights_ago else self.mutations,
         )
 
 
@@ -210,6 +218,7 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
     escrows: list[EscrowSpec] = []
     planted: dict[str, list[str]] = {kind: [] for kind in PLANTED_KINDS}
     mappings: list[dict[str, Any]] = []
+    mutations: list[Mutation] = []
     tonight_only: dict[str, int] = {}  # contract_id -> funded amount that matched on earlier nights
     regular: list[tuple[str, int]] = []  # (contract_id, funded) of plain matching escrows
 
@@ -309,7 +318,9 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
             chain_funded -= 40_000_00 * scale
         elif kind == "no_summary":
             chain_funded = max(chain_funded, 1_000_00 * scale)
-        if kind in NEW_TONIGHT:
+        elif kind in ("settled_during_run", "changed_during_run"):
+            chain_funded //= 2
+        if kind in NEW_TONIGHT or kind in ("settled_during_run", "changed_during_run"):
             tonight_only[contract_id] = funded_cents * scale
         if kind in ("missing_instance", "unlinked"):
             continue
@@ -335,6 +346,12 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
                 **custody,
             )
         )
+        if kind in ("settled_during_run", "changed_during_run"):
+            # Modified once the sweep had begun (it starts at LATEST_LEDGER), and again before the
+            # re-read: its two reads, the sweep's and the balance pair's, see the first change.
+            escrows[-1] = replace(escrows[-1], last_modified_ledger=LATEST_LEDGER + 20)
+            final = funded_cents * scale if kind == "settled_during_run" else funded_cents * scale // 3
+            mutations.append(Mutation(2, replace(escrows[-1], funded_amount=final, token_balance=final)))
         if latest_summary is not None:
             # The database's view: what it says was paid out, what is left of what it says was
             # funded, and the ledger it last synced the escrow at.
@@ -388,6 +405,7 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         ),
         planted=MappingProxyType({kind: tuple(ids) for kind, ids in planted.items()}),
         earlier_funding=MappingProxyType(earlier),
+        mutations=tuple(mutations),
     )
 
 
