@@ -158,6 +158,7 @@ _FLAG_NOTES: Final = {
     "balance_surplus": "the escrow holds more tokens than its status requires (stray transfers)",
     "balance_unread": "the escrow holds its tokens, but its balance could not be read",
     "balance_archived": "the escrow's token balance entry is archived: restore it before it pays out",
+    "changed_during_run": "the escrow changed while the sweep read it; this is how it stood when read again after",
 }
 
 

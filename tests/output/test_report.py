@@ -513,3 +513,9 @@ def test_the_report_says_which_escrow_checks_ran() -> None:
     skipped = render_report(findings, None, facts(database_sides_compared=False, balances_checked=0)).text
     assert "not compared: the source has no total_released" in skipped
     assert "none read: no custodial escrow" in skipped
+
+
+def test_a_finding_that_changed_during_the_sweep_says_so() -> None:
+    rows = [mismatch("MOVED-1", 125_000, 1, drift_rank=1, flags=["changed_during_run"])]
+    report = render_report(AuditResult.of(frame(rows)), None, facts())
+    assert "the escrow changed while the sweep read it" in report.text
