@@ -8,8 +8,9 @@
 --
 -- Arithmetic is exact: the chain amount is HUGEINT (i128), the database amount is its exact
 -- decimal text with the point moved by the token's decimals, built as digits and cast to
--- BIGNUM, so nothing overflows, nothing is rounded and no float is involved. BIGNUM has exact +, -, and comparisons, but abs() and * return DOUBLE,
--- hence the CASE for absolute values and digit padding for powers of ten.
+-- BIGNUM, so nothing overflows, nothing is rounded and no float is involved. BIGNUM has exact
+-- +, - and comparisons, but abs() and * return DOUBLE, hence the CASE for absolute values and
+-- digit padding for powers of ten.
 WITH ledger_one AS (
     -- The ledger reader sends one row per contract; should it repeat one, the newest read wins
     -- rather than the join multiplying invoices.
