@@ -181,17 +181,19 @@ SIDES_SQL: Final = "extract_summary_sides.sql"
 SUMMARY_SIDES: Final = ("total_released", "available_amount", "stellar_ledger_sequence")
 
 
-def _has_summary_sides(url: str) -> bool:
-    """Whether escrow_summaries has the columns of the database's other sides (all of them)."""
+def _summary_columns(url: str) -> dict[str, str] | None:
+    """The declared type of each escrow_summaries column the packaged extract reads, of those that
+    exist, in one connection; None when the catalog cannot be read (a role without the right: the
+    extract itself says more, and the other sides are not compared)."""
+    table = _MONEY_SOURCE[0]
+    columns = (_MONEY_SOURCE[1], *SUMMARY_SIDES)
     try:
         with db.connect_source(url) as conn:
-            return all(
-                conn.rows(db.read_sql(COLUMN_TYPE_SQL), ["escrow_summaries", column])
-                for column in SUMMARY_SIDES
-            )
-    except Exception as exc:  # a catalog this role cannot read: the sides are not compared
-        logger.warning("the other sides of escrow_summaries could not be looked up: %s", type(exc).__name__)
-        return False
+            found = {column: conn.rows(db.read_sql(COLUMN_TYPE_SQL), [table, column]) for column in columns}
+    except Exception as exc:
+        logger.warning("the columns of %s could not be looked up: %s", table, type(exc).__name__)
+        return None
+    return {column: str(rows[0][0]) for column, rows in found.items() if rows and rows[0][0] is not None}
 
 
 def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) -> pl.DataFrame:
@@ -213,25 +215,17 @@ def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) ->
     return conform(joined, INVOICES, "extract").select(list(INVOICES))
 
 
-def _check_money_type(url: str) -> None:
+def _check_money_type(declared: dict[str, str] | None) -> None:
     """Raise :class:`SourceSchemaError` when ``escrow_summaries.total_funded`` is not an exact
     number: a text column would otherwise surface as an operator error, and a float column would
-    be read as if it were exact."""
+    be read as if it were exact. A missing column is left to the extract, which names it."""
     table, column = _MONEY_SOURCE
-    try:
-        with db.connect_source(url) as conn:
-            found = conn.rows(db.read_sql(COLUMN_TYPE_SQL), [table, column])
-    except Exception as exc:  # a catalog this role cannot read: the extract itself will say more
-        logger.debug("the type of %s.%s could not be checked: %s", table, column, type(exc).__name__)
-        return
-    if not found or found[0][0] is None:
-        return  # missing: the extract names the missing column
-    declared = str(found[0][0])
-    if not _EXACT_TYPE.fullmatch(declared.strip()):
+    found = None if declared is None else declared.get(column)
+    if found is not None and not _EXACT_TYPE.fullmatch(found.strip()):
         raise SourceSchemaError(
             table,
             column,
-            f"the column's type is {declared}; expected numeric or decimal (exact major units, any scale) "
+            f"the column's type is {found}; expected numeric or decimal (exact major units, any scale) "
             "or an integer type",
         )
 
@@ -295,8 +289,10 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         )
     params = [settings.tenant_id] if uses_tenant else []
     url = settings.source_url()
-    if settings.extract_sql_path is None:
-        _check_money_type(url)
+    # The packaged query's columns, looked up once: the money column's type, and whether the
+    # database's other sides exist.
+    declared = _summary_columns(url) if settings.extract_sql_path is None else None
+    _check_money_type(declared)
     started = time.perf_counter()
     try:
         with db.connect_source(url) as conn:
@@ -316,7 +312,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     invoices = _to_invoices(frame, source)
     if invoices.is_empty():
         _check_scope(url, settings.tenant_id)
-    elif settings.extract_sql_path is None and _has_summary_sides(url):
+    elif declared is not None and all(column in declared for column in SUMMARY_SIDES):
         invoices = _with_summary_sides(invoices, url, settings)
     logger.info(
         "extract: %d invoices in %.2f s (%s, tenant %s)",
@@ -336,7 +332,7 @@ def check_source(settings: Settings) -> str:
     url = settings.source_url()
     db.check_source_exists(url)
     if settings.extract_sql_path is None:
-        _check_money_type(url)
+        _check_money_type(_summary_columns(url))
     uses_tenant = _TENANT_PARAMETER.search(_strip_sql_comments(sql)) is not None
     body = _strip_sql_comments(sql).strip().rstrip(";")
     try:

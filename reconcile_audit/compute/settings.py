@@ -214,15 +214,19 @@ def _env_bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _json_setting(raw: str | Mapping[str, Any], variable: str, expected: str) -> Any:
+    """A JSON setting's value (a parameter may pass the mapping itself); ConfigError naming
+    ``variable`` when it is not JSON."""
+    try:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(variable, f"not JSON ({exc.msg}); {expected}") from exc
+
+
 def _parse_token_decimals(raw: str | Mapping[str, int] | None) -> dict[str, int]:
     if raw is None or raw == "":
         return {}
-    try:
-        parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            "RECONCILE_TOKEN_DECIMALS", f'not JSON ({exc.msg}); expected {{"C...": 7}}'
-        ) from exc
+    parsed = _json_setting(raw, "RECONCILE_TOKEN_DECIMALS", 'expected {"C...": 7}')
     if not isinstance(parsed, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 38
         for k, v in parsed.items()
@@ -241,10 +245,7 @@ def _parse_currency_tokens(raw: str | Mapping[str, str] | None) -> dict[str, str
     if raw is None or raw == "":
         return None
     expected = 'expected a JSON object of invoice currency -> token contract address, e.g. {"USD": "C..."}'
-    try:
-        parsed = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(CURRENCY_TOKENS_SETTING, f"not JSON ({exc.msg}); {expected}") from exc
+    parsed = _json_setting(raw, CURRENCY_TOKENS_SETTING, expected)
     if not isinstance(parsed, dict) or not parsed:
         raise ConfigError(CURRENCY_TOKENS_SETTING, expected)
     tokens: dict[str, str] = {}

@@ -260,9 +260,7 @@ def push(
             handler=handler,
         )
     except Exception as exc:  # urllib raises OSError, HTTPError, ValueError for a bad URL...
-        detail = f"{type(exc).__name__}: {exc}"
-        for secret in url_credentials(url):
-            detail = detail.replace(secret, "***")
+        detail = _without_credentials(f"{type(exc).__name__}: {exc}", url)
         LOGGER.warning("pushing metrics to the Pushgateway failed: %s (%s)", detail, public_url(url))
         return PushOutcome(DeliveryStatus.FAILED, detail)
     return PushOutcome(DeliveryStatus.PUSHED)
@@ -281,11 +279,16 @@ def check_pushgateway(url: str | None, *, timeout_seconds: float = 10.0) -> Push
             url=gateway.rstrip("/") + "/-/ready", method="GET", timeout=timeout_seconds, headers=[], data=b""
         )()
     except Exception as exc:  # OSError for HTTP >= 400 and unreachable hosts, timeouts
-        detail = f"{type(exc).__name__}: {exc}"
-        for secret in url_credentials(url):
-            detail = detail.replace(secret, "***")
+        detail = _without_credentials(f"{type(exc).__name__}: {exc}", url)
         return PushOutcome(DeliveryStatus.FAILED, f"{public_url(url)}: {detail}")
     return PushOutcome(DeliveryStatus.CHECKED, f"{public_url(url)} is ready; nothing pushed")
+
+
+def _without_credentials(text: str, url: str) -> str:
+    """``text`` with the URL's password and query values masked: urllib's errors may quote them."""
+    for secret in url_credentials(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _gateway_and_handler(url: str) -> tuple[str, Callable[..., Callable[[], None]]]:
