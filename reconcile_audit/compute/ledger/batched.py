@@ -374,6 +374,7 @@ class _Custody:
     custodial: bool
     balance_key: str | None  # None: no balance to read, for the reason in ``note``
     note: str | None
+    token_hash: bytes | None = None  # the balance entry's owner, which the sweep checks
 
 
 def _custody(
@@ -406,8 +407,10 @@ def _custody(
         elif not token.value.stellar_asset:
             custody[contract_id] = _Custody(True, None, _NOT_SAC)
         else:
-            balance_key = balance_key_of_hashes(token.value.contract_hash, value.contract_hash)
-            custody[contract_id] = _Custody(True, balance_key, None)
+            owner = token.value.contract_hash
+            custody[contract_id] = _Custody(
+                True, balance_key_of_hashes(owner, value.contract_hash), None, owner
+            )
     return custody
 
 
@@ -421,13 +424,15 @@ async def _read_balances(
 ) -> dict[str, str]:
     """Read each custodial escrow's instance again with its balance, the two keys side by side in
     one request so both come from one ledger. Returns escrow -> balance key for those read."""
-    pairs = {contract_id: c.balance_key for contract_id, c in custody.items() if c.balance_key is not None}
+    pairs: dict[str, str] = {}
+    flat: list[str] = []
+    for contract_id, found in custody.items():
+        if found.balance_key is not None and found.token_hash is not None:
+            pairs[contract_id] = found.balance_key
+            flat += (keys[contract_id], found.balance_key)
+            hashes[found.balance_key] = found.token_hash
     if not pairs:
         return {}
-    flat: list[str] = []
-    for contract_id, balance_key in pairs.items():
-        flat += (keys[contract_id], balance_key)
-        hashes[balance_key] = _token_hash(balance_key)
     size = max(2, batch_size - batch_size % 2)  # an even batch never splits a pair
     bar.total += -(-len(flat) // size)
     bar.refresh()
@@ -446,10 +451,6 @@ async def _read_balances(
     for contract_id in split:
         await paired.fetch([keys[contract_id], pairs[contract_id]], _decode_pair_entry)
     return pairs
-
-
-def _token_hash(balance_key: str) -> bytes:
-    return binascii.a2b_base64(balance_key)[8:40]
 
 
 def _ledger_of(outcome: _Outcome | None) -> int | None:
