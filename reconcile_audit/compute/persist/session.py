@@ -42,13 +42,21 @@ _NOT_WRITABLE: Final = (
 )
 
 
-def describe_error(exc: BaseException, url: str) -> str:
-    """``exc`` as one line naming its type, with the state database's password redacted, and what
-    to do when the role may not write there."""
+def _redacted(exc: BaseException, url: str) -> str:
+    """``exc`` as its type and message, with the state database's password masked."""
     text = f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
     password = url_password(url)
-    if password:
-        text = text.replace(password, "***")
+    return text.replace(password, "***") if password else text
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """``exc`` as one line, password masked: a failed connection as its real cause ("database "x"
+    does not exist"), anything else naming its type, with what to do when the role may not write
+    there."""
+    text = _redacted(exc, url)
+    cause = connection_cause(text)
+    if cause is not None:
+        return f"the connection failed: {cause}"
     if any(sign in text.lower() for sign in _READ_ONLY_SIGNS):
         text += _NOT_WRITABLE
     return " ".join(text.split())
@@ -63,8 +71,8 @@ def ping(url: str) -> None:
         with state_session(url) as conn:
             conn.rows("SELECT 1")
     except Exception as exc:
-        text = describe_error(exc, url)
-        cause = connection_cause(text) or text
+        text = _redacted(exc, url)
+        cause = connection_cause(text) or " ".join(text.split())
         raise StateUnavailableError(
             f"cannot connect to the state database {redact_url(url)}: {cause}"
         ) from None
