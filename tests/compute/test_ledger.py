@@ -205,7 +205,8 @@ def test_a_sweep_spans_ledgers() -> None:
     with Emulator(STATE, ledger_step_per_request=1) as emu:
         result = read(emu, rpc_concurrency=1)
     assert (result.ledger_min, result.ledger_max) == (LATEST, LATEST + 3)
-    assert sorted(result.frame["latest_ledger"].unique().to_list()) == [LATEST, LATEST + 1, LATEST + 2]
+    # The first batch of escrows, then their token (LATEST + 1), then the other two batches.
+    assert sorted(result.frame["latest_ledger"].unique().to_list()) == [LATEST, LATEST + 2, LATEST + 3]
 
 
 def test_never_more_than_200_keys_per_request() -> None:
@@ -550,6 +551,26 @@ def test_custodial_escrows_are_read_with_their_balance(batch_size: int) -> None:
     # Every other escrow (the pre-custody bulk) carries no balance and says why.
     bulk = result.frame.filter(~pl.col("contract_id").is_in([s.contract_id for s in HOLDERS.values()]))
     assert bulk["custodial"].eq(False).all() and bulk["chain_balance"].is_null().all()
+
+
+def test_balances_are_read_beside_their_instances_in_one_pass() -> None:
+    """The first batch names the token most escrows hold: every later escrow is read with its
+    balance key in the same request, each pair whole in one batch (an odd batch size, a new ledger
+    per request: a split pair would be read again, and cost requests). Only the first batch, and
+    an escrow funded in another token, are read a second time as pairs."""
+    euro = TokenSpec(contract_id=random_contract_id(random.Random(12)), decimals=6, symbol="EURC")
+    held = [escrow(400 + n, custodial=True, token_balance=n * 10_000_000) for n in range(22)]
+    other = escrow(450, custodial=True, funding_token=euro.contract_id, token_balance=3)
+    escrows = (*held[:12], other, *held[12:])  # the euro escrow is outside the first batch
+    state = LedgerState(latest_ledger=LATEST, escrows=escrows, tokens=(TOKEN, euro))
+    with Emulator(state, ledger_step_per_request=1) as emu:
+        result = read(emu, ids=[e.contract_id for e in escrows], rpc_batch_size=5)
+        stats = emu.stats
+    by_id = rows(result)
+    assert [by_id[e.contract_id]["chain_balance"] for e in escrows] == [str(e.token_balance) for e in escrows]
+    # 5 instances; USDC; 18 pairs in batches of 2 pairs; EURC; the first 5 and the euro escrow again as pairs.
+    assert stats.keys_requested == 5 + 1 + 36 + 1 + 12
+    assert stats.requests["getLedgerEntries"] == 1 + 1 + 9 + 1 + 3
 
 
 def test_custody_follows_the_configured_wasm_hashes_when_set() -> None:

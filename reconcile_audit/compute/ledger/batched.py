@@ -128,18 +128,24 @@ class _Sweep:
     batches: int = 0
     bisect_budget: int = 0
     hashes: dict[str, bytes] = field(default_factory=dict)  # key -> the contract hash inside it
+    progress: Any = None  # a tqdm bar counting batches
 
     @property
     def counters(self) -> TransportCounters:
         return self.client.counters
 
-    async def read(self, keys: list[str], decode: Decoder, on_batch: Callable[[], None]) -> None:
-        batches = [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+    async def read(self, keys: list[str], decode: Decoder, *, pairs: bool = False) -> None:
+        """Read ``keys`` in batches; with ``pairs``, ``keys`` is (instance, balance) pairs laid
+        flat, and an even batch size keeps each pair in one request, so both are from one ledger."""
+        size = max(2, self.batch_size - self.batch_size % 2) if pairs else self.batch_size
+        batches = [keys[i : i + size] for i in range(0, len(keys), size)]
         self.batches += len(batches)
+        self.progress.total += len(batches)
+        self.progress.refresh()
 
         async def one(batch: list[str]) -> None:
             await self.fetch(batch, decode)
-            on_batch()
+            self.progress.update(1)
 
         await asyncio.gather(*(one(batch) for batch in batches))
 
@@ -299,7 +305,7 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         hashes[key] = raw
     batch_size = max(1, min(settings.rpc_batch_size, MAX_KEYS))
     bar = tqdm(
-        total=-(-len(keys) // batch_size),
+        total=0,
         desc="getLedgerEntries",
         unit="batch",
         disable=not progress,
@@ -308,22 +314,21 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
     try:
         async with client_for(settings, policy) as client:
             sweep_start = await _latest_ledger(client) if keys else None
-            sweep = _Sweep(client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes)
-            await sweep.read(list(keys.values()), decode_escrow_bytes, lambda: bar.update(1))
-            # The tokens invoices must be funded in are read too, so a wrong token is named by symbol.
-            tokens = list(
-                dict.fromkeys(
-                    [*_funding_tokens(keys, sweep.outcomes), *(settings.currency_tokens or {}).values()]
-                )
+            sweep = _Sweep(
+                client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes, progress=bar
             )
-            token_keys = {token: instance_key_of_hash(contract_hash(token)) for token in tokens}
-            hashes.update((key, contract_hash(token)) for token, key in token_keys.items())
-            if token_keys:
-                bar.total += -(-len(token_keys) // batch_size)
-                bar.refresh()
-                await sweep.read(list(token_keys.values()), decode_token_bytes, lambda: bar.update(1))
+            escrow_keys = list(keys.values())
+            # A probe batch first: the token its custodial escrows are funded in is, in practice,
+            # the token of most escrows, so the rest are read with that token's balance key beside
+            # their instance key, one request for both, instead of a second pass for every pair.
+            await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
+            token_keys: dict[str, str] = {}
+            await _read_tokens(sweep, keys, token_keys, settings)
+            likely = _likely_balance_token(keys, sweep.outcomes, token_keys, settings)
+            guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
+            await _read_tokens(sweep, keys, token_keys, settings)
             custody = _custody(keys, sweep.outcomes, token_keys, settings)
-            pairs = await _read_balances(sweep, custody, keys, hashes, batch_size, bar)
+            pairs = await _read_balances(sweep, custody, keys, guessed)
     finally:
         bar.close()
     decimals = {
@@ -349,6 +354,61 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         token_symbols=MappingProxyType(symbols),
         sweep_start_ledger=sweep_start,
     )
+
+
+async def _read_tokens(
+    sweep: _Sweep,
+    keys: Mapping[str, str],
+    token_keys: dict[str, str],
+    settings: Settings,
+) -> None:
+    """Read the instance of every funding token of the escrows read so far, and of every token an
+    invoice must be funded in (so a wrong token is named by symbol), unless already in ``token_keys``."""
+    tokens = [
+        token
+        for token in dict.fromkeys(
+            [*_funding_tokens(keys, sweep.outcomes), *(settings.currency_tokens or {}).values()]
+        )
+        if token not in token_keys
+    ]
+    if not tokens:
+        return
+    new = {token: instance_key_of_hash(contract_hash(token)) for token in tokens}
+    sweep.hashes.update((key, contract_hash(token)) for token, key in new.items())
+    token_keys.update(new)
+    await sweep.read(list(new.values()), decode_token_bytes)
+
+
+def _likely_balance_token(
+    keys: Mapping[str, str],
+    outcomes: Mapping[str, _Outcome],
+    token_keys: Mapping[str, str],
+    settings: Settings,
+) -> bytes | None:
+    """The contract hash of the Stellar Asset Contract most custodial escrows read so far are
+    funded in, or None when none of them has a balance to read."""
+    seen: dict[bytes, int] = {}
+    for found in _custody(keys, outcomes, token_keys, settings).values():
+        if found.token_hash is not None:
+            seen[found.token_hash] = seen.get(found.token_hash, 0) + 1
+    return max(seen, key=seen.__getitem__) if seen else None
+
+
+async def _read_rest(sweep: _Sweep, escrow_keys: list[str], likely: bytes | None) -> dict[str, str]:
+    """Read ``escrow_keys``; with ``likely``, each beside its balance key in that token, in one
+    request. Returns escrow instance key -> the balance key read beside it."""
+    if likely is None:
+        await sweep.read(escrow_keys, decode_escrow_bytes)
+        return {}
+    hashes = sweep.hashes
+    guessed: dict[str, str] = {}
+    flat: list[str] = []
+    for key in escrow_keys:
+        guessed[key] = balance = balance_key_of_hashes(likely, hashes[key])
+        hashes[balance] = likely
+        flat += (key, balance)
+    await sweep.read(flat, _decode_pair_entry, pairs=True)
+    return guessed
 
 
 async def _latest_ledger(client: RpcClient) -> int | None:
@@ -415,41 +475,32 @@ def _custody(
 
 
 async def _read_balances(
-    sweep: _Sweep,
-    custody: Mapping[str, _Custody],
-    keys: Mapping[str, str],
-    hashes: dict[str, bytes],
-    batch_size: int,
-    bar: Any,
+    sweep: _Sweep, custody: Mapping[str, _Custody], keys: Mapping[str, str], guessed: Mapping[str, str]
 ) -> dict[str, str]:
-    """Read each custodial escrow's instance again with its balance, the two keys side by side in
-    one request so both come from one ledger. Returns escrow -> balance key for those read."""
+    """Each custodial escrow's balance, read in one request with its instance so that both come
+    from one ledger. Pairs already read so (``guessed`` the right token, and no fault split the
+    request) stand; the rest are read again together. Returns escrow -> balance key."""
     pairs: dict[str, str] = {}
     flat: list[str] = []
+    outcomes = sweep.outcomes
     for contract_id, found in custody.items():
-        if found.balance_key is not None and found.token_hash is not None:
-            pairs[contract_id] = found.balance_key
-            flat += (keys[contract_id], found.balance_key)
-            hashes[found.balance_key] = found.token_hash
-    if not pairs:
-        return {}
-    size = max(2, batch_size - batch_size % 2)  # an even batch never splits a pair
-    bar.total += -(-len(flat) // size)
-    bar.refresh()
-    paired = _Sweep(
-        sweep.client, sweep.policy, size, outcomes=sweep.outcomes, ledgers=sweep.ledgers, hashes=hashes
-    )
-    await paired.read(flat, _decode_pair_entry, lambda: bar.update(1))
-    sweep.entries += paired.entries
-    sweep.batches += paired.batches
+        balance_key = found.balance_key
+        if balance_key is None or found.token_hash is None:
+            continue
+        pairs[contract_id] = balance_key
+        key = keys[contract_id]
+        if guessed.get(key) == balance_key and _ledger_of(outcomes.get(key)) == _ledger_of(
+            outcomes.get(balance_key)
+        ):
+            continue
+        flat += (key, balance_key)
+        sweep.hashes[balance_key] = found.token_hash
+    if flat:
+        await sweep.read(flat, _decode_pair_entry, pairs=True)
     # A pair split by the server (a fault answered with a split) came from two ledgers: read it again alone.
-    split = [
-        c
-        for c, b in pairs.items()
-        if _ledger_of(sweep.outcomes.get(keys[c])) != _ledger_of(sweep.outcomes.get(b))
-    ]
-    for contract_id in split:
-        await paired.fetch([keys[contract_id], pairs[contract_id]], _decode_pair_entry)
+    for key, balance_key in zip(flat[::2], flat[1::2], strict=True):
+        if _ledger_of(outcomes.get(key)) != _ledger_of(outcomes.get(balance_key)):
+            await sweep.fetch([key, balance_key], _decode_pair_entry)
     return pairs
 
 
