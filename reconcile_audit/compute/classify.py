@@ -75,11 +75,13 @@ from reconcile_audit.compute.amounts import (
     one_line,
     split_decimal,
 )
+from reconcile_audit.compute.extract import OutOfScope
 from reconcile_audit.compute.ledger import read_ledger
 from reconcile_audit.compute.ledger.types import LedgerRead
 from reconcile_audit.compute.result import AuditResult
-from reconcile_audit.compute.schemas import FINDINGS, LEDGER, RESOLVED, conform
+from reconcile_audit.compute.schemas import ESCROW_STATUS_WORDS, FINDINGS, LEDGER, RESOLVED, conform
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
+from reconcile_audit.compute.stranded import find_stranded
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +171,13 @@ def _not_representable(row: dict[str, Any]) -> str:
     )
 
 
-STATUS_WORDS: Final = {0: "open", 1: "funded", 2: "settled", 3: "withdrawn", 4: "cancelled"}
-
-
 def _balance_sentence(row: dict[str, Any]) -> str:
     """What a custodial escrow holds against what its status requires, exactly."""
     decimals, currency = row["token_decimals"], row["currency"]
     held = _with_currency(format_major(int(row["chain_balance_base_units"]), decimals), currency)
     required = format_major(int(row["balance_required_base_units"]), decimals)
     gap = int(row["balance_gap_base_units"])
-    status = STATUS_WORDS.get(row["escrow_status"], f"status {row['escrow_status']}")
+    status = ESCROW_STATUS_WORDS.get(row["escrow_status"], f"status {row['escrow_status']}")
     if gap < 0:
         return f"the escrow holds {held}, {format_major(-gap, decimals)} short of the {required} status {status} requires"
     if gap > 0:
@@ -409,7 +408,12 @@ def _read_again(contract_ids: list[str], settings: Settings) -> LedgerRead:
 
 
 def audit(
-    resolved: pl.DataFrame, ledger_read: LedgerRead, settings: Settings, *, reread: Reread = _read_again
+    resolved: pl.DataFrame,
+    ledger_read: LedgerRead,
+    settings: Settings,
+    *,
+    out_of_scope: OutOfScope | None = None,
+    reread: Reread = _read_again,
 ) -> AuditResult:
     """The classify stage as the notebook runs it: the findings, counted once, with the ledger range.
 
@@ -418,6 +422,8 @@ def audit(
     after ``sweep_start_ledger`` is read again once, instance and balance together, and every
     invoice classified again: one that now matches is a match flagged ``settled_during_run``, one
     that does not keeps its (new) class flagged ``changed_during_run``.
+
+    ``out_of_scope`` (read in the same sweep) gives the stranded escrows, apart from the classes.
     """
     options: dict[str, Any] = {
         "tolerance_base_units": settings.tolerance_base_units,
@@ -441,6 +447,7 @@ def audit(
         ledger_max=ledger_max,
         incomplete=ledger_read.incomplete_because(settings.min_read_share),
         reread=len(changed),
+        stranded=None if out_of_scope is None else find_stranded(out_of_scope, ledger_read),
     )
     if result.incomplete:
         logger.error("the run is incomplete: %s", result.incomplete)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -18,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, conform
+from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, OUT_OF_SCOPE, conform
 from reconcile_audit.compute.settings import Settings, redact_url
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
@@ -324,6 +325,50 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     return invoices
 
 
+OUT_OF_SCOPE_SQL: Final = "extract_out_of_scope.sql"
+
+
+@dataclass(frozen=True)
+class OutOfScope:
+    """Invoices outside the audit whose escrow was created (``OUT_OF_SCOPE``), or why they were
+    not looked for: the stranded check is then reported as not done, never as clean."""
+
+    invoices: pl.DataFrame
+    skipped: str | None = None
+
+    @classmethod
+    def not_checked(cls, why: str) -> OutOfScope:
+        return cls(pl.DataFrame(schema=OUT_OF_SCOPE), why)
+
+
+def extract_out_of_scope(settings: Settings) -> OutOfScope:
+    """The invoices the audit leaves out (soft-deleted, or in a status outside the reconcilable
+    set) that have a completed ``create``: their escrows may still hold money (the stranded check).
+
+    Only against the packaged schema: a custom extract query describes its own scope, which this
+    query cannot know. A failure here costs the stranded check, not the audit; it is logged and
+    reported as not checked.
+    """
+    if settings.extract_sql_path is not None:
+        return OutOfScope.not_checked(
+            f"a custom extract query is configured ({settings.extract_sql_path.name}), and only the "
+            "packaged query's scope is known"
+        )
+    url = settings.source_url()
+    try:
+        with db.connect_source(url) as conn:
+            table = conn.arrow(db.read_sql(OUT_OF_SCOPE_SQL), [settings.tenant_id])
+    except Exception as exc:
+        error = _extract_error(settings.redact(str(exc)), OUT_OF_SCOPE_SQL, url)
+        logger.error("stranded escrows not checked: %s", error)
+        return OutOfScope.not_checked(f"the out-of-scope query failed: {error}")
+    frame = pl.from_arrow(_without_extensions(table))
+    assert isinstance(frame, pl.DataFrame)
+    invoices = conform(frame, OUT_OF_SCOPE, "extract_out_of_scope").select(list(OUT_OF_SCOPE))
+    logger.info("extract: %d out-of-scope invoices with an escrow", invoices.height)
+    return OutOfScope(invoices)
+
+
 def check_source(settings: Settings) -> str:
     """What ``reconcile-audit check`` says of the source database: reachable, the extract query
     binds (every table and column it reads exists, with exact money), and how many invoices the
@@ -341,7 +386,6 @@ def check_source(settings: Settings) -> str:
                 f"SELECT * FROM (\n{body}\n) AS extract_check LIMIT 0",
                 [settings.tenant_id] if uses_tenant else [],
             )
-            ((scope_rows, _known),) = conn.rows(db.read_sql(SCOPE_SQL), [settings.tenant_id])
     except ReconcileAuditError:
         raise
     except Exception as exc:

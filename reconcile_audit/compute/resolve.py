@@ -20,13 +20,16 @@ checker (the ledger reader decodes with the same code).
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
 from reconcile_audit.compute.schemas import INVOICES, RESOLVED, conform
 from reconcile_audit.compute.strkey import STRKEY_LENGTH, is_valid_contract
 from reconcile_audit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reconcile_audit.compute.extract import OutOfScope
 
 INVOICE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ESCROW_ADDR_BY_INVOICE: Final = "ESCROW_ADDR_BY_INVOICE"
@@ -199,7 +202,19 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
     )
 
 
-def contract_ids_to_read(resolved: pl.DataFrame) -> list[str]:
-    """The distinct valid contract ids of the RESOLVED frame: what the ledger stage reads."""
+def contract_ids_to_read(resolved: pl.DataFrame, out_of_scope: OutOfScope | None = None) -> list[str]:
+    """What the ledger stage reads: the distinct valid contract ids of the RESOLVED frame, then
+    those of the invoices outside the audit (read in the same sweep for the stranded check; the
+    reader makes an invalid one an error row, which the check reports as unread)."""
     valid = resolved.filter(pl.col("contract_id").is_not_null() & pl.col("address_error").is_null())
-    return valid.get_column("contract_id").unique(maintain_order=True).to_list()
+    ids = valid.get_column("contract_id")
+    if out_of_scope is not None:
+        escrows = out_of_scope.invoices.select(out_of_scope_address()).get_column("contract_id")
+        ids = pl.concat([ids, escrows.drop_nulls()])
+    return ids.unique(maintain_order=True).to_list()
+
+
+def out_of_scope_address() -> pl.Expr:
+    """An OUT_OF_SCOPE row's escrow address as the stranded check reads it: trimmed, null when empty."""
+    address = pl.col("op_contract_id").str.strip_chars()
+    return pl.when(address != "").then(address).alias("contract_id")

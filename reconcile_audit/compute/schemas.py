@@ -171,6 +171,19 @@ INVOICES: Final = pl.Schema(
 )
 OPTIONAL_INVOICE_COLUMNS: Final = ("db_total_released", "db_available", "db_ledger_sequence")
 
+# --- extract: invoices outside the audit whose escrow was created (stranded candidates) -------
+OUT_OF_SCOPE: Final = pl.Schema(
+    {
+        "invoice_pk": pl.String,
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "status": pl.String,  # the database status that puts it outside the audit (or a reconcilable one, deleted)
+        "currency": pl.String,
+        "deleted_at": pl.String,  # invoices.deleted_at as the database prints it; null when not deleted
+        "op_contract_id": pl.String,  # latest completed `create` escrow_operations.contract_id
+    }
+)
+
 # --- resolve: INVOICES plus the chosen address -------------------------------------------------
 RESOLVED: Final = pl.Schema(
     {
@@ -210,6 +223,8 @@ LEDGER: Final = pl.Schema(
         "balance_live_until_ledger": pl.Int64,  # balances archive too: a read does not extend them
     }
 )
+
+ESCROW_STATUS_WORDS: Final = {0: "open", 1: "funded", 2: "settled", 3: "withdrawn", 4: "cancelled"}
 
 BALANCE_COLUMNS: Final = (
     "custodial",
@@ -266,6 +281,38 @@ FINDINGS: Final = pl.Schema(
         "db_ledger_sequence": pl.Int64,  # the ledger the DB row was synced at; null when absent
     }
 )
+
+
+# --- stranded: escrows of out-of-scope invoices that still hold or owe money -----------------
+# Apart from FINDINGS: they never change the five classes or ``total``.
+STRANDED: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "invoice_pk": pl.String,
+        "tenant_id": pl.String,
+        "status": pl.String,  # the invoice's database status
+        "deleted_at": pl.String,  # null when not deleted
+        "contract_id": pl.String,
+        "reason_code": pl.String,  # see STRANDED_REASONS
+        "reason": pl.String,  # a sentence for people, amounts in major units
+        "escrow_status": pl.Int64,
+        "funding_token": pl.String,
+        "token_symbol": pl.String,  # the funding token's METADATA symbol; null when not read
+        "token_decimals": pl.Int64,
+        "custodial": pl.Boolean,
+        "chain_balance_base_units": pl.String,  # what the escrow holds; null when not read
+        "chain_owed_base_units": pl.String,  # F - DP while open, funded or cancelled; null otherwise
+        "chain_funded_base_units": pl.String,
+        "chain_distributed_base_units": pl.String,
+        "latest_ledger": pl.Int64,
+    }
+)
+STRANDED_REASONS: Final = (
+    "stranded_funds",  # the escrow holds tokens, or still owes investors
+    "stranded_unread",  # the escrow could not be read (or its balance): it may hold funds
+)
+STRANDED_CLASS: Final = "stranded"
+"""The class stranded escrows are stored under in ``reconciliation_findings``, beside the five."""
 
 
 # --- history: FINDINGS compared with earlier runs of the same tenant scope --------------------

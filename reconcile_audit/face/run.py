@@ -258,7 +258,9 @@ class RunContext:
 
     def persist(self, result: AuditResult) -> PersistOutcome:
         """Store the completed run and its non-match findings (never raises; see persist_run)."""
-        return persist.persist_run(self.state_url, self.run_record(result), result.findings)
+        return persist.persist_run(
+            self.state_url, self.run_record(result), result.findings, result.stranded.frame
+        )
 
     def facts(
         self,
@@ -295,6 +297,7 @@ class RunContext:
             if result is None
             else int(result.findings.get_column("chain_balance_base_units").is_not_null().sum()),
             reread=None if result is None else result.reread,
+            stranded=None if result is None or result.stranded.skipped else result.stranded.frame.height,
             report_base_url=self.settings.report_base_url,
         )
 
@@ -369,6 +372,7 @@ class RunContext:
                     if audited and comparison is not None and comparison.warning is None
                     else None,
                     stage_seconds=self.clock.stage_seconds,
+                    stranded=facts.stranded if audited else None,
                     email_bytes=email_bytes,
                     email_failed=email_failed,
                 )
@@ -383,7 +387,14 @@ class RunContext:
         log.info("stage timings: %s", timings, extra={"console": True})
         registry = registry_for(None, False)
         summary = summary_of(facts)
-        paths = deliver.write_artifacts(self.out_dir, findings, report, summary, registry)
+        paths = deliver.write_artifacts(
+            self.out_dir,
+            findings,
+            report,
+            summary,
+            registry,
+            None if result is None else result.stranded.frame,
+        )
         if not send:
             return Delivered(paths, summary, (), registry)
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.compute.schemas import FINDINGS, DeliveryStatus
+from reconcile_audit.compute.schemas import FINDINGS, STRANDED, DeliveryStatus
 from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
 from reconcile_audit.output.report import Report, worst_first
@@ -55,6 +55,7 @@ class ArtifactPaths:
     summary_json: Path
     results_parquet: Path
     results_csv: Path
+    stranded_parquet: Path
     metrics_prom: Path
 
 
@@ -290,12 +291,15 @@ def write_artifacts(
     report: Report,
     summary: RunSummary | Mapping[str, Any],
     registry: CollectorRegistry,
+    stranded: pl.DataFrame | None = None,
 ) -> ArtifactPaths:
-    """Write report.html, report.txt, summary.json, results.parquet, results.csv, metrics.prom.
+    """Write report.html, report.txt, summary.json, results.parquet, results.csv,
+    stranded.parquet, metrics.prom.
 
     ``results.parquet`` is the whole FINDINGS frame, types kept; ``results.csv`` is the same
-    rows for people. ``findings`` may be None for a run that failed before classifying: the
-    result files are then written empty, with the documented columns.
+    rows for people; ``stranded.parquet`` the STRANDED frame. ``findings`` (``stranded``) may be
+    None for a run that failed before classifying (did not check them): the files are then
+    written empty, with the documented columns.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame(schema=FINDINGS) if findings is None else findings
@@ -306,6 +310,7 @@ def write_artifacts(
         summary_json=out_dir / "summary.json",
         results_parquet=out_dir / "results.parquet",
         results_csv=out_dir / "results.csv",
+        stranded_parquet=out_dir / "stranded.parquet",
         metrics_prom=out_dir / "metrics.prom",
     )
     write_atomically(paths.report_html, lambda path: path.write_text(report.html, encoding="utf-8"))
@@ -317,5 +322,9 @@ def write_artifacts(
     write_atomically(paths.summary_json, lambda path: path.write_text(summary_text, encoding="utf-8"))
     write_atomically(paths.results_parquet, frame.write_parquet)
     write_atomically(paths.results_csv, findings_csv_frame(frame).write_csv)
+    write_atomically(
+        paths.stranded_parquet,
+        (pl.DataFrame(schema=STRANDED) if stranded is None else stranded).write_parquet,
+    )
     write_textfile(registry, paths.metrics_prom)
     return paths

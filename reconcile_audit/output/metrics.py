@@ -74,6 +74,8 @@ class RunMetricsInput:
     leaves the per-class gauges out of the push for the same reason. Missing classes are 0.
     ``findings_by_age``: open findings per ageing bucket (``HistoryComparison.findings_by_age``);
     ``None`` when the run has no history to age them by, which leaves the gauge out.
+    ``stranded``: escrows of invoices outside the audit that still hold or owe funds, or could
+    not be read; ``None`` when the run did not check them, which leaves the gauge out.
     ``email_bytes``: size of the sent message; ``None`` when no email was attempted.
     ``email_failed``: whether an attempted send failed.
     """
@@ -87,6 +89,7 @@ class RunMetricsInput:
     class_counts: Mapping[str, int] | None = None
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
     findings_by_age: Mapping[str, int] | None = None
+    stranded: int | None = None
     email_bytes: int | None = None
     email_failed: bool = False
 
@@ -181,6 +184,14 @@ class _RunCollector(Collector):
                 "Open findings (every class but match) of the last completed run, by days since first seen",
                 "bucket",
                 run.findings_by_age.items(),
+            )
+        if run.stranded is not None:
+            yield self._family(
+                GaugeMetricFamily,
+                "stranded_escrows",
+                "Escrows of invoices outside the audit (deleted, or out of scope) that still hold or owe "
+                "funds, or could not be read, in the last completed run",
+                run.stranded,
             )
         if run.email_bytes is not None:
             yield self._family(

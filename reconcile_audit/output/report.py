@@ -27,6 +27,7 @@ from reconcile_audit.compute.amounts import format_base_units, format_decimal, o
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASS_ORDER, CLASSES, FINDING_CLASSES, FINDINGS, AuditStatus
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING
+from reconcile_audit.compute.stranded import Stranded
 from reconcile_audit.output.summary import RunFacts, identity
 from reconcile_audit.resources import TEMPLATES_DIR
 
@@ -48,6 +49,7 @@ _MIN_ROW_BYTES: Final = 32
 RESULT_FILES: Final = (
     ("results.csv", "every invoice as CSV"),
     ("results.parquet", "every invoice as Parquet"),
+    ("stranded.parquet", "escrows outside the audit that still hold funds"),
     ("summary.json", "the run summary as JSON"),
 )
 
@@ -171,6 +173,17 @@ class StateRow:
     first_seen: str
     reason: str
     resolved_as: str  # resolved rows only: "now matches" or "no longer extracted"
+
+
+@dataclass(frozen=True)
+class StrandedRow:
+    invoice_id: str
+    tenant_id: str
+    where: str  # the invoice's database status, and when it was deleted
+    holds: str  # what the escrow holds, "not read" or "" when it holds no tokens
+    owes: str  # F - DP still owed to investors, or ""
+    reason: str
+    contract_id: str
 
 
 @dataclass(frozen=True)
@@ -330,6 +343,43 @@ def _expiry_row(row: Mapping[str, Any]) -> ExpiryRow:
     )
 
 
+def _stranded_row(row: Mapping[str, Any]) -> StrandedRow:
+    decimals, symbol = row["token_decimals"], row["token_symbol"]
+
+    def money(base_units: str) -> str:
+        text = format_base_units(base_units, decimals)
+        return f"{text} {_plain(symbol)}" if symbol else text
+
+    where = f"status {_plain(row['status'])}"
+    if row["deleted_at"] is not None:
+        where += f", deleted {_plain(row['deleted_at'])}"
+    balance, owed = row["chain_balance_base_units"], row["chain_owed_base_units"]
+    if row["reason_code"] == "stranded_unread":
+        holds = "not read"
+    else:
+        holds = "" if balance is None or balance == "0" else money(balance)
+    return StrandedRow(
+        invoice_id=_plain(row["invoice_id"]),
+        tenant_id=_plain(row["tenant_id"]) if row["tenant_id"] else "none",
+        where=where,
+        holds=holds,
+        owes="" if owed is None else money(owed),
+        reason=_plain(row["reason"]),
+        contract_id=_plain(row["contract_id"]),
+    )
+
+
+def _stranded_fact(stranded: Stranded) -> str:
+    if stranded.skipped is not None:
+        return f"not checked: {stranded.skipped}"
+    fact = (
+        f"{stranded.holding:,} of {stranded.checked:,} out-of-scope invoices' escrows still hold or owe funds"
+    )
+    if stranded.unread:
+        fact += f"; {stranded.unread:,} could not be read"
+    return fact
+
+
 def _section(frame: pl.DataFrame, cap: int, build: Callable[[Mapping[str, Any]], Any]) -> Section:
     return Section(tuple(build(row) for row in frame.head(cap).iter_rows(named=True)), frame.height)
 
@@ -388,6 +438,7 @@ class _Lists:
     resolved: Section
     worst: Section
     expiry: Section
+    stranded: Section
 
     def cut(self, limit: int) -> _Lists:
         """The worst-findings list gets ``limit`` rows; the others at most SECONDARY_ROWS, so on a
@@ -399,16 +450,17 @@ class _Lists:
             resolved=self.resolved.cut(secondary),
             worst=self.worst.cut(limit),
             expiry=self.expiry.cut(secondary),
+            stranded=self.stranded.cut(secondary),
         )
 
     @property
     def longest(self) -> int:
         """The largest limit that still changes what :meth:`cut` shows."""
-        others = max(s.total for s in (self.new, self.persisting, self.resolved, self.expiry))
+        others = max(s.total for s in (self.new, self.persisting, self.resolved, self.expiry, self.stranded))
         return max(self.worst.total, min(others, SECONDARY_ROWS))
 
 
-def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Lists:
+def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int, stranded: pl.DataFrame) -> _Lists:
     non_match = worst_first(findings.filter(pl.col("class") != "match"))
     has_flag = pl.col("flags").list.contains("archived") | pl.col("flags").list.contains("ttl_expiring")
     expiry = (
@@ -432,6 +484,10 @@ def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int) -> _Li
         resolved=_section(resolved, cap, _state_row),
         worst=_section(non_match, cap, _finding_row),
         expiry=_section(expiry, cap, _expiry_row),
+        # Known money first, then the escrows that could not be read.
+        stranded=_section(
+            stranded.sort("reason_code", "tenant_id", "invoice_id", nulls_last=True), cap, _stranded_row
+        ),
     )
 
 
@@ -444,6 +500,7 @@ def _view(
     has_history: bool,
     history_warning: str | None,
     redact: Callable[[str], str],
+    stranded: Stranded,
 ) -> dict[str, Any]:
     total = counts["total"]
     findings_total = total - counts["match"]
@@ -486,6 +543,7 @@ def _view(
             ("Currencies", _currencies_fact(facts.currencies_checked)),
             ("Escrow balances", _balances_fact(facts.balances_checked)),
             ("Database sides", _sides_fact(facts.database_sides_compared)),
+            ("Outside the audit", _plain(redact(_stranded_fact(stranded)))),
             ("Duration", _format_duration(facts.duration_seconds)),
             ("Tool version", _plain(facts.tool_version)),
         ),
@@ -509,6 +567,8 @@ def _view(
         "resolved": lists.resolved,
         "worst": lists.worst,
         "expiry": lists.expiry,
+        "stranded": lists.stranded,
+        "stranded_checked": stranded.skipped is None,
         "trend": trend,
         "trend_title": f"Trend of the last {len(trend)} run{'' if len(trend) == 1 else 's'}"
         if trend
@@ -580,13 +640,21 @@ def render_report(
     previous = None if history is None else history.previous_counts
     env = environment(templates_dir or str(TEMPLATES_DIR))
     cap = max(max_bytes // _MIN_ROW_BYTES, 0)
-    lists = _lists(frame, history, cap)
+    lists = _lists(frame, history, cap, result.stranded.frame)
     trend = _trend_rows(None if history is None else history.trend, facts, counts)
     history_warning: str | None = getattr(history, "warning", None)
 
     def view_for(limit: int) -> dict[str, Any]:
         return _view(
-            facts, counts, previous, lists.cut(limit), trend, history is not None, history_warning, redact
+            facts,
+            counts,
+            previous,
+            lists.cut(limit),
+            trend,
+            history is not None,
+            history_warning,
+            redact,
+            result.stranded,
         )
 
     # Longest cut that fits: size grows with the limit, so bisect on the final inlined bytes.

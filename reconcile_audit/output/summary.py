@@ -59,6 +59,8 @@ class RunFacts:
     balances_checked: int | None = None
     # Escrows of findings that changed while the sweep ran, read again after it.
     reread: int | None = None
+    # Escrows outside the audit that still hold or owe funds, or could not be read; None: not checked.
+    stranded: int | None = None
 
 
 class ListedFindings(Protocol):
@@ -99,6 +101,8 @@ class RunSummary:
     failed_cell: str | None = None  # the notebook cell that failed, when the runner recorded it
     # The currencies checked against their funding tokens; None when RECONCILE_CURRENCY_TOKENS is unset.
     currencies_checked: tuple[str, ...] | None = None
+    # Escrows outside the audit that still hold or owe funds, or could not be read; None: not checked.
+    stranded: int | None = None
     schema_version: int = SUMMARY_SCHEMA_VERSION
 
     @property
@@ -140,6 +144,7 @@ class RunSummary:
             findings_omitted=None if report is None else report.findings_omitted,
             failed_cell=failed_cell,
             currencies_checked=facts.currencies_checked,
+            stranded=facts.stranded,
         )
 
     def to_dict(self) -> dict[str, Any]:

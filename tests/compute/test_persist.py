@@ -87,6 +87,7 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
         (3, "findings_invoice_index"),
         (4, "exact_db_total"),
         (5, "escrow_balances"),
+        (6, "stranded"),
     ]
     for table in (
         "reconciliation_runs",

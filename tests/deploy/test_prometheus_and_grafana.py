@@ -36,6 +36,7 @@ def exported_metrics() -> set[str]:
         class_counts={"mismatch": 1},
         stage_seconds={"extract": 1.0},
         findings_by_age={"0-1": 1},
+        stranded=1,
         email_bytes=1,
         email_failed=True,
     )
@@ -129,6 +130,7 @@ def test_the_dashboard_shows_what_ops_asked_for() -> None:
         "escrow_reconciliation_run_duration_seconds",
         "escrow_reconciliation_stage_duration_seconds",
         "escrow_reconciliation_last_success_timestamp_seconds",
+        "escrow_reconciliation_stranded_escrows",  # finance's list outside the audit
     ):
         assert metric in text
     assert any(variable["name"] == "tenant" for variable in dashboard["templating"]["list"])

@@ -129,6 +129,20 @@ def test_demo_findings_cover_every_class_and_flag(demo_runs):
     assert "The database last synced at ledger" in by_id[data.planted["db_stale"][0]]["reason"]
     worst = (latest / "report.txt").read_text(encoding="utf-8").split("FINDINGS, WORST FIRST", 1)[1]
     assert worst.index(data.planted["balance_short"][0]) < worst.index(data.planted["mismatch_new_large"][0])
+    # Out of scope: the deleted invoice's escrow and the repaid one's dust, outside the five classes.
+    stranded = pl.read_parquet(latest / "stranded.parquet")
+    assert (
+        sorted(stranded.get_column("invoice_id").to_list())
+        == sorted(data.stranded)
+        == ["SKIP_001", "SKIP_003"]
+    )
+    assert summary["stranded"] == 2 and summary["total"] == 120
+    assert not set(data.stranded) & set(by_id)
+    text = (latest / "report.txt").read_text(encoding="utf-8")
+    section = text.split("ESCROWS OUTSIDE THE AUDIT THAT STILL HOLD FUNDS (2)", 1)[1]
+    assert "SKIP_003 (tenant " in section and "holds 0.37" in section
+    assert "2 of 3 out-of-scope invoices' escrows still hold or owe funds" in text
+    assert 'escrow_reconciliation_stranded_escrows{tenant="all"} 2.0' in (latest / "metrics.prom").read_text()
 
 
 @pytest.mark.slow

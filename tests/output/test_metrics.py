@@ -260,3 +260,10 @@ def test_open_findings_by_age_only_when_the_run_could_age_them() -> None:
     assert buckets == {"0-1": 2, "2-7": 0, "8-30": 1, "over-30": 4}
     unaged = samples(generate_latest(build_registry(success_run())).decode())
     assert not any(name == f"{PREFIX}findings" for name, _ in unaged)
+
+
+def test_stranded_escrows_only_when_the_run_checked_them() -> None:
+    found = samples(generate_latest(build_registry(success_run(stranded=3))).decode())
+    assert found[(f"{PREFIX}stranded_escrows", (("tenant", "all"),))] == 3
+    unchecked = samples(generate_latest(build_registry(success_run())).decode())
+    assert not any(name == f"{PREFIX}stranded_escrows" for name, _ in unchecked)

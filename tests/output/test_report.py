@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from reconcile_audit.compute.amounts import format_base_units, format_decimal
 from reconcile_audit.compute.result import AuditResult
-from reconcile_audit.compute.schemas import CLASSES, FINDINGS
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS, STRANDED
+from reconcile_audit.compute.stranded import Stranded
 from reconcile_audit.output.deliver import build_email, findings_attachment
 from reconcile_audit.output.report import BAR_MAX_PX, Report, environment, render_report, worst_first
 from reconcile_audit.output.summary import RunSummary
@@ -31,6 +32,7 @@ SECTIONS_HTML = (
     "Persisting findings",
     "Resolved since the previous run",
     "Findings, worst first",
+    "Escrows outside the audit that still hold funds",
     "Archived and TTL-expiring escrows",
     "Trend of the last",
     "the executed notebook",
@@ -519,3 +521,59 @@ def test_a_finding_that_changed_during_the_sweep_says_so() -> None:
     rows = [mismatch("MOVED-1", 125_000, 1, drift_rank=1, flags=["changed_during_run"])]
     report = render_report(AuditResult.of(frame(rows)), None, facts())
     assert "the escrow changed while the sweep read it" in report.text
+
+
+def _stranded(n: int) -> pl.DataFrame:
+    row = {name: None for name in STRANDED}
+    return pl.DataFrame(
+        [
+            row
+            | {
+                "invoice_id": f"GONE-{i:03d}",
+                "tenant_id": "acme",
+                "status": "funded",
+                "deleted_at": "2026-11-20 10:00:00+00",
+                "contract_id": "C" + "A" * 55,
+                "reason_code": "stranded_funds" if i else "stranded_unread",
+                "reason": f"Invoice deleted, but its escrow holds {i}.00 USDC",
+                "token_decimals": 7,
+                "token_symbol": "USDC",
+                "chain_balance_base_units": str(i * 10**7),
+                "chain_owed_base_units": str(i * 10**7) if i % 2 else None,
+            }
+            for i in range(n)
+        ],
+        schema=STRANDED,
+    )
+
+
+def test_stranded_escrows_have_their_own_section_outside_the_classes() -> None:
+    result = AuditResult.of(frame([finding("A")]), stranded=Stranded(_stranded(60), checked=900))
+    report = render_report(result, None, facts())
+    assert report.counts["total"] == 1  # they never count as invoices
+    section = report.text.split("ESCROWS OUTSIDE THE AUDIT THAT STILL HOLD FUNDS (60)", 1)[1]
+    # Known money first, what could not be read last; past the cap, the rest is in its own file.
+    listed = section.split("ARCHIVED", 1)[0]
+    assert listed.index("GONE-001") < listed.index("GONE-002") and "GONE-000" not in listed
+    assert "10 more not shown (of 60); the full list is in stranded.parquet" in listed
+    assert (
+        "59 of 900 out-of-scope invoices' escrows still hold or owe funds; 1 could not be read" in report.text
+    )
+    assert "Escrow holds 1.00 USDC · Owes investors 1.00 USDC<br>" in report.html
+    few = render_report(
+        AuditResult.of(frame([finding("A")]), stranded=Stranded(_stranded(3), checked=3)), None, facts()
+    )
+    listed = few.text.split("ESCROWS OUTSIDE THE AUDIT THAT STILL HOLD FUNDS (3)", 1)[1].split("ARCHIVED", 1)[
+        0
+    ]
+    assert listed.index("GONE-002") < listed.index("GONE-000") and "it may" not in listed
+    assert_email_safe(report.html)
+
+
+def test_stranded_escrows_not_checked_is_said_not_none() -> None:
+    why = "a custom extract query is configured (mine.sql), and only the packaged query's scope is known"
+    result = AuditResult.of(frame([finding("A")]), stranded=Stranded.not_checked(why))
+    text = render_report(result, None, facts()).text
+    assert f"not checked: {why}" in text
+    section = text.split("ESCROWS OUTSIDE THE AUDIT THAT STILL HOLD FUNDS (0)", 1)[1].split("ARCHIVED")[0]
+    assert "Not checked this run" in section and "None." not in section

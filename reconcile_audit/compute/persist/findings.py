@@ -8,7 +8,7 @@ from typing import Any, Final
 import polars as pl
 
 from reconcile_audit.compute.db import Connection, read_sql
-from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, conform
+from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, STRANDED, STRANDED_CLASS, conform
 
 RESULTS_JSON_CAP: Final = 1000
 """At most this many non-match rows go into ``reconciliation_runs.results``."""
@@ -53,6 +53,24 @@ def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
             pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),
         )
         .filter(pl.col("class").ne_missing("match"))
+    )
+
+
+def stranded_rows(stranded: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
+    """The STRANDED rows as stored beside the findings: class ``stranded``, numbered from
+    ``first_no`` (after the run's findings), in the shape :func:`non_match_rows` gives."""
+    frame = conform(stranded, STRANDED, "persist").select(list(STRANDED))
+    shaped = frame.select(
+        pl.col(name) if name in STRANDED else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in FINDINGS.items()
+    ).with_columns(
+        pl.lit(STRANDED_CLASS).alias("class"),
+        pl.lit([], dtype=FINDINGS["flags"]).alias("flags"),
+    )
+    strings = [name for name, dtype in FINDINGS.items() if dtype == pl.String]
+    return shaped.with_row_index("finding_no", offset=first_no).with_columns(
+        pl.col("finding_no").cast(pl.Int32),
+        pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),
     )
 
 

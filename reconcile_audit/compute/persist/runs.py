@@ -19,7 +19,12 @@ from typing import Any
 import polars as pl
 
 from reconcile_audit.compute.db import Connection, read_sql
-from reconcile_audit.compute.persist.findings import insert_findings, non_match_rows, results_digest
+from reconcile_audit.compute.persist.findings import (
+    insert_findings,
+    non_match_rows,
+    results_digest,
+    stranded_rows,
+)
 from reconcile_audit.compute.persist.migrate import migrate_connection
 from reconcile_audit.compute.persist.session import (
     as_utc,
@@ -174,9 +179,11 @@ def abandon_stale_attempts(url: str, tenant_id: str | None, attempt: str) -> tup
     return abandoned
 
 
-def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistOutcome:
+def persist_run(
+    url: str, record: RunRecord, findings: pl.DataFrame, stranded: pl.DataFrame | None = None
+) -> PersistOutcome:
     """End the attempt and, for a completed one, store the key's result and its non-match
-    findings, all in one transaction.
+    findings, with its stranded escrows (class ``stranded``, after them), all in one transaction.
 
     A later completed attempt of the same ``run_key`` replaces the result and its findings; a
     failed one (``record.status`` failed) never does: it is stored as the key's result only when
@@ -188,6 +195,8 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
     try:
         rows = non_match_rows(findings)
         digest = results_digest(rows)
+        if stranded is not None and not stranded.is_empty():
+            rows = pl.concat([rows, stranded_rows(stranded, first_no=findings.height + 1)])
         with state_session(url) as conn:
             migrate_connection(conn)
             with transaction(conn):
@@ -212,7 +221,7 @@ def persist_run(url: str, record: RunRecord, findings: pl.DataFrame) -> PersistO
         )
         return PersistOutcome(True, record.run_key, None, 0, 0, seconds, kept_completed=True)
     logger.info(
-        "persisted run %r (id %s): %d non-match findings, %d in the results digest, %.2f s",
+        "persisted run %r (id %s): %d findings (stranded escrows included), %d in the results digest, %.2f s",
         record.run_key,
         run_id,
         rows.height,

@@ -129,6 +129,7 @@ class DemoData:
     # Escrows that change while tonight's sweep reads them.
     mutations: tuple[Mutation, ...] = ()
     latest_ledger: int = LATEST_LEDGER
+    stranded: tuple[str, ...] = ()  # out-of-scope invoices whose escrow still holds funds
 
     def ledger_state(self, nights_ago: int = 0) -> LedgerState:
         """The chain as it was ``nights_ago`` nights before tonight."""
@@ -363,21 +364,62 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         if kind is None:
             regular.append((contract_id, chain_funded))
 
-    # Invoices the extract must skip: not yet reconcilable, or soft-deleted.
-    for n, (status, deleted) in enumerate((("draft", None), ("funded", BASE_TIME), ("cancelled", None))):
-        pk = _uuid(rng)
+    # Invoices the extract must skip: not yet reconcilable, soft-deleted, or closed. Those with an
+    # escrow are read for the stranded check: the deleted one's escrow still holds its funding, the
+    # repaid one's holds 0.37 USDC of dust, the cancelled one's refunded everyone and holds nothing.
+    # Their own generator, so the data above and the history below stay as they were.
+    out_rng = random.Random(seed + 1)
+    usdc = tokens["USDC"]
+    left_out = (
+        ("draft", None, None),
+        ("funded", BASE_TIME, {"status": 1, "token_balance": 250_00 * 10**5}),
+        ("cancelled", None, {"status": 4, "distributed_principal": 250_00 * 10**5, "token_balance": 0}),
+        ("repaid", None, {"status": 3, "distributed_principal": 250_00 * 10**5, "token_balance": 37 * 10**5}),
+    )
+    stranded: list[str] = []
+    for n, (status, deleted, escrow) in enumerate(left_out):
+        pk = _uuid(rng) if n < 3 else _uuid(out_rng)
+        invoice_id = f"SKIP_{n:03d}"
         invoice_rows.append(
             {
                 "id": pk,
-                "invoice_id": f"SKIP_{n:03d}",
+                "invoice_id": invoice_id,
                 "tenant_id": TENANTS[n % len(TENANTS)],
                 "status": status,
-                "amount": "100.00",
+                "amount": "250.00",
                 "currency": "USDC",
                 "deleted_at": deleted,
             }
         )
         summary_rows.append({"invoice_id": pk, "total_funded": "1.00", "last_updated_at": BASE_TIME})
+        if escrow is None:
+            continue
+        contract_id = random_contract_id(out_rng)
+        operation_rows.append(
+            {
+                "invoice_id": pk,
+                "operation_type": "create",
+                "contract_id": contract_id,
+                "status": "completed",
+                "completed_at": BASE_TIME - timedelta(days=60),
+            }
+        )
+        escrows.append(
+            EscrowSpec(
+                contract_id=contract_id,
+                invoice_id=invoice_id,
+                funded_amount=250_00 * 10**5,
+                amount=250_00 * 10**5,
+                funding_target=250_00 * 10**5,
+                funding_token=usdc.contract_id,
+                admin=admin,
+                sme_address=random_account_id(out_rng),
+                custodial=True,
+                **escrow,
+            )
+        )
+        if escrow["token_balance"]:
+            stranded.append(invoice_id)
 
     earlier: dict[int, dict[str, int]] = {}
     for night in range(1, history_nights + 1):
@@ -406,6 +448,7 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         planted=MappingProxyType({kind: tuple(ids) for kind, ids in planted.items()}),
         earlier_funding=MappingProxyType(earlier),
         mutations=tuple(mutations),
+        stranded=tuple(stranded),
     )
 
 
@@ -486,10 +529,12 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         attempt = f"replay-{nights_ago}-{run_key}"
         persist.start_run(url, run_key, None, started_at, attempt=attempt)
         invoices = extract.extract_invoices(settings)
+        out_of_scope = extract.extract_out_of_scope(settings)
         resolved = resolve.resolve_addresses(invoices, settings.escrow_addr_by_invoice)
         ledger.preflight(settings)
-        ledger_read = ledger.read_ledger(resolve.contract_ids_to_read(resolved), settings, progress=False)
-        result = classify.audit(resolved, ledger_read, settings)
+        to_read = resolve.contract_ids_to_read(resolved, out_of_scope)
+        ledger_read = ledger.read_ledger(to_read, settings, progress=False)
+        result = classify.audit(resolved, ledger_read, settings, out_of_scope=out_of_scope)
     record = RunRecord(
         run_key=run_key,
         tenant_id=None,
@@ -501,7 +546,7 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         ledger_max=result.ledger_max,
         attempt=attempt,
     )
-    outcome = persist.persist_run(url, record, result.findings)
+    outcome = persist.persist_run(url, record, result.findings, result.stranded.frame)
     if not outcome.ok:
         raise RuntimeError(f"replaying night -{nights_ago} could not be stored: {outcome.error}")
     return result.counts

@@ -25,6 +25,7 @@ appearances AS (
     FROM reconciliation_findings AS f
     JOIN runs AS r ON r.id = f.run_id
     WHERE f.invoice_id IS NOT NULL
+      AND f.class <> 'stranded'  -- stored beside the findings, never one of them
 )
 -- An id twice in one run (the source should prevent it) reports the smallest of its values.
 SELECT
