@@ -76,7 +76,7 @@ def test_every_part_answers_and_nothing_is_sent_pushed_or_written(
     assert code == 0, output
     lines = output.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["ok"] * 5, output
-    assert "extract_invoices.sql binds; 63 invoice rows of all tenants" in lines[0]
+    assert "extract_invoices.sql binds; 64 invoice rows of all tenants" in lines[0]
     assert "will be applied by the first run" in lines[1]  # a fresh state database: not migrated yet
     assert "healthy, network 'Test SDF Network ; September 2015'" in lines[2]
     assert "nothing sent" in lines[3] and "nothing pushed" in lines[4]

@@ -26,6 +26,7 @@ import base64
 import binascii
 import contextlib
 import gc
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -324,7 +325,8 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
             await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
             token_keys: dict[str, str] = {}
             await _read_tokens(sweep, keys, token_keys, settings)
-            likely = _likely_balance_token(keys, sweep.outcomes, token_keys, settings)
+            probe = dict(itertools.islice(keys.items(), batch_size))
+            likely = _likely_balance_token(probe, sweep.outcomes, token_keys, settings)
             guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
             await _read_tokens(sweep, keys, token_keys, settings)
             custody = _custody(keys, sweep.outcomes, token_keys, settings)
@@ -385,7 +387,7 @@ def _likely_balance_token(
     token_keys: Mapping[str, str],
     settings: Settings,
 ) -> bytes | None:
-    """The contract hash of the Stellar Asset Contract most custodial escrows read so far are
+    """The contract hash of the Stellar Asset Contract most custodial escrows of ``keys`` are
     funded in, or None when none of them has a balance to read."""
     seen: dict[bytes, int] = {}
     for found in _custody(keys, outcomes, token_keys, settings).values():
