@@ -370,6 +370,8 @@ class RpcNode:
             raise _HostError(
                 "Storage, ExceededLimit", "contract instance entry is archived; restore it first", contract_id
             )
+        if token is not None and function == "balance":
+            return self._simulated_balance(contract_id, args)
         if args:
             raise _HostError(
                 "Context, UnexpectedSize", f"{function} takes no arguments, got {len(args)}", contract_id
@@ -391,6 +393,17 @@ class RpcNode:
         raise _HostError(
             "WasmVm, MissingValue", f"trying to invoke non-existent contract function {function}", contract_id
         )
+
+    def _simulated_balance(self, token: str, args: list[stellar_xdr.SCVal]) -> str:
+        """A token's ``balance(id: Address) -> i128``: what the escrow at ``id`` holds of it, 0 for
+        any other address (as a Stellar Asset Contract answers for an absent Balance entry)."""
+        if len(args) != 1 or args[0].type != stellar_xdr.SCValType.SCV_ADDRESS or args[0].address is None:
+            raise _HostError("Context, UnexpectedSize", "balance takes one Address argument", token)
+        holder = self.escrows.get(Address.from_xdr_sc_address(args[0].address).address)
+        held = 0
+        if holder is not None and holder.funding_token == token and holder.token_balance is not None:
+            held = holder.token_balance
+        return scval.to_int128(held).to_xdr()
 
     def _transaction_data(self, contract_id: str) -> str:
         cached = self._simulation_data.get(contract_id)

@@ -590,3 +590,28 @@ def test_a_wasm_hash_list_that_is_not_hex_names_the_variable() -> None:
 
     with pytest.raises(ConfigError, match="RECONCILE_CUSTODIAL_WASM_HASHES"):
         load_settings({}, {"RECONCILE_CUSTODIAL_WASM_HASHES": "abc"})
+
+
+def test_the_per_invoice_path_reads_the_same_balances_when_asked() -> None:
+    """The benchmark's per-invoice baseline with balances: one simulated balance(escrow) per
+    escrow, the same amounts the batched pairs read, with custody left unknown."""
+    held = [s for s in HOLDERS.values() if s.funding_token == TOKEN.contract_id]
+    ids = [s.contract_id for s in held]
+    with Emulator(HOLDER_STATE) as emu:
+        batched = rows(read(emu, ids=ids, custodial_wasm_hashes=""))
+        simulated = read_ledger_simulated(
+            ids,
+            settings_for(emu.url),
+            progress=False,
+            with_funding_token=False,
+            balance_token=TOKEN.contract_id,
+        )
+        calls = emu.stats.requests["simulateTransaction"]
+    by_id = rows(simulated)
+    for spec in held:
+        expected = str(spec.token_balance or 0)
+        assert by_id[spec.contract_id]["chain_balance"] == expected, spec.invoice_id
+        assert by_id[spec.contract_id]["custodial"] is None
+        if batched[spec.contract_id]["custodial"]:
+            assert batched[spec.contract_id]["chain_balance"] == expected
+    assert calls == 2 * len(held)  # get_escrow and balance, per escrow

@@ -2,7 +2,10 @@
 
 One simulated ``get_escrow`` call per contract, in sequence, as the seed did (plus
 ``get_funding_token`` when ``with_funding_token``), and the token's ``decimals`` once per distinct
-token. It is never the default: it costs a round trip and a full stellar-sdk transaction build
+token. With ``balance_token``, also that token's ``balance(escrow)`` per contract: the balance side
+read the per-invoice way, which the benchmark compares the batched reader's balance pairs with.
+A simulation cannot see the instance's code, so custody stays unknown (``custodial`` null) and the
+balance is recorded, never held to the status invariants. It is never the default: it costs a round trip and a full stellar-sdk transaction build
 per invoice, and a simulation reports neither ``lastModifiedLedgerSeq`` nor ``liveUntilLedgerSeq``
 (those columns stay null; an archived instance fails to simulate and becomes an ``error`` row).
 Turn it on with ``settings.rpc_use_simulate`` only when ``getLedgerEntries`` is unavailable.
@@ -18,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import polars as pl
-from stellar_sdk import Account, Address, StrKey, TransactionBuilder
+from stellar_sdk import Account, Address, StrKey, TransactionBuilder, scval
 from stellar_sdk import xdr as sx
 from stellar_sdk.soroban_rpc import SimulateTransactionResponse
 from tqdm.auto import tqdm
@@ -48,16 +51,21 @@ def read_ledger_simulated(
     progress: bool = True,
     policy: RetryPolicy | None = None,
     with_funding_token: bool = True,
+    balance_token: str | None = None,
 ) -> LedgerRead:
     """The LEDGER frame through per-invoice simulations (see the module docstring)."""
     ids = distinct_ids(contract_ids)
-    return run_sync(lambda: _read(ids, settings, policy or RetryPolicy(), progress, with_funding_token))
+    return run_sync(
+        lambda: _read(ids, settings, policy or RetryPolicy(), progress, with_funding_token, balance_token)
+    )
 
 
-async def _simulate(client: RpcClient, settings: Settings, contract_id: str, function: str) -> _Simulated:
+async def _simulate(
+    client: RpcClient, settings: Settings, contract_id: str, function: str, args: Sequence[sx.SCVal] = ()
+) -> _Simulated:
     envelope = (
         TransactionBuilder(Account(_SOURCE, 0), settings.network_passphrase, base_fee=100)
-        .append_invoke_contract_function_op(contract_id, function, [])
+        .append_invoke_contract_function_op(contract_id, function, list(args))
         .set_timeout(30)
         .build()
         .to_xdr()
@@ -89,7 +97,12 @@ def _detail(error: str) -> str:
 
 
 async def _read(
-    ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool, with_funding_token: bool
+    ids: list[str],
+    settings: Settings,
+    policy: RetryPolicy,
+    progress: bool,
+    with_funding_token: bool,
+    balance_token: str | None,
 ) -> LedgerRead:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -132,6 +145,8 @@ async def _read(
                 funding_target=str(escrow.funding_target),
                 escrow_status=escrow.status,
             )
+            if balance_token is not None:
+                row.update(await _balance(client, settings, balance_token, contract_id))
             if not with_funding_token:
                 continue
             token = await _simulate(client, settings, contract_id, "get_funding_token")
@@ -157,10 +172,16 @@ async def _read(
         counters = client.counters
     seconds = time.perf_counter() - started
     frame = pl.DataFrame({name: [row.get(name) for row in rows] for name in LEDGER}, schema=LEDGER)
-    # The per-invoice path calls get_escrow only: what the escrow holds is the batched reader's.
+    # Without balance_token the per-invoice path calls get_escrow only: what the escrow holds is
+    # the batched reader's.
     frame = frame.with_columns(
-        pl.when(pl.col("read_status") == "ok")
+        pl.when(
+            (pl.col("read_status") == "ok")
+            & pl.col("balance_note").is_null()
+            & pl.col("chain_balance").is_null()
+        )
         .then(pl.lit("balance not read: the simulateTransaction path reads escrows only"))
+        .otherwise(pl.col("balance_note"))
         .alias("balance_note")
     )
     stats = LedgerStats.of_sweep(counters, batches=len(ids), entries=entries, seconds=seconds)
@@ -171,6 +192,20 @@ async def _read(
         stats,
         token_symbols=MappingProxyType(symbols),
     )
+
+
+async def _balance(client: RpcClient, settings: Settings, token: str, holder: str) -> dict[str, Any]:
+    """The LEDGER balance columns of ``holder`` from the simulated ``balance(holder)`` of ``token``."""
+    got = await _simulate(client, settings, token, "balance", [Address(holder).to_xdr_sc_val()])
+    value = got.value
+    if value is None or value.type != sx.SCValType.SCV_I128 or value.i128 is None:
+        return {"balance_note": f"balance not read: {got.error or 'balance is not an i128'}"}
+    return {"chain_balance": str(scval.from_int128(value)), "balance_note": _CUSTODY_UNKNOWN}
+
+
+_CUSTODY_UNKNOWN: Final = (
+    "custody unknown on the simulateTransaction path: the balance is not held to the status"
+)
 
 
 async def _symbol(client: RpcClient, settings: Settings, token: str) -> str | None:
