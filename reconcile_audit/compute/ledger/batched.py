@@ -130,6 +130,9 @@ class _Sweep:
     bisect_budget: int = 0
     hashes: dict[str, bytes] = field(default_factory=dict)  # key -> the contract hash inside it
     progress: Any = None  # a tqdm bar counting batches
+    # Requests for part of a batch (a split, a bisection, a re-read of undecodable entries): a
+    # pair of keys read by such requests may come from two ledgers.
+    partial_fetches: int = 0
 
     @property
     def counters(self) -> TransportCounters:
@@ -170,10 +173,12 @@ class _Sweep:
     async def _after_fault(self, keys: list[str], decode: Decoder, fault: RpcFault) -> None:
         half = len(keys) // 2
         if fault.split and len(keys) > 1:
+            self.partial_fetches += 1
             await asyncio.gather(self.fetch(keys[:half], decode), self.fetch(keys[half:], decode))
             return
         if len(keys) > 1 and self.bisect_budget >= 2 and fault.kind != "breaker":
             self.bisect_budget -= 2
+            self.partial_fetches += 1
             self.counters.fault("bisect")
             retries = self.policy.bisect_retries
             await asyncio.gather(
@@ -244,6 +249,7 @@ class _Sweep:
             self.counters.fault("undecodable_entry", len(bad))
             if reread < MAX_REREADS:
                 # A corrupt entry may be a transport fault: read those keys again before blaming them.
+                self.partial_fetches += 1
                 await self.fetch(bad, decode, reread=reread + 1)
 
 
@@ -485,14 +491,16 @@ async def _read_balances(
     pairs: dict[str, str] = {}
     flat: list[str] = []
     outcomes = sweep.outcomes
+    # Every request of the sweep held whole pairs unless one was split or read again in part.
+    whole = sweep.partial_fetches == 0
     for contract_id, found in custody.items():
         balance_key = found.balance_key
         if balance_key is None or found.token_hash is None:
             continue
         pairs[contract_id] = balance_key
         key = keys[contract_id]
-        if guessed.get(key) == balance_key and _ledger_of(outcomes.get(key)) == _ledger_of(
-            outcomes.get(balance_key)
+        if guessed.get(key) == balance_key and (
+            whole or _ledger_of(outcomes.get(key)) == _ledger_of(outcomes.get(balance_key))
         ):
             continue
         flat += (key, balance_key)

@@ -132,38 +132,47 @@ def balance_key_sdk(token: str, holder: str) -> str:
     return key.to_xdr()
 
 
-# The BalanceValue map a SAC stores: {amount: i128, authorized: bool, clawback: bool}, in key order.
-_BALANCE_VALUE: Final = re.compile(
-    re.escape(
-        b"\x00\x00\x00\x11\x00\x00\x00\x01\x00\x00\x00\x03\x00\x00\x00\x0f\x00\x00\x00\x06amount\x00\x00\x00\x00\x00\x0a"
-    )
-    + b"(?P<amount>.{16})"
-    + re.escape(b"\x00\x00\x00\x0f\x00\x00\x00\x0aauthorized\x00\x00\x00\x00\x00\x00")
-    + b"\x00\x00\x00(?P<authorized>[\x00\x01])"
-    + re.escape(b"\x00\x00\x00\x0f\x00\x00\x00\x08clawback\x00\x00\x00\x00")
-    + b"\x00\x00\x00(?P<clawback>[\x00\x01])",
-    re.DOTALL,
+# The BalanceValue map a SAC stores, {amount: i128, authorized: bool, clawback: bool} in key
+# order, has one size: its fixed bytes around three holes (16 amount bytes, and the last byte of
+# each bool). Compared as slices, with no regex: a balance entry is half of a custodial sweep.
+_BALANCE_VALUE_HEAD: Final = b"\x00\x00\x00\x11\x00\x00\x00\x01\x00\x00\x00\x03\x00\x00\x00\x0f\x00\x00\x00\x06amount\x00\x00\x00\x00\x00\x0a"
+_BALANCE_VALUE_MIDDLE: Final = (
+    b"\x00\x00\x00\x0f\x00\x00\x00\x0aauthorized\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 )
+_BALANCE_VALUE_TAIL: Final = b"\x00\x00\x00\x0f\x00\x00\x00\x08clawback\x00\x00\x00\x00\x00\x00\x00"
+_BALANCE_VALUE_SIZE: Final = (
+    len(_BALANCE_VALUE_HEAD) + 16 + len(_BALANCE_VALUE_MIDDLE) + 1 + len(_BALANCE_VALUE_TAIL) + 1
+)
+_BOOL: Final = {0: False, 1: True}
+_new_tuple: Final = tuple.__new__  # a NamedTuple's generated __new__ is a Python call; this is not
 
 
 def decode_balance_fast(buf: bytes) -> TokenBalance | None:
     """A SAC balance entry read from its fixed layout; None for anything else (the SDK decides)."""
     # LedgerEntryData CONTRACT_DATA, ext v0, then the key as in balance_key_of_hashes, then the value.
-    if buf[:4] != b"\x00\x00\x00\x06" or buf[4:8] != b"\x00\x00\x00\x00" or buf[8:12] != b"\x00\x00\x00\x01":
+    if buf[:12] != b"\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00\x01":
         return None
     if buf[44 : 44 + len(_BALANCE_KEY_MIDDLE)] != _BALANCE_KEY_MIDDLE:
         return None
-    value_at = 44 + len(_BALANCE_KEY_MIDDLE) + 32
-    if buf[value_at : value_at + 4] != _BALANCE_KEY_TAIL:
+    tail_at = 44 + len(_BALANCE_KEY_MIDDLE) + 32
+    at = tail_at + 4  # the value
+    if buf[tail_at:at] != _BALANCE_KEY_TAIL or len(buf) != at + _BALANCE_VALUE_SIZE:
         return None
-    match = _BALANCE_VALUE.fullmatch(buf, value_at + 4)
-    if match is None:
+    amount_at = at + len(_BALANCE_VALUE_HEAD)
+    authorized_at = amount_at + 16 + len(_BALANCE_VALUE_MIDDLE)
+    clawback_at = authorized_at + 1 + len(_BALANCE_VALUE_TAIL)
+    if (
+        buf[at:amount_at] != _BALANCE_VALUE_HEAD
+        or buf[amount_at + 16 : authorized_at] != _BALANCE_VALUE_MIDDLE
+        or buf[authorized_at + 1 : clawback_at] != _BALANCE_VALUE_TAIL
+    ):
         return None
-    return TokenBalance(
-        int.from_bytes(match["amount"], "big", signed=True),
-        match["authorized"] == b"\x01",
-        match["clawback"] == b"\x01",
-    )
+    authorized = _BOOL.get(buf[authorized_at])
+    clawback = _BOOL.get(buf[clawback_at])
+    if authorized is None or clawback is None:
+        return None
+    amount = int.from_bytes(buf[amount_at : amount_at + 16], "big", signed=True)
+    return _new_tuple(TokenBalance, (amount, authorized, clawback))  # type: ignore[no-any-return]
 
 
 def decode_balance_sdk(buf: bytes) -> TokenBalance:
