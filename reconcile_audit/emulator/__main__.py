@@ -1,8 +1,10 @@
-"""``python -m reconcile_audit.emulator``: serve a synthetic ledger on loopback until interrupted.
+"""``python -m reconcile_audit.emulator``: serve a ledger on loopback until interrupted.
 
-For manual checks with curl or a notebook, and for a benchmark that wants the emulator in a process
-of its own (so its CPU does not share the client's interpreter lock). Prints the URL on the first
-line of stdout once it is listening.
+A synthetic one (``--escrows N``), or the escrows listed in a Parquet file (``--escrows-file``,
+columns in ``state.ESCROW_FILE_COLUMNS``), such as a benchmark's database holds. For manual checks
+with curl or a notebook, and for a benchmark that wants the emulator in a process of its own (so
+its CPU does not share the client's interpreter lock). ``--latency-ms`` delays every answer, as an
+RPC that is not on loopback would. Prints the URL on the first line of stdout once it is listening.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import typer
 
 from reconcile_audit.emulator.faults import FAULT_KINDS, FaultPlan
 from reconcile_audit.emulator.server import serve_forever
-from reconcile_audit.emulator.state import DEFAULT_LATEST_LEDGER, synthetic_state
+from reconcile_audit.emulator.state import DEFAULT_LATEST_LEDGER, state_from_escrow_file, synthetic_state
 
 app = typer.Typer(add_completion=False, help=__doc__)
+# What --latency-ms delays: every method the audit calls.
+LATENCY_METHODS = ("getLedgerEntries", "getLatestLedger", "getHealth", "getNetwork", "simulateTransaction")
 
 
 def _announce(url: str) -> None:
@@ -38,12 +42,27 @@ def main(
     fault_kind: Annotated[
         list[str] | None, typer.Option(help=f"A fault kind (repeatable): {', '.join(FAULT_KINDS)}.")
     ] = None,
+    escrows_file: Annotated[
+        str | None, typer.Option(help="Serve the escrows of this Parquet file instead of synthetic ones.")
+    ] = None,
+    latency_ms: Annotated[
+        float, typer.Option(min=0.0, help="Delay every answer by this many milliseconds.")
+    ] = 0.0,
 ) -> None:
     try:
-        faults = FaultPlan(rate=fault_rate, kinds=tuple(fault_kind or ()), seed=seed)
+        if latency_ms and fault_rate:
+            raise ValueError("--latency-ms and --fault-rate cannot be combined")
+        faults = (
+            FaultPlan(rate=1.0, kinds=("delay",), delay_seconds=latency_ms / 1000, methods=LATENCY_METHODS)
+            if latency_ms
+            else FaultPlan(rate=fault_rate, kinds=tuple(fault_kind or ()), seed=seed)
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    state = synthetic_state(escrows, seed=seed, latest_ledger=latest_ledger, decimals=decimals)
+    if escrows_file is not None:
+        state = state_from_escrow_file(escrows_file, latest_ledger=latest_ledger, decimals=decimals)
+    else:
+        state = synthetic_state(escrows, seed=seed, latest_ledger=latest_ledger, decimals=decimals)
     serve_forever(state, faults, host, port, on_ready=_announce)
 
 

@@ -428,3 +428,59 @@ def synthetic_state(
             )
         )
     return LedgerState(latest_ledger=latest_ledger, escrows=tuple(escrows), tokens=(token,))
+
+
+ESCROW_FILE_COLUMNS: Final = (
+    "contract_id",
+    "invoice_id",
+    "funded_amount",
+    "amount",
+    "funding_target",
+    "status",
+    "funding_token",
+)
+"""Required columns of an escrow file (:func:`state_from_escrow_file`); amounts are i128 as
+integer text. Optional: ``custodial`` (bool), ``token_balance`` (integer text or null),
+``distributed_principal`` (integer text or null)."""
+
+
+def state_from_escrow_file(
+    path: str, *, latest_ledger: int = DEFAULT_LATEST_LEDGER, decimals: int = 7
+) -> LedgerState:
+    """The ledger state of the escrows listed in a Parquet file, each funding token a Stellar
+    Asset Contract with ``decimals``: how a benchmark serves the escrows of a database it built."""
+    import polars as pl  # the emulator's only use of polars: reading the file
+
+    frame = pl.read_parquet(path)
+    missing = [name for name in ESCROW_FILE_COLUMNS if name not in frame.columns]
+    if missing:
+        raise ValueError(f"escrow file {path} lacks the columns {missing}")
+    rng = random.Random(0)
+    admin, sme = random_account_id(rng), random_account_id(rng)
+    optional = [
+        name for name in ("custodial", "token_balance", "distributed_principal") if name in frame.columns
+    ]
+    escrows = []
+    for row in frame.select(*ESCROW_FILE_COLUMNS, *optional).iter_rows(named=True):
+        balance, principal = row.get("token_balance"), row.get("distributed_principal")
+        escrows.append(
+            EscrowSpec(
+                contract_id=row["contract_id"],
+                invoice_id=row["invoice_id"],
+                funded_amount=int(row["funded_amount"]),
+                amount=int(row["amount"]),
+                funding_target=int(row["funding_target"]),
+                status=int(row["status"]),
+                funding_token=row["funding_token"],
+                admin=admin,
+                sme_address=sme,
+                custodial=bool(row.get("custodial") or False),
+                token_balance=None if balance is None else int(balance),
+                distributed_principal=None if principal is None else int(principal),
+            )
+        )
+    tokens = tuple(
+        TokenSpec(contract_id=token, decimals=decimals)
+        for token in frame.get_column("funding_token").unique(maintain_order=True).to_list()
+    )
+    return LedgerState(latest_ledger=latest_ledger, escrows=tuple(escrows), tokens=tokens)
