@@ -1,7 +1,8 @@
 """Benchmark: `reconcile-audit run` end to end over N invoices, as production runs it.
 
     python benchmarks/e2e_bench.py --invoices 1000000 [--rpc-latency-ms 50] [--repeats 3]
-        [--admin-url postgresql://postgres@127.0.0.1:5432/postgres] [--data-dir build/bench]
+        [--rpc-concurrency C] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+    [--data-dir build/bench]
 
 Prints ONE JSON object. Each repeat:
 
@@ -201,7 +202,7 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_once(source_url: str, rpc_url: str, out_dir: Path) -> dict[str, Any]:
+def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | None) -> dict[str, Any]:
     """One `reconcile-audit run`, its wall time and peak tree RSS."""
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -210,6 +211,8 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path) -> dict[str, Any]:
         "SOROBAN_RPC_URL": rpc_url,
         "RECONCILE_STATE_DATABASE_URL": f"duckdb:///{out_dir / 'state.duckdb'}",
     }
+    if concurrency is not None:
+        env["RECONCILE_RPC_CONCURRENCY"] = str(concurrency)
     command = [
         str(Path(sys.executable).parent / "reconcile-audit"),
         "run",
@@ -273,6 +276,9 @@ def main() -> None:
     parser.add_argument("--invoices", type=int, required=True)
     parser.add_argument("--rpc-latency-ms", type=float, default=0.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--rpc-concurrency", type=int, default=None, help="RECONCILE_RPC_CONCURRENCY; default: the tool's"
+    )
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
     args = parser.parse_args()
@@ -286,7 +292,7 @@ def main() -> None:
         for _ in range(args.repeats):
             scratch = Path(tempfile.mkdtemp(prefix="reconcile-e2e-"))
             try:
-                run = run_once(source_url, emulator.url, scratch)
+                run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
                 run_dir = next((scratch / "runs").iterdir())
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
                 run["checks"] = check(run_dir, args.invoices, planted)
@@ -302,6 +308,7 @@ def main() -> None:
     report = {
         "invoices": args.invoices,
         "rpc_latency_ms": args.rpc_latency_ms,
+        "rpc_concurrency": args.rpc_concurrency,
         "repeats": args.repeats,
         "wall_seconds": statistics.median(run["wall_seconds"] for run in runs),
         "peak_tree_rss_mb": statistics.median(run["peak_tree_rss_mb"] for run in runs),

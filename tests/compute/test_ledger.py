@@ -615,3 +615,42 @@ def test_the_per_invoice_path_reads_the_same_balances_when_asked() -> None:
         if batched[spec.contract_id]["custodial"]:
             assert batched[spec.contract_id]["chain_balance"] == expected
     assert calls == 2 * len(held)  # get_escrow and balance, per escrow
+
+
+def test_requests_in_flight_halve_on_429_and_grow_back() -> None:
+    from reconcile_audit.compute.ledger.rpc import AdaptiveLimit
+
+    async def scenario() -> list[int]:
+        limit = AdaptiveLimit(16)
+        seen = [limit.limit]
+        for throttled in (True, True):
+            await limit.acquire()
+            await limit.release(throttled=throttled)
+            seen.append(limit.limit)
+        for _ in range(4):  # four answers in a row at a limit of 4: one more
+            await limit.acquire()
+            await limit.release(throttled=False)
+        seen.append(limit.limit)
+        # Never more in flight than the limit: a fifth waiter waits for a release.
+        for _ in range(5):
+            await limit.acquire()
+            await limit.release(throttled=False)
+        held = [asyncio.create_task(limit.acquire()) for _ in range(limit.limit + 1)]
+        await asyncio.sleep(0.01)
+        seen.append(sum(task.done() for task in held))
+        await limit.release(throttled=False)
+        await asyncio.sleep(0.01)
+        seen.append(sum(task.done() for task in held))
+        seen.append(limit.lowest)
+        return seen
+
+    assert asyncio.run(scenario()) == [16, 8, 4, 5, 6, 7, 4]
+
+
+def test_a_throttling_rpc_gets_fewer_requests_and_the_run_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    plan = FaultPlan(rate=0.2, kinds=("http_429",), seed=5, retry_after_seconds=0.01)
+    with Emulator(STATE, faults=plan) as emu:
+        result = read(emu, rpc_concurrency=8, rpc_batch_size=2)
+    assert not (result.frame["read_status"] == "error").any()  # every escrow read in the end
+    assert result.stats.faults_by_kind["http_429"] > 0
+    assert "answered 429 (too many requests): requests in flight were cut from 8" in caplog.text

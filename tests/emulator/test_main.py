@@ -79,3 +79,64 @@ def test_module_with_faults_injects_them() -> None:
         process.wait(timeout=30)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_module_serves_the_escrows_of_a_file_with_latency(tmp_path) -> None:
+    """What the end-to-end benchmark starts: the escrows its database holds, every answer late."""
+    import time
+
+    import polars as pl
+
+    expected = synthetic_state(5, seed=4)
+    file = tmp_path / "escrows.parquet"
+    pl.DataFrame(
+        {
+            "contract_id": [s.contract_id for s in expected.escrows],
+            "invoice_id": [s.invoice_id for s in expected.escrows],
+            "funded_amount": [str(s.funded_amount) for s in expected.escrows],
+            "amount": [str(s.amount) for s in expected.escrows],
+            "funding_target": [str(s.funding_target) for s in expected.escrows],
+            "status": [s.status for s in expected.escrows],
+            "funding_token": [s.funding_token for s in expected.escrows],
+        }
+    ).write_parquet(file)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reconcile_audit.emulator",
+            "--escrows-file",
+            str(file),
+            "--latency-ms",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        keys = [instance_key(s.contract_id).to_xdr() for s in expected.escrows]
+        started = time.perf_counter()
+        answer = requests.post(
+            url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "getLedgerEntries", "params": {"keys": keys}},
+            timeout=30,
+        ).json()
+        assert time.perf_counter() - started >= 0.3
+        served = [stellar_xdr.LedgerEntryData.from_xdr(e["xdr"]) for e in answer["result"]["entries"]]
+        # The file carries what the audit reads; admin and SME addresses are the emulator's own.
+        for entry, spec in zip(served, expected.escrows, strict=True):
+            funded = next(
+                f.val
+                for item in entry.contract_data.val.instance.storage.sc_map
+                if item.key.vec and item.key.vec.sc_vec[0].sym.sc_symbol == b"Escrow"
+                for f in item.val.map.sc_map
+                if f.key.sym.sc_symbol == b"funded_amount"
+            )
+            assert (funded.i128.hi.int64 << 64) + funded.i128.lo.uint64 == spec.funded_amount
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()

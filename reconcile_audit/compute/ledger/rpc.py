@@ -24,6 +24,7 @@ import concurrent.futures
 import email.utils
 import itertools
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -38,10 +39,13 @@ from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt, wait_exp
 from reconcile_audit.compute.settings import public_url
 from reconcile_audit.errors import RpcPreflightError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from reconcile_audit.compute.settings import Settings
 
-TRANSIENT_HTTP: Final = frozenset({429, 502, 503, 504})
+HTTP_TOO_MANY_REQUESTS: Final = 429
+TRANSIENT_HTTP: Final = frozenset({HTTP_TOO_MANY_REQUESTS, 502, 503, 504})
 TRANSIENT_RPC: Final = frozenset({-32001, -32003, -32603})
 SPLIT_RPC: Final = -32001  # "request too large / busy": answered by halving the batch
 MAX_KEYS: Final = 200  # getLedgerEntries' documented limit
@@ -112,8 +116,41 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+class AdaptiveLimit:
+    """At most ``limit`` requests in flight, starting at ``ceiling``: the limit halves each time
+    the server says it is overloaded (HTTP 429) and grows back by one after as many answered
+    requests in a row as the limit (additive increase, multiplicative decrease). Against a remote
+    RPC, many requests in flight hide the round trip; against a rate-limited one, fewer get through.
+    """
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = self.limit = self.lowest = max(1, ceiling)
+        self.in_flight = 0
+        self._answered = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def release(self, *, throttled: bool) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            if throttled:
+                self.limit = max(1, self.limit // 2)
+                self.lowest = min(self.lowest, self.limit)
+                self._answered = 0
+            else:
+                self._answered += 1
+                if self._answered >= self.limit and self.limit < self.ceiling:
+                    self.limit += 1
+                    self._answered = 0
+            self._changed.notify_all()
+
+
 class RpcClient:
-    """One aiohttp session to one RPC URL, with a bound on requests in flight."""
+    """One aiohttp session to one RPC URL, with an adaptive bound on requests in flight."""
 
     def __init__(
         self, url: str, *, concurrency: int, timeout: float, max_retries: int, policy: RetryPolicy
@@ -122,7 +159,7 @@ class RpcClient:
         self.policy = policy
         self.max_retries = max_retries
         self.counters = TransportCounters()
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self.in_flight = AdaptiveLimit(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._concurrency = concurrency
@@ -138,6 +175,13 @@ class RpcClient:
     async def __aexit__(self, *exc: object) -> None:
         if self._session is not None:
             await self._session.close()
+        if self.in_flight.lowest < self.in_flight.ceiling:
+            log.warning(
+                "the RPC answered 429 (too many requests): requests in flight were cut from %d "
+                "to as few as %d; lower RECONCILE_RPC_CONCURRENCY if this happens every night",
+                self.in_flight.ceiling,
+                self.in_flight.lowest,
+            )
 
     async def call(
         self,
@@ -216,7 +260,9 @@ class RpcClient:
         if method == "getLedgerEntries" and params is not None and len(params["keys"]) > MAX_KEYS:
             raise AssertionError(f"a getLedgerEntries request must carry at most {MAX_KEYS} keys")
         body = json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
-        async with self._semaphore:
+        await self.in_flight.acquire()
+        status = 0
+        try:
             if self.consecutive_failures >= self.policy.breaker_failures:
                 # The RPC is down: waiting out every remaining batch's backoff would only delay the report.
                 self.counters.fault("breaker")
@@ -237,6 +283,8 @@ class RpcClient:
                 raise self._fault("timeout", f"no answer within {self._timeout.total} s", True) from exc
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise self._fault("connection", f"{type(exc).__name__}: {exc}", True) from exc
+        finally:
+            await self.in_flight.release(throttled=status == HTTP_TOO_MANY_REQUESTS)
         return self._parse(status, retry_after, raw, model)
 
     def _fault(self, kind: str, detail: str, transient: bool, **kw: Any) -> RpcFault:
