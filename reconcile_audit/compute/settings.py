@@ -130,7 +130,9 @@ class Settings:
     # Wasm hashes of the escrow code that holds the tokens; None: custody is told by ProtocolFeeBps.
     custodial_wasm_hashes: frozenset[bytes] | None = None
     rpc_batch_size: int = 200
-    rpc_concurrency: int = 4
+    # Requests in flight, at most: enough to hide a remote RPC's round trip (benchmarks/README.md);
+    # the client halves it whenever the RPC answers 429.
+    rpc_concurrency: int = 16
     rpc_max_retries: int = 6
     rpc_timeout_seconds: float = 30.0
     rpc_use_simulate: bool = False
