@@ -625,20 +625,20 @@ def test_requests_in_flight_halve_on_429_and_grow_back() -> None:
         seen = [limit.limit]
         for throttled in (True, True):
             await limit.acquire()
-            await limit.release(throttled=throttled)
+            limit.release(throttled=throttled)
             seen.append(limit.limit)
         for _ in range(4):  # four answers in a row at a limit of 4: one more
             await limit.acquire()
-            await limit.release(throttled=False)
+            limit.release(throttled=False)
         seen.append(limit.limit)
         # Never more in flight than the limit: a fifth waiter waits for a release.
         for _ in range(5):
             await limit.acquire()
-            await limit.release(throttled=False)
+            limit.release(throttled=False)
         held = [asyncio.create_task(limit.acquire()) for _ in range(limit.limit + 1)]
         await asyncio.sleep(0.01)
         seen.append(sum(task.done() for task in held))
-        await limit.release(throttled=False)
+        limit.release(throttled=False)
         await asyncio.sleep(0.01)
         seen.append(sum(task.done() for task in held))
         seen.append(limit.lowest)

@@ -20,6 +20,7 @@ HTTP statuses) is permanent and never sent again as the same request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import email.utils
 import itertools
@@ -121,32 +122,52 @@ class AdaptiveLimit:
     the server says it is overloaded (HTTP 429) and grows back by one after as many answered
     requests in a row as the limit (additive increase, multiplicative decrease). Against a remote
     RPC, many requests in flight hide the round trip; against a rate-limited one, fewer get through.
+
+    Waiters are woken one at a time, first come first served, as a slot frees: a sweep queues
+    thousands of batches at once, and waking them all on every answer costs more than the sweep.
     """
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = self.limit = self.lowest = max(1, ceiling)
         self.in_flight = 0
         self._answered = 0
-        self._changed = asyncio.Condition()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < self.limit)
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
-
-    async def release(self, *, throttled: bool) -> None:
-        async with self._changed:
-            self.in_flight -= 1
-            if throttled:
-                self.limit = max(1, self.limit // 2)
-                self.lowest = min(self.lowest, self.limit)
-                self._answered = 0
+            return
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
+        try:
+            await slot  # the releaser counts this request in flight before waking it
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self.in_flight -= 1  # handed a slot, then cancelled: pass it on
+                self._hand_on()
             else:
-                self._answered += 1
-                if self._answered >= self.limit and self.limit < self.ceiling:
-                    self.limit += 1
-                    self._answered = 0
-            self._changed.notify_all()
+                self._waiters.remove(slot)
+            raise
+
+    def release(self, *, throttled: bool) -> None:
+        self.in_flight -= 1
+        if throttled:
+            self.limit = max(1, self.limit // 2)
+            self.lowest = min(self.lowest, self.limit)
+            self._answered = 0
+        else:
+            self._answered += 1
+            if self._answered >= self.limit and self.limit < self.ceiling:
+                self.limit += 1
+                self._answered = 0
+        self._hand_on()
+
+    def _hand_on(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                self.in_flight += 1
+                slot.set_result(None)
 
 
 class RpcClient:
@@ -284,7 +305,7 @@ class RpcClient:
             except (aiohttp.ClientError, ConnectionError) as exc:
                 raise self._fault("connection", f"{type(exc).__name__}: {exc}", True) from exc
         finally:
-            await self.in_flight.release(throttled=status == HTTP_TOO_MANY_REQUESTS)
+            self.in_flight.release(throttled=status == HTTP_TOO_MANY_REQUESTS)
         return self._parse(status, retry_after, raw, model)
 
     def _fault(self, kind: str, detail: str, transient: bool, **kw: Any) -> RpcFault:
