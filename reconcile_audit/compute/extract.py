@@ -311,6 +311,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         raise ExtractError(f"the extract query {source} returned a column polars cannot read: {exc}") from exc
     assert isinstance(frame, pl.DataFrame)
     invoices = _to_invoices(frame, source)
+    del table, frame  # the driver's copy: at 1M invoices about 0.5 GB of the stage's peak
     if invoices.is_empty():
         _check_scope(url, settings.tenant_id)
     elif declared is not None and all(column in declared for column in SUMMARY_SIDES):
