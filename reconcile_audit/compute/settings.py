@@ -144,6 +144,9 @@ class Settings:
     alert_email_to: tuple[str, ...] = ()  # "Name <addr>" or "addr", as getaddresses parsed them
     alert_email_from: str = "reconcile-audit@localhost"
     email_max_attachment_bytes: int = 5_000_000
+    # Run folders `reconcile-audit run` keeps in its output directory; the latest completed one is
+    # kept whatever its age.
+    keep_runs: int = 30
     report_base_url: str | None = None  # where run folders are published, for absolute links
     pushgateway_url: str | None = None
     metrics_textfile_dir: Path | None = None
@@ -328,6 +331,7 @@ ENVIRONMENT = {
     "alert_email_to": "ALERT_EMAIL_TO",
     "alert_email_from": "ALERT_EMAIL_FROM",
     "email_max_attachment_bytes": "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES",
+    "keep_runs": "RECONCILE_KEEP_RUNS",
     "report_base_url": "RECONCILE_REPORT_BASE_URL",
     "pushgateway_url": "PUSHGATEWAY_URL",
     "metrics_textfile_dir": "RECONCILE_METRICS_TEXTFILE_DIR",
@@ -390,6 +394,7 @@ def load_settings(
         "rpc_timeout_seconds": float,
         "smtp_port": int,
         "email_max_attachment_bytes": int,
+        "keep_runs": int,
         "stale_after_hours": float,
         "min_read_share": float,
         "rpc_use_simulate": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
@@ -427,6 +432,7 @@ _RULES: Final = (
     ("min_read_share", lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1"),
     ("tolerance_base_units", lambda v: v >= 0, "must not be negative"),
     ("email_max_attachment_bytes", lambda v: v >= 0, "must not be negative (0 attaches nothing)"),
+    ("keep_runs", lambda v: v >= 1, "must be at least 1"),
     (
         "report_base_url",
         lambda v: (

@@ -343,7 +343,7 @@ class RunContext:
     ) -> Delivered:
         """Write the artifacts, then (when ``send``) email the report and push the metrics.
 
-        The artifacts are written first so the email can attach ``results.csv`` and so a failing
+        The artifacts are written first so the email can attach the findings and so a failing
         SMTP server or Pushgateway never costs the run its files; ``summary.json`` and
         ``metrics.prom`` are then rewritten with what delivery did. Never raises over a delivery
         failure: it is a note in the summary and a metric.

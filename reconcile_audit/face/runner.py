@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from traitlets.config import Config
 
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.db import check_source_exists
-from reconcile_audit.compute.schemas import ClassCounts
+from reconcile_audit.compute.schemas import AuditStatus, ClassCounts
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
 from reconcile_audit.errors import (
     ConfigError,
@@ -213,29 +214,56 @@ def failing_cell(notebook_path: Path) -> tuple[str, str]:
     return running or ("unknown", "papermill reported an error but no cell carries one")
 
 
+_SCRUB_CHUNK: Final = 1 << 20  # characters read at a time: a 300 MB results file never sits in memory
+
+
 def scrub_secrets(directory: Path, secret_values: tuple[str, ...]) -> list[Path]:
     """Replace every secret in the run's text artifacts with ``***``; return the files changed.
 
     Tracebacks and driver messages can echo a connection string; the executed notebook keeps
-    cell outputs verbatim, so this is the last line of defence, not the first.
+    cell outputs verbatim, so this is the last line of defence, not the first. Each file is
+    streamed in chunks (a secret across two chunks is still found) and rewritten only when it
+    held one; files that are not UTF-8 text, and Parquet, are left alone.
     """
-    changed = []
     values = tuple(v for v in secret_values if v)
     if not values:
-        return changed
-    for path in sorted(directory.rglob("*")):
-        if not path.is_file() or path.suffix in {".parquet", ".png"}:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            continue
-        cleaned = text
-        for value in values:
-            cleaned = cleaned.replace(value, "***")
-        if cleaned != text:
-            path.write_text(cleaned, encoding="utf-8")
-            changed.append(path)
+        return []
+    return [
+        path
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.suffix not in {".parquet", ".png"} and _scrub_file(path, values)
+    ]
+
+
+def _scrub_file(path: Path, values: tuple[str, ...]) -> bool:
+    """Stream ``path`` into a sibling with ``values`` replaced; keep it only if anything changed."""
+    # The unflushed tail: a secret that starts in it ends in the next chunk.
+    keep = max(len(value) for value in values) - 1
+    scratch = path.with_name(path.name + ".scrub")
+    changed = False
+    try:
+        with (
+            path.open(encoding="utf-8", newline="") as source,
+            scratch.open("w", encoding="utf-8", newline="") as target,
+        ):
+            pending = ""
+            while chunk := source.read(_SCRUB_CHUNK):
+                pending += chunk
+                for value in values:
+                    if value in pending:
+                        pending = pending.replace(value, "***")
+                        changed = True
+                cut = len(pending) - keep
+                if cut > 0:
+                    target.write(pending[:cut])
+                    pending = pending[cut:]
+            target.write(pending)
+    except UnicodeDecodeError:
+        changed = False
+    if changed:
+        os.replace(scratch, path)
+    else:
+        scratch.unlink(missing_ok=True)
     return changed
 
 
@@ -545,8 +573,55 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     finally:
         if run_dir.exists():
             scrub_secrets(run_dir, settings.secrets)
+        prune_run_folders(request.output_dir.resolve(), keep=settings.keep_runs, current=run_id)
 
     return _completed(run_id, run_dir)
+
+
+_RUN_FOLDER: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # new_run_id's names: oldest sort first
+_AUDITED: Final = frozenset({AuditStatus.CLEAN.value, AuditStatus.FINDINGS.value})
+
+
+def prune_run_folders(output_dir: Path, *, keep: int, current: str) -> list[Path]:
+    """Delete the run folders of ``output_dir`` beyond the newest ``keep``; return those deleted.
+
+    Only folders named as runs are touched. The run just made and the latest completed one (its
+    ``summary.json`` says clean or findings) are kept whatever their age: a week of failures must
+    not take away the last good record. A folder that cannot be deleted is logged and kept.
+    """
+    try:
+        runs = sorted(
+            (path for path in output_dir.iterdir() if path.is_dir() and _RUN_FOLDER.fullmatch(path.name)),
+            key=lambda path: path.name,
+        )
+    except OSError as exc:
+        log.warning("could not list the run folders of %s: %s", output_dir, exc)
+        return []
+    spared = {current}
+    for path in reversed(runs):
+        if _audited(path):
+            spared.add(path.name)
+            break
+    removed = []
+    for path in runs[: max(0, len(runs) - keep)]:
+        if path.name in spared:
+            continue
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("could not delete the old run folder %s: %s", path, exc)
+            continue
+        removed.append(path)
+    if removed:
+        log.info("deleted %d run folders beyond RECONCILE_KEEP_RUNS=%d", len(removed), keep)
+    return removed
+
+
+def _audited(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status") in _AUDITED
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _failed(

@@ -54,7 +54,7 @@ class ArtifactPaths:
     report_txt: Path
     summary_json: Path
     results_parquet: Path
-    results_csv: Path
+    findings_csv: Path
     stranded_parquet: Path
     metrics_prom: Path
 
@@ -74,6 +74,11 @@ GZIP_ABOVE_BYTES: Final = 1_000_000  # a findings CSV past this travels gzip-com
 FINDINGS_ATTACHMENT: Final = "findings.csv"
 
 
+def non_match_worst_first(findings: pl.DataFrame) -> pl.DataFrame:
+    """The findings a person reads: every class but match, the report's order."""
+    return worst_first(findings.filter(pl.col("class") != "match"))
+
+
 def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | None:
     """The findings (every class but match), worst first, as CSV: gzip-compressed above 1 MB, and
     cut to the first rows that fit ``max_bytes``. None when there is nothing to attach.
@@ -81,10 +86,10 @@ def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | 
     Matches stay out: at 1M invoices every-invoice CSV is some 300 MB, which no relay takes, and
     the full results stay in the run folder.
     """
-    rows = findings.filter(pl.col("class") != "match")
+    rows = non_match_worst_first(findings)
     if rows.is_empty() or max_bytes <= 0:
         return None
-    cells = findings_csv_frame(worst_first(rows))
+    cells = findings_csv_frame(rows)
 
     def packed(count: int) -> tuple[bytes, bool]:
         data = cells.head(count).write_csv().encode("utf-8")
@@ -108,7 +113,7 @@ def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | 
         note = (
             f"Attached: {name}, the worst {kept:,} of {total:,} findings; the rest did not fit the "
             f"{max_bytes:,}-byte attachment limit (RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES) and are in "
-            "results.csv in the run folder."
+            "findings.csv in the run folder."
         )
     maintype, subtype = ("application", "gzip") if zipped else ("text", "csv")
     return Attachment(name, data, maintype, subtype, note)
@@ -253,7 +258,7 @@ def _failed(
 
 def _neutralise_formula(column: str) -> pl.Expr:
     # Spreadsheets run a cell that starts with "=", "+", "-" or "@" as a formula; a hostile id
-    # must stay text for the finance reader who opens results.csv (OWASP "CSV injection").
+    # must stay text for the finance reader who opens findings.csv (OWASP "CSV injection").
     value = pl.col(column)
     starts = pl.any_horizontal(*[value.str.starts_with(prefix) for prefix in _FORMULA_START])
     if column in _NUMERIC_TEXT:  # a negative amount stays a number; anything else is text
@@ -293,11 +298,11 @@ def write_artifacts(
     registry: CollectorRegistry,
     stranded: pl.DataFrame | None = None,
 ) -> ArtifactPaths:
-    """Write report.html, report.txt, summary.json, results.parquet, results.csv,
+    """Write report.html, report.txt, summary.json, results.parquet, findings.csv,
     stranded.parquet, metrics.prom.
 
-    ``results.parquet`` is the whole FINDINGS frame, types kept; ``results.csv`` is the same
-    rows for people; ``stranded.parquet`` the STRANDED frame. ``findings`` (``stranded``) may be
+    ``results.parquet`` is the whole FINDINGS frame, types kept; ``findings.csv`` its findings
+    (every class but match), worst first, for people; ``stranded.parquet`` the STRANDED frame. ``findings`` (``stranded``) may be
     None for a run that failed before classifying (did not check them): the files are then
     written empty, with the documented columns.
     """
@@ -309,7 +314,7 @@ def write_artifacts(
         report_txt=out_dir / "report.txt",
         summary_json=out_dir / "summary.json",
         results_parquet=out_dir / "results.parquet",
-        results_csv=out_dir / "results.csv",
+        findings_csv=out_dir / FINDINGS_ATTACHMENT,
         stranded_parquet=out_dir / "stranded.parquet",
         metrics_prom=out_dir / "metrics.prom",
     )
@@ -321,7 +326,7 @@ def write_artifacts(
         summary_text = json.dumps(dict(summary), indent=2, sort_keys=True, default=str) + "\n"
     write_atomically(paths.summary_json, lambda path: path.write_text(summary_text, encoding="utf-8"))
     write_atomically(paths.results_parquet, frame.write_parquet)
-    write_atomically(paths.results_csv, findings_csv_frame(frame).write_csv)
+    write_atomically(paths.findings_csv, findings_csv_frame(non_match_worst_first(frame)).write_csv)
     write_atomically(
         paths.stranded_parquet,
         (pl.DataFrame(schema=STRANDED) if stranded is None else stranded).write_parquet,

@@ -5,7 +5,7 @@ deltas against the previous run, and amounts formatted from exact integers. The 
 ``templates/`` only lay it out. The same HTML is the emailed body and the ``report.html``
 artifact, so it is held under ``max_bytes`` after inlining (Gmail clips bodies past ~102 KB):
 the finding lists are cut to the longest length that fits, and the report says how many rows
-are not shown and that the full list is in ``results.csv``.
+are not shown and that the full list is in ``findings.csv``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ BAR_MAX_PX: Final = 200  # fits a 375 px phone screen beside the page's padding
 # Every listed row renders to at least this many bytes, which bounds the search for the cut.
 _MIN_ROW_BYTES: Final = 32
 RESULT_FILES: Final = (
-    ("results.csv", "every invoice as CSV"),
+    ("findings.csv", "the findings (every class but match) as CSV, worst first"),
     ("results.parquet", "every invoice as Parquet"),
     ("stranded.parquet", "escrows outside the audit that still hold funds"),
     ("summary.json", "the run summary as JSON"),
@@ -199,7 +199,7 @@ class ExpiryRow:
 
 @dataclass(frozen=True)
 class Section:
-    """One list of the report, already cut. ``omitted`` rows are only in results.csv."""
+    """One list of the report, already cut. ``omitted`` rows are only in findings.csv."""
 
     rows: tuple[Any, ...]
     total: int

@@ -217,3 +217,55 @@ def test_the_log_follower_repeats_warnings_and_marked_records_and_tracks_the_sta
     repeated = [r.getMessage() for r in caplog.records if r.name.startswith("reconcile_audit.")]
     assert repeated == ["escrow reconciliation mismatch: A", "stage timings: ledger 1.0 s"]
     assert follower.stage == "ledger"
+
+
+def test_scrub_streams_and_finds_a_secret_across_chunks(tmp_path, monkeypatch):
+    """A 300 MB results file is never read whole: chunks of a few characters here, with the
+    secret cut across every boundary once, and a file without it left untouched."""
+    monkeypatch.setattr(runner, "_SCRUB_CHUNK", 7)
+    text = "".join(f"row {n}: postgresql://u:pw-123456@h/db\n" for n in range(40))
+    (tmp_path / "findings.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "clean.csv").write_text("nothing to hide\n" * 50, encoding="utf-8")
+    before = (tmp_path / "clean.csv").stat().st_mtime_ns
+    assert runner.scrub_secrets(tmp_path, ("pw-123456", "")) == [tmp_path / "findings.csv"]
+    assert (tmp_path / "findings.csv").read_text(encoding="utf-8") == text.replace("pw-123456", "***")
+    assert (tmp_path / "clean.csv").stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.csv", "findings.csv"]  # no scratch left
+
+
+def _run_folder(root: Path, name: str, status: str | None) -> Path:
+    folder = root / name
+    folder.mkdir()
+    if status is not None:
+        (folder / "summary.json").write_text(json.dumps({"status": status}), encoding="utf-8")
+    return folder
+
+
+def test_old_run_folders_are_pruned_but_never_the_latest_completed_one(tmp_path):
+    good = _run_folder(tmp_path, "20261101T020000Z-aaaaaa", "findings")
+    for day in range(2, 9):  # a week of failures after the last good night
+        _run_folder(tmp_path, f"202611{day:02d}T020000Z-bbbbbb", "failed")
+    current = _run_folder(tmp_path, "20261109T020000Z-cccccc", None)  # still being written
+    (tmp_path / "demo").mkdir()  # not a run folder: never touched
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    removed = runner.prune_run_folders(tmp_path, keep=3, current=current.name)
+    assert [p.name for p in removed] == [f"202611{day:02d}T020000Z-bbbbbb" for day in range(2, 7)]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [
+        good.name,
+        "20261107T020000Z-bbbbbb",
+        "20261108T020000Z-bbbbbb",
+        current.name,
+        "demo",
+        "notes.txt",
+    ]
+    # Nothing beyond the limit: nothing deleted.
+    assert runner.prune_run_folders(tmp_path, keep=30, current=current.name) == []
+
+
+def test_keep_runs_is_validated():
+    from reconcile_audit.compute.settings import load_settings
+
+    assert load_settings({}, {"RECONCILE_KEEP_RUNS": "5"}).keep_runs == 5
+    with pytest.raises(ConfigError, match="RECONCILE_KEEP_RUNS"):
+        load_settings({}, {"RECONCILE_KEEP_RUNS": "0"})

@@ -23,11 +23,12 @@ from reconcile_audit.output.deliver import (
     Attachment,
     build_email,
     findings_attachment,
+    findings_csv_frame,
     send_email,
     write_artifacts,
 )
 from reconcile_audit.output.metrics import RunMetricsInput, build_registry
-from reconcile_audit.output.report import Report, render_report
+from reconcile_audit.output.report import Report, render_report, worst_first
 from reconcile_audit.output.summary import RunSummary
 from tests import factories
 from tests.factories import facts, finding, frame, history_for, mismatch, realistic_rows
@@ -237,8 +238,12 @@ def test_artifacts(tmp_path: Path) -> None:
     assert parquet.schema == FINDINGS
     assert parquet.equals(findings)
 
-    csv = pl.read_csv(paths.results_csv, infer_schema=False)
+    csv = pl.read_csv(paths.findings_csv, infer_schema=False)
     assert csv.columns == list(FINDINGS)
+    # The findings only, in the report's order: every invoice is in results.parquet.
+    assert "match" not in csv["class"].to_list()
+    expected = findings_csv_frame(worst_first(findings.filter(pl.col("class") != "match")))
+    assert csv["invoice_id"].to_list() == expected["invoice_id"].to_list()
     by_id = {row["invoice_id"]: row for row in csv.iter_rows(named=True)}
     hostile = by_id['\'=HYPERLINK("http://x")']  # a formula stays text in a spreadsheet
     assert hostile["flags"] == "duplicate_summary;null_total"
@@ -283,7 +288,7 @@ def test_findings_attachment_is_compressed_above_1_mb_and_cut_to_the_cap_worst_f
     assert 0 < kept.height < 9_000
     assert kept["invoice_id"].to_list() == csv["invoice_id"].head(kept.height).to_list()  # the worst ones
     assert f"the worst {kept.height:,} of 9,000 findings" in cut.note
-    assert "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES" in cut.note and "results.csv in the run folder" in cut.note
+    assert "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES" in cut.note and "findings.csv in the run folder" in cut.note
 
     small = findings_attachment(frame(rows[:60]), 5_000_000)
     assert small is not None and small.filename == "findings.csv" and small.subtype == "csv"

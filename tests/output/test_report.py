@@ -198,7 +198,7 @@ def test_one_hundred_thousand_findings_fit_the_email_budget() -> None:
     assert report.findings_shown + report.findings_omitted == 100_000
     omitted = f"{report.findings_omitted:,} more not shown"
     assert omitted in report.html and omitted in report.text
-    assert "the full list is in results.csv" in report.html
+    assert "the full list is in findings.csv" in report.html
     # The cut is the longest that fits: one more row per list would not.
     bigger = render_report(AuditResult.of(findings), history, facts(), max_bytes=report.html_bytes + 1)
     assert bigger.findings_shown == report.findings_shown
@@ -354,7 +354,7 @@ def test_secondary_lists_are_capped_so_the_ranked_list_keeps_the_budget() -> Non
     text = report.text
     new = text[text.index("New findings") : text.index("Persisting findings")]
     assert new.count("  - INV-") == 50
-    assert "70 more not shown (of 120); the full list is in results.csv." in new
+    assert "70 more not shown (of 120); the full list is in findings.csv." in new
     assert "70 more not shown</b> (of 120)" in report.html
 
 
@@ -481,7 +481,7 @@ def test_footer_links_are_absolute_under_a_base_url_and_never_dead_without_one()
         AuditResult.of(findings), None, facts(report_base_url="https://reports.example.test/reconcile/")
     )
     base = "https://reports.example.test/reconcile/20261124T020003Z-acme"
-    for name in ("notebook.ipynb", "results.csv", "results.parquet", "summary.json"):
+    for name in ("notebook.ipynb", "findings.csv", "results.parquet", "summary.json"):
         assert f'href="{base}/{name}"' in published.html
         assert f"{base}/{name}" in published.text
 
