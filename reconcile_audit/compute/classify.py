@@ -286,7 +286,8 @@ _AMOUNT_CODES: Final = frozenset({"equal", "db_over_chain", "chain_over_db"})
 
 
 def _amount_reasons() -> pl.Expr:
-    """The sentence of ``equal`` / ``db_over_chain`` / ``chain_over_db`` rows, vectorised."""
+    """The sentence of ``equal`` / ``db_over_chain`` / ``chain_over_db`` rows, vectorised. The
+    drift is formatted only where there is one: nearly every row is equal."""
     decimals = pl.col("token_decimals")
     suffix = (
         pl.when(pl.col("currency").is_not_null() & (pl.col("currency") != ""))
@@ -298,27 +299,18 @@ def _amount_reasons() -> pl.Expr:
     scale = total.str.split(".").list.get(1, null_on_oob=True).str.len_chars().fill_null(0).cast(pl.Int64)
     db_text = format_major_expr(total.str.replace(".", "", literal=True), scale)
     chain_text = format_major_expr(pl.col("chain_funded_base_units"), decimals)
-    drift = format_major_expr(pl.col("delta_base_units").str.strip_chars_start("-"), decimals)
-    side = pl.when(pl.col("reason_code") == "db_over_chain").then(pl.lit("under")).otherwise(pl.lit("over"))
-    return (
-        pl.when(pl.col("reason_code") == "equal")
-        .then(pl.concat_str(pl.lit("DB "), db_text, suffix, pl.lit(" equals chain "), chain_text, suffix))
-        .otherwise(
-            pl.concat_str(
-                pl.lit("DB "),
-                db_text,
-                suffix,
-                pl.lit(" vs chain "),
-                chain_text,
-                suffix,
-                pl.lit(" (chain "),
-                side,
-                pl.lit(" by "),
-                drift,
-                pl.lit(")"),
-            )
-        )
+    equal = pl.col("reason_code") == "equal"
+    drift = format_major_expr(
+        pl.when(~equal).then(pl.col("delta_base_units").str.strip_chars_start("-")), decimals
     )
+    side = pl.when(pl.col("reason_code") == "db_over_chain").then(pl.lit("under")).otherwise(pl.lit("over"))
+    verb = pl.when(equal).then(pl.lit(" equals chain ")).otherwise(pl.lit(" vs chain "))
+    drift_note = (
+        pl.when(equal)
+        .then(pl.lit(""))
+        .otherwise(pl.concat_str(pl.lit(" (chain "), side, pl.lit(" by "), drift, pl.lit(")")))
+    )
+    return pl.concat_str(pl.lit("DB "), db_text, suffix, verb, chain_text, suffix, drift_note)
 
 
 def _reasons(raw: pl.DataFrame, tolerance_base_units: int, symbols: Mapping[str, str]) -> pl.Series:
