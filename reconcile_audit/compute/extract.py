@@ -119,8 +119,12 @@ MONEY_COLUMN: Final = "db_total_funded"
 _LEGACY_MONEY_COLUMN: Final = "db_total_funded_cents"
 
 
+SUMMARY_ROW_ID: Final = "summary_row_id"  # the packaged query's key to the other sides
+
+
 def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
-    """``frame`` checked and cast to ``INVOICES``; a clear error names what a user query lacks."""
+    """``frame`` checked and cast to ``INVOICES`` (with ``summary_row_id`` after, when the query
+    returns it); a clear error names what a user query lacks."""
     missing = [
         name for name in INVOICES if name not in frame.columns and name not in OPTIONAL_INVOICE_COLUMNS
     ]
@@ -165,7 +169,9 @@ def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
                 f"the extract query {source} returned column {name!r} as "
                 f"{frame.schema[name]}, which does not convert to {dtype}"
             ) from exc
-    return conform(frame, INVOICES, "extract").select(list(INVOICES)).sort("invoice_id", "invoice_pk")
+    keep = [SUMMARY_ROW_ID] if SUMMARY_ROW_ID in frame.columns else []
+    columns = [*INVOICES, *keep]
+    return conform(frame, INVOICES, "extract").select(columns).sort("invoice_id", "invoice_pk")
 
 
 COLUMN_TYPE_SQL: Final = "source_column_type.sql"
@@ -198,7 +204,8 @@ def _summary_columns(url: str) -> dict[str, str] | None:
 
 
 def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) -> pl.DataFrame:
-    """``invoices`` with what escrow_summaries says was released and is available, and its ledger."""
+    """``invoices`` with what its latest escrow_summaries row says was released and is available,
+    and the ledger it synced at: the scope's summary rows, joined by ``summary_row_id``."""
     try:
         with db.connect_source(url) as conn:
             table = conn.arrow(db.read_sql(SIDES_SQL), [settings.tenant_id])
@@ -207,11 +214,11 @@ def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) ->
     sides = pl.from_arrow(_without_extensions(table))
     assert isinstance(sides, pl.DataFrame)
     sides = sides.select(
-        pl.col("invoice_pk").cast(pl.String),
+        pl.col(SUMMARY_ROW_ID).cast(pl.String),
         *(pl.col(name).cast(INVOICES[name]) for name in OPTIONAL_INVOICE_COLUMNS),
     )
     joined = invoices.drop(OPTIONAL_INVOICE_COLUMNS).join(
-        sides, on="invoice_pk", how="left", maintain_order="left"
+        sides, on=SUMMARY_ROW_ID, how="left", maintain_order="left"
     )
     return conform(joined, INVOICES, "extract").select(list(INVOICES))
 
@@ -314,8 +321,13 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     del table, frame  # the driver's copy: at 1M invoices about 0.5 GB of the stage's peak
     if invoices.is_empty():
         _check_scope(url, settings.tenant_id)
-    elif declared is not None and all(column in declared for column in SUMMARY_SIDES):
+    elif (
+        declared is not None
+        and all(column in declared for column in SUMMARY_SIDES)
+        and SUMMARY_ROW_ID in invoices.columns
+    ):
         invoices = _with_summary_sides(invoices, url, settings)
+    invoices = invoices.select(list(INVOICES))
     logger.info(
         "extract: %d invoices in %.2f s (%s, tenant %s)",
         invoices.height,

@@ -15,12 +15,16 @@
 --   summary_row_count      summary rows for the invoice; more than 1 is a duplicate
 --   op_contract_id         contract_id of the latest escrow_operations row with
 --                          operation_type = 'create' and status = 'completed'
+--   summary_row_id         escrow_summaries.id of the latest row, by which the packaged extract
+--                          joins that row's other sides (extract_summary_sides.sql); a
+--                          replacement file may leave it out
 --
 -- Columns are qualified with full table names (no aliases) so that a schema error names the
 -- table: PostgreSQL says "column escrow_summaries.total_funded does not exist".
 WITH ranked_summaries AS (
     SELECT
         escrow_summaries.invoice_id AS invoice_id,
+        escrow_summaries.id AS summary_row_id,
         escrow_summaries.total_funded AS total_funded,
         -- The latest row wins; equal timestamps fall back to the highest id, so reruns agree.
         row_number() OVER (
@@ -51,7 +55,8 @@ SELECT
     COALESCE(CAST(ranked_summaries.total_funded AS TEXT), '0') AS db_total_funded,
     ranked_summaries.total_funded IS NULL AS total_was_null,
     COALESCE(ranked_summaries.row_count, 0) AS summary_row_count,
-    CAST(latest_create.contract_id AS TEXT) AS op_contract_id
+    CAST(latest_create.contract_id AS TEXT) AS op_contract_id,
+    CAST(ranked_summaries.summary_row_id AS TEXT) AS summary_row_id
 FROM invoices
 LEFT JOIN ranked_summaries
     ON ranked_summaries.invoice_id = invoices.id AND ranked_summaries.recency = 1

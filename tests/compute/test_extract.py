@@ -583,14 +583,15 @@ def test_the_databases_other_sides_are_read_when_the_source_has_them(source_url:
     invoices = pl.DataFrame(
         {"id": [_pk(), _pk()], "invoice_id": ["SIDES-1", "PLAIN-1"], "status": ["funded", "funded"]}
     )
+    # SIDES-1 has an older row too, whose sides must not be taken: the latest row's are.
     summaries = pl.DataFrame(
         {
-            "invoice_id": invoices["id"],
-            "total_funded": ["1250.00", "5.00"],
-            "total_released": ["250.00", None],
-            "available_amount": ["1000.00", None],
-            "stellar_ledger_sequence": ["2000123", None],
-            "last_updated_at": [T0, T0],
+            "invoice_id": [*invoices["id"], invoices["id"][0]],
+            "total_funded": ["1250.00", "5.00", "1.00"],
+            "total_released": ["250.00", None, "999.00"],
+            "available_amount": ["1000.00", None, "1.00"],
+            "stellar_ledger_sequence": ["2000123", None, "1000000"],
+            "last_updated_at": [T0, T0, T0 - timedelta(days=1)],
         }
     )
     with db.connect(source_url) as conn:
