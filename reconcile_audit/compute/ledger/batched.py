@@ -445,6 +445,9 @@ class _Custody:
     token_hash: bytes | None = None  # the balance entry's owner, which the sweep checks
 
 
+_RECORD_ONLY: Final = _Custody(False, None, _NOT_CUSTODIAL)  # immutable: one serves every such escrow
+
+
 def _custody(
     keys: Mapping[str, str],
     outcomes: Mapping[str, _Outcome],
@@ -467,7 +470,7 @@ def _custody(
             continue
         custodial = value.wasm_hash in hashes if hashes is not None else value.protocol_fee
         if not custodial:
-            custody[contract_id] = _Custody(False, None, _NOT_CUSTODIAL)
+            custody[contract_id] = _RECORD_ONLY
             continue
         token = outcomes.get(token_keys[value.funding_token])
         if type(token) is not _Found or type(token.value) is not TokenInstance:
@@ -566,9 +569,10 @@ def _funding_tokens(keys: Mapping[str, str], outcomes: Mapping[str, _Outcome]) -
     tokens: dict[str, None] = {}
     for key in keys.values():
         outcome = outcomes.get(key)
-        if isinstance(outcome, _Found) and isinstance(outcome.value, EscrowInstance):
-            if outcome.value.escrow is not None and outcome.value.funding_token is not None:
-                tokens[outcome.value.funding_token] = None
+        if type(outcome) is _Found:
+            value = outcome.value
+            if type(value) is EscrowInstance and value.escrow is not None and value.funding_token is not None:
+                tokens[value.funding_token] = None
     return list(tokens)
 
 
