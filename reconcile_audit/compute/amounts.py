@@ -75,6 +75,13 @@ def format_base_units(base_units: str | int | None, decimals: int | None, *, sig
     return "+" + body if signed and value > 0 else body
 
 
+def format_token_amount(base_units: str | int | None, decimals: int | None, symbol: str | None) -> str:
+    """:func:`format_base_units` followed by the token's symbol, when it has one (control
+    characters escaped: a symbol is chain data)."""
+    text = format_base_units(base_units, decimals)
+    return f"{text} {one_line(symbol)}" if symbol else text
+
+
 def format_decimal(text: str | None) -> str:
     """Exact decimal text, as a database prints a numeric, as major units at its own scale:
     ``"155560.584999" -> "155,560.584999"``, ``"-0.10" -> "\u22120.10"``; "n/a" for anything else."""

@@ -61,6 +61,11 @@ class AuditStatus(StrEnum):
     INCOMPLETE = "incomplete"  # too few escrows read (an RPC outage): not a result to trust
     FAILED = "failed"
 
+    @property
+    def audited(self) -> bool:
+        """The run audited every invoice: its counts are a result (clean or findings)."""
+        return self in (AuditStatus.CLEAN, AuditStatus.FINDINGS)
+
 
 class HealthStatus(StrEnum):
     """What the backend's health check reads from the latest finished run (``summary --json``)."""

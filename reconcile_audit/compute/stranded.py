@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import polars as pl
 
-from reconcile_audit.compute.amounts import format_base_units, one_line
+from reconcile_audit.compute.amounts import format_token_amount
 from reconcile_audit.compute.extract import OutOfScope
 from reconcile_audit.compute.ledger.types import LedgerRead
 from reconcile_audit.compute.resolve import out_of_scope_address
@@ -91,8 +91,7 @@ def _stranded_row(row: dict[str, Any], symbols: Mapping[str, str]) -> dict[str, 
     symbol = symbols.get(token) if token else None
 
     def money(base_units: int | str) -> str:
-        text = format_base_units(base_units, decimals)
-        return f"{text} {one_line(symbol)}" if symbol else text
+        return format_token_amount(base_units, decimals, symbol)
 
     where = (
         f"Invoice deleted at {row['deleted_at']} (status {row['status']!r})"

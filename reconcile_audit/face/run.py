@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import socket
 import tempfile
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 RUN_LOG: Final = "run.log"
 RUN_EVENTS: Final = "run.jsonl"  # the same records as JSON lines, which the runner follows
+
+
+RUN_ID_PATTERN: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # what new_run_id makes; sorts by time
 
 
 def new_run_id(now: datetime) -> str:
@@ -350,7 +354,7 @@ class RunContext:
         """
         settings = self.settings
         counts = ClassCounts.zero() if result is None else result.counts
-        audited = facts.status in (AuditStatus.CLEAN, AuditStatus.FINDINGS)
+        audited = facts.status.audited
         # A run that was not stored did not succeed: the health check and history miss it.
         success = audited and facts.persist_error is None
         cumulative = self.cumulative_mismatches(counts, persisted)

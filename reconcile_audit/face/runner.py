@@ -29,7 +29,7 @@ from traitlets.config import Config
 
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.db import check_source_exists
-from reconcile_audit.compute.schemas import AuditStatus, ClassCounts
+from reconcile_audit.compute.schemas import ClassCounts
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, url_password
 from reconcile_audit.errors import (
     ConfigError,
@@ -39,7 +39,7 @@ from reconcile_audit.errors import (
     StateLockedError,
     StateUnavailableError,
 )
-from reconcile_audit.face.run import RUN_EVENTS, RunContext, StageClock, new_run_id
+from reconcile_audit.face.run import RUN_EVENTS, RUN_ID_PATTERN, RunContext, StageClock, new_run_id
 from reconcile_audit.output.deliver import write_atomically
 from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
@@ -578,10 +578,6 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     return _completed(run_id, run_dir)
 
 
-_RUN_FOLDER: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # new_run_id's names: oldest sort first
-_AUDITED: Final = frozenset({AuditStatus.CLEAN.value, AuditStatus.FINDINGS.value})
-
-
 def prune_run_folders(output_dir: Path, *, keep: int, current: str) -> list[Path]:
     """Delete the run folders of ``output_dir`` beyond the newest ``keep``; return those deleted.
 
@@ -591,7 +587,7 @@ def prune_run_folders(output_dir: Path, *, keep: int, current: str) -> list[Path
     """
     try:
         runs = sorted(
-            (path for path in output_dir.iterdir() if path.is_dir() and _RUN_FOLDER.fullmatch(path.name)),
+            (path for path in output_dir.iterdir() if path.is_dir() and RUN_ID_PATTERN.fullmatch(path.name)),
             key=lambda path: path.name,
         )
     except OSError as exc:
@@ -619,8 +615,8 @@ def prune_run_folders(output_dir: Path, *, keep: int, current: str) -> list[Path
 
 def _audited(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8")).get("status") in _AUDITED
-    except (OSError, ValueError, AttributeError):
+        return RunSummary.from_json((run_dir / "summary.json").read_text(encoding="utf-8")).status.audited
+    except (OSError, ValueError, KeyError, TypeError):
         return False
 
 

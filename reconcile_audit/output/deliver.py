@@ -71,7 +71,7 @@ class Attachment:
 
 
 GZIP_ABOVE_BYTES: Final = 1_000_000  # a findings CSV past this travels gzip-compressed
-FINDINGS_ATTACHMENT: Final = "findings.csv"
+FINDINGS_CSV: Final = "findings.csv"  # in the run folder, and attached to the email
 
 
 def non_match_worst_first(findings: pl.DataFrame) -> pl.DataFrame:
@@ -107,7 +107,7 @@ def findings_attachment(findings: pl.DataFrame, max_bytes: int) -> Attachment | 
             data, zipped = packed(max(kept, 0))
         if kept <= 0:
             return None
-    name = FINDINGS_ATTACHMENT + (".gz" if zipped else "")
+    name = FINDINGS_CSV + (".gz" if zipped else "")
     note = f"Attached: {name}, the {total:,} findings (every class but match), worst first."
     if kept < total:
         note = (
@@ -302,9 +302,9 @@ def write_artifacts(
     stranded.parquet, metrics.prom.
 
     ``results.parquet`` is the whole FINDINGS frame, types kept; ``findings.csv`` its findings
-    (every class but match), worst first, for people; ``stranded.parquet`` the STRANDED frame. ``findings`` (``stranded``) may be
-    None for a run that failed before classifying (did not check them): the files are then
-    written empty, with the documented columns.
+    (every class but match), worst first, for people; ``stranded.parquet`` the STRANDED frame.
+    ``findings`` (``stranded``) may be None for a run that failed before classifying (did not
+    check them): the files are then written empty, with the documented columns.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame(schema=FINDINGS) if findings is None else findings
@@ -314,7 +314,7 @@ def write_artifacts(
         report_txt=out_dir / "report.txt",
         summary_json=out_dir / "summary.json",
         results_parquet=out_dir / "results.parquet",
-        findings_csv=out_dir / FINDINGS_ATTACHMENT,
+        findings_csv=out_dir / FINDINGS_CSV,
         stranded_parquet=out_dir / "stranded.parquet",
         metrics_prom=out_dir / "metrics.prom",
     )

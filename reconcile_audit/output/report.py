@@ -23,7 +23,7 @@ import css_inline
 import jinja2
 import polars as pl
 
-from reconcile_audit.compute.amounts import format_base_units, format_decimal, one_line
+from reconcile_audit.compute.amounts import format_base_units, format_decimal, format_token_amount, one_line
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASS_ORDER, CLASSES, FINDING_CLASSES, FINDINGS, AuditStatus
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING
@@ -347,8 +347,7 @@ def _stranded_row(row: Mapping[str, Any]) -> StrandedRow:
     decimals, symbol = row["token_decimals"], row["token_symbol"]
 
     def money(base_units: str) -> str:
-        text = format_base_units(base_units, decimals)
-        return f"{text} {_plain(symbol)}" if symbol else text
+        return format_token_amount(base_units, decimals, symbol)
 
     where = f"status {_plain(row['status'])}"
     if row["deleted_at"] is not None:

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import requests
-from stellar_sdk import SorobanServer
+from stellar_sdk import SorobanServer, scval
 from stellar_sdk import xdr as stellar_xdr
 
 from reconcile_audit.emulator import escrow_instance_entry, instance_key, synthetic_state
 
 
-def test_module_serves_the_seeded_state() -> None:
+@contextmanager
+def _serving(*args: str) -> Iterator[str]:
+    """``python -m reconcile_audit.emulator ARGS`` running; yields the URL it announces."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "reconcile_audit.emulator", "--escrows", "40", "--seed", "9", "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "reconcile_audit.emulator", *args], stdout=subprocess.PIPE, text=True
     )
     try:
         assert process.stdout is not None
-        url = process.stdout.readline().strip()
+        yield process.stdout.readline().strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert process.returncode is not None
+
+
+def test_module_serves_the_seeded_state() -> None:
+    with _serving("--escrows", "40", "--seed", "9", "--port", "0") as url:
         assert url.startswith("http://127.0.0.1:")
         expected = synthetic_state(40, seed=9)
         with SorobanServer(url) as client:
@@ -32,12 +44,6 @@ def test_module_serves_the_seeded_state() -> None:
         assert [stellar_xdr.LedgerEntryData.from_xdr(e.xdr) for e in entries] == [
             escrow_instance_entry(s) for s in expected.escrows
         ]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
-    assert process.returncode is not None
 
 
 def test_module_rejects_an_unknown_fault_kind() -> None:
@@ -53,32 +59,10 @@ def test_module_rejects_an_unknown_fault_kind() -> None:
 
 
 def test_module_with_faults_injects_them() -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reconcile_audit.emulator",
-            "--escrows",
-            "5",
-            "--fault-rate",
-            "1",
-            "--fault-kind",
-            "http_503",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    with _serving("--escrows", "5", "--fault-rate", "1", "--fault-kind", "http_503") as url:
         key = instance_key(synthetic_state(5).escrows[0].contract_id).to_xdr()
         body = {"jsonrpc": "2.0", "id": 1, "method": "getLedgerEntries", "params": {"keys": [key]}}
         assert requests.post(url, json=body, timeout=10).status_code == 503
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_module_serves_the_escrows_of_a_file_with_latency(tmp_path) -> None:
@@ -100,22 +84,7 @@ def test_module_serves_the_escrows_of_a_file_with_latency(tmp_path) -> None:
             "funding_token": [s.funding_token for s in expected.escrows],
         }
     ).write_parquet(file)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reconcile_audit.emulator",
-            "--escrows-file",
-            str(file),
-            "--latency-ms",
-            "300",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
+    with _serving("--escrows-file", str(file), "--latency-ms", "300") as url:
         keys = [instance_key(s.contract_id).to_xdr() for s in expected.escrows]
         started = time.perf_counter()
         answer = requests.post(
@@ -134,9 +103,4 @@ def test_module_serves_the_escrows_of_a_file_with_latency(tmp_path) -> None:
                 for f in item.val.map.sc_map
                 if f.key.sym.sc_symbol == b"funded_amount"
             )
-            assert (funded.i128.hi.int64 << 64) + funded.i128.lo.uint64 == spec.funded_amount
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
+            assert scval.from_int128(funded) == spec.funded_amount

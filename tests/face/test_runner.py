@@ -234,10 +234,16 @@ def test_scrub_streams_and_finds_a_secret_across_chunks(tmp_path, monkeypatch):
 
 
 def _run_folder(root: Path, name: str, status: str | None) -> Path:
+    """A run folder with the summary.json the run writes (none while it is still being written)."""
+    from reconcile_audit.compute.schemas import ClassCounts
+    from reconcile_audit.output.summary import RunSummary
+    from tests.factories import facts
+
     folder = root / name
     folder.mkdir()
     if status is not None:
-        (folder / "summary.json").write_text(json.dumps({"status": status}), encoding="utf-8")
+        summary = RunSummary.from_run(facts(status, run_id=name), ClassCounts.zero())
+        (folder / "summary.json").write_text(summary.to_json(), encoding="utf-8")
     return folder
 
 

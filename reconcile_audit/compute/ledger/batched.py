@@ -68,6 +68,7 @@ from reconcile_audit.compute.ledger.xdr import (
     decode_escrow_bytes,
     decode_token_bytes,
     instance_key_of_hash,
+    new_tuple,
 )
 from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, conform
 from reconcile_audit.compute.settings import Settings
@@ -233,9 +234,7 @@ class _Sweep:
                 got[key] = _Failed(f"the entry answered for this key belongs to {owner}", latest)
                 failed = True
                 continue
-            got[key] = _new_tuple(
-                _Found, (value, latest, entry.last_modified_ledger, entry.live_until_ledger)
-            )
+            got[key] = new_tuple(_Found, (value, latest, entry.last_modified_ledger, entry.live_until_ledger))
         self.entries += len(raw)
         outcomes = self.outcomes
         outcomes.update(got)
@@ -258,10 +257,6 @@ def _undecodable(exc: Exception, latest: int) -> _Failed:
         return _Failed(f"undecodable entry: {exc}", latest)
     # A decoder bug must cost one row, never the run.
     return _Failed(f"undecodable entry ({type(exc).__name__}: {exc})", latest)
-
-
-# A NamedTuple's generated __new__ is a Python function: building _Found directly halves its cost.
-_new_tuple: Final = tuple.__new__
 
 
 def _canonical_key(key: str) -> str:

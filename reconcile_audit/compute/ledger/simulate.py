@@ -5,9 +5,10 @@ One simulated ``get_escrow`` call per contract, in sequence, as the seed did (pl
 token. With ``balance_token``, also that token's ``balance(escrow)`` per contract: the balance side
 read the per-invoice way, which the benchmark compares the batched reader's balance pairs with.
 A simulation cannot see the instance's code, so custody stays unknown (``custodial`` null) and the
-balance is recorded, never held to the status invariants. It is never the default: it costs a round trip and a full stellar-sdk transaction build
-per invoice, and a simulation reports neither ``lastModifiedLedgerSeq`` nor ``liveUntilLedgerSeq``
-(those columns stay null; an archived instance fails to simulate and becomes an ``error`` row).
+balance is recorded, never held to the status invariants. It is never the default: it costs a
+round trip and a full stellar-sdk transaction build per invoice, and a simulation reports neither
+``lastModifiedLedgerSeq`` nor ``liveUntilLedgerSeq`` (those columns stay null; an archived
+instance fails to simulate and becomes an ``error`` row).
 Turn it on with ``settings.rpc_use_simulate`` only when ``getLedgerEntries`` is unavailable.
 benchmarks/ledger_bench.py times it against the batched reader over the same emulator state.
 """

@@ -144,7 +144,6 @@ _BALANCE_VALUE_SIZE: Final = (
     len(_BALANCE_VALUE_HEAD) + 16 + len(_BALANCE_VALUE_MIDDLE) + 1 + len(_BALANCE_VALUE_TAIL) + 1
 )
 _BOOL: Final = {0: False, 1: True}
-_new_tuple: Final = tuple.__new__  # a NamedTuple's generated __new__ is a Python call; this is not
 
 
 def decode_balance_fast(buf: bytes) -> TokenBalance | None:
@@ -172,7 +171,7 @@ def decode_balance_fast(buf: bytes) -> TokenBalance | None:
     if authorized is None or clawback is None:
         return None
     amount = int.from_bytes(buf[amount_at : amount_at + 16], "big", signed=True)
-    return _new_tuple(TokenBalance, (amount, authorized, clawback))  # type: ignore[no-any-return]
+    return new_tuple(TokenBalance, (amount, authorized, clawback))  # type: ignore[no-any-return]
 
 
 def decode_balance_sdk(buf: bytes) -> TokenBalance:
@@ -564,7 +563,7 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
         if invoice_id is not None:  # every group of a template is mandatory: None means absent
             if len(invoice_id) != id_len[3] or len(id_pad) != -len(invoice_id) % 4:
                 return None
-            escrow = _new_tuple(
+            escrow = new_tuple(
                 EscrowFields,
                 (
                     invoice_id.decode("ascii"),
@@ -574,7 +573,7 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
                     _from_bytes(status, "big"),
                 ),
             )
-        return _new_tuple(
+        return new_tuple(
             EscrowInstance,
             (
                 raw_hash,
@@ -590,8 +589,8 @@ def _decode_by_template(buf: bytes) -> EscrowInstance | None:
 
 _from_bytes: Final = int.from_bytes
 # A NamedTuple's generated __new__ is a Python function; building the tuple directly halves the
-# cost, and the field count is fixed right above.
-_new_tuple: Final = tuple.__new__
+# cost (the callers pass every field). The batched reader builds its results with it too.
+new_tuple: Final = tuple.__new__
 
 
 def decode_escrow_fast(buf: bytes) -> EscrowInstance | None:

@@ -45,15 +45,7 @@ def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
     one hostile id cannot keep a whole run out of the database.
     """
     frame = conform(findings, FINDINGS, "persist").select(list(FINDINGS))
-    strings = [name for name, dtype in FINDINGS.items() if dtype == pl.String]
-    return (
-        frame.with_row_index("finding_no", offset=1)
-        .with_columns(
-            pl.col("finding_no").cast(pl.Int32),
-            pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),
-        )
-        .filter(pl.col("class").ne_missing("match"))
-    )
+    return _storable(frame, first_no=1).filter(pl.col("class").ne_missing("match"))
 
 
 def stranded_rows(stranded: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
@@ -67,8 +59,13 @@ def stranded_rows(stranded: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
         pl.lit(STRANDED_CLASS).alias("class"),
         pl.lit([], dtype=FINDINGS["flags"]).alias("flags"),
     )
+    return _storable(shaped, first_no=first_no)
+
+
+def _storable(frame: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
+    """``frame`` (FINDINGS columns) numbered from ``first_no``, NUL characters as U+FFFD."""
     strings = [name for name, dtype in FINDINGS.items() if dtype == pl.String]
-    return shaped.with_row_index("finding_no", offset=first_no).with_columns(
+    return frame.with_row_index("finding_no", offset=first_no).with_columns(
         pl.col("finding_no").cast(pl.Int32),
         pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),
     )
