@@ -324,9 +324,9 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
             # the token of most escrows, so the rest are read with that token's balance key beside
             # their instance key, one request for both, instead of a second pass for every pair.
             await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
-            token_keys: dict[str, str] = {}
-            await _read_tokens(sweep, keys, token_keys, settings)
             probe = dict(itertools.islice(keys.items(), batch_size))
+            token_keys: dict[str, str] = {}
+            await _read_tokens(sweep, probe, token_keys, settings)
             likely = _likely_balance_token(probe, sweep.outcomes, token_keys, settings)
             guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
             await _read_tokens(sweep, keys, token_keys, settings)
