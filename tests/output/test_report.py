@@ -577,3 +577,11 @@ def test_stranded_escrows_not_checked_is_said_not_none() -> None:
     assert f"not checked: {why}" in text
     section = text.split("ESCROWS OUTSIDE THE AUDIT THAT STILL HOLD FUNDS (0)", 1)[1].split("ARCHIVED")[0]
     assert "Not checked this run" in section and "None." not in section
+
+
+def test_every_fact_label_in_the_text_report_is_followed_by_a_space() -> None:
+    """The longest label ("Outside the audit:") must not run into its value."""
+    text = render_report(AuditResult.of(frame([finding("A")])), None, facts()).text
+    facts_block = text.split("INVOICES BY CLASS", 1)[0]
+    for label in ("Run", "Ledger range", "Escrow balances", "Database sides", "Outside the audit"):
+        assert re.search(rf"^{label}: +\S", facts_block, re.MULTILINE), (label, facts_block)
