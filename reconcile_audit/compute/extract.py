@@ -21,6 +21,7 @@ import pyarrow as pa
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, OUT_OF_SCOPE, conform
 from reconcile_audit.compute.settings import Settings, redact_url
+from reconcile_audit.compute.sharding import in_shard
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
 logger = logging.getLogger(__name__)
@@ -327,13 +328,14 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
         and SUMMARY_ROW_ID in invoices.columns
     ):
         invoices = _with_summary_sides(invoices, url, settings)
-    invoices = invoices.select(list(INVOICES))
+    invoices = in_shard(invoices.select(list(INVOICES)), settings.shard)
     logger.info(
-        "extract: %d invoices in %.2f s (%s, tenant %s)",
+        "extract: %d invoices in %.2f s (%s, tenant %s%s)",
         invoices.height,
         time.perf_counter() - started,
         db.dialect_of(url),
         settings.tenant_id or "all",
+        "" if settings.shard is None else f", shard {settings.shard}",
     )
     return invoices
 
@@ -377,7 +379,9 @@ def extract_out_of_scope(settings: Settings) -> OutOfScope:
         return OutOfScope.not_checked(f"the out-of-scope query failed: {error}")
     frame = pl.from_arrow(_without_extensions(table))
     assert isinstance(frame, pl.DataFrame)
-    invoices = conform(frame, OUT_OF_SCOPE, "extract_out_of_scope").select(list(OUT_OF_SCOPE))
+    invoices = in_shard(
+        conform(frame, OUT_OF_SCOPE, "extract_out_of_scope").select(list(OUT_OF_SCOPE)), settings.shard
+    )
     logger.info("extract: %d out-of-scope invoices with an escrow", invoices.height)
     return OutOfScope(invoices)
 

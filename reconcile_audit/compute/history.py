@@ -40,6 +40,7 @@ from reconcile_audit.compute.schemas import (
     conform,
 )
 from reconcile_audit.compute.settings import Settings
+from reconcile_audit.compute.sharding import in_shard
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,10 @@ def _marked(current: pl.DataFrame, previous: pl.DataFrame, now: datetime) -> pl.
     )
 
 
-def _resolved(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+def _resolved(current: pl.DataFrame, previous: pl.DataFrame, *, every_row: bool = True) -> pl.DataFrame:
+    """Previous findings that are no longer findings. A merge of shards holds no plain match, so
+    it cannot tell a match from an invoice no longer extracted: ``no_longer_found`` says so."""
+    gone = "not_extracted" if every_row else "no_longer_found"
     now_class = current.filter(pl.col("invoice_id").is_not_null()).select(
         "invoice_id", pl.col("class").alias("_now_class")
     )
@@ -144,7 +148,7 @@ def _resolved(current: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("_now_class").is_null() | (pl.col("_now_class") == "match"))
         .with_columns(
             pl.when(pl.col("_now_class").is_null())
-            .then(pl.lit("not_extracted"))
+            .then(pl.lit(gone))
             .otherwise(pl.lit("match"))
             .alias("resolved_as")
         )
@@ -179,13 +183,16 @@ def compare_with_history(
     except Exception as exc:
         runs, previous = pl.DataFrame(schema=_PREVIOUS_RUNS), pl.DataFrame(schema=_PREVIOUS_FINDINGS)
         warning = f"history unavailable, every finding is marked new: {describe_error(exc, url)}"
+    # A shard is compared with the earlier whole runs' findings of its own invoices only: the
+    # others are not "resolved", they are in another shard.
+    previous = in_shard(previous, settings.shard)
     if warning is not None:
         logger.warning("history for run %r: %s", run_key, warning)
     previous_run = runs.row(0, named=True) if runs.height else None
     marked = conform(_marked(current, previous, now), HISTORY_FINDINGS, "history")
     return HistoryComparison(
         findings=marked,
-        resolved=_resolved(current, previous),
+        resolved=_resolved(current, previous, every_row=result.holds_every_row),
         trend=_trend(runs, result.counts, run_key, now),
         previous_counts=(ClassCounts.of(previous_run) if previous_run else None),
         previous_run_key=previous_run["run_key"] if previous_run else None,

@@ -7,7 +7,7 @@ read its counts instead of counting the findings again, so every artifact agrees
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import polars as pl
 
@@ -18,9 +18,37 @@ NOT_LOOKED_FOR: Final = "the run did not look for invoices outside the audit"
 
 
 @dataclass(frozen=True)
+class Tallies:
+    """Counts over every row of a run that its facts report. Counted from the findings when the
+    result holds every row; carried from the shards when it is a merge, which holds only the rows
+    they stored."""
+
+    balances_checked: int  # rows whose escrow balance was read
+    database_sides_compared: bool  # the source had the database's other sides
+
+    @classmethod
+    def of(cls, findings: pl.DataFrame) -> Tallies:
+        return cls(
+            balances_checked=int(findings.get_column("chain_balance_base_units").is_not_null().sum()),
+            database_sides_compared=bool(findings.get_column("db_ledger_sequence").is_not_null().any()),
+        )
+
+    @classmethod
+    def combined(cls, parts: list[Tallies]) -> Tallies:
+        return cls(
+            balances_checked=sum(part.balances_checked for part in parts),
+            database_sides_compared=any(part.database_sides_compared for part in parts),
+        )
+
+
+@dataclass(frozen=True)
 class AuditResult:
     """The FINDINGS frame (one row per extracted invoice), its class counts, and the ledger range
-    the escrows were read at (``None`` when nothing was read)."""
+    the escrows were read at (``None`` when nothing was read).
+
+    A merge of shards (``held_tallies`` set) holds only the rows the shards stored: every
+    non-match, and the matches with a flag. Its plain matches are in ``counts`` alone.
+    """
 
     findings: pl.DataFrame
     counts: ClassCounts
@@ -30,12 +58,42 @@ class AuditResult:
     reread: int = 0  # escrows read again after the sweep because they changed while it ran
     # Escrows of invoices outside the audit that still hold funds: apart from the counts.
     stranded: Stranded = field(default_factory=lambda: Stranded.not_checked(NOT_LOOKED_FOR))
+    held_tallies: Tallies | None = None
 
     def __post_init__(self) -> None:
-        if self.counts.total != self.findings.height:
+        if self.held_tallies is not None:
+            held = count_classes(self.findings)
+            if held.total - held.match != self.counts.non_match or held.match > self.counts.match:
+                raise ValueError(f"counts say {self.counts}, the merged rows hold {held}")
+        elif self.counts.total != self.findings.height:
             raise ValueError(
                 f"counts say {self.counts.total} invoices, the findings hold {self.findings.height}"
             )
+
+    @property
+    def holds_every_row(self) -> bool:
+        return self.held_tallies is None
+
+    @property
+    def tallies(self) -> Tallies:
+        return self.held_tallies if self.held_tallies is not None else Tallies.of(self.findings)
+
+    def stored_facts(self) -> dict[str, Any]:
+        """What a merge of shards needs from each shard's stored result that its rows do not say
+        (``reconciliation_runs.results["facts"]``)."""
+        tallies = self.tallies
+        return {
+            "balances_checked": tallies.balances_checked,
+            "database_sides_compared": tallies.database_sides_compared,
+            "reread": self.reread,
+            "incomplete": self.incomplete,
+            # Whole: the stored rows of class stranded lack the invoice's status and deletion time.
+            "stranded": {
+                "skipped": self.stranded.skipped,
+                "checked": self.stranded.checked,
+                "rows": self.stranded.frame.to_dicts(),
+            },
+        }
 
     @classmethod
     def of(

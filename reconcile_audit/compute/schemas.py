@@ -339,7 +339,7 @@ RESOLVED_FINDINGS: Final = pl.Schema(
         "reason_code": pl.String,  # the previous run's
         "reason": pl.String,  # the previous run's
         "first_seen_at": pl.Datetime("us", "UTC"),
-        "resolved_as": pl.String,  # match | not_extracted
+        "resolved_as": pl.String,  # match | not_extracted | no_longer_found (a merge: either)
     }
 )
 # The last runs (earlier completed ones, then the current run), oldest first.

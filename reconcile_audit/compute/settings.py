@@ -106,6 +106,45 @@ def _hidden_url_parts(url: str) -> list[str]:
     return hidden
 
 
+_SHARD_TEXT: Final = re.compile(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One of ``count`` disjoint parts of a run's invoices: those whose id hashes to ``index``
+    (0-based, as Kubernetes' ``JOB_COMPLETION_INDEX``). The hash is CRC-32 of the id's UTF-8
+    bytes, modulo ``count``: fixed by this definition, not by a library's version, so shards run
+    by different hosts or releases still split the invoices the same way. A missing id is in
+    shard 0, so every extracted invoice is in exactly one shard."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (self.count >= 1 and 0 <= self.index < self.count):
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 to count - 1")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"``, as ``run --shard`` and ``RECONCILE_SHARD`` take it."""
+        match = _SHARD_TEXT.fullmatch(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not I/N (for example 0/4)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def label(self) -> str:
+        """For keys and file names: ``shard-2-of-4``."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def key_of(self, run_key: str) -> str:
+        """The stored key of this shard's result within ``run_key``."""
+        return f"{run_key}#{self.label}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a run needs. Built by :func:`load_settings`; immutable afterwards.
@@ -153,6 +192,7 @@ class Settings:
     stale_after_hours: float = 25.0
     min_read_share: float = 0.99  # below this share of escrows read, the run is incomplete
     run_key: str | None = None
+    shard: Shard | None = None  # this run reconciles one shard of the invoices; None: all of them
 
     def __repr__(self) -> str:
         shown = []
@@ -338,6 +378,7 @@ ENVIRONMENT = {
     "stale_after_hours": "RECONCILE_STALE_AFTER_HOURS",
     "min_read_share": "RECONCILE_MIN_READ_SHARE",
     "run_key": "RECONCILE_RUN_KEY",
+    "shard": "RECONCILE_SHARD",
 }
 SECRET_ONLY_FROM_ENV = frozenset({"smtp_password"})
 
@@ -401,6 +442,7 @@ def load_settings(
         "smtp_starttls": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "extract_sql_path": Path,
         "metrics_textfile_dir": Path,
+        "shard": lambda v: v if isinstance(v, Shard) else Shard.parse(str(v)),
     }
     for name in ENVIRONMENT:
         if name in values or name not in raw:

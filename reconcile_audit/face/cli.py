@@ -1,4 +1,4 @@
-"""The ``reconcile-audit`` command: run, demo, check, summary, unlock, migrate, version.
+"""The ``reconcile-audit`` command: run, merge, demo, check, summary, unlock, migrate, version.
 
 Exit codes: :class:`reconcile_audit.errors.ExitCode` (0 clean, 1 findings, 2 failed, 3 lease held).
 """
@@ -150,6 +150,13 @@ def run(
     run_key: Annotated[
         str | None, typer.Option(help="Idempotency key; default: <tenant or all>:<UTC date>.")
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: reconcile only shard I (0-based) of N of the invoices, by a hash of their id, as "
+            "part of the run key; `merge` then combines the N shards. Default: $RECONCILE_SHARD, else all.",
+        ),
+    ] = None,
     prepare_only: Annotated[
         bool, typer.Option("--prepare-only", help="Write the parameterised notebook without running it.")
     ] = False,
@@ -174,6 +181,8 @@ def run(
         parameters["tenant_id"] = tenant
     if run_key is not None:
         parameters["run_key"] = run_key
+    if shard is not None:
+        parameters["shard"] = shard
     request = RunRequest(
         parameters=parameters,
         output_dir=output_dir or default_output_dir(),
@@ -183,6 +192,44 @@ def run(
         cell_timeout_seconds=cell_timeout,
     )
     _finish(runner.run(request))
+
+
+@app.command(epilog=_environment_epilog())
+def merge(
+    run_key: Annotated[
+        str, typer.Option(help="The run key whose shards to merge (as given to `run --shard`).")
+    ],
+    tenant: Annotated[str | None, typer.Option(help="The tenant scope the shards ran for.")] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="How many shards the key was split into. Default: as the latest stored shard says."
+        ),
+    ] = None,
+    output_dir: OutputDir = None,
+    deliver: Annotated[
+        bool, typer.Option(help="Send the email and push metrics when they are configured.")
+    ] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    log_format: LogFormatOption = LogFormat.TEXT,
+) -> None:
+    """Combine the stored shards of a run key into its whole result: report, summary, metrics.
+
+    Exit 0 clean, 1 findings, 2 failed or incomplete (a shard is missing or did not complete: run
+    it again, then merge again), 3 another run holds the lease.
+    """
+    from reconcile_audit.face.merge import MergeRequest
+    from reconcile_audit.face.merge import merge as merge_run
+
+    _configure_logging(verbose, log_format)
+    request = MergeRequest(
+        run_key=run_key,
+        tenant_id=tenant,
+        shard_count=shards,
+        output_dir=output_dir or default_output_dir(),
+        deliver=deliver,
+    )
+    _finish(merge_run(request))
 
 
 @app.command(

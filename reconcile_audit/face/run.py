@@ -220,7 +220,12 @@ class RunContext:
         install_redaction(settings)
         log_to_file(out_dir / RUN_LOG, settings)
         persist.start_run(
-            context.state_url, context.run_key, settings.tenant_id, clock.started_at, attempt=context.run_id
+            context.state_url,
+            context.run_key,
+            settings.tenant_id,
+            clock.started_at,
+            attempt=context.run_id,
+            shard=settings.shard,
         )
         return context
 
@@ -235,7 +240,8 @@ class RunContext:
     @property
     def headline(self) -> str:
         sources = "demo data" if self.demo else "configured sources"
-        return f"run `{self.run_id}`, key `{self.run_key}`, {sources}; artifacts in `{self.out_dir}`"
+        shard = "" if self.settings.shard is None else f", shard {self.settings.shard}"
+        return f"run `{self.run_id}`, key `{self.run_key}`{shard}, {sources}; artifacts in `{self.out_dir}`"
 
     def stage(self, name: str) -> Any:
         """``with context.stage("extract"): ...`` times one stage for the report and metrics."""
@@ -258,12 +264,17 @@ class RunContext:
             if result and result.incomplete
             else error_message,
             attempt=self.run_id,
+            shard=self.settings.shard,
         )
 
     def persist(self, result: AuditResult) -> PersistOutcome:
         """Store the completed run and its non-match findings (never raises; see persist_run)."""
         return persist.persist_run(
-            self.state_url, self.run_record(result), result.findings, result.stranded.frame
+            self.state_url,
+            self.run_record(result),
+            result.findings,
+            result.stranded.frame,
+            result.stored_facts(),
         )
 
     def facts(
@@ -294,12 +305,8 @@ class RunContext:
             if self.settings.currency_tokens is None
             else tuple(sorted(self.settings.currency_tokens)),
             run_folder=f"{socket.gethostname()}:{self.out_dir}",
-            database_sides_compared=None
-            if result is None
-            else bool(result.findings.get_column("db_ledger_sequence").is_not_null().any()),
-            balances_checked=None
-            if result is None
-            else int(result.findings.get_column("chain_balance_base_units").is_not_null().sum()),
+            database_sides_compared=None if result is None else result.tallies.database_sides_compared,
+            balances_checked=None if result is None else result.tallies.balances_checked,
             reread=None if result is None else result.reread,
             stranded=None if result is None or result.stranded.skipped else result.stranded.frame.height,
             report_base_url=self.settings.report_base_url,
@@ -401,6 +408,10 @@ class RunContext:
         )
         if not send:
             return Delivered(paths, summary, (), registry)
+        if settings.shard is not None:
+            # One email and one push per run key, from its merge, never one per shard.
+            note = f"shard {settings.shard}: nothing sent; `reconcile-audit merge` delivers the whole run"
+            return Delivered(paths, summary, (note,), registry)
 
         notes: list[str] = []
         email = self.send_report(result, comparison, facts, findings)

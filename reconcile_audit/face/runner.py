@@ -520,10 +520,10 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     try:
         with environment(environ):
             kernel = ensure_kernel(request.kernel_name)
-            with persist.run_lease(state_url, settings.tenant_id, holder):
+            with persist.run_lease(state_url, settings.tenant_id, holder, shard=settings.shard):
                 # Under the lease no other attempt of the scope is alive: one still marked
                 # running was killed, and is closed as abandoned before this one starts.
-                persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
+                persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id, settings.shard)
                 follower = KernelLogFollower(run_dir / RUN_EVENTS)
                 follower.start()
                 # papermill rewrites the executed notebook after every cell; it becomes
@@ -575,7 +575,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
             scrub_secrets(run_dir, settings.secrets)
         prune_run_folders(request.output_dir.resolve(), keep=settings.keep_runs, current=run_id)
 
-    return _completed(run_id, run_dir)
+    return completed_outcome(run_id, run_dir)
 
 
 def prune_run_folders(output_dir: Path, *, keep: int, current: str) -> list[Path]:
@@ -641,7 +641,8 @@ def _failed(
     )
 
 
-def _completed(run_id: str, run_dir: Path) -> RunOutcome:
+def completed_outcome(run_id: str, run_dir: Path) -> RunOutcome:
+    """The outcome of a run whose summary.json was written: its exit code and line."""
     summary_path = run_dir / "summary.json"
     try:
         summary = RunSummary.from_json(summary_path.read_text(encoding="utf-8"))

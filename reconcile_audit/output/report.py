@@ -309,7 +309,11 @@ def _finding_row(row: Mapping[str, Any]) -> FindingRow:
     )
 
 
-_RESOLVED_AS: Final = {"match": "now matches", "not_extracted": "no longer extracted"}
+_RESOLVED_AS: Final = {
+    "match": "now matches",
+    "not_extracted": "no longer extracted",
+    "no_longer_found": "now matches or no longer extracted",
+}
 
 
 def _state_row(row: Mapping[str, Any]) -> StateRow:

@@ -38,14 +38,22 @@ RESULTS_ORDER: Final = (
 _STAGING: Final = "reconcile_findings_staging"
 
 
-def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
-    """The FINDINGS rows to store: every class but ``match``, numbered by frame position.
+def stored_rows(findings: pl.DataFrame) -> pl.DataFrame:
+    """The FINDINGS rows to store: every class but ``match``, and the matches that carry a flag
+    (a merge of shards lists those as one run does), numbered by frame position.
 
     NUL characters, which PostgreSQL text cannot hold, become U+FFFD on both dialects so that
     one hostile id cannot keep a whole run out of the database.
     """
     frame = conform(findings, FINDINGS, "persist").select(list(FINDINGS))
-    return _storable(frame, first_no=1).filter(pl.col("class").ne_missing("match"))
+    return _storable(frame, first_no=1).filter(
+        pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
+    )
+
+
+def non_match_rows(findings: pl.DataFrame) -> pl.DataFrame:
+    """The stored rows that are findings: every class but ``match``."""
+    return stored_rows(findings).filter(pl.col("class").ne_missing("match"))
 
 
 def stranded_rows(stranded: pl.DataFrame, *, first_no: int) -> pl.DataFrame:

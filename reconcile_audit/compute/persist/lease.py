@@ -25,6 +25,7 @@ from reconcile_audit.compute.persist.session import (
     transaction,
     utc_now,
 )
+from reconcile_audit.compute.settings import Shard
 from reconcile_audit.errors import LeaseHeldError, PersistError, StateLockedError
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,26 @@ class Lease:
     token: str
     acquired_at: datetime
     expires_at: datetime
+    shard: Shard | None = None
+
+    @property
+    def scope(self) -> str:
+        return _scope(self.tenant_id, self.shard)
+
+    @property
+    def label(self) -> str:
+        return _tenant_label(self.tenant_id, self.shard)
 
 
-def _scope(tenant_id: str | None) -> str:
-    return "all" if tenant_id is None else f"tenant:{tenant_id}"
+def _scope(tenant_id: str | None, shard: Shard | None = None) -> str:
+    # A shard of a scope is a scope of its own: the shards of one run key run side by side.
+    whole = "all" if tenant_id is None else f"tenant:{tenant_id}"
+    return whole if shard is None else f"{whole}#{shard.label}"
 
 
-def _tenant_label(tenant_id: str | None) -> str:
-    return ALL_TENANTS if tenant_id is None else tenant_id
+def _tenant_label(tenant_id: str | None, shard: Shard | None = None) -> str:
+    whole = ALL_TENANTS if tenant_id is None else tenant_id
+    return whole if shard is None else f"{whole}, shard {shard}"
 
 
 def _holder_text(row: Mapping[str, Any]) -> str:
@@ -80,10 +93,17 @@ def _holder_is_dead(holder: str) -> bool:
     return False
 
 
-def _acquire(url: str, tenant_id: str | None, holder: str, ttl: timedelta, lock_wait_seconds: float) -> Lease:
+def _acquire(
+    url: str,
+    tenant_id: str | None,
+    holder: str,
+    ttl: timedelta,
+    lock_wait_seconds: float,
+    shard: Shard | None,
+) -> Lease:
     acquired_at = utc_now()
-    lease = Lease(tenant_id, holder, uuid.uuid4().hex, acquired_at, acquired_at + ttl)
-    scope = _scope(tenant_id)
+    lease = Lease(tenant_id, holder, uuid.uuid4().hex, acquired_at, acquired_at + ttl, shard)
+    scope = lease.scope
     with state_session(url, lock_wait_seconds=lock_wait_seconds) as conn:
         migrate_connection(conn)
         with transaction(conn):
@@ -98,11 +118,11 @@ def _acquire(url: str, tenant_id: str | None, holder: str, ttl: timedelta, lock_
             # Read again after the write: on PostgreSQL a concurrent winner commits in between.
             current = before if won else read_frame(conn, read_sql("persist/lease_holder.sql"), (scope,))
     if not won:
-        raise LeaseHeldError(_tenant_label(tenant_id), _holder_text(current.row(0, named=True)))
+        raise LeaseHeldError(lease.label, _holder_text(current.row(0, named=True)))
     if not before.is_empty():
         logger.warning(
             "took over the lease for %s from %s, %s",
-            _tenant_label(tenant_id),
+            lease.label,
             _holder_text(before.row(0, named=True)),
             "whose process is gone" if dead_token else "which had expired",
         )
@@ -114,52 +134,40 @@ def _renew(url: str, lease: Lease, ttl: timedelta, lock_wait_seconds: float) -> 
     lease then expires on its own within ``ttl``, which is the point of a short one."""
     try:
         with state_session(url, lock_wait_seconds=lock_wait_seconds) as conn, transaction(conn):
-            kept = conn.rows(
-                read_sql("persist/lease_renew.sql"), (_scope(lease.tenant_id), lease.token, utc_now() + ttl)
-            )
+            kept = conn.rows(read_sql("persist/lease_renew.sql"), (lease.scope, lease.token, utc_now() + ttl))
     except Exception as exc:
-        logger.warning(
-            "lease heartbeat for %s failed: %s", _tenant_label(lease.tenant_id), describe_error(exc, url)
-        )
+        logger.warning("lease heartbeat for %s failed: %s", lease.label, describe_error(exc, url))
         return True
     if not kept:
-        logger.error(
-            "the lease for %s is no longer this run's (broken or taken over)", _tenant_label(lease.tenant_id)
-        )
+        logger.error("the lease for %s is no longer this run's (broken or taken over)", lease.label)
     return bool(kept)
 
 
-def break_lease(url: str, tenant_id: str | None) -> str | None:
+def break_lease(url: str, tenant_id: str | None, shard: Shard | None = None) -> str | None:
     """Remove the scope's lease whoever holds it (``reconcile-audit unlock``); return whose it was."""
     try:
         with state_session(url) as conn:
             migrate_connection(conn)
             with transaction(conn):
-                removed = read_frame(conn, read_sql("persist/lease_break.sql"), (_scope(tenant_id),))
+                removed = read_frame(conn, read_sql("persist/lease_break.sql"), (_scope(tenant_id, shard),))
     except Exception as exc:
         raise PersistError(f"cannot break the run lease: {describe_error(exc, url)}") from exc
     if removed.is_empty():
         return None
     held = _holder_text(removed.row(0, named=True))
-    logger.warning("broke the lease for %s held by %s", _tenant_label(tenant_id), held)
+    logger.warning("broke the lease for %s held by %s", _tenant_label(tenant_id, shard), held)
     return held
 
 
 def _release(url: str, lease: Lease, lock_wait_seconds: float) -> None:
     try:
         with state_session(url, lock_wait_seconds=lock_wait_seconds) as conn, transaction(conn):
-            released = conn.rows(
-                read_sql("persist/lease_release.sql"), (_scope(lease.tenant_id), lease.token)
-            )
+            released = conn.rows(read_sql("persist/lease_release.sql"), (lease.scope, lease.token))
     except Exception as exc:  # the lease expires on its own; do not mask the run's outcome
-        logger.error(
-            "could not release the lease for %s: %s", _tenant_label(lease.tenant_id), describe_error(exc, url)
-        )
+        logger.error("could not release the lease for %s: %s", lease.label, describe_error(exc, url))
         return
     if not released:
-        logger.warning(
-            "the lease for %s had expired and was taken over during the run", _tenant_label(lease.tenant_id)
-        )
+        logger.warning("the lease for %s had expired and was taken over during the run", lease.label)
 
 
 @contextmanager
@@ -171,6 +179,7 @@ def run_lease(
     *,
     lock_wait_seconds: float = LOCK_WAIT_SECONDS,
     heartbeat: bool = True,
+    shard: Shard | None = None,
 ) -> Iterator[Lease]:
     """Hold the tenant scope's lease for the block: one run at a time per tenant.
 
@@ -186,7 +195,7 @@ def run_lease(
     if ttl <= timedelta(0):
         raise ValueError("ttl must be positive")
     try:
-        lease = _acquire(url, tenant_id, holder, ttl, lock_wait_seconds)
+        lease = _acquire(url, tenant_id, holder, ttl, lock_wait_seconds, shard)
     except LeaseHeldError:
         raise
     except Exception as exc:

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -21,8 +22,8 @@ import polars as pl
 from reconcile_audit.compute.db import Connection, read_sql
 from reconcile_audit.compute.persist.findings import (
     insert_findings,
-    non_match_rows,
     results_digest,
+    stored_rows,
     stranded_rows,
 )
 from reconcile_audit.compute.persist.migrate import migrate_connection
@@ -35,7 +36,7 @@ from reconcile_audit.compute.persist.session import (
     utc_now,
 )
 from reconcile_audit.compute.schemas import COUNT_NAMES, ClassCounts, RunStatus
-from reconcile_audit.compute.settings import redact_url
+from reconcile_audit.compute.settings import Shard, redact_url
 from reconcile_audit.errors import PersistError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,12 @@ class RunRecord:
     error_message: str | None = None
     # The attempt this record ends: the runner's run id. None: a new attempt of its own.
     attempt: str | None = None
+    shard: Shard | None = None  # the part of run_key's invoices this run reconciled; None: all
+
+    @property
+    def stored_key(self) -> str:
+        """The key of the ``reconciliation_runs`` row: the run key, or its shard's own key."""
+        return self.run_key if self.shard is None else self.shard.key_of(self.run_key)
 
     def __post_init__(self) -> None:
         if self.attempt is None:
@@ -88,8 +95,9 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
     # reconciliation_runs knows running, completed and failed (its first migration's CHECK): an
     # incomplete result is stored there as failed, its attempt keeps the finer status.
     status = RunStatus.FAILED if record.status == RunStatus.INCOMPLETE else record.status
-    return (
-        record.run_key,
+    shard = record.shard
+    params = (
+        record.stored_key,
         record.tenant_id,
         as_utc(record.started_at),
         as_utc(record.finished_at) if record.finished_at is not None else None,
@@ -100,14 +108,15 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
         record.error_message,
         results,
     )
+    shard_columns = (None, None, None) if shard is None else (record.run_key, shard.index, shard.count)
+    return (*params, *shard_columns)
 
 
 def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int | None:
     """The key's result row; None when a completed result was kept (``record`` is a failure)."""
     replace_completed = record.status == RunStatus.COMPLETED
-    written = conn.rows(
-        read_sql("persist/upsert_run.sql"), (*_run_params(record, results), replace_completed)
-    )
+    params = _run_params(record, results)
+    written = conn.rows(read_sql("persist/upsert_run.sql"), (*params[:15], replace_completed, *params[15:]))
     return int(written[0][0]) if written else None
 
 
@@ -125,6 +134,8 @@ def _record_attempt(conn: Connection, record: RunRecord) -> None:
             record.ledger_min,
             record.ledger_max,
             record.error_message,
+            None if record.shard is None else record.shard.index,
+            None if record.shard is None else record.shard.count,
         ),
     )
 
@@ -142,14 +153,27 @@ def _write(conn: Connection, record: RunRecord, rows: pl.DataFrame, results: str
 
 
 def start_run(
-    url: str, run_key: str, tenant_id: str | None, started_at: datetime, *, attempt: str | None = None
+    url: str,
+    run_key: str,
+    tenant_id: str | None,
+    started_at: datetime,
+    *,
+    attempt: str | None = None,
+    shard: Shard | None = None,
 ) -> None:
     """Record a new attempt of ``run_key`` as running. The key's stored result is not touched.
 
     Migrates first. Raises :class:`PersistError` (redacted cause) when the database refuses.
     """
     record = RunRecord(
-        run_key, tenant_id, started_at, None, RunStatus.RUNNING, ClassCounts.zero(), attempt=attempt
+        run_key,
+        tenant_id,
+        started_at,
+        None,
+        RunStatus.RUNNING,
+        ClassCounts.zero(),
+        attempt=attempt,
+        shard=shard,
     )
     try:
         with state_session(url) as conn:
@@ -160,7 +184,9 @@ def start_run(
         raise PersistError(f"cannot record the start of run {run_key!r}: {describe_error(exc, url)}") from exc
 
 
-def abandon_stale_attempts(url: str, tenant_id: str | None, attempt: str) -> tuple[str, ...]:
+def abandon_stale_attempts(
+    url: str, tenant_id: str | None, attempt: str, shard: Shard | None = None
+) -> tuple[str, ...]:
     """Mark the scope's other attempts still ``running`` as abandoned; return their run ids.
 
     Only the holder of the scope's lease may call this: under the lease no other attempt can be
@@ -170,7 +196,10 @@ def abandon_stale_attempts(url: str, tenant_id: str | None, attempt: str) -> tup
         with state_session(url) as conn:
             migrate_connection(conn)
             with transaction(conn):
-                rows = conn.rows(read_sql("persist/abandon_stale_attempts.sql"), (tenant_id, attempt))
+                rows = conn.rows(
+                    read_sql("persist/abandon_stale_attempts.sql"),
+                    (tenant_id, attempt, *((None, None) if shard is None else (shard.index, shard.count))),
+                )
     except Exception as exc:
         raise PersistError(f"cannot close abandoned attempts: {describe_error(exc, url)}") from exc
     abandoned = tuple(str(row[0]) for row in rows)
@@ -180,10 +209,16 @@ def abandon_stale_attempts(url: str, tenant_id: str | None, attempt: str) -> tup
 
 
 def persist_run(
-    url: str, record: RunRecord, findings: pl.DataFrame, stranded: pl.DataFrame | None = None
+    url: str,
+    record: RunRecord,
+    findings: pl.DataFrame,
+    stranded: pl.DataFrame | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> PersistOutcome:
     """End the attempt and, for a completed one, store the key's result and its non-match
-    findings, with its stranded escrows (class ``stranded``, after them), all in one transaction.
+    findings (and the matches with a flag), with its stranded escrows (class ``stranded``, after
+    them), all in one transaction. ``facts`` go into the results digest under ``"facts"``: what
+    a merge of shards needs that the rows do not say.
 
     A later completed attempt of the same ``run_key`` replaces the result and its findings; a
     failed one (``record.status`` failed) never does: it is stored as the key's result only when
@@ -193,8 +228,10 @@ def persist_run(
     """
     clock = time.perf_counter()
     try:
-        rows = non_match_rows(findings)
-        digest = results_digest(rows)
+        rows = stored_rows(findings)
+        digest = results_digest(rows.filter(pl.col("class") != "match"))
+        if facts is not None:
+            digest["facts"] = dict(facts)
         if stranded is not None and not stranded.is_empty():
             rows = pl.concat([rows, stranded_rows(stranded, first_no=findings.height + 1)])
         with state_session(url) as conn:

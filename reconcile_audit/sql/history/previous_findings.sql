@@ -13,6 +13,7 @@ WITH runs AS (
         row_number() OVER (ORDER BY started_at DESC, id DESC) AS recency
     FROM reconciliation_runs
     WHERE status = 'completed'
+      AND shard_of IS NULL
       AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
       AND run_key <> $2
       AND started_at < CAST($3 AS TIMESTAMPTZ)
@@ -25,7 +26,7 @@ appearances AS (
     FROM reconciliation_findings AS f
     JOIN runs AS r ON r.id = f.run_id
     WHERE f.invoice_id IS NOT NULL
-      AND f.class <> 'stranded'  -- stored beside the findings, never one of them
+      AND f.class NOT IN ('stranded', 'match')  -- stored beside the findings, never one of them
 )
 -- An id twice in one run (the source should prevent it) reports the smallest of its values.
 SELECT

@@ -5,6 +5,7 @@ SELECT
     run_key, started_at, total, match, mismatch, missing_on_chain, unlinked, error
 FROM reconciliation_runs
 WHERE status = 'completed'
+  AND shard_of IS NULL  -- whole runs (a merge of shards is one)
   AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
   AND run_key <> $2
   AND started_at < CAST($3 AS TIMESTAMPTZ)

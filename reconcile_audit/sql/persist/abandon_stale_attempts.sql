@@ -1,5 +1,6 @@
 -- Attempts of one tenant scope still marked running when a new run holds the lease: whoever ran
 -- them is gone (the lease is one run at a time), so they are abandoned, not left running forever.
+-- A shard's lease is its own: $3/$4 name the shard (NULL for a whole run).
 UPDATE reconciliation_attempts
 SET status = 'abandoned',
     finished_at = now(),
@@ -8,4 +9,6 @@ SET status = 'abandoned',
 WHERE status = 'running'
   AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
   AND run_id <> $2
+  AND shard_index IS NOT DISTINCT FROM CAST($3 AS INTEGER)  -- the lease is per shard
+  AND shard_count IS NOT DISTINCT FROM CAST($4 AS INTEGER)
 RETURNING run_id

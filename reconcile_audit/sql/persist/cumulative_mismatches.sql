@@ -8,5 +8,6 @@ FROM (
     SELECT max(mismatch) AS most
     FROM reconciliation_attempts
     WHERE status IN ('completed', 'incomplete', 'failed') AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
+      AND shard_count IS NULL  -- a merge counts its shards' mismatches once
     GROUP BY run_key
 ) AS per_key

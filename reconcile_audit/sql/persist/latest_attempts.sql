@@ -7,10 +7,11 @@ SELECT
     CAST(status = 'completed' AS BOOLEAN) AS is_completed
 FROM reconciliation_attempts
 WHERE tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
+  AND shard_count IS NULL  -- shards are parts of a run: its merge is the attempt that counts
   AND id IN (
       (SELECT max(id) FROM reconciliation_attempts
-       WHERE tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT) AND status <> 'running'),
+       WHERE tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT) AND shard_count IS NULL AND status <> 'running'),
       (SELECT max(id) FROM reconciliation_attempts
-       WHERE tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT) AND status = 'completed')
+       WHERE tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT) AND shard_count IS NULL AND status = 'completed')
   )
 ORDER BY id DESC

@@ -4,6 +4,6 @@ SELECT
     total, match, mismatch, missing_on_chain, unlinked, error,
     ledger_min, ledger_max, error_message
 FROM reconciliation_runs
-WHERE status IN ('completed', 'failed') AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
+WHERE status IN ('completed', 'failed') AND shard_of IS NULL AND tenant_id IS NOT DISTINCT FROM CAST($1 AS TEXT)
 ORDER BY started_at DESC, id DESC
 LIMIT 1

@@ -6,12 +6,13 @@
 INSERT INTO reconciliation_attempts (
     run_id, run_key, tenant_id, status, started_at, finished_at,
     total, match, mismatch, missing_on_chain, unlinked, error,
-    ledger_min, ledger_max, error_message
+    ledger_min, ledger_max, error_message, shard_index, shard_count
 )
 VALUES (
     $1, $2, CAST($3 AS TEXT), $4, CAST($5 AS TIMESTAMPTZ), CAST($6 AS TIMESTAMPTZ),
     $7, $8, $9, $10, $11, $12,
-    CAST($13 AS BIGINT), CAST($14 AS BIGINT), CAST($15 AS TEXT)
+    CAST($13 AS BIGINT), CAST($14 AS BIGINT), CAST($15 AS TEXT),
+    CAST($16 AS INTEGER), CAST($17 AS INTEGER)
 )
 ON CONFLICT (run_id) DO UPDATE SET
     status = excluded.status,
