@@ -206,6 +206,12 @@ def merge(
             min=1, help="How many shards the key was split into. Default: as the latest stored shard says."
         ),
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Wait up to this many seconds for all --shards to store their result before merging."
+        ),
+    ] = 0.0,
     output_dir: OutputDir = None,
     deliver: Annotated[
         bool, typer.Option(help="Send the email and push metrics when they are configured.")
@@ -228,6 +234,7 @@ def merge(
         shard_count=shards,
         output_dir=output_dir or default_output_dir(),
         deliver=deliver,
+        wait_seconds=wait,
     )
     _finish(merge_run(request))
 

@@ -10,6 +10,7 @@ never a clean result; running it again after the shard is rerun completes it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,27 @@ class MergeRequest:
     shard_count: int | None = None  # None: the count of the shard stored last
     output_dir: Path = field(default_factory=default_output_dir)
     deliver: bool = True
+    # Wait up to this long for every shard to store its result before merging (needs
+    # shard_count): a scheduler may start the merge with the shards.
+    wait_seconds: float = 0.0
+    poll_seconds: float = 10.0
+
+
+def wait_for_shards(url: str, request: MergeRequest) -> int:
+    """Poll until all ``request.shard_count`` shards of the key stored a result, or the wait ends;
+    return how many have. The merge then says what is missing, if anything still is."""
+    assert request.shard_count is not None
+    deadline = time.monotonic() + request.wait_seconds
+    while True:
+        stored = {
+            shard.index
+            for shard in read_shards(url, request.run_key, request.tenant_id)
+            if shard.count == request.shard_count
+        }
+        if len(stored) == request.shard_count or time.monotonic() >= deadline:
+            return len(stored)
+        log.info("waiting for shards: %d of %d stored", len(stored), request.shard_count)
+        time.sleep(min(request.poll_seconds, max(0.0, deadline - time.monotonic())))
 
 
 def merge(request: MergeRequest) -> RunOutcome:
@@ -55,9 +77,13 @@ def merge(request: MergeRequest) -> RunOutcome:
         if settings.shard is not None:
             raise ConfigError("RECONCILE_SHARD", "is set; a merge is of the whole run key, unset it")
         state_url = settings.state_url()
+        if request.wait_seconds and request.shard_count is None:
+            raise ConfigError("--wait", "needs --shards: how many shards to wait for")
     except ConfigError as exc:
         return RunOutcome(ExitCode.FAILED, f"configuration: {exc}")
     try:
+        if request.wait_seconds:
+            wait_for_shards(state_url, request)
         with persist.run_lease(state_url, settings.tenant_id, persist.holder_name(run_id)):
             # Under the scope's lease, as a whole run: no other attempt of the key runs meanwhile.
             context = RunContext.start(parameters, run_id=run_id, output_dir=run_dir)

@@ -88,6 +88,7 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
         (4, "exact_db_total"),
         (5, "escrow_balances"),
         (6, "stranded"),
+        (7, "shards"),
     ]
     for table in (
         "reconciliation_runs",
