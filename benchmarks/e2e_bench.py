@@ -224,11 +224,14 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | No
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     watched = psutil.Process(process.pid)
     peak = 0
+    samples: list[tuple[float, int]] = []  # (epoch seconds, tree RSS), for the peak of each stage
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(process.stdout.read() if process.stdout else b""))
     reader.start()
     while process.poll() is None:
-        peak = max(peak, tree_rss(watched))
+        rss = tree_rss(watched)
+        peak = max(peak, rss)
+        samples.append((time.time(), rss))
         time.sleep(SAMPLE_SECONDS)
     wall = time.perf_counter() - started
     reader.join()
@@ -238,7 +241,23 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | No
         "peak_tree_rss_mb": round(peak / 2**20, 1),
         "load_average_1m": round(load, 2),
         "output_tail": b"".join(output).decode(errors="replace")[-2000:],
+        "samples": samples,
     }
+
+
+def peak_by_stage(samples: list[tuple[float, int]], events: Path) -> dict[str, float]:
+    """Peak tree RSS (MB) while each stage ran, from the run's ``stage X started`` records."""
+    starts: list[tuple[float, str]] = []
+    for line in events.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line)
+        if event.get("stage") and event.get("message", "").startswith("stage "):
+            starts.append((datetime.fromisoformat(event["time"]).timestamp(), event["stage"]))
+    peaks: dict[str, float] = {}
+    for moment, rss in samples:
+        running = [stage for started, stage in starts if started <= moment]
+        stage = running[-1] if running else "start"
+        peaks[stage] = max(peaks.get(stage, 0.0), round(rss / 2**20, 1))
+    return peaks
 
 
 def stage_seconds(metrics_file: Path) -> dict[str, float]:
@@ -295,6 +314,7 @@ def main() -> None:
                 run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
                 run_dir = next((scratch / "runs").iterdir())
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
+                run["peak_rss_mb_by_stage"] = peak_by_stage(run.pop("samples"), run_dir / "run.jsonl")
                 run["checks"] = check(run_dir, args.invoices, planted)
                 run["emulator_rss_mb"] = round(emulator.rss_mb(), 1)
                 if run["checks"]["ok"]:

@@ -10,6 +10,7 @@ whose notebook died, so a failed run and a completed one are written by the same
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import re
@@ -78,6 +79,7 @@ class StageClock:
             yield
         finally:
             self._stages[name] = self._stages.get(name, 0.0) + time.perf_counter() - begin
+            release_freed_memory()
 
     @property
     def stage_seconds(self) -> Mapping[str, float]:
@@ -85,6 +87,22 @@ class StageClock:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._origin
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system between stages. glibc keeps what a stage
+    freed (its Python objects, DuckDB's and Arrow's buffers) for reuse, and the next stage's
+    peak then stacks on top of it: at 1M invoices that is hundreds of MB. A no-op off glibc."""
+    try:
+        _LIBC.malloc_trim(0)
+    except AttributeError:
+        pass
+
+
+try:
+    _LIBC: Any = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc (macOS, musl): nothing to trim
+    _LIBC = None
 
 
 TEXT_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -177,11 +177,19 @@ def test_a_dead_kernel_is_recorded_failed_naming_the_cell(
     assert rows(source, "SELECT count(*) FROM reconciliation_leases") == [(0,)]
 
 
+@pytest.fixture
+def slowish_rpc(dataset: demo.DemoData) -> Iterator[Emulator]:
+    """Every getLedgerEntries waits 5 s: long enough to take the database away meanwhile, short
+    enough for a run that reads the ledger in three rounds, and again for its in-flight escrows."""
+    with Emulator(dataset.ledger_state(0), FaultPlan(rate=1.0, kinds=("delay",), delay_seconds=5)) as emu:
+        yield emu
+
+
 def test_a_state_database_gone_at_persist_time_exits_2_and_says_the_run_was_not_stored(
-    source: str, slow_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
+    source: str, slowish_rpc: Emulator, dataset: demo.DemoData, tmp_path: Path
 ) -> None:
     name = source.rsplit("/", 1)[1]
-    process = start(source, slow_rpc.url, dataset, tmp_path / "unstored")
+    process = start(source, slowish_rpc.url, dataset, tmp_path / "unstored")
     wait_until_running(source, process)
     # The database disappears while the kernel waits for the RPC (PostgreSQL down, for the run).
     admin_execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")

@@ -12,10 +12,16 @@ Tables (``reconcile_audit/sql/migrations/<dialect>/``, applied by :func:`migrate
   non-match rows, never the whole list: ``{"cap", "non_match", "omitted", "order", "rows"}`` with
   at most :data:`RESULTS_JSON_CAP` rows, worst first (largest drift, then by class). The complete
   list is ``reconciliation_findings``.
-- ``reconciliation_findings``: one row per non-match invoice of a run key's result, keyed by
+- ``reconciliation_findings``: one row per non-match invoice of a run key's result (and per
+  match that carries a flag, and per stranded escrow, after them), keyed by
   ``(run_id, finding_no)`` where ``finding_no`` is the row's 1-based position in the run's
   findings frame (``results.parquet``); indexed by invoice id (its md5 on PostgreSQL) and run.
-- ``reconciliation_leases``: one row per tenant scope while a run holds it.
+- ``reconciliation_leases``: one row per tenant scope while a run holds it (a shard is a scope
+  of its own).
+
+A sharded run (``run --shard I/N``) stores each shard's result as a row of its own, keyed
+``<run key>#shard-I-of-N`` with ``shard_of`` the run key; ``merge`` (``shards`` reads them back)
+then stores the key's own row. History, health and the counter read rows with ``shard_of`` null.
 
 An attempt whose findings cannot be stored is recorded as ``failed`` with its counts kept
 (``PersistOutcome.marked_failed``), so :func:`cumulative_mismatches` already includes them.

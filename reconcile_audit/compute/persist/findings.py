@@ -1,5 +1,6 @@
-"""The findings a run stores: every non-match row in ``reconciliation_findings``, and the capped,
-worst-first digest in ``reconciliation_runs.results``."""
+"""The findings a run stores: every non-match row (and every match with a flag) in
+``reconciliation_findings``, and the capped, worst-first digest of the non-match rows in
+``reconciliation_runs.results``."""
 
 from __future__ import annotations
 
