@@ -211,6 +211,8 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | No
         "SOROBAN_RPC_URL": rpc_url,
         "RECONCILE_STATE_DATABASE_URL": f"duckdb:///{out_dir / 'state.duckdb'}",
     }
+    if os.environ.get("PYTHONPATH"):  # another checkout's code, to compare two versions side by side
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if concurrency is not None:
         env["RECONCILE_RPC_CONCURRENCY"] = str(concurrency)
     command = [
@@ -248,6 +250,8 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | No
 def peak_by_stage(samples: list[tuple[float, int]], events: Path) -> dict[str, float]:
     """Peak tree RSS (MB) while each stage ran, from the run's ``stage X started`` records."""
     starts: list[tuple[float, str]] = []
+    if not events.exists():  # the run failed before its kernel logged anything
+        return {}
     for line in events.read_text(encoding="utf-8").splitlines():
         event = json.loads(line)
         if event.get("stage") and event.get("message", "").startswith("stage "):
