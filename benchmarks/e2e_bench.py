@@ -56,6 +56,7 @@ from reconcile_audit.face.demo import sourcedb
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_VERSION = 1  # bump when the generated data changes: old caches are then rebuilt
+PASSED_THROUGH = ("PYTHONPATH", "_RJEM_MALLOC_CONF", "ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")
 DRIFT_EVERY = 1000  # one planted drift per this many invoices
 DUPLICATE_EVERY = 200  # one duplicate (older) summary row per this many invoices
 DECIMALS = 7
@@ -202,8 +203,15 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | None) -> dict[str, Any]:
-    """One `reconcile-audit run`, its wall time and peak tree RSS."""
+def run_once(
+    source_url: str,
+    rpc_url: str,
+    out_dir: Path,
+    concurrency: int | None,
+    arguments: tuple[str, ...] = ("run",),
+) -> dict[str, Any]:
+    """One `reconcile-audit run` (or ``arguments``: a shard, the merge), its wall time and peak
+    tree RSS."""
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", str(out_dir)),
@@ -211,13 +219,13 @@ def run_once(source_url: str, rpc_url: str, out_dir: Path, concurrency: int | No
         "SOROBAN_RPC_URL": rpc_url,
         "RECONCILE_STATE_DATABASE_URL": f"duckdb:///{out_dir / 'state.duckdb'}",
     }
-    if os.environ.get("PYTHONPATH"):  # another checkout's code, to compare two versions side by side
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # Another checkout's code, or allocator settings, to compare side by side.
+    env.update({name: os.environ[name] for name in PASSED_THROUGH if name in os.environ})
     if concurrency is not None:
         env["RECONCILE_RPC_CONCURRENCY"] = str(concurrency)
     command = [
         str(Path(sys.executable).parent / "reconcile-audit"),
-        "run",
+        *arguments,
         "--output-dir",
         str(out_dir / "runs"),
     ]
@@ -273,9 +281,10 @@ def stage_seconds(metrics_file: Path) -> dict[str, float]:
     return stages
 
 
-def check(run_dir: Path, n: int, planted: dict[str, int]) -> dict[str, Any]:
+def check(run_dir: Path, n: int, planted: dict[str, int], *, merged: bool = False) -> dict[str, Any]:
     """The run's results against what was planted: every invoice classified, every drift found
-    with its exact delta, nothing else a finding."""
+    with its exact delta, nothing else a finding. A merge holds its findings, not every row: its
+    count of invoices comes from its summary alone."""
     results = pl.read_parquet(
         run_dir / "results.parquet", columns=["invoice_id", "class", "delta_base_units"]
     )
@@ -285,12 +294,45 @@ def check(run_dir: Path, n: int, planted: dict[str, int]) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
         "total": summary["total"],
-        "every_invoice_classified": results.height == n == summary["total"],
+        "every_invoice_classified": (merged or results.height == n) and summary["total"] == n,
         "planted": len(planted),
         "planted_found_exact": exact,
         "other_findings": findings.height - sum(1 for invoice in planted if invoice in found),
         "status": summary["status"],
-        "ok": results.height == n and exact == len(planted) and findings.height == len(planted),
+        "ok": (merged or results.height == n)
+        and summary["total"] == n
+        and exact == len(planted)
+        and findings.height == len(planted),
+    }
+
+
+def sharded_run(
+    source_url: str, rpc_url: str, scratch: Path, concurrency: int | None, count: int
+) -> dict[str, Any]:
+    """The N shards one after another, then the merge: each part's wall and peak, and their sums."""
+    key = "all:bench"
+    parts = [
+        run_once(
+            source_url,
+            rpc_url,
+            scratch,
+            concurrency,
+            ("run", "--run-key", key, "--shard", f"{index}/{count}"),
+        )
+        for index in range(count)
+    ]
+    parts.append(run_once(source_url, rpc_url, scratch, concurrency, ("merge", "--run-key", key)))
+    for part in parts:
+        part.pop("samples")
+    return {
+        "exit_code": parts[-1]["exit_code"],
+        "wall_seconds": round(sum(part["wall_seconds"] for part in parts), 2),
+        "peak_tree_rss_mb": max(part["peak_tree_rss_mb"] for part in parts),
+        "load_average_1m": parts[0]["load_average_1m"],
+        "output_tail": parts[-1]["output_tail"],
+        "parts": [
+            {name: part[name] for name in ("exit_code", "wall_seconds", "peak_tree_rss_mb")} for part in parts
+        ],
     }
 
 
@@ -304,6 +346,12 @@ def main() -> None:
     )
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="Run the N shards one after another (`run --shard I/N`), then `merge`; wall is their sum.",
+    )
     args = parser.parse_args()
 
     source_url, escrow_file, planted, build_seconds = ensure_data(
@@ -315,11 +363,15 @@ def main() -> None:
         for _ in range(args.repeats):
             scratch = Path(tempfile.mkdtemp(prefix="reconcile-e2e-"))
             try:
-                run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
-                run_dir = next((scratch / "runs").iterdir())
+                if args.shards:
+                    run = sharded_run(source_url, emulator.url, scratch, args.rpc_concurrency, args.shards)
+                    run_dir = max((scratch / "runs").iterdir())  # the merge: the last folder made
+                else:
+                    run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
+                    run_dir = next((scratch / "runs").iterdir())
+                    run["peak_rss_mb_by_stage"] = peak_by_stage(run.pop("samples"), run_dir / "run.jsonl")
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
-                run["peak_rss_mb_by_stage"] = peak_by_stage(run.pop("samples"), run_dir / "run.jsonl")
-                run["checks"] = check(run_dir, args.invoices, planted)
+                run["checks"] = check(run_dir, args.invoices, planted, merged=bool(args.shards))
                 run["emulator_rss_mb"] = round(emulator.rss_mb(), 1)
                 if run["checks"]["ok"]:
                     del run["output_tail"]
@@ -331,6 +383,7 @@ def main() -> None:
     stages = sorted({name for run in runs for name in run["stage_seconds"]})
     report = {
         "invoices": args.invoices,
+        "shards": args.shards or None,
         "rpc_latency_ms": args.rpc_latency_ms,
         "rpc_concurrency": args.rpc_concurrency,
         "repeats": args.repeats,
