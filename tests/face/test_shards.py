@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from reconcile_audit.compute.persist import RESULTS_COLUMNS
 from reconcile_audit.compute.settings import Shard
 from reconcile_audit.compute.sharding import in_shard, shard_indexes
 from reconcile_audit.emulator.server import Emulator
@@ -27,20 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 SCRIPT = Path(sys.executable).with_name("reconcile-audit")
 RUN_KEY = "all:2026-11-29"
 SHARDS = 4
-# What a finding is, whichever run found it; history columns (first seen, age) are the run's own.
-FINDING_COLUMNS = [
-    "invoice_id",
-    "tenant_id",
-    "contract_id",
-    "class",
-    "reason_code",
-    "reason",
-    "db_funded_base_units",
-    "chain_funded_base_units",
-    "delta_base_units",
-    "drift_rank",
-    "flags",
-]
+# What a finding is, whichever run found it (the stored digest's columns, with the drift rank);
+# history columns (first seen, age) are the run's own.
+FINDING_COLUMNS = [name for name in RESULTS_COLUMNS if name != "finding_no"] + ["drift_rank"]
 
 
 @pytest.fixture(scope="module")
