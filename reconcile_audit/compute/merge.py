@@ -67,6 +67,7 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
         incomplete="; ".join(problems) or None,
         reread=sum(int(shard.facts.get("reread") or 0) for shard in parts),
         stranded=_stranded(parts),
+        merged_shards=shard_count,
         held_tallies=Tallies.combined(
             [
                 Tallies(

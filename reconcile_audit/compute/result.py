@@ -59,6 +59,7 @@ class AuditResult:
     # Escrows of invoices outside the audit that still hold funds: apart from the counts.
     stranded: Stranded = field(default_factory=lambda: Stranded.not_checked(NOT_LOOKED_FOR))
     held_tallies: Tallies | None = None
+    merged_shards: int | None = None  # a merge: how many shards it combined
 
     def __post_init__(self) -> None:
         if self.held_tallies is not None:

@@ -328,7 +328,15 @@ class RunContext:
             reread=None if result is None else result.reread,
             stranded=None if result is None or result.stranded.skipped else result.stranded.frame.height,
             report_base_url=self.settings.report_base_url,
+            part=self._part(result),
         )
+
+    def _part(self, result: AuditResult | None) -> str | None:
+        if self.settings.shard is not None:
+            return f"shard {self.settings.shard} of run key {self.run_key}"
+        if result is not None and result.merged_shards is not None:
+            return f"merged from {result.merged_shards} shards of run key {self.run_key}"
+        return None
 
     def render(
         self, result: AuditResult, comparison: HistoryComparison | None, persisted: PersistOutcome | None

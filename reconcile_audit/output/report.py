@@ -538,7 +538,7 @@ def _view(
         else "The findings below are complete; history and the health check miss this run.",
         "delivery_notes": tuple(_plain(redact(n)) for n in facts.delivery_notes),
         "facts": (
-            ("Run", _plain(facts.run_id)),
+            ("Run", _plain(facts.run_id if facts.part is None else f"{facts.run_id} ({facts.part})")),
             ("Started", _format_when(facts.started_at)),
             ("Finished", _format_when(facts.finished_at)),
             ("Tenant", _plain(facts.tenant_id) if facts.tenant_id else "all tenants"),

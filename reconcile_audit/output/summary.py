@@ -61,6 +61,8 @@ class RunFacts:
     reread: int | None = None
     # Escrows outside the audit that still hold or owe funds, or could not be read; None: not checked.
     stranded: int | None = None
+    # What part of its run key this run audited: "shard 2/4 ...", "merged from 4 shards ..."; None: all.
+    part: str | None = None
 
 
 class ListedFindings(Protocol):

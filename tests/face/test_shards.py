@@ -193,6 +193,10 @@ def test_four_parallel_shards_merged_equal_one_unsharded_run(runs):
     )
     headline = next(line for line in report_one.splitlines() if "need attention" in line)
     assert headline in report_whole
+    # Each report says what part of the night it is.
+    assert f"merged from {SHARDS} shards of run key {RUN_KEY}" in report_whole
+    _code, _log, shard_two = runs["shards"][2]
+    assert f"shard 2/{SHARDS} of run key {RUN_KEY}" in (shard_two / "report.txt").read_text(encoding="utf-8")
     assert (merged / "findings.csv").read_text(encoding="utf-8").count("\n") == (
         single / "findings.csv"
     ).read_text(encoding="utf-8").count("\n")
