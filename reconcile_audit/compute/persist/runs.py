@@ -258,7 +258,7 @@ def persist_run(
         )
         return PersistOutcome(True, record.run_key, None, 0, 0, seconds, kept_completed=True)
     logger.info(
-        "persisted run %r (id %s): %d findings (stranded escrows included), %d in the results digest, %.2f s",
+        "persisted run %r (id %s): %d rows (findings, flagged matches, stranded escrows), %d in the results digest, %.2f s",
         record.run_key,
         run_id,
         rows.height,
