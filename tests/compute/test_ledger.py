@@ -11,7 +11,7 @@ from dataclasses import replace
 import polars as pl
 import pytest
 
-from reconcile_audit.compute.ledger import LedgerRead, NetworkFacts, preflight, read_ledger
+from reconcile_audit.compute.ledger import LedgerRead, NetworkFacts, batched, preflight, read_ledger
 from reconcile_audit.compute.ledger.rpc import RetryPolicy, retry_after_seconds
 from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
 from reconcile_audit.compute.schemas import LEDGER
@@ -417,11 +417,11 @@ def test_simulate_fallback_gives_the_same_escrows(clean: LedgerRead) -> None:
         result = read_ledger(ids, settings, progress=False, policy=FAST)
         stats = emu.stats
     assert "getLedgerEntries" not in stats.requests
-    got, batched = rows(result), rows(clean)
+    got, swept = rows(result), rows(clean)
     same = ["read_status", "escrow_invoice_id", "funded_amount", "amount", "funding_target", "escrow_status"]
     for spec in [*picks[:5], SPECIAL["other_invoice"]]:
         row = got[spec.contract_id]
-        assert {c: row[c] for c in same} == {c: batched[spec.contract_id][c] for c in same}
+        assert {c: row[c] for c in same} == {c: swept[spec.contract_id][c] for c in same}
         assert row["live_until_ledger"] is None  # a simulation does not say
         if spec.storage_shape == "no_funding_token":
             assert row["token_decimals"] is None and "funding token unknown" in row["read_error"]
@@ -654,3 +654,25 @@ def test_a_throttling_rpc_gets_fewer_requests_and_the_run_says_so(caplog: pytest
     assert not (result.frame["read_status"] == "error").any()  # every escrow read in the end
     assert result.stats.faults_by_kind["http_429"] > 0
     assert "answered 429 (too many requests): requests in flight were cut from 8" in caplog.text
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 50])
+def test_the_frame_built_in_chunks_is_the_frame_built_whole(
+    clean: LedgerRead, monkeypatch, chunk: int
+) -> None:
+    """At 1M escrows the frame is built a chunk of rows at a time, with the balance columns
+    chunked alike (columns chunked apart would make polars copy the frame): any chunk size gives
+    the same rows, balances included, in the same order."""
+    monkeypatch.setattr(batched, "_FRAME_CHUNK", chunk)
+    with Emulator(STATE) as emu:
+        chunked = read(emu)
+    assert chunked.frame.n_chunks() > 1
+    assert chunked.frame.equals(clean.frame)
+    ids = [e.contract_id for e in HOLDER_STATE.escrows]
+    with Emulator(HOLDER_STATE) as emu:
+        held = read(emu, ids=ids)
+    monkeypatch.setattr(batched, "_FRAME_CHUNK", 10**9)
+    with Emulator(HOLDER_STATE) as emu:
+        whole = read(emu, ids=ids)
+    assert held.frame.equals(whole.frame) and held.frame.get_column("chain_balance").drop_nulls().len() > 0
+    assert set(held.frame.n_chunks("all")) == {held.frame.n_chunks()}  # every column chunked alike
