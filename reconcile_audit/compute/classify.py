@@ -390,19 +390,21 @@ def classify(
     del table
     assert isinstance(raw, pl.DataFrame)
     reasons = _reasons(raw, tolerance_base_units, token_symbols or {})
-    findings = conform(raw.with_columns(reasons), FINDINGS, "classify").select("_row", *FINDINGS.names())
+    unordered = [conform(raw.with_columns(reasons), FINDINGS, "classify").select("_row", *FINDINGS.names())]
     del raw, reasons
     # Back in the input's order once the helper columns are gone: sorting the narrow result here
     # costs less time than an ORDER BY in DuckDB and less memory than sorting every column.
-    findings = _in_row_order(findings)
+    findings = _in_row_order(unordered)
     logger.info("classify: %d invoices in %.2f s", findings.height, time.perf_counter() - started)
     return findings
 
 
-def _in_row_order(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` sorted by ``_row``, without it. One column at a time, each unsorted column
-    dropped once its sorted copy exists: a whole-frame sort holds both frames at once, which at
-    1M invoices is the stage's peak."""
+def _in_row_order(unordered: list[pl.DataFrame]) -> pl.DataFrame:
+    """The frame taken out of ``unordered``, sorted by ``_row``, without it. One column at a time,
+    each unsorted column dropped once its sorted copy exists: a whole-frame sort holds both frames
+    at once, which at 1M invoices is the stage's peak. Taken out of a list so that the caller holds
+    no reference to it, which would keep every unsorted column alive to the end."""
+    frame = unordered.pop()
     order = frame.get_column("_row").arg_sort()
     frame = frame.drop("_row")
     ordered: dict[str, pl.Series] = {}
