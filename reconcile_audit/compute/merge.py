@@ -8,8 +8,7 @@ complete: a partial merge is never a clean result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import replace
 
 import polars as pl
 
@@ -19,20 +18,12 @@ from reconcile_audit.compute.schemas import COUNT_NAMES, FINDINGS, STRANDED, Cla
 from reconcile_audit.compute.stranded import Stranded
 
 
-@dataclass(frozen=True)
-class MergedRun:
-    """The key's merged result, the shard count, and when its first shard started."""
-
-    result: AuditResult
-    shard_count: int
-    started_at: datetime | None
-
-
-def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -> MergedRun:
+def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -> AuditResult:
     """Combine the stored shards of one run key. ``shard_count`` None: the count of the shard
     that finished last (a key sharded twice, 4 ways then 2, merges the later split).
 
     Never raises over missing or failed shards: the result is then ``incomplete`` and names them.
+    ``merged_shards`` says how many shards it combined.
     """
     if shard_count is None:
         finished = [shard for shard in shards if shard.finished_at is not None]
@@ -44,7 +35,7 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
         empty = AuditResult.of(
             pl.DataFrame(schema=FINDINGS), incomplete="no shard of this run key has stored a result"
         )
-        return MergedRun(empty, 0, None)
+        return replace(empty, merged_shards=0)
     parts = sorted((shard for shard in shards if shard.count == shard_count), key=lambda shard: shard.index)
     problems = [
         f"shard {index}/{shard_count} has stored no result"
@@ -59,7 +50,7 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
     counts = ClassCounts.of({name: sum(shard.counts[name] for shard in parts) for name in COUNT_NAMES})
     ledgers_min = [shard.ledger_min for shard in parts if shard.ledger_min is not None]
     ledgers_max = [shard.ledger_max for shard in parts if shard.ledger_max is not None]
-    result = AuditResult(
+    return AuditResult(
         findings=rows,
         counts=counts,
         ledger_min=min(ledgers_min, default=None),
@@ -78,7 +69,6 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
             ]
         ),
     )
-    return MergedRun(result, shard_count, min((shard.started_at for shard in parts), default=None))
 
 
 def _reranked(rows: pl.DataFrame) -> pl.DataFrame:

@@ -90,12 +90,11 @@ def merge(request: MergeRequest) -> RunOutcome:
             persist.abandon_stale_attempts(state_url, settings.tenant_id, run_id)
             with context.stage("merge"):
                 shards = read_shards(context.state_url, context.run_key, settings.tenant_id)
-                merged = merge_shards(shards, shard_count=request.shard_count)
-            result = merged.result
+                result = merge_shards(shards, shard_count=request.shard_count)
             log.info(
                 "merge of %s: %d shards, %d invoices%s",
                 context.run_key,
-                merged.shard_count,
+                result.merged_shards,
                 result.counts.total,
                 f"; incomplete: {result.incomplete}" if result.incomplete else "",
                 extra={"console": True},

@@ -89,9 +89,8 @@ def test_two_shards_merge_into_the_whole_runs_counts_rows_and_ranks(state_url):
         Shard(1, 2),
         shard_result(SHARD_1, stranded=Stranded(pl.DataFrame(schema=STRANDED), checked=1)),
     )
-    merged = merge_shards(read_shards(state_url, KEY, None))
-    result = merged.result
-    assert merged.shard_count == 2 and result.incomplete is None
+    result = merge_shards(read_shards(state_url, KEY, None))
+    assert result.merged_shards == 2 and result.incomplete is None
     assert result.counts.total == 7 and result.counts.match == 4 and result.counts.mismatch == 2
     assert result.counts.error == 1 and result.status == "findings"
     # Plain matches are counted, not held; the flagged match is held.
@@ -118,7 +117,7 @@ def test_two_shards_merge_into_the_whole_runs_counts_rows_and_ranks(state_url):
 def test_a_missing_or_failed_shard_makes_the_merge_incomplete(state_url):
     store(state_url, Shard(0, 3), shard_result(SHARD_0))
     store(state_url, Shard(1, 3), shard_result(SHARD_1), status=RunStatus.INCOMPLETE)
-    result = merge_shards(read_shards(state_url, KEY, None)).result
+    result = merge_shards(read_shards(state_url, KEY, None))
     assert result.status == "incomplete"
     assert "shard 2/3 has stored no result" in result.incomplete
     assert "shard 1/3 did not complete (incomplete: the RPC was unavailable)" in result.incomplete
@@ -128,12 +127,12 @@ def test_the_latest_split_is_merged_and_a_rerun_shard_replaces_its_row(state_url
     store(state_url, Shard(0, 2), shard_result(SHARD_0))
     store(state_url, Shard(0, 2), shard_result(SHARD_0[:1]))  # the shard rerun: one invoice now
     store(state_url, Shard(1, 2), shard_result(SHARD_1))
-    result = merge_shards(read_shards(state_url, KEY, None), shard_count=2).result
+    result = merge_shards(read_shards(state_url, KEY, None), shard_count=2)
     assert result.counts.total == 1 + len(SHARD_1)
 
 
 def test_no_shard_at_all_is_incomplete_never_clean(state_url):
-    result = merge_shards(read_shards(state_url, "all:never", None)).result
+    result = merge_shards(read_shards(state_url, "all:never", None))
     assert result.status == "incomplete" and result.counts.total == 0
 
 
