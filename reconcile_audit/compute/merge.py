@@ -14,7 +14,8 @@ import polars as pl
 
 from reconcile_audit.compute.persist.shards import StoredShard
 from reconcile_audit.compute.result import AuditResult, Tallies
-from reconcile_audit.compute.schemas import COUNT_NAMES, FINDINGS, STRANDED, ClassCounts
+from reconcile_audit.compute.schemas import COUNT_NAMES, FINDINGS, ClassCounts
+from reconcile_audit.compute.settings import Shard
 from reconcile_audit.compute.stranded import Stranded
 
 
@@ -38,11 +39,11 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
         return replace(empty, merged_shards=0)
     parts = sorted((shard for shard in shards if shard.count == shard_count), key=lambda shard: shard.index)
     problems = [
-        f"shard {index}/{shard_count} has stored no result"
+        f"shard {Shard(index, shard_count)} has stored no result"
         for index in sorted(set(range(shard_count)) - {shard.index for shard in parts})
     ]
     problems += [
-        f"shard {shard.index}/{shard_count} did not complete ({shard.error_message or 'failed'})"
+        f"shard {shard.shard} did not complete ({shard.error_message or 'failed'})"
         for shard in parts
         if not shard.completed
     ]
@@ -60,13 +61,7 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
         stranded=_stranded(parts),
         merged_shards=shard_count,
         held_tallies=Tallies.combined(
-            [
-                Tallies(
-                    balances_checked=int(shard.facts.get("balances_checked") or 0),
-                    database_sides_compared=bool(shard.facts.get("database_sides_compared")),
-                )
-                for shard in parts
-            ]
+            [Tallies.from_facts(shard.facts.get("tallies") or {}) for shard in parts]
         ),
     )
 
@@ -94,18 +89,15 @@ def _reranked(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def _stranded(parts: list[StoredShard]) -> Stranded:
+    """The shards' stranded escrows together; not checked, and why, when any shard did not check."""
+    if not parts:
+        return Stranded.not_checked("no shard stored a result")
+    stored = [(shard, shard.facts.get("stranded")) for shard in parts]
+    found = [Stranded.from_facts(facts) for _shard, facts in stored if facts is not None]
     reasons = sorted(
-        {
-            shard.facts["stranded"]["skipped"]
-            if "stranded" in shard.facts
-            else f"shard {shard.index}/{shard.count} stored no stranded check"
-            for shard in parts
-            if "stranded" not in shard.facts or shard.facts["stranded"].get("skipped")
-        }
+        {f"shard {shard.shard} stored no stranded check" for shard, facts in stored if facts is None}
+        | {part.skipped for part in found if part.skipped}
     )
-    if reasons or not parts:
-        return Stranded.not_checked("; ".join(reasons) or "no shard stored a result")
-    records = [row for shard in parts for row in shard.facts.get("stranded", {}).get("rows", [])]
-    frame = pl.DataFrame(records, schema=STRANDED) if records else pl.DataFrame(schema=STRANDED)
-    checked = sum(int(shard.facts.get("stranded", {}).get("checked") or 0) for shard in parts)
-    return Stranded(frame, checked)
+    if reasons:
+        return Stranded.not_checked("; ".join(reasons))
+    return Stranded(pl.concat([part.frame for part in found]), sum(part.checked for part in found))

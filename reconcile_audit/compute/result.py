@@ -6,7 +6,8 @@ read its counts instead of counting the findings again, so every artifact agrees
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import polars as pl
@@ -31,6 +32,16 @@ class Tallies:
         return cls(
             balances_checked=int(findings.get_column("chain_balance_base_units").is_not_null().sum()),
             database_sides_compared=bool(findings.get_column("db_ledger_sequence").is_not_null().any()),
+        )
+
+    def to_facts(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_facts(cls, facts: Mapping[str, Any]) -> Tallies:
+        return cls(
+            balances_checked=int(facts.get("balances_checked") or 0),
+            database_sides_compared=bool(facts.get("database_sides_compared")),
         )
 
     @classmethod
@@ -82,18 +93,10 @@ class AuditResult:
     def stored_facts(self) -> dict[str, Any]:
         """What a merge of shards needs from each shard's stored result that its rows do not say
         (``reconciliation_runs.results["facts"]``)."""
-        tallies = self.tallies
         return {
-            "balances_checked": tallies.balances_checked,
-            "database_sides_compared": tallies.database_sides_compared,
+            "tallies": self.tallies.to_facts(),
             "reread": self.reread,
-            "incomplete": self.incomplete,
-            # Whole: the stored rows of class stranded lack the invoice's status and deletion time.
-            "stranded": {
-                "skipped": self.stranded.skipped,
-                "checked": self.stranded.checked,
-                "rows": self.stranded.frame.to_dicts(),
-            },
+            "stranded": self.stranded.to_facts(),
         }
 
     @classmethod

@@ -47,6 +47,17 @@ class Stranded:
     def not_checked(cls, why: str) -> Stranded:
         return cls(pl.DataFrame(schema=STRANDED), 0, why)
 
+    def to_facts(self) -> dict[str, Any]:
+        """Stored whole with a shard's result (the stored rows of class stranded lack the
+        invoice's status and deletion time); :meth:`from_facts` reads it back."""
+        return {"skipped": self.skipped, "checked": self.checked, "rows": self.frame.to_dicts()}
+
+    @classmethod
+    def from_facts(cls, facts: Mapping[str, Any]) -> Stranded:
+        rows = facts.get("rows") or []
+        frame = pl.DataFrame(rows, schema=STRANDED) if rows else pl.DataFrame(schema=STRANDED)
+        return cls(frame, int(facts.get("checked") or 0), facts.get("skipped"))
+
     @property
     def holding(self) -> int:
         """Escrows known to hold or owe funds."""

@@ -57,7 +57,7 @@ def wait_for_shards(url: str, request: MergeRequest) -> int:
     while True:
         stored = {
             shard.index
-            for shard in read_shards(url, request.run_key, request.tenant_id)
+            for shard in read_shards(url, request.run_key, request.tenant_id, with_rows=False)
             if shard.count == request.shard_count
         }
         if len(stored) == request.shard_count or time.monotonic() >= deadline:

@@ -11,6 +11,7 @@ import sys
 import uuid
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -234,3 +235,17 @@ def test_a_merge_with_a_missing_shard_is_incomplete_never_clean(runs, tmp_path):
         )
     )
     assert code == 2 and "shard 4/5 has stored no result" in log, log
+
+
+def test_the_merge_waits_for_every_shard_then_stops_waiting(state_url, tmp_path):
+    """``--wait`` polls the run rows until all N shards stored a result, and gives up at its end."""
+    from reconcile_audit.face.merge import MergeRequest, wait_for_shards
+    from tests.compute.test_merge import KEY, SHARD_0, SHARD_1, shard_result, store
+
+    request = MergeRequest(
+        run_key=KEY, shard_count=2, output_dir=tmp_path, wait_seconds=0.6, poll_seconds=0.2
+    )
+    store(state_url, Shard(0, 2), shard_result(SHARD_0))
+    assert wait_for_shards(state_url, request) == 1  # the wait ran out: the merge says which is missing
+    store(state_url, Shard(1, 2), shard_result(SHARD_1))
+    assert wait_for_shards(state_url, replace(request, wait_seconds=3600)) == 2  # at once, not after an hour

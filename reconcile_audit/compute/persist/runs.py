@@ -91,12 +91,17 @@ class PersistOutcome:
     state_unreachable: bool = False  # nothing was tried: the state database could not be reached
 
 
+def _shard_columns(shard: Shard | None) -> tuple[int | None, int | None]:
+    """``shard_index`` and ``shard_count``: both null for a whole run."""
+    return (None, None) if shard is None else (shard.index, shard.count)
+
+
 def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
+    """``upsert_run.sql``'s parameters, in order."""
     # reconciliation_runs knows running, completed and failed (its first migration's CHECK): an
     # incomplete result is stored there as failed, its attempt keeps the finer status.
     status = RunStatus.FAILED if record.status == RunStatus.INCOMPLETE else record.status
-    shard = record.shard
-    params = (
+    return (
         record.stored_key,
         record.tenant_id,
         as_utc(record.started_at),
@@ -107,16 +112,16 @@ def _run_params(record: RunRecord, results: str | None) -> tuple[Any, ...]:
         record.ledger_max,
         record.error_message,
         results,
+        # $16: a failed attempt writes the row only when the key has no completed result.
+        record.status == RunStatus.COMPLETED,
+        None if record.shard is None else record.run_key,
+        *_shard_columns(record.shard),
     )
-    shard_columns = (None, None, None) if shard is None else (record.run_key, shard.index, shard.count)
-    return (*params, *shard_columns)
 
 
 def _upsert_run(conn: Connection, record: RunRecord, results: str | None) -> int | None:
     """The key's result row; None when a completed result was kept (``record`` is a failure)."""
-    replace_completed = record.status == RunStatus.COMPLETED
-    params = _run_params(record, results)
-    written = conn.rows(read_sql("persist/upsert_run.sql"), (*params[:15], replace_completed, *params[15:]))
+    written = conn.rows(read_sql("persist/upsert_run.sql"), _run_params(record, results))
     return int(written[0][0]) if written else None
 
 
@@ -134,8 +139,7 @@ def _record_attempt(conn: Connection, record: RunRecord) -> None:
             record.ledger_min,
             record.ledger_max,
             record.error_message,
-            None if record.shard is None else record.shard.index,
-            None if record.shard is None else record.shard.count,
+            *_shard_columns(record.shard),
         ),
     )
 
@@ -198,7 +202,7 @@ def abandon_stale_attempts(
             with transaction(conn):
                 rows = conn.rows(
                     read_sql("persist/abandon_stale_attempts.sql"),
-                    (tenant_id, attempt, *((None, None) if shard is None else (shard.index, shard.count))),
+                    (tenant_id, attempt, *_shard_columns(shard)),
                 )
     except Exception as exc:
         raise PersistError(f"cannot close abandoned attempts: {describe_error(exc, url)}") from exc

@@ -12,6 +12,7 @@ import polars as pl
 from reconcile_audit.compute.db import read_sql
 from reconcile_audit.compute.persist.session import describe_error, read_frame, state_session, table_exists
 from reconcile_audit.compute.schemas import COUNT_NAMES, FINDINGS, STRANDED_CLASS, ClassCounts, conform
+from reconcile_audit.compute.settings import Shard
 from reconcile_audit.errors import PersistError
 
 
@@ -32,9 +33,16 @@ class StoredShard:
     facts: dict[str, Any]
     rows: pl.DataFrame
 
+    @property
+    def shard(self) -> Shard:
+        return Shard(self.index, self.count)
 
-def read_shards(url: str, run_key: str, tenant_id: str | None) -> list[StoredShard]:
+
+def read_shards(
+    url: str, run_key: str, tenant_id: str | None, *, with_rows: bool = True
+) -> list[StoredShard]:
     """Every stored shard result of ``run_key`` in ``tenant_id``'s scope, by shard count and index.
+    ``with_rows=False`` reads the run rows alone, without their findings (a wait that polls).
     Raises :class:`PersistError` when the state database cannot be read."""
     try:
         with state_session(url) as conn:
@@ -43,7 +51,11 @@ def read_shards(url: str, run_key: str, tenant_id: str | None) -> list[StoredSha
             runs = read_frame(conn, read_sql("persist/shard_runs.sql"), (run_key, tenant_id))
             shards = []
             for run in runs.iter_rows(named=True):
-                rows = read_frame(conn, read_sql("persist/run_findings.sql"), (run["id"],))
+                rows = (
+                    read_frame(conn, read_sql("persist/run_findings.sql"), (run["id"],))
+                    if with_rows
+                    else pl.DataFrame(schema={"finding_no": pl.Int32, **FINDINGS})
+                )
                 shards.append(_stored_shard(run, rows))
     except Exception as exc:
         raise PersistError(f"cannot read the shards of run {run_key!r}: {describe_error(exc, url)}") from exc
