@@ -13,8 +13,8 @@ from reconcile_audit.compute.schemas import AuditStatus, HealthStatus
 class ExitCode(IntEnum):
     """What ``reconcile-audit`` tells its scheduler (README.md, "Exit codes")."""
 
-    CLEAN = 0  # completed, every invoice matches
-    FINDINGS = 1  # completed, at least one invoice needs attention
+    CLEAN = 0  # completed, every invoice matches or its finding is acknowledged
+    FINDINGS = 1  # completed, at least one finding that no acknowledgement covers
     FAILED = 2  # the run failed or is incomplete, any crash included
     LEASE_HELD = 3  # another run holds the tenant's lease; nothing was done
 
@@ -24,8 +24,11 @@ class ExitCode(IntEnum):
         return {HealthStatus.HEALTHY: cls.CLEAN, HealthStatus.FINDINGS: cls.FINDINGS}.get(status, cls.FAILED)
 
     @classmethod
-    def for_status(cls, status: AuditStatus) -> ExitCode:
-        """The exit code of a run whose summary says ``status``."""
+    def for_status(cls, status: AuditStatus, *, needs_a_person: bool = True) -> ExitCode:
+        """The exit code of a run whose summary says ``status``: findings that are all
+        acknowledged (``needs_a_person`` false) exit 0, as the health check reads them."""
+        if status == AuditStatus.FINDINGS and not needs_a_person:
+            return cls.CLEAN
         return {AuditStatus.CLEAN: cls.CLEAN, AuditStatus.FINDINGS: cls.FINDINGS}.get(status, cls.FAILED)
 
 

@@ -5,23 +5,32 @@ runs and the (invoice, run)-indexed findings table, then joins them with the cur
 polars; nothing is asked per invoice. Only completed runs count as history: a failed run's
 findings are not a reliable picture of the ledger.
 
-A non-match invoice is ``new`` unless it was a non-match in the previous completed run; then it
-is ``persisting``, and ``first_seen_at`` is the start of the first run of its current unbroken
-streak of non-match runs. Invoices that were non-match in the previous run and are now a match
-or no longer extracted are ``resolved``. Invoices are matched by ``invoice_id`` (unique in the
-source); a row without one is always new.
+Each non-match row gets its stable finding id and a state (:mod:`reconcile_audit.compute.lifecycle`):
+``persisting`` when the previous completed run had the same finding id open, and then
+``first_seen_at`` is the start of the invoice's current unbroken streak of non-match runs;
+``reopened`` when it was open in an earlier run and came back, or its acknowledgement lapsed;
+``acknowledged`` while an acknowledgement holds; ``new`` otherwise. Invoices that were non-match
+in the previous run and are now a match or no longer extracted are ``resolved``. Invoices are
+matched by ``invoice_id`` (unique in the source); a row without one is always new.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final
 
 import polars as pl
 
 from reconcile_audit.compute.db import read_sql
+from reconcile_audit.compute.lifecycle import (
+    AGE_BUCKETS,
+    OPEN_STATES,
+    mark_states,
+    state_counts,
+    with_identity,
+)
 from reconcile_audit.compute.persist.session import (
     as_utc,
     describe_error,
@@ -32,6 +41,7 @@ from reconcile_audit.compute.persist.session import (
 )
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
+    ACKNOWLEDGEMENTS,
     CLASSES,
     HISTORY_FINDINGS,
     RESOLVED_FINDINGS,
@@ -46,16 +56,14 @@ logger = logging.getLogger(__name__)
 
 TREND_RUNS: Final = 30
 """Runs in the trend, the current one included."""
-# Ageing buckets of open findings, in whole days since first seen (the buckets finance teams use).
-AGE_BUCKETS: Final = (("0-1", 0, 1), ("2-7", 2, 7), ("8-30", 8, 30), ("over-30", 31, None))
 
 
 @dataclass(frozen=True)
 class HistoryComparison:
     """The current findings against earlier runs.
 
-    ``findings``: :data:`~reconcile_audit.compute.schemas.HISTORY_FINDINGS` (FINDINGS plus
-    ``finding_state``, ``first_seen_at``, ``age_days``), rows in the input's order.
+    ``findings``: :data:`~reconcile_audit.compute.schemas.HISTORY_FINDINGS` (FINDINGS plus the
+    lifecycle columns: finding id, evidence, state, age, acknowledgement), rows in the input's order.
     ``resolved``: :data:`~reconcile_audit.compute.schemas.RESOLVED_FINDINGS`. ``trend``:
     :data:`~reconcile_audit.compute.schemas.TREND`, at most :data:`TREND_RUNS` runs, oldest first, the
     current run last. ``previous_counts``: the previous completed run's counts, or ``None``.
@@ -70,13 +78,23 @@ class HistoryComparison:
     earlier_runs: int  # earlier completed runs in the trend
     warning: str | None = None
 
-    def findings_by_age(self) -> dict[str, int]:
-        """Open (non-match) findings per ageing bucket of :data:`AGE_BUCKETS`, every bucket present."""
-        ages = self.findings.get_column("age_days").drop_nulls()
+    def findings_by_age(self) -> dict[tuple[str, str], int]:
+        """Open (non-match) findings per (ageing bucket, state), every pair present."""
+        grouped = (
+            self.findings.filter(pl.col("finding_state").is_not_null())
+            .group_by("age_bucket", "finding_state")
+            .len()
+        )
+        counts = {(row[0], row[1]): int(row[2]) for row in grouped.iter_rows()}
         return {
-            name: int(((ages >= low) & (ages <= high if high is not None else True)).sum())
-            for name, low, high in AGE_BUCKETS
+            (name, state.value): counts.get((name, state.value), 0)
+            for name, _, _ in AGE_BUCKETS
+            for state in OPEN_STATES
         }
+
+    def state_counts(self) -> dict[str, int]:
+        """Open findings per state, ``unacknowledged`` and ``overdue`` (:func:`~reconcile_audit.compute.lifecycle.state_counts`)."""
+        return state_counts(self.findings)
 
 
 _PREVIOUS_FINDINGS: Final = pl.Schema(
@@ -97,40 +115,67 @@ _PREVIOUS_RUNS: Final = pl.Schema(
 )
 
 
-def _read_history(
-    url: str, tenant_id: str | None, run_key: str, now: datetime
-) -> tuple[pl.DataFrame, pl.DataFrame, str | None]:
-    """(earlier runs newest first, the previous run's findings with streak starts, warning)."""
-    empty = (pl.DataFrame(schema=_PREVIOUS_RUNS), pl.DataFrame(schema=_PREVIOUS_FINDINGS))
+_EARLIER_FINDINGS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "class": pl.String,
+        "reason_code": pl.String,
+        "last_seen_at": pl.Datetime("us", "UTC"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What the state database says about the scope before this run."""
+
+    runs: pl.DataFrame  # _PREVIOUS_RUNS, newest first
+    previous: pl.DataFrame  # _PREVIOUS_FINDINGS: the previous run's findings, with streak starts
+    earlier: pl.DataFrame  # _EARLIER_FINDINGS: every finding of an earlier run
+    acks: pl.DataFrame  # ACKNOWLEDGEMENTS given before now
+
+    @classmethod
+    def empty(cls) -> _Stored:
+        return cls(
+            pl.DataFrame(schema=_PREVIOUS_RUNS),
+            pl.DataFrame(schema=_PREVIOUS_FINDINGS),
+            pl.DataFrame(schema=_EARLIER_FINDINGS),
+            pl.DataFrame(schema=ACKNOWLEDGEMENTS),
+        )
+
+
+def _read_history(url: str, tenant_id: str | None, run_key: str, now: datetime) -> tuple[_Stored, str | None]:
     if state_database_missing(url):
-        return *empty, "no earlier runs: the state database does not exist yet"
+        return _Stored.empty(), "no earlier runs: the state database does not exist yet"
     params = (tenant_id, run_key, now)
     with state_session(url) as conn:
         if not (table_exists(conn, "reconciliation_runs") and table_exists(conn, "reconciliation_findings")):
-            return *empty, "no earlier runs: the state database has no reconciliation tables yet"
+            return _Stored.empty(), "no earlier runs: the state database has no reconciliation tables yet"
         runs = read_frame(conn, read_sql("history/previous_runs.sql"), (*params, TREND_RUNS - 1))
         previous = read_frame(conn, read_sql("history/previous_findings.sql"), params)
-    return conform(runs, _PREVIOUS_RUNS, "history"), conform(previous, _PREVIOUS_FINDINGS, "history"), None
+        earlier = read_frame(conn, read_sql("history/earlier_findings.sql"), params)
+        acks = (
+            read_frame(conn, read_sql("persist/acknowledgements.sql"), (now,))
+            if table_exists(conn, "reconciliation_acknowledgements")
+            else pl.DataFrame(schema=ACKNOWLEDGEMENTS)
+        )
+    return _Stored(
+        conform(runs, _PREVIOUS_RUNS, "history"),
+        conform(previous, _PREVIOUS_FINDINGS, "history"),
+        conform(earlier, _EARLIER_FINDINGS, "history"),
+        conform(acks, ACKNOWLEDGEMENTS, "history"),
+    ), None
 
 
-def _marked(current: pl.DataFrame, previous: pl.DataFrame, now: datetime) -> pl.DataFrame:
-    since = previous.select("invoice_id", pl.col("first_seen_at").alias("_since")).unique("invoice_id")
-    non_match = pl.col("class").ne_missing("match")
-    first_seen = pl.coalesce("_since", pl.lit(now, dtype=pl.Datetime("us", "UTC")))
-    return (
-        current.join(since, on="invoice_id", how="left", maintain_order="left")
-        .with_columns(
-            pl.when(non_match)
-            .then(pl.when(pl.col("_since").is_not_null()).then(pl.lit("persisting")).otherwise(pl.lit("new")))
-            .alias("finding_state"),
-            pl.when(non_match).then(first_seen).alias("first_seen_at"),
-        )
-        .with_columns(
-            (pl.lit(now, dtype=pl.Datetime("us", "UTC")) - pl.col("first_seen_at"))
-            .dt.total_days()
-            .alias("age_days")
-        )
-        .drop("_since")
+def _marked(current: pl.DataFrame, stored: _Stored, now: datetime, sla_days: int) -> pl.DataFrame:
+    since = stored.previous.select("invoice_id", "first_seen_at").unique("invoice_id")
+    return mark_states(
+        current.join(since, on="invoice_id", how="left", maintain_order="left"),
+        previous_ids=with_identity(stored.previous).get_column("finding_id").drop_nulls(),
+        earlier_ids=with_identity(stored.earlier).get_column("finding_id").drop_nulls(),
+        acks=stored.acks,
+        now=now,
+        sla_days=sla_days,
     )
 
 
@@ -179,17 +224,18 @@ def compare_with_history(
     current = result.findings
     url = settings.state_url()
     try:
-        runs, previous, warning = _read_history(url, settings.tenant_id, run_key, now)
+        stored, warning = _read_history(url, settings.tenant_id, run_key, now)
     except Exception as exc:
-        runs, previous = pl.DataFrame(schema=_PREVIOUS_RUNS), pl.DataFrame(schema=_PREVIOUS_FINDINGS)
+        stored = _Stored.empty()
         warning = f"history unavailable, every finding is marked new: {describe_error(exc, url)}"
     # A shard is compared with the earlier whole runs' findings of its own invoices only: the
     # others are not "resolved", they are in another shard.
-    previous = in_shard(previous, settings.shard)
+    stored = replace(stored, previous=in_shard(stored.previous, settings.shard))
+    previous, runs = stored.previous, stored.runs
     if warning is not None:
         logger.warning("history for run %r: %s", run_key, warning)
     previous_run = runs.row(0, named=True) if runs.height else None
-    marked = conform(_marked(current, previous, now), HISTORY_FINDINGS, "history")
+    marked = conform(_marked(current, stored, now, settings.finding_sla_days), HISTORY_FINDINGS, "history")
     return HistoryComparison(
         findings=marked,
         resolved=_resolved(current, previous, every_row=result.holds_every_row),

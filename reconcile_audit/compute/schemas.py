@@ -320,15 +320,43 @@ STRANDED_CLASS: Final = "stranded"
 """The class stranded escrows are stored under in ``reconciliation_findings``, beside the five."""
 
 
-# --- history: FINDINGS compared with earlier runs of the same tenant scope --------------------
-HISTORY_FINDINGS: Final = pl.Schema(
+# --- lifecycle: a finding across runs ---------------------------------------------------------
+# The acknowledgements as read back (reconciliation_acknowledgements), oldest first.
+ACKNOWLEDGEMENTS: Final = pl.Schema(
     {
-        **FINDINGS,
-        "finding_state": pl.String,  # new | persisting for non-match rows; null for match
-        "first_seen_at": pl.Datetime("us", "UTC"),  # start of the current unbroken streak; null for match
-        "age_days": pl.Int64,  # whole days since first_seen_at; null for match
+        "id": pl.Int64,
+        "finding_id": pl.String,
+        "invoice_id": pl.String,
+        "tenant_id": pl.String,
+        "action": pl.String,  # ack | unack
+        "evidence": pl.String,  # what was acknowledged; null for unack
+        "acked_by": pl.String,
+        "acked_at": pl.Datetime("us", "UTC"),
+        "reason": pl.String,
+        "acked_until": pl.Datetime("us", "UTC"),  # null: until the evidence changes
     }
 )
+# What compute.lifecycle.mark_states adds to a findings frame: a finding's life (compute/lifecycle.py).
+LIFECYCLE: Final = pl.Schema(
+    {
+        "finding_id": pl.String,  # <invoice_id>:<class>/<family>; null without an invoice id or for match
+        "evidence": pl.String,  # canonical JSON of EVIDENCE_COLUMNS; null for match
+        "finding_state": pl.String,  # FindingState; null for match
+        "first_seen_at": pl.Datetime("us", "UTC"),  # start of the current open period; null for match
+        "age_days": pl.Int64,  # whole days since first_seen_at; null for match
+        "age_bucket": pl.String,  # one of lifecycle.AGE_BUCKETS; null for match
+        "overdue": pl.Boolean,  # open, not acknowledged, older than the SLA; null for match
+        "acked_by": pl.String,  # the acknowledgement that holds, or the one that lapsed (reopened)
+        "acked_at": pl.Datetime("us", "UTC"),
+        "ack_reason": pl.String,
+        "acked_until": pl.Datetime("us", "UTC"),
+        "ack_lapsed": pl.String,  # reopened by a lapse: "evidence changed" | "until passed" | "resolved since"
+    }
+)
+
+
+# --- history: FINDINGS compared with earlier runs of the same tenant scope --------------------
+HISTORY_FINDINGS: Final = pl.Schema({**FINDINGS, **LIFECYCLE})
 # Non-match in the previous completed run, now match or no longer extracted.
 RESOLVED_FINDINGS: Final = pl.Schema(
     {

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from email.utils import formataddr, getaddresses
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
@@ -183,6 +184,12 @@ class Settings:
     alert_email_to: tuple[str, ...] = ()  # "Name <addr>" or "addr", as getaddresses parsed them
     alert_email_from: str = "reconcile-audit@localhost"
     email_max_attachment_bytes: int = 5_000_000
+    # Findings that need a person, itemised on the email's first screen; the rest are one line.
+    email_max_new: int = 200
+    # Tenant -> its finance team's recipients: each gets a report of its own tenant only.
+    tenant_recipients: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Unacknowledged findings open longer than this many days are overdue.
+    finding_sla_days: int = 7
     # Run folders `reconcile-audit run` keeps in its output directory; the latest completed one is
     # kept whatever its age.
     keep_runs: int = 30
@@ -322,7 +329,31 @@ def _parse_wasm_hashes(raw: str | None) -> frozenset[bytes] | None:
     return frozenset(hashes)
 
 
-def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+def _parse_tenant_recipients(raw: str | Mapping[str, Any] | None) -> Mapping[str, tuple[str, ...]]:
+    """``RECONCILE_TENANT_RECIPIENTS``: JSON ``{"acme": "finance@acme.example, cfo@acme.example"}``
+    (a value may also be a list of addresses)."""
+    setting = ENVIRONMENT["tenant_recipients"]
+    if raw is None:
+        return MappingProxyType({})
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError as exc:
+        raise ConfigError(setting, f"not JSON: {exc}") from exc
+    if not isinstance(parsed, Mapping):
+        raise ConfigError(setting, 'expected a JSON object {"tenant": "address, ..."}')
+    recipients: dict[str, tuple[str, ...]] = {}
+    for tenant, addresses in parsed.items():
+        if not isinstance(addresses, str | list) or not tenant:
+            raise ConfigError(setting, f"tenant {str(tenant)[:40]!r}: expected an address string or a list")
+        recipients[str(tenant)] = _recipients(addresses, setting=setting)
+        if not recipients[str(tenant)]:
+            raise ConfigError(setting, f"tenant {str(tenant)[:40]!r} has no address")
+    return MappingProxyType(recipients)
+
+
+def _recipients(
+    raw: str | tuple[str, ...] | list[str] | None, *, setting: str = "ALERT_EMAIL_TO"
+) -> tuple[str, ...]:
     """``ALERT_EMAIL_TO`` as mail clients read it: ``Finance Team <finance@example.test>, ops@x``
     is two recipients, display names kept. Each must carry an address with a domain."""
     if raw is None:
@@ -334,7 +365,7 @@ def _recipients(raw: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...
             continue
         if "@" not in address or address.startswith("@") or address.endswith("@"):
             shown = formataddr((name, address)) if name else address
-            raise ConfigError("ALERT_EMAIL_TO", f"{shown[:80]!r} is not an email address")
+            raise ConfigError(setting, f"{shown[:80]!r} is not an email address")
         recipients.append(formataddr((name, address)) if name else address)
     return tuple(recipients)
 
@@ -371,6 +402,9 @@ ENVIRONMENT = {
     "alert_email_to": "ALERT_EMAIL_TO",
     "alert_email_from": "ALERT_EMAIL_FROM",
     "email_max_attachment_bytes": "RECONCILE_EMAIL_MAX_ATTACHMENT_BYTES",
+    "email_max_new": "RECONCILE_EMAIL_MAX_NEW",
+    "tenant_recipients": "RECONCILE_TENANT_RECIPIENTS",
+    "finding_sla_days": "RECONCILE_FINDING_SLA_DAYS",
     "keep_runs": "RECONCILE_KEEP_RUNS",
     "report_base_url": "RECONCILE_REPORT_BASE_URL",
     "pushgateway_url": "PUSHGATEWAY_URL",
@@ -423,6 +457,7 @@ def load_settings(
         "currency_tokens": _parse_currency_tokens(raw.get("currency_tokens")),
         "custodial_wasm_hashes": _parse_wasm_hashes(raw.get("custodial_wasm_hashes")),
         "alert_email_to": _recipients(raw.get("alert_email_to")),
+        "tenant_recipients": _parse_tenant_recipients(raw.get("tenant_recipients")),
     }
     if "smtp_password" in raw:
         values["smtp_password"] = Secret(str(raw["smtp_password"]))
@@ -435,6 +470,8 @@ def load_settings(
         "rpc_timeout_seconds": float,
         "smtp_port": int,
         "email_max_attachment_bytes": int,
+        "email_max_new": int,
+        "finding_sla_days": int,
         "keep_runs": int,
         "stale_after_hours": float,
         "min_read_share": float,
@@ -475,6 +512,8 @@ _RULES: Final = (
     ("tolerance_base_units", lambda v: v >= 0, "must not be negative"),
     ("email_max_attachment_bytes", lambda v: v >= 0, "must not be negative (0 attaches nothing)"),
     ("keep_runs", lambda v: v >= 1, "must be at least 1"),
+    ("email_max_new", lambda v: v >= 0, "must not be negative"),
+    ("finding_sla_days", lambda v: v >= 0, "must not be negative"),
     (
         "report_base_url",
         lambda v: (

@@ -1,22 +1,28 @@
-"""The ``reconcile-audit`` command: run, merge, demo, check, summary, unlock, migrate, version.
+"""The ``reconcile-audit`` command: run, merge, demo, check, summary, ack, unack, acks, unlock,
+migrate, version.
 
 Exit codes: :class:`reconcile_audit.errors.ExitCode` (0 clean, 1 findings, 2 failed, 3 lease held).
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Final
 
+import polars as pl
 import typer
 
 from reconcile_audit import __version__
 from reconcile_audit.compute import persist
+from reconcile_audit.compute.lifecycle import AckAction
+from reconcile_audit.compute.persist import acks as acks_store
 from reconcile_audit.compute.settings import ENVIRONMENT, load_settings, redact_url
 from reconcile_audit.errors import ExitCode, ReconcileAuditError
 from reconcile_audit.face import runner
@@ -290,6 +296,7 @@ def summary(
             settings.state_url(),
             settings.tenant_id,
             stale_after_hours=settings.stale_after_hours,
+            sla_days=settings.finding_sla_days,
         )
     except ReconcileAuditError as exc:
         print(f"summary: {exc}", file=sys.stderr)
@@ -301,6 +308,177 @@ def summary(
         for key, value in data.items():
             print(f"{key}: {value}")
     raise typer.Exit(ExitCode.for_health(health.status))
+
+
+def _parse_until(text: str | None) -> datetime | None:
+    """``--until``: a date (the start of that UTC day) or an ISO time with its offset."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a date (2026-12-31) or an ISO time") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _finding_lines(findings: pl.DataFrame) -> list[str]:
+    return [
+        f"  {row['finding_id']}  tenant {row['tenant_id'] or '-'}  {row['reason']}"[:200]
+        for row in findings.iter_rows(named=True)
+    ]
+
+
+def _acknowledge(
+    action: AckAction,
+    finding_or_invoice: str | None,
+    *,
+    reason: str,
+    by: str | None,
+    until: str | None = None,
+    tenant: str | None = None,
+    reason_code: str | None = None,
+    yes: bool = False,
+) -> None:
+    command = action.value
+    if (finding_or_invoice is None) == (tenant is None):
+        print(
+            f"{command}: name one FINDING_OR_INVOICE, or --tenant (with --reason-code) in bulk",
+            file=sys.stderr,
+        )
+        raise typer.Exit(ExitCode.FAILED)
+    now = datetime.now(UTC)
+    try:
+        settings = load_settings({})
+        url = settings.state_url()
+        acknowledgement = acks_store.Acknowledgement(
+            action, by or getpass.getuser(), reason, now, _parse_until(until)
+        )
+        judged = acks_store.findings_with_acks(url, now, sla_days=settings.finding_sla_days)
+    except (ReconcileAuditError, ValueError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED) from exc
+    chosen = acks_store.targets(
+        judged, finding_or_invoice=finding_or_invoice, tenant_id=tenant, reason_code=reason_code
+    )
+    if action == AckAction.UNACK:
+        chosen = acks_store.holding(chosen)
+    named = finding_or_invoice or f"tenant {tenant!r}" + (
+        f" with reason code {reason_code!r}" if reason_code else ""
+    )
+    if chosen.is_empty():
+        what = "acknowledged finding" if action == AckAction.UNACK else "open finding"
+        print(f"{command}: no {what} matches {named} in the latest completed runs", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED)
+    verb = "acknowledge" if action == AckAction.ACK else "withdraw the acknowledgement of"
+    print(f"{verb} {chosen.height:,} finding{'s' if chosen.height != 1 else ''} of {named}:")
+    print("\n".join(_finding_lines(chosen.head(20))))
+    if chosen.height > 20:
+        print(f"  ... and {chosen.height - 20:,} more")
+    if (
+        tenant is not None
+        and not yes
+        and not typer.confirm(f"{verb} these {chosen.height:,}?", default=False)
+    ):
+        print(f"{command}: nothing recorded", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED)
+    try:
+        written = acks_store.record(url, chosen, acknowledgement)
+    except ReconcileAuditError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED) from exc
+    until_text = "" if acknowledgement.until is None else f" until {acknowledgement.until.isoformat()}"
+    print(
+        f"recorded {written:,} {command} row{'s' if written != 1 else ''} by {acknowledgement.by}{until_text}"
+    )
+
+
+_REASON_HELP: Final = "Why (mandatory): it is kept with the acknowledgement and shown in every report."
+
+
+@app.command(epilog=_environment_epilog(*_STATE_VARIABLES, "finding_sla_days"))
+def ack(
+    finding_or_invoice: Annotated[
+        str | None,
+        typer.Argument(help="A finding id (INV-7:mismatch/amount) or an invoice id (all its findings)."),
+    ] = None,
+    reason: Annotated[str, typer.Option(help=_REASON_HELP)] = "",
+    until: Annotated[
+        str | None, typer.Option(help="Snooze until this date or time (UTC); then the finding reopens.")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who acknowledges. Default: the OS user.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Bulk: every open finding of this tenant.")] = None,
+    reason_code: Annotated[
+        str | None, typer.Option(help="Bulk, with --tenant: only this reason code.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Bulk: do not ask for confirmation.")] = False,
+) -> None:
+    """Acknowledge open findings of the latest completed runs: known, owned, here is why.
+
+    The acknowledgement holds while the finding's evidence (class, reason code, amounts) stays the
+    same and --until has not passed; then the finding shows as reopened. Only unacknowledged
+    findings fail the health check and the run's exit code.
+    """
+    if not reason.strip():
+        print("ack: --reason is mandatory", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED)
+    _acknowledge(
+        AckAction.ACK,
+        finding_or_invoice,
+        reason=reason,
+        by=by,
+        until=until,
+        tenant=tenant,
+        reason_code=reason_code,
+        yes=yes,
+    )
+
+
+@app.command(epilog=_environment_epilog(*_STATE_VARIABLES))
+def unack(
+    finding_or_invoice: Annotated[str, typer.Argument(help="A finding id or an invoice id.")],
+    reason: Annotated[str, typer.Option(help="Why the acknowledgement is withdrawn.")] = "withdrawn",
+    by: Annotated[str | None, typer.Option(help="Who withdraws it. Default: the OS user.")] = None,
+) -> None:
+    """Withdraw an acknowledgement: the finding needs a person again from the next check on."""
+    _acknowledge(AckAction.UNACK, finding_or_invoice, reason=reason, by=by)
+
+
+@app.command(epilog=_environment_epilog(*_STATE_VARIABLES, "finding_sla_days"))
+def acks(
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every row ever recorded, lapsed and withdrawn ones too.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The acknowledgements that hold now (or, with --all, the whole append-only record)."""
+    now = datetime.now(UTC)
+    try:
+        settings = load_settings({})
+        url = settings.state_url()
+        if show_all:
+            rows = acks_store.acknowledgements(url, now)
+        else:
+            rows = acks_store.holding(
+                acks_store.findings_with_acks(url, now, sla_days=settings.finding_sla_days)
+            )
+    except ReconcileAuditError as exc:
+        print(f"acks: {exc}", file=sys.stderr)
+        raise typer.Exit(ExitCode.FAILED) from exc
+    columns = (
+        ["id", "finding_id", "action", "acked_by", "acked_at", "acked_until", "reason"]
+        if show_all
+        else ["finding_id", "tenant_id", "acked_by", "acked_at", "acked_until", "ack_reason", "reason"]
+    )
+    shown = rows.select(columns)
+    if as_json:
+        for row in shown.iter_rows(named=True):
+            print(json.dumps(row, default=str, ensure_ascii=False))
+        return
+    if shown.is_empty():
+        print("no acknowledgements" + (" recorded" if show_all else " hold now"))
+        return
+    for row in shown.iter_rows(named=True):
+        print("  ".join("-" if value is None else str(value) for value in row.values()))
 
 
 @app.command(epilog=_environment_epilog(*_STATE_VARIABLES))

@@ -104,7 +104,7 @@ def merge(request: MergeRequest) -> RunOutcome:
                     result, settings, run_key=context.run_key, now=context.started_at
                 )
             with context.stage("persist"):
-                persisted = context.persist(result)
+                persisted = context.persist(result, comparison)
             with context.stage("render"):
                 facts, rendered = context.render(result, comparison, persisted)
             with context.stage("deliver"):

@@ -285,12 +285,13 @@ class RunContext:
             shard=self.settings.shard,
         )
 
-    def persist(self, result: AuditResult) -> PersistOutcome:
-        """Store the completed run and its non-match findings (never raises; see persist_run)."""
+    def persist(self, result: AuditResult, comparison: HistoryComparison | None = None) -> PersistOutcome:
+        """Store the completed run and its non-match findings, with the finding ids, states and
+        open periods ``comparison`` gave them (never raises; see persist_run)."""
         return persist.persist_run(
             self.state_url,
             self.run_record(result),
-            result.findings,
+            result.findings if comparison is None else comparison.findings,
             result.stranded.frame,
             result.stored_facts(),
         )
@@ -300,6 +301,7 @@ class RunContext:
         result: AuditResult | None,
         persisted: PersistOutcome | None,
         *,
+        comparison: HistoryComparison | None = None,
         failure_message: str | None = None,
     ) -> RunFacts:
         persist_error = None
@@ -329,6 +331,9 @@ class RunContext:
             stranded=None if result is None or result.stranded.skipped else result.stranded.frame.height,
             report_base_url=self.settings.report_base_url,
             part=self._part(result),
+            finding_states=None
+            if result is None or comparison is None or comparison.warning is not None
+            else comparison.state_counts(),
         )
 
     def _part(self, result: AuditResult | None) -> str | None:
@@ -342,7 +347,7 @@ class RunContext:
         self, result: AuditResult, comparison: HistoryComparison | None, persisted: PersistOutcome | None
     ) -> tuple[RunFacts, Report]:
         """The run's facts and its report, secrets redacted."""
-        facts = self.facts(result, persisted)
+        facts = self.facts(result, persisted, comparison=comparison)
         return facts, render_report(result, comparison, facts, redact=self.settings.redact)
 
     def cumulative_mismatches(self, counts: ClassCounts, persisted: PersistOutcome | None) -> int | None:
@@ -407,6 +412,9 @@ class RunContext:
                     class_counts=counts.by_class() if audited else None,
                     findings_by_age=comparison.findings_by_age()
                     if audited and comparison is not None and comparison.warning is None
+                    else None,
+                    unacknowledged=facts.finding_states["unacknowledged"]
+                    if audited and facts.finding_states is not None
                     else None,
                     stage_seconds=self.clock.stage_seconds,
                     stranded=facts.stranded if audited else None,
@@ -481,7 +489,15 @@ class RunContext:
             else deliver.findings_attachment(findings, settings.email_max_attachment_bytes)
         )
         email_facts = replace(facts, attachment_note=None if attachment is None else attachment.note)
-        report = render_report(result, comparison, email_facts, redact=settings.redact)
+        # The first screen holds what needs a person; acknowledged findings are a count.
+        report = render_report(
+            result,
+            comparison,
+            email_facts,
+            redact=settings.redact,
+            max_attention=settings.email_max_new,
+            list_acknowledged=False,
+        )
         return deliver.send_email(settings, deliver.build_email(settings, report, email_facts, attachment))
 
     def record_failure(

@@ -655,7 +655,7 @@ def completed_outcome(run_id: str, run_dir: Path) -> RunOutcome:
         )
     report = run_dir / "report.html"
     message = f"{summary.status.upper()}: {_attention(summary.class_counts)}; report: {report}"
-    exit_code = ExitCode.for_status(summary.status)
+    exit_code = ExitCode.for_status(summary.status, needs_a_person=summary.needs_a_person)
     if not summary.persisted:
         # The audit ran, but history, health and the counter do not have it: not a result.
         exit_code = ExitCode.FAILED

@@ -72,8 +72,9 @@ class RunMetricsInput:
     out, so the gateway keeps its last value instead of seeing a reset.
     ``class_counts``: invoices per class; ``None`` when the run failed before classifying, which
     leaves the per-class gauges out of the push for the same reason. Missing classes are 0.
-    ``findings_by_age``: open findings per ageing bucket (``HistoryComparison.findings_by_age``);
+    ``findings_by_age``: open findings per (ageing bucket, state) (``HistoryComparison.findings_by_age``);
     ``None`` when the run has no history to age them by, which leaves the gauge out.
+    ``unacknowledged``: findings no acknowledgement covers; ``None`` (no history) leaves it out.
     ``stranded``: escrows of invoices outside the audit that still hold or owe funds, or could
     not be read; ``None`` when the run did not check them, which leaves the gauge out.
     ``email_bytes``: size of the sent message; ``None`` when no email was attempted.
@@ -88,7 +89,8 @@ class RunMetricsInput:
     cumulative_mismatches: int | None = None
     class_counts: Mapping[str, int] | None = None
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
-    findings_by_age: Mapping[str, int] | None = None
+    findings_by_age: Mapping[tuple[str, str], int] | None = None
+    unacknowledged: int | None = None
     stranded: int | None = None
     email_bytes: int | None = None
     email_failed: bool = False
@@ -179,11 +181,20 @@ class _RunCollector(Collector):
                 ((name, run.class_counts.get(name, 0)) for name in CLASSES),
             )
         if run.findings_by_age is not None:
-            yield self._gauges(
-                "findings",
-                "Open findings (every class but match) of the last completed run, by days since first seen",
-                "bucket",
-                run.findings_by_age.items(),
+            family = GaugeMetricFamily(
+                PREFIX + "findings",
+                "Open findings (every class but match) of the last completed run, by days since first seen and state",
+                labels=["tenant", "bucket", "state"],
+            )
+            for (bucket, state), number in run.findings_by_age.items():
+                family.add_metric([run.tenant, bucket, state], number)
+            yield family
+        if run.unacknowledged is not None:
+            yield self._family(
+                GaugeMetricFamily,
+                "unacknowledged_findings",
+                "Findings of the last completed run that no acknowledgement covers (new, reopened, persisting)",
+                run.unacknowledged,
             )
         if run.stranded is not None:
             yield self._family(

@@ -11,7 +11,7 @@ are not shown and that the full list is in ``findings.csv``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import PurePath
@@ -24,8 +24,16 @@ import jinja2
 import polars as pl
 
 from reconcile_audit.compute.amounts import format_base_units, format_decimal, format_token_amount, one_line
+from reconcile_audit.compute.lifecycle import FindingState
 from reconcile_audit.compute.result import AuditResult
-from reconcile_audit.compute.schemas import CLASS_ORDER, CLASSES, FINDING_CLASSES, FINDINGS, AuditStatus
+from reconcile_audit.compute.schemas import (
+    CLASS_ORDER,
+    CLASSES,
+    FINDING_CLASSES,
+    FINDINGS,
+    LIFECYCLE,
+    AuditStatus,
+)
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING
 from reconcile_audit.compute.stranded import Stranded
 from reconcile_audit.output.summary import RunFacts, identity
@@ -42,7 +50,7 @@ CLASS_WORDS: Final = {
 # Order of findings of equal (or no) drift: money first, then what blocks reading money.
 _CLASS_RANK: Final = {name: rank for rank, name in enumerate(CLASS_ORDER)}
 TREND_RUNS: Final = 30
-SECONDARY_ROWS: Final = 50  # rows at most in the new / persisting / resolved / expiry lists
+SECONDARY_ROWS: Final = 50  # rows at most in the acknowledged / resolved / expiry / stranded lists
 BAR_MAX_PX: Final = 200  # fits a 375 px phone screen beside the page's padding
 # Every listed row renders to at least this many bytes, which bounds the search for the cut.
 _MIN_ROW_BYTES: Final = 32
@@ -173,6 +181,10 @@ class StateRow:
     first_seen: str
     reason: str
     resolved_as: str  # resolved rows only: "now matches" or "no longer extracted"
+    finding_id: str = ""
+    overdue: bool = False
+    acknowledgement: str = ""  # "by ana on 2026-11-30 until 2026-12-31: reason" (held or lapsed)
+    lapsed: str = ""  # why a reopened finding's acknowledgement no longer holds
 
 
 @dataclass(frozen=True)
@@ -316,10 +328,25 @@ _RESOLVED_AS: Final = {
 }
 
 
+def _day(moment: object) -> str:
+    return moment.strftime("%Y-%m-%d") if isinstance(moment, datetime) else _plain(moment)
+
+
+def _acknowledgement(row: Mapping[str, Any]) -> str:
+    if not row.get("acked_by"):
+        return ""
+    until = f" until {_day(row['acked_until'])}" if row.get("acked_until") else ""
+    return f"by {_plain(row['acked_by'])} on {_day(row['acked_at'])}{until}: {_plain(row['ack_reason'])}"
+
+
 def _state_row(row: Mapping[str, Any]) -> StateRow:
     first_seen = row.get("first_seen_at")
     age = row.get("age_days")
     return StateRow(
+        finding_id=_plain(row.get("finding_id") or ""),
+        overdue=bool(row.get("overdue")),
+        acknowledgement=_acknowledgement(row),
+        lapsed=_plain(row.get("ack_lapsed") or ""),
         invoice_id=_plain(row["invoice_id"]),
         class_name=row["class"],
         class_word=CLASS_WORDS.get(row["class"], _plain(row["class"])),
@@ -437,19 +464,32 @@ def _empty_findings() -> pl.DataFrame:
 @dataclass(frozen=True)
 class _Lists:
     new: Section
-    persisting: Section
+    reopened: Section
+    persisting: Section  # unacknowledged only
+    acknowledged: Section
     resolved: Section
     worst: Section
     expiry: Section
     stranded: Section
+    overdue: int
+    max_attention: int  # rows itemised across new, reopened and persisting together
 
     def cut(self, limit: int) -> _Lists:
         """The worst-findings list gets ``limit`` rows; the others at most SECONDARY_ROWS, so on a
-        bad night the ranked list, which says where the money is, keeps most of the budget."""
+        bad night the ranked list, which says where the money is, keeps most of the budget. The
+        findings that need a person share ``max_attention`` rows, new ones first."""
         secondary = min(limit, SECONDARY_ROWS)
-        return _Lists(
-            new=self.new.cut(secondary),
-            persisting=self.persisting.cut(secondary),
+        budget = min(limit, self.max_attention)
+        attention = []
+        for section in (self.new, self.reopened, self.persisting):
+            attention.append(section.cut(budget))
+            budget -= len(attention[-1].rows)
+        return replace(
+            self,
+            new=attention[0],
+            reopened=attention[1],
+            persisting=attention[2],
+            acknowledged=self.acknowledged.cut(secondary),
             resolved=self.resolved.cut(secondary),
             worst=self.worst.cut(limit),
             expiry=self.expiry.cut(secondary),
@@ -459,11 +499,20 @@ class _Lists:
     @property
     def longest(self) -> int:
         """The largest limit that still changes what :meth:`cut` shows."""
-        others = max(s.total for s in (self.new, self.persisting, self.resolved, self.expiry, self.stranded))
-        return max(self.worst.total, min(others, SECONDARY_ROWS))
+        others = max(s.total for s in (self.acknowledged, self.resolved, self.expiry, self.stranded))
+        attention = min(self.new.total + self.reopened.total + self.persisting.total, self.max_attention)
+        return max(self.worst.total, min(others, SECONDARY_ROWS), attention)
 
 
-def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int, stranded: pl.DataFrame) -> _Lists:
+def _lists(
+    findings: pl.DataFrame,
+    history: HistoryView | None,
+    cap: int,
+    stranded: pl.DataFrame,
+    *,
+    max_attention: int,
+    list_acknowledged: bool,
+) -> _Lists:
     non_match = worst_first(findings.filter(pl.col("class") != "match"))
     has_flag = pl.col("flags").list.contains("archived") | pl.col("flags").list.contains("ttl_expiring")
     expiry = (
@@ -472,19 +521,37 @@ def _lists(findings: pl.DataFrame, history: HistoryView | None, cap: int, strand
         .sort(["_not_archived", "live_until_ledger", "invoice_id"], nulls_last=True)
     )
     if history is not None and "finding_state" in history.findings.columns:
-        states = history.findings.filter(pl.col("class") != "match")
-        new = worst_first(states.filter(pl.col("finding_state") == "new"))
-        persisting = states.filter(pl.col("finding_state") == "persisting").sort(
-            ["age_days", "drift_rank", "invoice_id"], descending=[True, False, False], nulls_last=True
+        states = history.findings.filter(pl.col("class") != "match").with_columns(
+            pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in LIFECYCLE.items()
+            if name not in history.findings.columns
         )
+
+        def in_state(state: FindingState) -> pl.DataFrame:
+            # Overdue first, then the oldest, then the largest drift.
+            return states.filter(pl.col("finding_state") == state.value).sort(
+                ["overdue", "age_days", "drift_rank", "invoice_id"],
+                descending=[True, True, False, False],
+                nulls_last=True,
+            )
+
+        new = worst_first(states.filter(pl.col("finding_state") == FindingState.NEW.value))
+        reopened, persisting = in_state(FindingState.REOPENED), in_state(FindingState.PERSISTING)
+        acknowledged = in_state(FindingState.ACKNOWLEDGED)
+        overdue = int(states.get_column("overdue").fill_null(False).sum())
         resolved = history.resolved.sort(["first_seen_at", "invoice_id"], nulls_last=True)
     else:
-        new = persisting = _empty_findings()
+        new = reopened = persisting = acknowledged = _empty_findings()
+        overdue = 0
         resolved = pl.DataFrame(schema={"invoice_id": pl.String, "class": pl.String, "reason": pl.String})
     return _Lists(
         new=_section(new, cap, _state_row),
+        reopened=_section(reopened, cap, _state_row),
         persisting=_section(persisting, cap, _state_row),
+        acknowledged=_section(acknowledged, cap if list_acknowledged else 0, _state_row),
         resolved=_section(resolved, cap, _state_row),
+        overdue=overdue,
+        max_attention=max_attention,
         worst=_section(non_match, cap, _finding_row),
         expiry=_section(expiry, cap, _expiry_row),
         # Known money first, then the escrows that could not be read.
@@ -566,7 +633,12 @@ def _view(
         "history_warning": _plain(redact(history_warning)) if history_warning else "",
         "has_previous": previous is not None,
         "new": lists.new,
+        "reopened": lists.reopened,
         "persisting": lists.persisting,
+        "acknowledged": lists.acknowledged,
+        "attention_total": lists.new.total + lists.reopened.total + lists.persisting.total,
+        "attention_omitted": lists.new.omitted + lists.reopened.omitted + lists.persisting.omitted,
+        "overdue": lists.overdue,
         "resolved": lists.resolved,
         "worst": lists.worst,
         "expiry": lists.expiry,
@@ -594,6 +666,7 @@ def _links(facts: RunFacts) -> dict[str, Any] | None:
     notebook = PurePath(facts.notebook_path).name or "notebook.ipynb"
     return {
         "notebook": f"{base}/{quote(notebook)}",
+        "report": f"{base}/report.html",
         "files": tuple((f"{base}/{name}", label) for name, label in RESULT_FILES),
     }
 
@@ -631,19 +704,31 @@ def render_report(
     max_bytes: int = 100_000,
     redact: Callable[[str], str] = identity,
     templates_dir: str | None = None,
+    max_attention: int = SECONDARY_ROWS,
+    list_acknowledged: bool = True,
 ) -> Report:
     """Render the run into HTML (CSS inlined, under ``max_bytes``) and text.
 
     ``result``: the run's findings and counts (``None`` for a run that failed before classify).
     ``history``: the comparison with earlier runs, or ``None`` when history could not be read.
     ``redact``: applied to the free-text facts (pass ``settings.redact``).
+    ``max_attention``: findings that need a person (new, reopened, unacknowledged persisting)
+    itemised at most, together; the rest are one line. ``list_acknowledged``: list acknowledged
+    findings one by one (the report file) or only count them (the email).
     """
     result = result or AuditResult.empty()
     frame, counts = result.findings, result.counts
     previous = None if history is None else history.previous_counts
     env = environment(templates_dir or str(TEMPLATES_DIR))
     cap = max(max_bytes // _MIN_ROW_BYTES, 0)
-    lists = _lists(frame, history, cap, result.stranded.frame)
+    lists = _lists(
+        frame,
+        history,
+        cap,
+        result.stranded.frame,
+        max_attention=max_attention,
+        list_acknowledged=list_acknowledged,
+    )
     trend = _trend_rows(None if history is None else history.trend, facts, counts)
     history_warning: str | None = getattr(history, "warning", None)
 

@@ -63,6 +63,8 @@ class RunFacts:
     stranded: int | None = None
     # What part of its run key this run audited: "shard 2/4 ...", "merged from 4 shards ..."; None: all.
     part: str | None = None
+    # Open findings per state (new, reopened, persisting, acknowledged) and overdue; None: no history.
+    finding_states: Mapping[str, int] | None = None
 
 
 class ListedFindings(Protocol):
@@ -105,7 +107,19 @@ class RunSummary:
     currencies_checked: tuple[str, ...] | None = None
     # Escrows outside the audit that still hold or owe funds, or could not be read; None: not checked.
     stranded: int | None = None
+    # Findings no acknowledgement covers, findings one does, and unacknowledged ones older than
+    # RECONCILE_FINDING_SLA_DAYS; None when the run had no history to judge them by.
+    unacknowledged: int | None = None
+    acknowledged: int | None = None
+    overdue: int | None = None
     schema_version: int = SUMMARY_SCHEMA_VERSION
+
+    @property
+    def needs_a_person(self) -> bool:
+        """Findings that no acknowledgement covers (every finding, when none could be judged)."""
+        if self.status != AuditStatus.FINDINGS:
+            return False
+        return self.unacknowledged is None or self.unacknowledged > 0
 
     @property
     def class_counts(self) -> ClassCounts:
@@ -122,6 +136,7 @@ class RunSummary:
         failed_cell: str | None = None,
     ) -> RunSummary:
         per_class = {c: int(counts.get(c, 0)) for c in CLASSES}
+        states = facts.finding_states
 
         def clean(text: str | None) -> str | None:
             return None if text is None else redact(text)
@@ -147,6 +162,9 @@ class RunSummary:
             failed_cell=failed_cell,
             currencies_checked=facts.currencies_checked,
             stranded=facts.stranded,
+            unacknowledged=None if states is None else states["unacknowledged"],
+            acknowledged=None if states is None else states["acknowledged"],
+            overdue=None if states is None else states["overdue"],
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 
 from reconcile_audit.compute import persist
 from reconcile_audit.compute.history import TREND_RUNS, HistoryComparison, compare_with_history
+from reconcile_audit.compute.lifecycle import age_bucket
 from reconcile_audit.compute.persist import RunRecord
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
@@ -103,10 +104,10 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
     current = frame(
         {
             "A": "mismatch",  # non-match in r0..r3: persisting since r0
-            "P": "error",  # non-match r0, match r1, non-match r2, r3: persisting since r2
-            "B": "error",  # match in r2, r3: new
+            "P": "error",  # error r0, match r1, error r2, missing_on_chain r3: reopened (another finding in r3)
+            "B": "error",  # error r0, r1, match in r2, r3: the same finding came back, reopened
             "H": "mismatch",  # match r0, r1, non-match r2, r3: persisting since r2
-            "G": "unlinked",  # non-match r0, r1, not extracted since: new
+            "G": "unlinked",  # non-match r0, r1, not extracted since: reopened
             "D": "match",  # non-match in r3: resolved as match
             "E": "error",  # never seen: new
             "M": "match",  # never a finding: no state
@@ -123,10 +124,10 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
     rows = by_invoice(history.findings)
     expected = {
         "A": ("persisting", day[0], 4),
-        "P": ("persisting", day[2], 2),
-        "B": ("new", NOW, 0),
+        "P": ("reopened", NOW, 0),
+        "B": ("reopened", NOW, 0),
         "H": ("persisting", day[2], 2),
-        "G": ("new", NOW, 0),
+        "G": ("reopened", NOW, 0),
         "E": ("new", NOW, 0),
         None: ("new", NOW, 0),
         "D": (None, None, None),
@@ -216,9 +217,22 @@ def test_naive_now_is_refused(tmp_path: Path) -> None:
         )
 
 
-def test_findings_by_age_counts_open_findings_into_every_bucket() -> None:
+def test_findings_by_age_counts_open_findings_into_every_bucket_and_state() -> None:
     ages = pl.DataFrame({"age_days": [None, 0, 1, 2, 7, 8, 30, 31, 400]}, schema={"age_days": pl.Int64})
-    comparison = HistoryComparison(ages, pl.DataFrame(), pl.DataFrame(), None, None, 0)
-    assert comparison.findings_by_age() == {"0-1": 2, "2-7": 2, "8-30": 2, "over-30": 2}
-    none = HistoryComparison(ages.clear(), pl.DataFrame(), pl.DataFrame(), None, None, 0)
-    assert none.findings_by_age() == {"0-1": 0, "2-7": 0, "8-30": 0, "over-30": 0}
+    states = ["match" if age is None else ("acknowledged" if age == 400 else "new") for age in ages["age_days"]]
+    findings = ages.with_columns(
+        age_bucket(pl.col("age_days")).alias("age_bucket"),
+        pl.Series("finding_state", [None if state == "match" else state for state in states]),
+    )
+    comparison = HistoryComparison(findings, pl.DataFrame(), pl.DataFrame(), None, None, 0)
+    by_age = comparison.findings_by_age()
+    assert len(by_age) == 4 * 4  # every bucket and open state, zeros included
+    assert {key: n for key, n in by_age.items() if n} == {
+        ("0-1", "new"): 2,
+        ("2-7", "new"): 2,
+        ("8-30", "new"): 2,
+        ("over-30", "new"): 1,
+        ("over-30", "acknowledged"): 1,
+    }
+    none = HistoryComparison(findings.clear(), pl.DataFrame(), pl.DataFrame(), None, None, 0)
+    assert set(none.findings_by_age().values()) == {0}

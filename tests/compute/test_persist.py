@@ -89,12 +89,14 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
         (5, "escrow_balances"),
         (6, "stranded"),
         (7, "shards"),
+        (8, "acknowledgements"),
     ]
     for table in (
         "reconciliation_runs",
         "reconciliation_findings",
         "reconciliation_leases",
         "reconciliation_attempts",
+        "reconciliation_acknowledgements",
     ):
         assert query(state_url, f"SELECT count(*) FROM {table}") == [(0,)]
 

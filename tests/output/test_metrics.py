@@ -251,15 +251,19 @@ def test_basic_auth_credentials_in_the_url_push_and_never_show(tmp_path):
             assert "escrow_reconciliation_last_run_success" in response.read().decode()
 
 
-def test_open_findings_by_age_only_when_the_run_could_age_them() -> None:
-    aged = success_run(findings_by_age={"0-1": 2, "2-7": 0, "8-30": 1, "over-30": 4})
+def test_open_findings_by_age_and_state_only_when_the_run_could_age_them() -> None:
+    by_age = {("0-1", "new"): 2, ("8-30", "persisting"): 1, ("over-30", "acknowledged"): 4}
+    aged = success_run(findings_by_age=by_age, unacknowledged=3)
     found = samples(generate_latest(build_registry(aged)).decode())
-    buckets = {
-        dict(labels)["bucket"]: v for (name, labels), v in found.items() if name == f"{PREFIX}findings"
+    series = {
+        (dict(labels)["bucket"], dict(labels)["state"]): v
+        for (name, labels), v in found.items()
+        if name == f"{PREFIX}findings"
     }
-    assert buckets == {"0-1": 2, "2-7": 0, "8-30": 1, "over-30": 4}
+    assert series == by_age
+    assert found[(f"{PREFIX}unacknowledged_findings", (("tenant", "all"),))] == 3
     unaged = samples(generate_latest(build_registry(success_run())).decode())
-    assert not any(name == f"{PREFIX}findings" for name, _ in unaged)
+    assert not any(name in (f"{PREFIX}findings", f"{PREFIX}unacknowledged_findings") for name, _ in unaged)
 
 
 def test_stranded_escrows_only_when_the_run_checked_them() -> None:

@@ -27,9 +27,11 @@ from tests.services import require_binary, view_in_chromium
 SECTIONS_HTML = (
     "Escrow reconciliation: FINDINGS",
     "Invoices by class",
-    "Changes since earlier runs",
+    "Needs a person",
     "New findings",
-    "Persisting findings",
+    "Reopened findings",
+    "Persisting, not acknowledged",
+    "Acknowledged (",
     "Resolved since the previous run",
     "Findings, worst first",
     "Escrows outside the audit that still hold funds",
@@ -71,9 +73,9 @@ def test_content_in_the_documented_order() -> None:
     text_needles = (
         "ESCROW RECONCILIATION: FINDINGS",
         "INVOICES BY CLASS",
-        "CHANGES SINCE EARLIER RUNS",
+        "NEEDS A PERSON",
         "New findings",
-        "Persisting findings",
+        "Persisting, not acknowledged",
         "Resolved since the previous run",
         "FINDINGS, WORST FIRST",
         "ARCHIVED AND TTL-EXPIRING ESCROWS",
@@ -115,9 +117,9 @@ def test_run_facts_counts_and_changes() -> None:
 def test_new_persisting_resolved_and_worst_first() -> None:
     report = realistic_report()
     text = report.text
-    new = text[text.index("New findings") : text.index("Persisting findings")]
+    new = text[text.index("New findings") : text.index("Persisting, not acknowledged")]
     assert "INV-2026-10003" in new and "INV-2026-10001" not in new
-    persisting = text[text.index("Persisting findings") : text.index("Resolved since")]
+    persisting = text[text.index("Persisting, not acknowledged") : text.index("Resolved since")]
     assert persisting.index("INV-2026-10005") < persisting.index("INV-2026-10001")  # oldest first
     assert "for 12 days, first seen 2026-11-12" in persisting
     assert "INV-2026-00999 [was Mismatch, now matches]" in text
@@ -352,10 +354,10 @@ def test_secondary_lists_are_capped_so_the_ranked_list_keeps_the_budget() -> Non
     report = render_report(AuditResult.of(findings), history_for(findings), facts())
     assert report.findings_shown == 120 and report.findings_omitted == 0
     text = report.text
-    new = text[text.index("New findings") : text.index("Persisting findings")]
+    new = text[text.index("New findings") : text.index("Reopened findings")]
     assert new.count("  - INV-") == 50
-    assert "70 more not shown (of 120); the full list is in findings.csv." in new
-    assert "70 more not shown</b> (of 120)" in report.html
+    assert "70 more not itemised; every finding is in findings.csv." in text
+    assert "70 more not itemised</b> (of 120)" in report.html
 
 
 def test_a_trend_without_the_current_run_gets_it_appended() -> None:

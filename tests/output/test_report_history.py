@@ -72,8 +72,8 @@ def test_report_from_real_history_and_a_monotonic_counter(tmp_path: Path) -> Non
     report = render_report(AuditResult.of(today), comparison, facts(run_id="night-2"))
 
     text = report.text
-    new = text[text.index("New findings") : text.index("Persisting findings")]
-    persisting = text[text.index("Persisting findings") : text.index("Resolved since")]
+    new = text[text.index("New findings") : text.index("Persisting, not acknowledged")]
+    persisting = text[text.index("Persisting, not acknowledged") : text.index("Resolved since")]
     resolved = text[text.index("Resolved since") : text.index("FINDINGS, WORST FIRST")]
     assert "NEW-1" in new and "STAYS-1" not in new
     assert "STAYS-1 [Mismatch] for 1 day, first seen 2026-11-23" in persisting

@@ -9,7 +9,15 @@ from typing import Any, Final
 import polars as pl
 
 from reconcile_audit.compute.db import Connection, read_sql
-from reconcile_audit.compute.schemas import CLASS_ORDER, FINDINGS, STRANDED, STRANDED_CLASS, conform
+from reconcile_audit.compute.lifecycle import with_identity
+from reconcile_audit.compute.schemas import (
+    CLASS_ORDER,
+    FINDINGS,
+    LIFECYCLE,
+    STRANDED,
+    STRANDED_CLASS,
+    conform,
+)
 
 RESULTS_JSON_CAP: Final = 1000
 """At most this many non-match rows go into ``reconciliation_runs.results``."""
@@ -37,16 +45,23 @@ RESULTS_ORDER: Final = (
     + ", then finding_no"
 )
 _STAGING: Final = "reconcile_findings_staging"
+# The lifecycle columns a stored finding keeps: enough to judge an acknowledgement later.
+STORED_LIFECYCLE: Final = pl.Schema(
+    {name: LIFECYCLE[name] for name in ("finding_id", "evidence", "finding_state", "first_seen_at")}
+)
 
 
 def stored_rows(findings: pl.DataFrame) -> pl.DataFrame:
     """The FINDINGS rows to store: every class but ``match``, and the matches that carry a flag
-    (a merge of shards lists those as one run does), numbered by frame position.
+    (a merge of shards lists those as one run does), numbered by frame position, with their
+    finding id and evidence, and the state and open period that history gave them (null when
+    ``findings`` carries no history).
 
     NUL characters, which PostgreSQL text cannot hold, become U+FFFD on both dialects so that
     one hostile id cannot keep a whole run out of the database.
     """
-    frame = conform(findings, FINDINGS, "persist").select(list(FINDINGS))
+    frame = conform(findings, FINDINGS, "persist")
+    frame = frame.select(*FINDINGS, *[name for name in STORED_LIFECYCLE if name in frame.columns])
     return _storable(frame, first_no=1).filter(
         pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
     )
@@ -72,8 +87,15 @@ def stranded_rows(stranded: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
 
 
 def _storable(frame: pl.DataFrame, *, first_no: int) -> pl.DataFrame:
-    """``frame`` (FINDINGS columns) numbered from ``first_no``, NUL characters as U+FFFD."""
-    strings = [name for name, dtype in FINDINGS.items() if dtype == pl.String]
+    """``frame`` (FINDINGS columns, and any of the lifecycle's) numbered from ``first_no``, with
+    every stored lifecycle column, NUL characters as U+FFFD."""
+    lifecycle = [
+        pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in STORED_LIFECYCLE.items()
+        if name not in frame.columns
+    ]
+    frame = with_identity(frame.with_columns(lifecycle).drop("finding_id", "evidence"))
+    strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
     return frame.with_row_index("finding_no", offset=first_no).with_columns(
         pl.col("finding_no").cast(pl.Int32),
         pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True),

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from reconcile_audit.compute.db import read_sql
+from reconcile_audit.compute.lifecycle import DEFAULT_SLA_DAYS
+from reconcile_audit.compute.persist.acks import findings_with_acks, scope_counts
 from reconcile_audit.compute.persist.session import (
     as_utc,
     describe_error,
@@ -55,9 +57,15 @@ class Health:
     """What the latest finished attempt of a tenant scope says about the audit's health.
 
     ``not_run``: no finished attempt (or no tables); ``failed``: the latest attempt failed or was
-    abandoned; ``incomplete``: the latest attempt ran to the end but read too few escrows; ``stale``: the latest attempt completed more than ``stale_after_hours`` before
-    ``checked_at``; ``healthy``: it completed with every invoice a match; ``findings``: it
-    completed with at least one non-match invoice.
+    abandoned; ``incomplete``: the latest attempt ran to the end but read too few escrows;
+    ``stale``: the latest attempt completed more than ``stale_after_hours`` before
+    ``checked_at``; ``findings``: it completed with at least one finding that no acknowledgement
+    covers (as the acknowledgements stand at ``checked_at``); ``healthy``: it completed, and every
+    invoice matches or its finding is acknowledged.
+
+    ``unacknowledged``, ``acknowledged`` and ``overdue`` count the findings of the scope's latest
+    completed run (``overdue``: unacknowledged and open longer than the SLA); None when the run
+    predates finding ids, or no run completed.
 
     ``latest`` is that attempt and ``last_completed`` the newest completed one (the stored result
     the findings come from), ordered by the database's writes, not by any client's clock. The flat
@@ -78,6 +86,9 @@ class Health:
     error: str | None = None
     latest: AttemptView | None = None
     last_completed: AttemptView | None = None
+    unacknowledged: int | None = None
+    acknowledged: int | None = None
+    overdue: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,6 +122,7 @@ def latest_summary(
     *,
     stale_after_hours: float = 25.0,
     now: datetime | None = None,
+    sla_days: int = DEFAULT_SLA_DAYS,
 ) -> Health:
     """The health of one tenant scope from its latest finished attempt (see :class:`Health`).
 
@@ -138,6 +150,9 @@ def latest_summary(
     completed = [row for row in rows.iter_rows(named=True) if row["is_completed"]]
     last_completed = _attempt(completed[0]) if completed else None
     ended = latest.finished_at or latest.started_at
+    finding_counts = _finding_counts(url, tenant_id, checked_at, sla_days, last_completed)
+    # Only findings nobody owns make a scope unhealthy; before finding ids (an older run), all do.
+    unowned = latest.counts.non_match if finding_counts is None else finding_counts["unacknowledged"]
     if latest.status == RunStatus.INCOMPLETE:
         status = HealthStatus.INCOMPLETE
     elif latest.status != RunStatus.COMPLETED:
@@ -145,7 +160,7 @@ def latest_summary(
     elif ended is None or checked_at - ended > timedelta(hours=stale_after_hours):
         status = HealthStatus.STALE
     else:
-        status = HealthStatus.FINDINGS if latest.counts.non_match else HealthStatus.HEALTHY
+        status = HealthStatus.FINDINGS if unowned else HealthStatus.HEALTHY
     return Health(
         status=status,
         tenant_id=tenant_id,
@@ -161,4 +176,16 @@ def latest_summary(
         error=latest.error,
         latest=latest,
         last_completed=last_completed,
+        **(finding_counts or {}),
     )
+
+
+def _finding_counts(
+    url: str, tenant_id: str | None, now: datetime, sla_days: int, last_completed: AttemptView | None
+) -> dict[str, int] | None:
+    if last_completed is None:
+        return None
+    counts = scope_counts(findings_with_acks(url, now, sla_days=sla_days), tenant_id)
+    if sum(counts.values()) == 0 and last_completed.counts.non_match:
+        return None  # its findings were stored before they had ids (migration 0008)
+    return counts
