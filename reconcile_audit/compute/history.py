@@ -78,6 +78,17 @@ class HistoryComparison:
     earlier_runs: int  # earlier completed runs in the trend
     warning: str | None = None
 
+    def for_tenant(self, tenant_id: str) -> HistoryComparison:
+        """The comparison narrowed to one tenant's findings; the trend and the previous counts
+        are the whole scope's, so they are left out."""
+        return replace(
+            self,
+            findings=self.findings.filter(pl.col("tenant_id") == tenant_id),
+            resolved=self.resolved.filter(pl.col("tenant_id") == tenant_id),
+            trend=self.trend.clear(),
+            previous_counts=None,
+        )
+
     def findings_by_age(self) -> dict[tuple[str, str], int]:
         """Open (non-match) findings per (ageing bucket, state), every pair present."""
         grouped = (

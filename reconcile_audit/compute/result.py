@@ -7,7 +7,7 @@ read its counts instead of counting the findings again, so every artifact agrees
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 import polars as pl
@@ -121,6 +121,15 @@ class AuditResult:
             reread,
             stranded or Stranded.not_checked(NOT_LOOKED_FOR),
         )
+
+    def for_tenant(self, tenant_id: str) -> AuditResult | None:
+        """This result narrowed to one tenant's invoices and stranded escrows (its own report);
+        None for a merge of shards, whose plain matches are counts without rows."""
+        if not self.holds_every_row:
+            return None
+        frame = self.findings.filter(pl.col("tenant_id") == tenant_id)
+        stranded = replace(self.stranded, frame=self.stranded.frame.filter(pl.col("tenant_id") == tenant_id))
+        return replace(self, findings=frame, counts=count_classes(frame), stranded=stranded)
 
     @classmethod
     def empty(cls) -> AuditResult:

@@ -448,8 +448,9 @@ class RunContext:
             return Delivered(paths, summary, (note,), registry)
 
         notes: list[str] = []
-        email = self.send_report(result, comparison, facts, findings)
+        email = self.send_report(result, comparison, facts, findings, settings.alert_email_to)
         notes.append(f"email {email.status}: {email.detail}")
+        notes.extend(self.send_tenant_reports(result, comparison, facts))
         skipped = email.status == DeliveryStatus.SKIPPED
         registry = registry_for(
             None if skipped else email.message_bytes, email.status == DeliveryStatus.FAILED
@@ -470,18 +471,46 @@ class RunContext:
         metrics.write_textfile(registry, paths.metrics_prom)
         return Delivered(paths, summary, tuple(notes), registry)
 
+    def send_tenant_reports(
+        self, result: AuditResult | None, comparison: HistoryComparison | None, facts: RunFacts
+    ) -> list[str]:
+        """Each tenant of RECONCILE_TENANT_RECIPIENTS gets a report of its own invoices only,
+        built from the same findings; returns one delivery note per tenant."""
+        notes = []
+        for tenant, recipients in self.settings.tenant_recipients.items():
+            own = None if result is None else result.for_tenant(tenant)
+            if result is not None and own is None:
+                notes.append(
+                    f"email to tenant {tenant} {DeliveryStatus.SKIPPED}: a merge of shards has no per-tenant counts"
+                )
+                continue
+            own_comparison = None if comparison is None else comparison.for_tenant(tenant)
+            findings = None if own is None else (own_comparison.findings if own_comparison else own.findings)
+            own_facts = replace(
+                facts,
+                tenant_id=tenant,
+                stranded=None if own is None or facts.stranded is None else own.stranded.frame.height,
+                finding_states=None
+                if own_comparison is None or facts.finding_states is None
+                else own_comparison.state_counts(),
+            )
+            sent = self.send_report(own, own_comparison, own_facts, findings, recipients)
+            notes.append(f"email to tenant {tenant} {sent.status}: {sent.detail}")
+        return notes
+
     def send_report(
         self,
         result: AuditResult | None,
         comparison: HistoryComparison | None,
         facts: RunFacts,
         findings: pl.DataFrame | None,
+        recipients: tuple[str, ...],
     ) -> deliver.DeliveryOutcome:
-        """Email the report with the findings attached. Built only when there are recipients: at
-        1M invoices the attachment alone is real work. The email's report is rendered again with
-        the footer saying what is attached and what had to be cut."""
-        settings = self.settings
-        if not settings.alert_email_to:
+        """Email the report with the findings attached to ``recipients``. Built only when there
+        are recipients: at 1M invoices the attachment alone is real work. The email's report is
+        rendered again with the footer saying what is attached and what had to be cut."""
+        settings = replace(self.settings, alert_email_to=recipients)
+        if not recipients:
             return deliver.DeliveryOutcome(DeliveryStatus.SKIPPED, "ALERT_EMAIL_TO is not set")
         attachment = (
             None

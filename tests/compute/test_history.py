@@ -219,7 +219,9 @@ def test_naive_now_is_refused(tmp_path: Path) -> None:
 
 def test_findings_by_age_counts_open_findings_into_every_bucket_and_state() -> None:
     ages = pl.DataFrame({"age_days": [None, 0, 1, 2, 7, 8, 30, 31, 400]}, schema={"age_days": pl.Int64})
-    states = ["match" if age is None else ("acknowledged" if age == 400 else "new") for age in ages["age_days"]]
+    states = [
+        "match" if age is None else ("acknowledged" if age == 400 else "new") for age in ages["age_days"]
+    ]
     findings = ages.with_columns(
         age_bucket(pl.col("age_days")).alias("age_bucket"),
         pl.Series("finding_state", [None if state == "match" else state for state in states]),
