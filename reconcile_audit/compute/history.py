@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import polars as pl
@@ -51,6 +51,7 @@ from reconcile_audit.compute.schemas import (
 )
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.compute.sharding import in_shard
+from reconcile_audit.errors import PersistError
 
 logger = logging.getLogger(__name__)
 
@@ -255,4 +256,51 @@ def compare_with_history(
         previous_run_key=previous_run["run_key"] if previous_run else None,
         earlier_runs=runs.height,
         warning=warning,
+    )
+
+
+@dataclass(frozen=True)
+class FindingLife:
+    """One finding's whole life: every completed run it appeared in, with its evidence and state
+    that night (``runs``, oldest first), and every acknowledgement row about it."""
+
+    finding_id: str
+    runs: pl.DataFrame
+    acknowledgements: pl.DataFrame
+
+
+def finding_life(settings: Settings, finding_id: str) -> FindingLife:
+    """Read one finding's life from the state database (the notebook's drill-down cell).
+
+    Raises :class:`~reconcile_audit.errors.PersistError` when the state database cannot be read.
+    """
+    invoice_id = finding_id.rsplit(":", 1)[0] if ":" in finding_id else finding_id
+    url = settings.state_url()
+    empty = FindingLife(finding_id, pl.DataFrame(), pl.DataFrame(schema=ACKNOWLEDGEMENTS))
+    if state_database_missing(url):
+        return empty
+    try:
+        with state_session(url) as conn:
+            if not table_exists(conn, "reconciliation_findings"):
+                return empty
+            runs = read_frame(conn, read_sql("history/finding_life.sql"), (invoice_id,))
+            acks = (
+                read_frame(conn, read_sql("persist/acknowledgements.sql"), (datetime.now(UTC),))
+                if table_exists(conn, "reconciliation_acknowledgements")
+                else pl.DataFrame(schema=ACKNOWLEDGEMENTS)
+            )
+    except Exception as exc:
+        raise PersistError(f"cannot read the life of {finding_id!r}: {describe_error(exc, url)}") from exc
+    # Rows stored before finding ids existed get theirs from their class and reason code.
+    computed = with_identity(runs.select("invoice_id", "class", "reason_code")).get_column("finding_id")
+    runs = runs.with_columns(pl.coalesce(pl.col("finding_id"), computed).alias("finding_id"))
+    matches = pl.col("finding_id") == finding_id
+    if ":" not in finding_id:  # an invoice id: all its findings
+        matches = pl.lit(True)
+    return FindingLife(
+        finding_id,
+        runs.filter(matches),
+        conform(acks, ACKNOWLEDGEMENTS, "history").filter(
+            pl.col("finding_id").is_in(runs.filter(matches).get_column("finding_id").unique().implode())
+        ),
     )

@@ -271,3 +271,16 @@ def test_every_finding_of_a_run_is_in_exactly_one_state(
     open_rows = sum(1 for cls, *_ in facts if cls != "match")
     assert counts["new"] + counts["persisting"] + counts["acknowledged"] + counts["reopened"] == open_rows
     assert counts["unacknowledged"] == open_rows - counts["acknowledged"]
+
+
+def test_a_finding_s_life_lists_every_run_and_acknowledgement(state_url: str) -> None:
+    from reconcile_audit.compute.history import finding_life
+
+    night(state_url, 0, [drift("INV-1", 12_000_000_000)])
+    ack(state_url, "INV-1", DAY0 + timedelta(hours=1))
+    night(state_url, 1, [drift("INV-1", 12_000_000_000)])
+    night(state_url, 2, [drift("INV-1", 11_000_000_000)])
+    life = finding_life(factories.settings(database_url=state_url), "INV-1:mismatch/amount")
+    assert life.runs.get_column("finding_state").to_list() == ["new", "acknowledged", "reopened"]
+    assert life.runs.get_column("evidence").n_unique() == 2  # the delta moved on the third night
+    assert life.acknowledgements.get_column("acked_by").to_list() == ["ana"]

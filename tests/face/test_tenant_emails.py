@@ -54,13 +54,17 @@ def run_night(tmp_path: Path, port: int, night: int, max_new: int = 200) -> tupl
             "smtp_starttls": False,
             "smtp_user": USER,
             "alert_email_to": "ops@example.com",
-            "tenant_recipients": json.dumps({"acme": "finance@acme.example", "globex": ["ap@globex.example"]}),
+            "tenant_recipients": json.dumps(
+                {"acme": "finance@acme.example", "globex": ["ap@globex.example"]}
+            ),
             "email_max_new": max_new,
         },
         {"SMTP_PASSWORD": PASSWORD},
     )
     clock = StageClock(started_at=datetime(2026, 11, 1, 2, tzinfo=UTC) + timedelta(days=night))
-    context = RunContext.create(settings, run_key=f"all:{night}", out_dir=tmp_path / f"night-{night}", clock=clock)
+    context = RunContext.create(
+        settings, run_key=f"all:{night}", out_dir=tmp_path / f"night-{night}", clock=clock
+    )
     context.out_dir.mkdir()
     result = AuditResult.of(factories.frame(ROWS))
     comparison = compare_with_history(result, settings, run_key=context.run_key, now=context.started_at)
