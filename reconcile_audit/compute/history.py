@@ -51,7 +51,6 @@ from reconcile_audit.compute.schemas import (
 )
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.compute.sharding import in_shard
-from reconcile_audit.errors import PersistError
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +258,23 @@ def compare_with_history(
     )
 
 
+_LIFE_RUNS: Final = pl.Schema(
+    {
+        "run_key": pl.String,
+        "scope_tenant_id": pl.String,
+        "started_at": pl.Datetime("us", "UTC"),
+        "invoice_id": pl.String,
+        "finding_id": pl.String,
+        "class": pl.String,
+        "reason_code": pl.String,
+        "reason": pl.String,
+        "evidence": pl.String,
+        "finding_state": pl.String,
+        "first_seen_at": pl.Datetime("us", "UTC"),
+    }
+)
+
+
 @dataclass(frozen=True)
 class FindingLife:
     """One finding's whole life: every completed run it appeared in, with its evidence and state
@@ -267,30 +283,34 @@ class FindingLife:
     finding_id: str
     runs: pl.DataFrame
     acknowledgements: pl.DataFrame
+    warning: str | None = None  # why the life could not be read
 
 
 def finding_life(settings: Settings, finding_id: str) -> FindingLife:
-    """Read one finding's life from the state database (the notebook's drill-down cell).
-
-    Raises :class:`~reconcile_audit.errors.PersistError` when the state database cannot be read.
-    """
+    """Read one finding's life from the state database (the notebook's drill-down cell). An
+    unreadable state database gives an empty life with a ``warning``: an analyst's look never
+    fails the run whose record the notebook is."""
     invoice_id = finding_id.rsplit(":", 1)[0] if ":" in finding_id else finding_id
     url = settings.state_url()
-    empty = FindingLife(finding_id, pl.DataFrame(), pl.DataFrame(schema=ACKNOWLEDGEMENTS))
+    empty = FindingLife(finding_id, pl.DataFrame(schema=_LIFE_RUNS), pl.DataFrame(schema=ACKNOWLEDGEMENTS))
     if state_database_missing(url):
         return empty
     try:
         with state_session(url) as conn:
             if not table_exists(conn, "reconciliation_findings"):
                 return empty
-            runs = read_frame(conn, read_sql("history/finding_life.sql"), (invoice_id,))
+            runs = conform(
+                read_frame(conn, read_sql("history/finding_life.sql"), (invoice_id,)), _LIFE_RUNS, "history"
+            )
             acks = (
                 read_frame(conn, read_sql("persist/acknowledgements.sql"), (datetime.now(UTC),))
                 if table_exists(conn, "reconciliation_acknowledgements")
                 else pl.DataFrame(schema=ACKNOWLEDGEMENTS)
             )
     except Exception as exc:
-        raise PersistError(f"cannot read the life of {finding_id!r}: {describe_error(exc, url)}") from exc
+        warning = f"cannot read the life of {finding_id!r}: {describe_error(exc, url)}"
+        logger.warning("%s", warning)
+        return replace(empty, warning=warning)
     # Rows stored before finding ids existed get theirs from their class and reason code.
     computed = with_identity(runs.select("invoice_id", "class", "reason_code")).get_column("finding_id")
     runs = runs.with_columns(pl.coalesce(pl.col("finding_id"), computed).alias("finding_id"))

@@ -284,3 +284,11 @@ def test_a_finding_s_life_lists_every_run_and_acknowledgement(state_url: str) ->
     assert life.runs.get_column("finding_state").to_list() == ["new", "acknowledged", "reopened"]
     assert life.runs.get_column("evidence").n_unique() == 2  # the delta moved on the third night
     assert life.acknowledgements.get_column("acked_by").to_list() == ["ana"]
+
+
+def test_a_finding_s_life_from_an_unreachable_state_database_is_empty_with_a_warning() -> None:
+    from reconcile_audit.compute.history import finding_life
+
+    gone = "postgresql://postgres@127.0.0.1:5432/reconcile_no_such_database"
+    life = finding_life(factories.settings(database_url=gone), "INV-1:mismatch/amount")
+    assert life.runs.is_empty() and life.warning and "cannot read the life" in life.warning
