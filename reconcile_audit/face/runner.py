@@ -654,7 +654,7 @@ def completed_outcome(run_id: str, run_dir: Path) -> RunOutcome:
             run_dir=run_dir,
         )
     report = run_dir / "report.html"
-    message = f"{summary.status.upper()}: {_attention(summary.class_counts)}; report: {report}"
+    message = f"{summary.status.upper()}: {_attention(summary)}; report: {report}"
     exit_code = ExitCode.for_status(summary.status, needs_a_person=summary.needs_a_person)
     if not summary.persisted:
         # The audit ran, but history, health and the counter do not have it: not a result.
@@ -669,10 +669,16 @@ def completed_outcome(run_id: str, run_dir: Path) -> RunOutcome:
     )
 
 
-def _attention(counts: ClassCounts) -> str:
-    if counts.non_match:
+def _attention(summary: RunSummary) -> str:
+    counts = summary.class_counts
+    if not counts.non_match:
+        return f"all {counts.total:,} invoices match"
+    if not summary.acknowledged:
         return f"{counts.non_match:,} of {counts.total:,} invoices need attention"
-    return f"all {counts.total:,} invoices match"
+    return (
+        f"{counts.non_match:,} of {counts.total:,} invoices have findings: "
+        f"{summary.unacknowledged or 0:,} need a person, {summary.acknowledged:,} acknowledged"
+    )
 
 
 def _remove_empty(directory: Path) -> None:

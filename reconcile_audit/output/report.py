@@ -582,6 +582,12 @@ def _view(
         )
     elif total == 0:
         headline = "0 invoices in scope: nothing to reconcile."
+    elif findings_total and facts.finding_states and facts.finding_states["acknowledged"]:
+        headline = (
+            f"{findings_total:,} of {total:,} invoices have findings: "
+            f"{facts.finding_states['unacknowledged']:,} need a person, "
+            f"{facts.finding_states['acknowledged']:,} acknowledged."
+        )
     elif findings_total:
         headline = f"{findings_total:,} of {total:,} invoices need attention."
     else:

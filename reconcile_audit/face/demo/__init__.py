@@ -29,8 +29,9 @@ from typing import Any, Final
 import polars as pl
 from stellar_sdk import StrKey
 
-from reconcile_audit.compute import classify, db, extract, ledger, persist, resolve
-from reconcile_audit.compute.persist import RunRecord
+from reconcile_audit.compute import classify, db, extract, history, ledger, persist, resolve
+from reconcile_audit.compute.lifecycle import AckAction
+from reconcile_audit.compute.persist import RunRecord, acks
 from reconcile_audit.compute.schemas import ClassCounts, RunStatus
 from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.emulator.server import Emulator
@@ -535,6 +536,7 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         to_read = resolve.contract_ids_to_read(resolved, out_of_scope)
         ledger_read = ledger.read_ledger(to_read, settings, progress=False)
         result = classify.audit(resolved, ledger_read, settings, out_of_scope=out_of_scope)
+    comparison = history.compare_with_history(result, settings, run_key=run_key, now=started_at)
     record = RunRecord(
         run_key=run_key,
         tenant_id=None,
@@ -546,10 +548,22 @@ def replay_night(data: DemoData, url: str, nights_ago: int, tonight: datetime) -
         ledger_max=result.ledger_max,
         attempt=attempt,
     )
-    outcome = persist.persist_run(url, record, result.findings, result.stranded.frame)
+    outcome = persist.persist_run(url, record, comparison.findings, result.stranded.frame)
     if not outcome.ok:
         raise RuntimeError(f"replaying night -{nights_ago} could not be stored: {outcome.error}")
     return result.counts
+
+
+DEMO_ACK_REASON: Final = "demo: the escrow of this invoice is being set up by onboarding (ticket OPS-1234)"
+
+
+def acknowledge_one(url: str, at: datetime) -> None:
+    """Acknowledge the first unlinked finding of the last replayed night, as an operator would
+    (`reconcile-audit ack`), so that the demo's report shows an acknowledged finding."""
+    judged = acks.findings_with_acks(url, at, sla_days=7)
+    unlinked = judged.filter(pl.col("class") == "unlinked").sort("finding_id").head(1)
+    if unlinked.height:
+        acks.record(url, unlinked, acks.Acknowledgement(AckAction.ACK, "demo", DEMO_ACK_REASON, at))
 
 
 @dataclass(frozen=True)
@@ -584,6 +598,8 @@ def embedded_demo(
     tonight = datetime.now(UTC)
     for nights_ago in range(history_nights, 0, -1):
         replay_night(data, url, nights_ago, tonight)
+    if history_nights:
+        acknowledge_one(url, tonight - timedelta(hours=12))
     # A real RPC closes a ledger every few seconds, so a sweep reads across several ledgers.
     with Emulator(data.ledger_state(0), ledger_step_per_request=DEMO_LEDGERS_PER_REQUEST) as emulator:
         yield EmbeddedDemo(url, emulator.url, data)
