@@ -410,3 +410,26 @@ def test_summary_before_any_run_is_not_run(tmp_path):
     assert json.loads(result.output)["status"] == "not_run"
     assert json.loads(result.output)["latest"] is None
     assert not (tmp_path / "never.duckdb").exists()
+
+
+def test_a_night_whose_findings_are_all_acknowledged_exits_0_and_is_healthy(
+    findings_run, tmp_path_factory, loaded, emulator, dataset
+):
+    """The operator's path: last night's findings are owned, each acknowledged with a reason;
+    tonight's run finds the same money and exits 0, healthy, with the findings still counted."""
+    env = environment(loaded["findings"], emulator, dataset)
+    first = pl.read_parquet(findings_run.folder / "results.parquet").filter(pl.col("class") != "match")
+    ids = first.get_column("finding_id").drop_nulls().unique().sort().to_list()
+    assert len(ids) == first.height  # every finding of the demo can be acknowledged
+    for finding_id in ids:
+        acked = invoke(["ack", finding_id, "--reason", "owned by finance, ticket FIN-9", "--by", "ops"], env)
+        assert acked.exit_code == 0, acked.output
+    tonight = run_cli(tmp_path_factory, "acknowledged", ["--run-key", "test:acknowledged"], env)
+    assert tonight.result.exit_code == 0, tonight.result.output
+    summary = tonight.summary
+    assert summary["status"] == "findings"  # the money still differs, and the report says so
+    assert (summary["acknowledged"], summary["unacknowledged"]) == (first.height, 0)
+    assert "need a person, " in tonight.result.output and "0 need a person" in tonight.result.output
+    health = invoke(["summary", "--json"], env)
+    assert health.exit_code == 0 and json.loads(health.output)["status"] == "healthy"
+    assert "Acknowledged by ops" in tonight.text("report.html")
