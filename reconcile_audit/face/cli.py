@@ -321,6 +321,14 @@ def _parse_until(text: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _os_user() -> str:
+    """``--by``'s default; a container without a user name must say who with --by."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError) as exc:
+        raise ValueError("no OS user name to record: say who with --by") from exc
+
+
 def _finding_lines(findings: pl.DataFrame) -> list[str]:
     return [
         f"  {row['finding_id']}  tenant {row['tenant_id'] or '-'}  {row['reason']}"[:200]
@@ -351,7 +359,7 @@ def _acknowledge(
         settings = load_settings({})
         url = settings.state_url()
         acknowledgement = acks_store.Acknowledgement(
-            action, by or getpass.getuser(), reason, now, _parse_until(until)
+            action, by or _os_user(), reason, now, _parse_until(until)
         )
         judged = acks_store.findings_with_acks(url, now, sla_days=settings.finding_sla_days)
     except (ReconcileAuditError, ValueError) as exc:

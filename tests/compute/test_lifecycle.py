@@ -292,3 +292,11 @@ def test_a_finding_s_life_from_an_unreachable_state_database_is_empty_with_a_war
     gone = "postgresql://postgres@127.0.0.1:5432/reconcile_no_such_database"
     life = finding_life(factories.settings(database_url=gone), "INV-1:mismatch/amount")
     assert life.runs.is_empty() and life.warning and "cannot read the life" in life.warning
+
+
+def test_a_finding_without_an_id_keeps_the_health_at_findings(state_url: str) -> None:
+    nameless = factories.finding(None, "error", reason_code="invalid_invoice_id")  # type: ignore[arg-type]
+    night(state_url, 0, [drift("INV-1", 12_000_000_000), nameless])
+    ack(state_url, "INV-1", DAY0 + timedelta(hours=1))
+    health = persist.latest_summary(state_url, None, now=DAY0 + timedelta(hours=2))
+    assert (health.status, health.acknowledged, health.unacknowledged) == (HealthStatus.FINDINGS, 1, 1)

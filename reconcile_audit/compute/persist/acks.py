@@ -105,7 +105,8 @@ def _judged(findings: pl.DataFrame, acks: pl.DataFrame, now: datetime, sla_days:
 
 
 def scope_counts(judged: pl.DataFrame, tenant_id: str | None) -> dict[str, int]:
-    """``acknowledged``, ``unacknowledged`` and ``overdue`` findings of one tenant scope's latest run."""
+    """``acknowledged``, ``unacknowledged`` and ``overdue`` findings of one tenant scope's latest
+    run, among those with a finding id."""
     scope = judged.filter(pl.col("scope_tenant_id").eq_missing(tenant_id))
     acknowledged = int(scope.get_column("ack_holds").sum())
     return {

@@ -188,4 +188,6 @@ def _finding_counts(
     counts = scope_counts(findings_with_acks(url, now, sla_days=sla_days), tenant_id)
     if sum(counts.values()) == 0 and last_completed.counts.non_match:
         return None  # its findings were stored before they had ids (migration 0008)
+    # A finding without an id (no invoice id) cannot be acknowledged, so it always counts.
+    counts["unacknowledged"] = last_completed.counts.non_match - counts["acknowledged"]
     return counts
