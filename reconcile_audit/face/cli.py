@@ -485,6 +485,7 @@ def acks(
     if shown.is_empty():
         print("no acknowledgements" + (" recorded" if show_all else " hold now"))
         return
+    print("  ".join(columns))
     for row in shown.iter_rows(named=True):
         print("  ".join("-" if value is None else str(value) for value in row.values()))
 
