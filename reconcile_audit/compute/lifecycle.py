@@ -107,29 +107,34 @@ def finding_kind() -> pl.Expr:
 
 
 def finding_id() -> pl.Expr:
-    """The stable id ``<invoice_id>:<class>/<family>``; null for a match or a row without an invoice id."""
-    is_finding = pl.col("class").ne_missing(FindingClass.MATCH)
-    return pl.when(is_finding).then(pl.concat_str(pl.col("invoice_id"), pl.lit(":"), finding_kind()))
+    """The stable id ``<invoice_id>:<class>/<family>`` of a non-match row (null without an invoice id)."""
+    return pl.concat_str(pl.col("invoice_id"), pl.lit(":"), finding_kind())
 
 
 def evidence() -> pl.Expr:
-    """Canonical JSON of the class, the reason code and the exact amounts; null for a match."""
-    fields = [pl.col(name).cast(pl.String) for name in EVIDENCE_COLUMNS]
-    return pl.when(pl.col("class").ne_missing(FindingClass.MATCH)).then(
-        pl.struct(fields).struct.json_encode()
-    )
+    """Canonical JSON of a non-match row's class, reason code and exact amounts."""
+    return pl.struct([pl.col(name).cast(pl.String) for name in EVIDENCE_COLUMNS]).struct.json_encode()
 
 
 def with_identity(findings: pl.DataFrame) -> pl.DataFrame:
-    """``findings`` with ``finding_id`` and ``evidence`` (FINDINGS or STRANDED columns)."""
+    """``findings`` (FINDINGS or STRANDED columns) with ``finding_id`` and ``evidence``, null for
+    matches. Computed on the non-match rows only: at 1M invoices the JSON of every match cost
+    0.3 s for nothing."""
     frame = findings
     for name in EVIDENCE_COLUMNS:
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
     if "class" not in findings.columns:
         frame = frame.with_columns(pl.lit(STRANDED_CLASS).alias("class"))
-    extra = [name for name in frame.columns if name not in findings.columns]
-    return frame.with_columns(finding_id().alias("finding_id"), evidence().alias("evidence")).drop(extra)
+    open_rows = frame.with_row_index("_row").filter(pl.col("class").ne_missing(FindingClass.MATCH))
+    identity = open_rows.select("_row", finding_id().alias("finding_id"), evidence().alias("evidence"))
+    columns = [
+        pl.repeat(None, findings.height, dtype=pl.String, eager=True)
+        .alias(name)
+        .scatter(identity.get_column("_row"), identity.get_column(name))
+        for name in ("finding_id", "evidence")
+    ]
+    return findings.with_columns(columns)
 
 
 def age_bucket(age_days: pl.Expr) -> pl.Expr:
