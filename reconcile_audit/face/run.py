@@ -478,18 +478,22 @@ class RunContext:
         built from the same findings; returns one delivery note per tenant."""
         notes = []
         for tenant, recipients in self.settings.tenant_recipients.items():
+            # A failed run is the operator's to handle: a tenant's team hears of audited results only.
             own = None if result is None else result.for_tenant(tenant)
-            if result is not None and own is None:
-                notes.append(
-                    f"email to tenant {tenant} {DeliveryStatus.SKIPPED}: a merge of shards has no per-tenant counts"
+            if own is None:
+                why = (
+                    "the run has no result"
+                    if result is None
+                    else "a merge of shards has no per-tenant counts"
                 )
+                notes.append(f"email to tenant {tenant} {DeliveryStatus.SKIPPED}: {why}")
                 continue
             own_comparison = None if comparison is None else comparison.for_tenant(tenant)
-            findings = None if own is None else (own_comparison.findings if own_comparison else own.findings)
+            findings = own_comparison.findings if own_comparison else own.findings
             own_facts = replace(
                 facts,
                 tenant_id=tenant,
-                stranded=None if own is None or facts.stranded is None else own.stranded.frame.height,
+                stranded=None if facts.stranded is None else own.stranded.frame.height,
                 finding_states=None
                 if own_comparison is None or facts.finding_states is None
                 else own_comparison.state_counts(),

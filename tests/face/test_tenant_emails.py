@@ -128,3 +128,13 @@ def test_the_first_screen_holds_what_needs_a_person_and_acknowledged_ones_are_a_
     assert ExitCode.for_status(summary.status, needs_a_person=summary.needs_a_person) == ExitCode.FINDINGS
     report_file = (context.out_dir.parent / "night-1" / "report.html").read_text(encoding="utf-8")
     assert "Acknowledged by ana" in report_file and "bank transfer in flight" in report_file
+
+
+def test_a_failed_run_emails_the_operator_only(tmp_path: Path) -> None:
+    with running_smtp(PASSWORD, user=USER) as (inbox, port):
+        context, _ = run_night(tmp_path, port, 0)
+        inbox.envelopes.clear()
+        summary = context.record_failure("the RPC is down", send=True)
+        recipients = [envelope.rcpt_tos for envelope in inbox.envelopes]
+    assert recipients == [["ops@example.com"]]
+    assert any("email to tenant acme skipped: the run has no result" in note for note in summary.delivery)
