@@ -529,7 +529,7 @@ class RunContext:
             email_facts,
             redact=settings.redact,
             max_attention=settings.email_max_new,
-            list_acknowledged=False,
+            email=True,
         )
         return deliver.send_email(settings, deliver.build_email(settings, report, email_facts, attachment))
 

@@ -571,6 +571,7 @@ def _view(
     history_warning: str | None,
     redact: Callable[[str], str],
     stranded: Stranded,
+    email: bool,
 ) -> dict[str, Any]:
     total = counts["total"]
     findings_total = total - counts["match"]
@@ -645,6 +646,7 @@ def _view(
         "attention_total": lists.new.total + lists.reopened.total + lists.persisting.total,
         "attention_omitted": lists.new.omitted + lists.reopened.omitted + lists.persisting.omitted,
         "overdue": lists.overdue,
+        "attention_first": email,
         "resolved": lists.resolved,
         "worst": lists.worst,
         "expiry": lists.expiry,
@@ -711,7 +713,7 @@ def render_report(
     redact: Callable[[str], str] = identity,
     templates_dir: str | None = None,
     max_attention: int = SECONDARY_ROWS,
-    list_acknowledged: bool = True,
+    email: bool = False,
 ) -> Report:
     """Render the run into HTML (CSS inlined, under ``max_bytes``) and text.
 
@@ -719,8 +721,9 @@ def render_report(
     ``history``: the comparison with earlier runs, or ``None`` when history could not be read.
     ``redact``: applied to the free-text facts (pass ``settings.redact``).
     ``max_attention``: findings that need a person (new, reopened, unacknowledged persisting)
-    itemised at most, together; the rest are one line. ``list_acknowledged``: list acknowledged
-    findings one by one (the report file) or only count them (the email).
+    itemised at most, together; the rest are one line. ``email``: the email's layout, whose first
+    screen holds only what needs a person, and which counts acknowledged findings instead of
+    listing them (the report file lists them).
     """
     result = result or AuditResult.empty()
     frame, counts = result.findings, result.counts
@@ -733,7 +736,7 @@ def render_report(
         cap,
         result.stranded.frame,
         max_attention=max_attention,
-        list_acknowledged=list_acknowledged,
+        list_acknowledged=not email,
     )
     trend = _trend_rows(None if history is None else history.trend, facts, counts)
     history_warning: str | None = getattr(history, "warning", None)
@@ -749,6 +752,7 @@ def render_report(
             history_warning,
             redact,
             result.stranded,
+            email,
         )
 
     # Longest cut that fits: size grows with the limit, so bisect on the final inlined bytes.

@@ -115,7 +115,9 @@ def test_the_first_screen_holds_what_needs_a_person_and_acknowledged_ones_are_a_
 
     message = message_from_bytes(operator.original_content or b"", policy=policy.default)
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    attention = html[html.index("Needs a person") : html.index("Acknowledged (")]
+    # The first screen: right under the banner, before the run's facts and the counts.
+    assert html.index("Needs a person") < html.index("Ledger range") < html.index("Invoices by class")
+    attention = html[html.index("Needs a person") : html.index("Ledger range")]
     acknowledged = html[html.index("Acknowledged (") : html.index("Resolved since")]
     assert "Needs a person (3)" in attention
     assert "ACME-1" not in attention  # acknowledged: not on the first screen
@@ -128,6 +130,7 @@ def test_the_first_screen_holds_what_needs_a_person_and_acknowledged_ones_are_a_
     assert ExitCode.for_status(summary.status, needs_a_person=summary.needs_a_person) == ExitCode.FINDINGS
     report_file = (context.out_dir.parent / "night-1" / "report.html").read_text(encoding="utf-8")
     assert "Acknowledged by ana" in report_file and "bank transfer in flight" in report_file
+    assert report_file.index("Invoices by class") < report_file.index("Needs a person")
 
 
 def test_a_failed_run_emails_the_operator_only(tmp_path: Path) -> None:
