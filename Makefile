@@ -18,7 +18,8 @@ demo: $(VENV)
 
 test: lint
 	# One session, so the closing line counts every test: the suite, then nbval over the notebook.
-	$(BIN)/pytest tests notebooks/reconcile_escrow.ipynb --nbval-lax --nbval-current-env
+	# --durations: CI's log names the slowest tests, so the suite can be kept under 10 minutes.
+	$(BIN)/pytest tests notebooks/reconcile_escrow.ipynb --nbval-lax --nbval-current-env --durations=15
 
 # ruff, then the parts' import arrows (import-linter contracts in pyproject.toml).
 lint: $(VENV)

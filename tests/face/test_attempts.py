@@ -59,8 +59,10 @@ def test_a_failed_rerun_keeps_the_completed_result_its_findings_and_the_counter(
     counter_before = persist.cumulative_mismatches(source, None)
     assert result_before[0][0] == "completed" and result_before[0][2] > 0 and findings_before[0][0] > 0
 
-    # The same night again, with the RPC gone: the attempt fails (exit 2) ...
-    assert run(source, "http://127.0.0.1:1", dataset, tmp_path / "second") == 2
+    # The same night again, with the RPC gone: the attempt fails (exit 2) ... (no retries: six
+    # backoffs against a closed port only made the test 20 s slower)
+    second = tmp_path / "second"
+    assert run(source, "http://127.0.0.1:1", dataset, second, RECONCILE_RPC_MAX_RETRIES="0") == 2
 
     # ... and the stored result, its findings and the monotonic counter are as they were.
     assert rows(source, "SELECT status, total, mismatch FROM reconciliation_runs") == result_before
