@@ -7,7 +7,7 @@ findings are not a reliable picture of the ledger.
 
 Each non-match row gets its stable finding id and a state (:mod:`reconcile_audit.compute.lifecycle`):
 ``persisting`` when the previous completed run had the same finding id open, and then
-``first_seen_at`` is the start of the invoice's current unbroken streak of non-match runs;
+``first_seen_at`` is the start of that finding id's unbroken streak of runs;
 ``reopened`` when it was open in an earlier run and came back, or its acknowledgement lapsed;
 ``acknowledged`` while an acknowledgement holds; ``new`` otherwise. Invoices that were non-match
 in the previous run and are now a match or no longer extracted are ``resolved``. Invoices are
@@ -29,6 +29,7 @@ from reconcile_audit.compute.lifecycle import (
     OPEN_STATES,
     mark_states,
     state_counts,
+    streak_starts,
     with_identity,
 )
 from reconcile_audit.compute.persist.session import (
@@ -126,6 +127,15 @@ _PREVIOUS_RUNS: Final = pl.Schema(
 )
 
 
+_APPEARANCES: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "class": pl.String,
+        "reason_code": pl.String,
+        "recency": pl.Int64,
+        "started_at": pl.Datetime("us", "UTC"),
+    }
+)
 _EARLIER_FINDINGS: Final = pl.Schema(
     {
         "invoice_id": pl.String,
@@ -142,6 +152,7 @@ class _Stored:
 
     runs: pl.DataFrame  # _PREVIOUS_RUNS, newest first
     previous: pl.DataFrame  # _PREVIOUS_FINDINGS: the previous run's findings, with streak starts
+    appearances: pl.DataFrame  # _APPEARANCES: every earlier finding of the previous run's invoices
     earlier: pl.DataFrame  # _EARLIER_FINDINGS: every finding of an earlier run
     acks: pl.DataFrame  # ACKNOWLEDGEMENTS given before now
 
@@ -150,6 +161,7 @@ class _Stored:
         return cls(
             pl.DataFrame(schema=_PREVIOUS_RUNS),
             pl.DataFrame(schema=_PREVIOUS_FINDINGS),
+            pl.DataFrame(schema=_APPEARANCES),
             pl.DataFrame(schema=_EARLIER_FINDINGS),
             pl.DataFrame(schema=ACKNOWLEDGEMENTS),
         )
@@ -164,6 +176,7 @@ def _read_history(url: str, tenant_id: str | None, run_key: str, now: datetime) 
             return _Stored.empty(), "no earlier runs: the state database has no reconciliation tables yet"
         runs = read_frame(conn, read_sql("history/previous_runs.sql"), (*params, TREND_RUNS - 1))
         previous = read_frame(conn, read_sql("history/previous_findings.sql"), params)
+        appearances = read_frame(conn, read_sql("history/finding_streaks.sql"), params)
         earlier = read_frame(conn, read_sql("history/earlier_findings.sql"), params)
         acks = (
             read_frame(conn, read_sql("persist/acknowledgements.sql"), (now,))
@@ -173,16 +186,16 @@ def _read_history(url: str, tenant_id: str | None, run_key: str, now: datetime) 
     return _Stored(
         conform(runs, _PREVIOUS_RUNS, "history"),
         conform(previous, _PREVIOUS_FINDINGS, "history"),
+        conform(appearances, _APPEARANCES, "history"),
         conform(earlier, _EARLIER_FINDINGS, "history"),
         conform(acks, ACKNOWLEDGEMENTS, "history"),
     ), None
 
 
 def _marked(current: pl.DataFrame, stored: _Stored, now: datetime, sla_days: int) -> pl.DataFrame:
-    since = stored.previous.select("invoice_id", "first_seen_at").unique("invoice_id")
     return mark_states(
-        current.join(since, on="invoice_id", how="left", maintain_order="left"),
-        previous_ids=with_identity(stored.previous).get_column("finding_id").drop_nulls(),
+        current,
+        streaks=streak_starts(stored.appearances),
         earlier_ids=with_identity(stored.earlier).get_column("finding_id").drop_nulls(),
         acks=stored.acks,
         now=now,
@@ -241,7 +254,11 @@ def compare_with_history(
         warning = f"history unavailable, every finding is marked new: {describe_error(exc, url)}"
     # A shard is compared with the earlier whole runs' findings of its own invoices only: the
     # others are not "resolved", they are in another shard.
-    stored = replace(stored, previous=in_shard(stored.previous, settings.shard))
+    stored = replace(
+        stored,
+        previous=in_shard(stored.previous, settings.shard),
+        appearances=in_shard(stored.appearances, settings.shard),
+    )
     previous, runs = stored.previous, stored.runs
     if warning is not None:
         logger.warning("history for run %r: %s", run_key, warning)

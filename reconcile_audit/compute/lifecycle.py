@@ -195,32 +195,30 @@ def with_acknowledgements(findings: pl.DataFrame, acks: pl.DataFrame, now: datet
 def mark_states(
     findings: pl.DataFrame,
     *,
-    previous_ids: pl.Series,
+    streaks: pl.DataFrame,
     earlier_ids: pl.Series,
     acks: pl.DataFrame,
     now: datetime,
     sla_days: int = DEFAULT_SLA_DAYS,
 ) -> pl.DataFrame:
-    """Add the :data:`~reconcile_audit.compute.schemas.LIFECYCLE` columns to ``findings``, whose
-    ``first_seen_at`` is the start of the invoice's unbroken streak of earlier findings (null when
-    it has none).
+    """Add the :data:`~reconcile_audit.compute.schemas.LIFECYCLE` columns to ``findings``.
 
-    ``previous_ids``: the finding ids open in the previous run; ``earlier_ids``: those open in any
-    earlier run; ``acks``: :data:`~reconcile_audit.compute.schemas.ACKNOWLEDGEMENTS` rows.
+    ``streaks``: the finding ids open in the previous run, each with ``first_seen_at``, the start of
+    its unbroken streak of runs (:func:`streak_starts`); ``earlier_ids``: the finding ids open in
+    any earlier run; ``acks``: :data:`~reconcile_audit.compute.schemas.ACKNOWLEDGEMENTS` rows.
     """
     now_lit = pl.lit(now, dtype=pl.Datetime("us", "UTC"))
     is_open = pl.col("class").ne_missing(FindingClass.MATCH)
+    since = streaks.select("finding_id", pl.col("first_seen_at").alias("_since"))
     frame = (
         with_identity(findings)
+        .join(since, on="finding_id", how="left", maintain_order="left")
         .with_columns(
-            pl.col("finding_id").is_in(previous_ids.implode()).fill_null(False).alias("_in_previous"),
+            pl.col("_since").is_not_null().alias("_in_previous"),
             pl.col("finding_id").is_in(earlier_ids.implode()).fill_null(False).alias("_seen_before"),
         )
-        .with_columns(
-            pl.when(is_open)
-            .then(pl.when(pl.col("_in_previous")).then(pl.col("first_seen_at")).otherwise(now_lit))
-            .alias("first_seen_at")
-        )
+        .with_columns(pl.when(is_open).then(pl.coalesce("_since", now_lit)).alias("first_seen_at"))
+        .drop("_since")
     )
     frame = with_acknowledgements(frame, acks, now)
     state = (
@@ -241,6 +239,22 @@ def mark_states(
             pl.when(is_open).then(~pl.col("ack_holds") & (pl.col("age_days") > sla_days)).alias("overdue"),
         )
         .drop("_in_previous", "_seen_before", "ack_holds")
+    )
+
+
+def streak_starts(appearances: pl.DataFrame) -> pl.DataFrame:
+    """``(finding_id, first_seen_at)`` of each finding open in the previous run: the start of its
+    unbroken streak of runs under the same id. ``appearances``: ``invoice_id``, ``class``,
+    ``reason_code``, ``recency`` (1 = the previous run) and ``started_at`` of each earlier run in
+    which the invoice was a finding."""
+    return (
+        with_identity(appearances)
+        .filter(pl.col("finding_id").is_not_null())
+        .unique(["finding_id", "recency"])
+        .with_columns((pl.col("recency") - pl.col("recency").rank("dense").over("finding_id")).alias("_gap"))
+        .filter(pl.col("_gap") == 0)  # recencies 1, 2, 3... without a break; empty unless 1 is there
+        .group_by("finding_id")
+        .agg(pl.col("started_at").min().alias("first_seen_at"))
     )
 
 

@@ -103,7 +103,7 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
 
     current = frame(
         {
-            "A": "mismatch",  # non-match in r0..r3: persisting since r0
+            "A": "mismatch",  # mismatch r0, r1, error r2, mismatch r3: this finding persists since r3
             "P": "error",  # error r0, match r1, error r2, missing_on_chain r3: reopened (another finding in r3)
             "B": "error",  # error r0, r1, match in r2, r3: the same finding came back, reopened
             "H": "mismatch",  # match r0, r1, non-match r2, r3: persisting since r2
@@ -123,7 +123,7 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
     assert history.findings["invoice_id"].to_list() == current["invoice_id"].to_list()
     rows = by_invoice(history.findings)
     expected = {
-        "A": ("persisting", day[0], 4),
+        "A": ("persisting", day[3], 1),
         "P": ("reopened", NOW, 0),
         "B": ("reopened", NOW, 0),
         "H": ("persisting", day[2], 2),

@@ -248,12 +248,13 @@ def test_every_finding_of_a_run_is_in_exactly_one_state(
                     "acked_until": now - timedelta(hours=1) if acked == "expired" else None,
                 }
             )
-    findings = factories.frame(rows).with_columns(
-        pl.lit(DAY0, dtype=pl.Datetime("us", "UTC")).alias("first_seen_at")
-    )
+    findings = factories.frame(rows)
     marked = mark_states(
         findings,
-        previous_ids=pl.Series(previous, dtype=pl.String),
+        streaks=pl.DataFrame(
+            {"finding_id": previous, "first_seen_at": [DAY0] * len(previous)},
+            schema={"finding_id": pl.String, "first_seen_at": pl.Datetime("us", "UTC")},
+        ),
         earlier_ids=pl.Series(earlier, dtype=pl.String),
         acks=pl.DataFrame(acks, schema=ACKNOWLEDGEMENTS),
         now=now,
@@ -300,3 +301,18 @@ def test_a_finding_without_an_id_keeps_the_health_at_findings(state_url: str) ->
     ack(state_url, "INV-1", DAY0 + timedelta(hours=1))
     health = persist.latest_summary(state_url, None, now=DAY0 + timedelta(hours=2))
     assert (health.status, health.acknowledged, health.unacknowledged) == (HealthStatus.FINDINGS, 1, 1)
+
+
+def test_age_counts_from_the_start_of_the_finding_s_own_streak_not_the_invoice_s(state_url: str) -> None:
+    error = factories.finding("INV-1", "error", reason_code="read_error", reason="not read")
+    for day in range(3):
+        night(state_url, day, [error])
+    night(state_url, 3, [drift("INV-1", 12_000_000_000)])  # the same invoice, another finding
+    tonight = night(state_url, 4, [drift("INV-1", 12_000_000_000)], hours=1)
+    row = tonight.findings.row(0, named=True)
+    assert (row["finding_state"], row["first_seen_at"], row["age_days"]) == (
+        "persisting",
+        DAY0 + timedelta(days=3),
+        1,
+    )
+    assert not row["overdue"]
