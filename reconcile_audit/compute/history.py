@@ -32,6 +32,7 @@ from reconcile_audit.compute.lifecycle import (
     streak_starts,
     with_identity,
 )
+from reconcile_audit.compute.persist.acks import read_acknowledgements
 from reconcile_audit.compute.persist.session import (
     as_utc,
     describe_error,
@@ -178,17 +179,13 @@ def _read_history(url: str, tenant_id: str | None, run_key: str, now: datetime) 
         previous = read_frame(conn, read_sql("history/previous_findings.sql"), params)
         appearances = read_frame(conn, read_sql("history/finding_streaks.sql"), params)
         earlier = read_frame(conn, read_sql("history/earlier_findings.sql"), params)
-        acks = (
-            read_frame(conn, read_sql("persist/acknowledgements.sql"), (now,))
-            if table_exists(conn, "reconciliation_acknowledgements")
-            else pl.DataFrame(schema=ACKNOWLEDGEMENTS)
-        )
+        acks = read_acknowledgements(conn, now)
     return _Stored(
         conform(runs, _PREVIOUS_RUNS, "history"),
         conform(previous, _PREVIOUS_FINDINGS, "history"),
         conform(appearances, _APPEARANCES, "history"),
         conform(earlier, _EARLIER_FINDINGS, "history"),
-        conform(acks, ACKNOWLEDGEMENTS, "history"),
+        acks,
     ), None
 
 
@@ -319,11 +316,7 @@ def finding_life(settings: Settings, finding_id: str) -> FindingLife:
             runs = conform(
                 read_frame(conn, read_sql("history/finding_life.sql"), (invoice_id,)), _LIFE_RUNS, "history"
             )
-            acks = (
-                read_frame(conn, read_sql("persist/acknowledgements.sql"), (datetime.now(UTC),))
-                if table_exists(conn, "reconciliation_acknowledgements")
-                else pl.DataFrame(schema=ACKNOWLEDGEMENTS)
-            )
+            acks = read_acknowledgements(conn, datetime.now(UTC))
     except Exception as exc:
         warning = f"cannot read the life of {finding_id!r}: {describe_error(exc, url)}"
         logger.warning("%s", warning)
@@ -337,7 +330,7 @@ def finding_life(settings: Settings, finding_id: str) -> FindingLife:
     return FindingLife(
         finding_id,
         runs.filter(matches),
-        conform(acks, ACKNOWLEDGEMENTS, "history").filter(
+        acks.filter(
             pl.col("finding_id").is_in(runs.filter(matches).get_column("finding_id").unique().implode())
         ),
     )

@@ -50,7 +50,6 @@ OPEN_STATES: Final = (
     FindingState.ACKNOWLEDGED,
 )
 """The states of a current finding, in the order the report lists them (what needs a person first)."""
-NEEDS_A_PERSON: Final = frozenset({FindingState.NEW, FindingState.REOPENED, FindingState.PERSISTING})
 
 
 class AckAction(StrEnum):
@@ -236,7 +235,7 @@ def mark_states(
         frame.with_columns(state.alias("finding_state"), age_days(now).alias("age_days"))
         .with_columns(
             age_bucket(pl.col("age_days")).alias("age_bucket"),
-            pl.when(is_open).then(~pl.col("ack_holds") & (pl.col("age_days") > sla_days)).alias("overdue"),
+            pl.when(is_open).then(overdue(sla_days)).alias("overdue"),
         )
         .drop("_in_previous", "_seen_before", "ack_holds")
     )
@@ -256,6 +255,11 @@ def streak_starts(appearances: pl.DataFrame) -> pl.DataFrame:
         .group_by("finding_id")
         .agg(pl.col("started_at").min().alias("first_seen_at"))
     )
+
+
+def overdue(sla_days: int) -> pl.Expr:
+    """Open longer than ``sla_days`` whole days without an acknowledgement that holds."""
+    return ~pl.col("ack_holds") & (pl.col("age_days") > sla_days)
 
 
 def age_days(now: datetime) -> pl.Expr:

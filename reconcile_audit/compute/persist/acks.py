@@ -15,7 +15,7 @@ from datetime import datetime
 import polars as pl
 
 from reconcile_audit.compute.db import Connection, read_sql
-from reconcile_audit.compute.lifecycle import AckAction, age_days, with_acknowledgements
+from reconcile_audit.compute.lifecycle import AckAction, age_days, overdue, with_acknowledgements
 from reconcile_audit.compute.persist.migrate import migrate_connection
 from reconcile_audit.compute.persist.session import (
     as_utc,
@@ -65,13 +65,19 @@ class Acknowledgement:
             raise ValueError(f"--until {self.until.isoformat()} has already passed")
 
 
+def read_acknowledgements(conn: Connection, now: datetime) -> pl.DataFrame:
+    """Every ACKNOWLEDGEMENTS row given up to ``now``, oldest first; none before migration 0008."""
+    if not table_exists(conn, "reconciliation_acknowledgements"):
+        return pl.DataFrame(schema=ACKNOWLEDGEMENTS)
+    return read_frame(conn, read_sql("persist/acknowledgements.sql"), (now,)).cast(dict(ACKNOWLEDGEMENTS))
+
+
 def _read(conn: Connection, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(OPEN_FINDINGS, ACKNOWLEDGEMENTS given up to ``now``)."""
-    if not table_exists(conn, "reconciliation_acknowledgements"):
+    if not table_exists(conn, "reconciliation_acknowledgements"):  # the findings have no ids yet
         return pl.DataFrame(schema=OPEN_FINDINGS), pl.DataFrame(schema=ACKNOWLEDGEMENTS)
     findings = read_frame(conn, read_sql("persist/open_findings.sql"))
-    acks = read_frame(conn, read_sql("persist/acknowledgements.sql"), (now,))
-    return findings.cast(dict(OPEN_FINDINGS)), acks.cast(dict(ACKNOWLEDGEMENTS))
+    return findings.cast(dict(OPEN_FINDINGS)), read_acknowledgements(conn, now)
 
 
 def findings_with_acks(url: str, now: datetime, *, sla_days: int) -> pl.DataFrame:
@@ -100,7 +106,7 @@ def _judged(findings: pl.DataFrame, acks: pl.DataFrame, now: datetime, sla_days:
     return (
         with_acknowledgements(findings, acks, now)
         .with_columns(age_days(now).alias("age_days"))
-        .with_columns((~pl.col("ack_holds") & (pl.col("age_days") > sla_days)).alias("overdue"))
+        .with_columns(overdue(sla_days).alias("overdue"))
     )
 
 
