@@ -390,7 +390,12 @@ def classify(
     del table
     assert isinstance(raw, pl.DataFrame)
     reasons = _reasons(raw, tolerance_base_units, token_symbols or {})
-    unordered = [conform(raw.with_columns(reasons), FINDINGS, "classify").select("_row", *FINDINGS.names())]
+    explanation = pl.lit(None, dtype=pl.String).alias("explanation")  # the explain stage's to fill
+    unordered = [
+        conform(raw.with_columns(reasons, explanation), FINDINGS, "classify").select(
+            "_row", *FINDINGS.names()
+        )
+    ]
     del raw, reasons
     # Back in the input's order once the helper columns are gone: sorting the narrow result here
     # costs less time than an ORDER BY in DuckDB and less memory than sorting every column.

@@ -118,6 +118,7 @@ _PREVIOUS_FINDINGS: Final = pl.Schema(
         "class": pl.String,
         "reason_code": pl.String,
         "reason": pl.String,
+        "explanation": pl.String,
         "first_seen_at": pl.Datetime("us", "UTC"),
         "streak_runs": pl.Int64,
     }
@@ -200,6 +201,19 @@ def _marked(current: pl.DataFrame, stored: _Stored, now: datetime, sla_days: int
     )
 
 
+def _with_previous_explanation(marked: pl.DataFrame, previous: pl.DataFrame) -> pl.DataFrame:
+    """The explanation the previous run stored for a finding still open tonight (not for a new
+    one): "explained yesterday by ...; still unreconciled in the database"."""
+    earlier = previous.select("invoice_id", pl.col("explanation").alias("previous_explanation")).unique(
+        "invoice_id", keep="first"
+    )
+    return marked.join(earlier, on="invoice_id", how="left", maintain_order="left").with_columns(
+        pl.when(pl.col("finding_state").is_not_null() & (pl.col("finding_state") != "new"))
+        .then(pl.col("previous_explanation"))
+        .alias("previous_explanation")
+    )
+
+
 def _resolved(current: pl.DataFrame, previous: pl.DataFrame, *, every_row: bool = True) -> pl.DataFrame:
     """Previous findings that are no longer findings. A merge of shards holds no plain match, so
     it cannot tell a match from an invoice no longer extracted: ``no_longer_found`` says so."""
@@ -260,7 +274,11 @@ def compare_with_history(
     if warning is not None:
         logger.warning("history for run %r: %s", run_key, warning)
     previous_run = runs.row(0, named=True) if runs.height else None
-    marked = conform(_marked(current, stored, now, settings.finding_sla_days), HISTORY_FINDINGS, "history")
+    marked = conform(
+        _with_previous_explanation(_marked(current, stored, now, settings.finding_sla_days), previous),
+        HISTORY_FINDINGS,
+        "history",
+    )
     return HistoryComparison(
         findings=marked,
         resolved=_resolved(current, previous, every_row=result.holds_every_row),

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import polars as pl
 
+from reconcile_audit.compute.explain import Explained, with_explanations
 from reconcile_audit.compute.schemas import FINDINGS, AuditStatus, ClassCounts, conform, count_classes
 from reconcile_audit.compute.stranded import Stranded
 
@@ -71,6 +72,8 @@ class AuditResult:
     stranded: Stranded = field(default_factory=lambda: Stranded.not_checked(NOT_LOOKED_FOR))
     held_tallies: Tallies | None = None
     merged_shards: int | None = None  # a merge: how many shards it combined
+    # Why the worst mismatches drifted (the explain stage); None when it did not run.
+    explained: Explained | None = None
 
     def __post_init__(self) -> None:
         if self.held_tallies is not None:
@@ -122,6 +125,10 @@ class AuditResult:
             stranded or Stranded.not_checked(NOT_LOOKED_FOR),
         )
 
+    def with_explanations(self, explained: Explained) -> AuditResult:
+        """This result with each explained finding's ``explanation``; classes and counts unchanged."""
+        return replace(self, findings=with_explanations(self.findings, explained), explained=explained)
+
     def for_tenant(self, tenant_id: str) -> AuditResult | None:
         """This result narrowed to one tenant's invoices and stranded escrows (its own report);
         None for a merge of shards, whose plain matches are counts without rows."""
@@ -129,7 +136,17 @@ class AuditResult:
             return None
         frame = self.findings.filter(pl.col("tenant_id") == tenant_id)
         stranded = replace(self.stranded, frame=self.stranded.frame.filter(pl.col("tenant_id") == tenant_id))
-        return replace(self, findings=frame, counts=count_classes(frame), stranded=stranded)
+        explained = self.explained
+        if explained is not None:
+            ids = frame.get_column("invoice_id").implode()
+            explained = replace(
+                explained,
+                explanations=explained.explanations.filter(pl.col("invoice_id").is_in(ids)),
+                events=explained.events.filter(pl.col("invoice_id").is_in(ids)),
+            )
+        return replace(
+            self, findings=frame, counts=count_classes(frame), stranded=stranded, explained=explained
+        )
 
     @classmethod
     def empty(cls) -> AuditResult:

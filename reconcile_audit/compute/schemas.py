@@ -284,6 +284,7 @@ FINDINGS: Final = pl.Schema(
         "db_released_base_units": pl.String,  # DB total_released in base units; null when absent
         "db_available_base_units": pl.String,  # DB available_amount in base units; null when absent
         "db_ledger_sequence": pl.Int64,  # the ledger the DB row was synced at; null when absent
+        "explanation": pl.String,  # why it drifted (compute.explain); null when not explained
     }
 )
 
@@ -351,6 +352,7 @@ LIFECYCLE: Final = pl.Schema(
         "ack_reason": pl.String,
         "acked_until": pl.Datetime("us", "UTC"),
         "ack_lapsed": pl.String,  # reopened by a lapse: "evidence changed" | "until passed" | "resolved since"
+        "previous_explanation": pl.String,  # the explanation stored with the previous run's finding
     }
 )
 

@@ -190,6 +190,7 @@ class Settings:
     tenant_recipients: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Unacknowledged findings open longer than this many days are overdue.
     finding_sla_days: int = 7
+    explain_max: int = 500  # findings explained per run, worst first (0: none)
     # Run folders `reconcile-audit run` keeps in its output directory; the latest completed one is
     # kept whatever its age.
     keep_runs: int = 30
@@ -405,6 +406,7 @@ ENVIRONMENT = {
     "email_max_new": "RECONCILE_EMAIL_MAX_NEW",
     "tenant_recipients": "RECONCILE_TENANT_RECIPIENTS",
     "finding_sla_days": "RECONCILE_FINDING_SLA_DAYS",
+    "explain_max": "RECONCILE_EXPLAIN_MAX",
     "keep_runs": "RECONCILE_KEEP_RUNS",
     "report_base_url": "RECONCILE_REPORT_BASE_URL",
     "pushgateway_url": "PUSHGATEWAY_URL",
@@ -472,6 +474,7 @@ def load_settings(
         "email_max_attachment_bytes": int,
         "email_max_new": int,
         "finding_sla_days": int,
+        "explain_max": int,
         "keep_runs": int,
         "stale_after_hours": float,
         "min_read_share": float,
@@ -514,6 +517,7 @@ _RULES: Final = (
     ("keep_runs", lambda v: v >= 1, "must be at least 1"),
     ("email_max_new", lambda v: v >= 0, "must not be negative"),
     ("finding_sla_days", lambda v: v >= 0, "must not be negative"),
+    ("explain_max", lambda v: v >= 0, "must not be negative"),
     (
         "report_base_url",
         lambda v: (

@@ -67,6 +67,8 @@ class FaultPlan:
     delay_seconds: float = 0.2
     poisoned: Mapping[str, str] = field(default_factory=dict)
     methods: tuple[str, ...] = ("getLedgerEntries",)
+    # Methods the emulated RPC does not offer: they answer -32601, as an older stellar-rpc would.
+    unsupported: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:

@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 from stellar_sdk import Address, scval
 from stellar_sdk import xdr as stellar_xdr
 
-from reconcile_audit.emulator import encode, state
+from reconcile_audit.emulator import activity, encode, state
 
 MAX_KEYS: Final = 200  # stellar-rpc's getLedgerEntries limit
 FRIENDBOT: Final[dict[str, str]] = {
@@ -130,6 +130,11 @@ class RpcNode:
         }
         self._reads: collections.Counter[str] = collections.Counter()
         self._simulation_data: dict[str, str] = {}
+        self.activity = activity.ActivityLog(
+            [e for t in ledger.transactions for e in t.events],
+            {t.tx_hash: t for t in ledger.transactions},
+            ledger.oldest_ledger_offset,
+        )
 
     @functools.cached_property
     def contract_by_address(self) -> dict[bytes, str]:
@@ -245,6 +250,19 @@ class RpcNode:
             "oldestLedger": max(1, latest - window + 1),
             "ledgerRetentionWindow": window,
         }
+
+    def get_events(self, params: Any) -> dict[str, Any]:
+        return self._answer(lambda: self.activity.get_events(params, self.latest_ledger))
+
+    def get_transaction(self, params: Any) -> dict[str, Any]:
+        return self._answer(lambda: self.activity.get_transaction(params, self.latest_ledger))
+
+    @staticmethod
+    def _answer(compute: Any) -> dict[str, Any]:
+        try:
+            return compute()
+        except activity.RpcRequestError as exc:
+            raise RpcError(exc.code, exc.message) from None
 
     def get_network(self) -> dict[str, Any]:
         result: dict[str, Any] = {

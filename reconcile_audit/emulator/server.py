@@ -104,6 +104,8 @@ class Emulator:
             "getHealth": self._simple("getHealth", self._node.get_health),
             "getNetwork": self._simple("getNetwork", self._node.get_network),
             "getVersionInfo": self._simple("getVersionInfo", self._node.get_version_info),
+            "getEvents": self._with_params("getEvents", self._node.get_events),
+            "getTransaction": self._with_params("getTransaction", self._node.get_transaction),
         }
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ class Emulator:
         if message.get("jsonrpc") != "2.0" or not isinstance(method, str):
             return _rpc_error(request_id, -32600, "invalid request: jsonrpc must be 2.0 and method a string")
         handler = self._methods.get(method)
-        if handler is None:
+        if handler is None or method in self.faults.unsupported:
             return _rpc_error(request_id, -32601, f"method not found: {method}")
         with self._counters.lock:
             self._counters.requests[method] += 1
@@ -233,6 +235,11 @@ class Emulator:
     def _simple(
         self, method: str, compute: Callable[[], dict[str, Any]]
     ) -> Callable[[web.Request, Any, Any], Awaitable[web.StreamResponse]]:
+        return self._with_params(method, lambda _params: compute())
+
+    def _with_params(
+        self, method: str, compute: Callable[[Any], dict[str, Any]]
+    ) -> Callable[[web.Request, Any, Any], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request, request_id: Any, params: Any) -> web.StreamResponse:
             kind, _ = self._decider.draw(method, [json.dumps(params, sort_keys=True)])
             if kind in REQUEST_FAULTS:
@@ -240,7 +247,7 @@ class Emulator:
             if kind == "delay":
                 self._count_fault(kind)
                 await asyncio.sleep(self.faults.delay_seconds)
-            return _rpc_result(request_id, compute())
+            return _rpc_result(request_id, compute(params))
 
         return handler
 

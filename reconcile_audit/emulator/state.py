@@ -23,6 +23,8 @@ from typing import Final
 from stellar_sdk import Address, Network, StrKey, scval
 from stellar_sdk import xdr as stellar_xdr
 
+from reconcile_audit.emulator.activity import ChainTransaction
+
 TESTNET: Final = Network.TESTNET_NETWORK_PASSPHRASE
 
 STORAGE_SHAPES: Final = ("standard", "minimal", "extra_keys", "escrow_extra_fields", "no_funding_token")
@@ -140,6 +142,9 @@ class LedgerState:
     network_passphrase: str = TESTNET
     protocol_version: int = 23
     oldest_ledger_offset: int = field(default=120_960, kw_only=True)  # RPC's default 7-day window
+    # What happened on chain (getEvents, getTransaction): the escrow calls that landed, with the
+    # events of those that succeeded.
+    transactions: tuple[ChainTransaction, ...] = field(default=(), kw_only=True)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

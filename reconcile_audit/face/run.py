@@ -334,6 +334,9 @@ class RunContext:
             finding_states=None
             if result is None or comparison is None or comparison.warning is not None
             else comparison.state_counts(),
+            explained=None
+            if result is None or result.explained is None
+            else {**result.explained.counts(), "beyond": result.explained.skipped},
         )
 
     def _part(self, result: AuditResult | None) -> str | None:

@@ -24,6 +24,7 @@ import jinja2
 import polars as pl
 
 from reconcile_audit.compute.amounts import format_base_units, format_decimal, format_token_amount, one_line
+from reconcile_audit.compute.explain import Explained
 from reconcile_audit.compute.lifecycle import FindingState
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
@@ -158,6 +159,25 @@ class FindingRow:
     drift: str
     reason: str
     notes: str  # database data-quality flags, in words; "" when none
+    explanation: str = ""  # why it drifted (the explain stage); "" when not explained
+    timeline: tuple[TimelineRow, ...] = ()  # the events and transactions behind it, oldest first
+
+
+@dataclass(frozen=True)
+class TimelineRow:
+    """One event or transaction behind a finding, as the report lists it under the finding."""
+
+    ledger: str
+    when: str
+    what: str  # the event, or "fund (tx landed, DB: failed)"
+    amount: str
+    investor: str
+    tx: str
+
+
+TIMELINE_FINDINGS: Final = 10  # worst findings that show their timeline in the report file
+TIMELINE_FINDINGS_EMAIL: Final = 3
+TIMELINE_ROWS: Final = 8  # rows per timeline; the newest are kept
 
 
 # Flags that change how finance reads a finding's amounts; archived and TTL-expiring escrows
@@ -185,6 +205,8 @@ class StateRow:
     overdue: bool = False
     acknowledgement: str = ""  # "by ana on 2026-11-30 until 2026-12-31: reason" (held or lapsed)
     lapsed: str = ""  # why a reopened finding's acknowledgement no longer holds
+    explanation: str = ""
+    previous_explanation: str = ""  # what explained it in the previous run, still unreconciled
 
 
 @dataclass(frozen=True)
@@ -301,9 +323,46 @@ def _sides_fact(compared: bool | None) -> str:
     return "not compared: the source has no total_released, available_amount or stellar_ledger_sequence"
 
 
-def _finding_row(row: Mapping[str, Any]) -> FindingRow:
+def _abbreviated(address: str | None) -> str:
+    return f"{address[:4]}…{address[-4:]}" if address and len(address) > 12 else _plain(address or "")
+
+
+def _timeline_row(row: Mapping[str, Any]) -> TimelineRow:
+    when = row["closed_at"]
+    what = _plain(row["event"])
+    if row["source"] == "transaction":
+        what = f"{what} (tx {_plain(row['tx_status'])}, DB: {_plain(row['db_status'])})"
+    amount = row["amount_base_units"]
+    return TimelineRow(
+        ledger="" if row["ledger"] is None else f"{row['ledger']:,}",
+        when=when.strftime("%Y-%m-%d %H:%M UTC") if isinstance(when, datetime) else "",
+        what=what,
+        amount="" if amount is None else format_token_amount(amount, row["token_decimals"], row["currency"]),
+        investor=_abbreviated(row["investor"]),
+        tx=f"{row['tx_hash'][:8]}…" if row["tx_hash"] else "",
+    )
+
+
+def _timelines(
+    explained: Explained | None, invoice_ids: list[str | None]
+) -> dict[str | None, tuple[TimelineRow, ...]]:
+    """The timeline of each of ``invoice_ids`` (the worst findings), newest ``TIMELINE_ROWS`` kept."""
+    if explained is None or explained.events.is_empty():
+        return {}
+    return {
+        invoice_id: tuple(_timeline_row(r) for r in rows.tail(TIMELINE_ROWS).iter_rows(named=True))
+        for invoice_id in invoice_ids
+        if (rows := explained.timeline(invoice_id)).height
+    }
+
+
+def _finding_row(
+    row: Mapping[str, Any], timelines: Mapping[str | None, tuple[TimelineRow, ...]] | None = None
+) -> FindingRow:
     decimals = row["token_decimals"]
     return FindingRow(
+        explanation=_plain(row.get("explanation") or ""),
+        timeline=(timelines or {}).get(row["invoice_id"], ()),
         rank="" if row["drift_rank"] is None else str(row["drift_rank"]),
         invoice_id=_plain(row["invoice_id"]),
         tenant_id=_plain(row["tenant_id"]),
@@ -355,6 +414,8 @@ def _state_row(row: Mapping[str, Any]) -> StateRow:
         if isinstance(first_seen, datetime)
         else _plain(first_seen),
         reason=_plain(row["reason"]),
+        explanation=_plain(row.get("explanation") or ""),
+        previous_explanation=_plain(row.get("previous_explanation") or ""),
         resolved_as=_RESOLVED_AS.get(row.get("resolved_as") or "", _plain(row.get("resolved_as"))),
     )
 
@@ -397,6 +458,25 @@ def _stranded_row(row: Mapping[str, Any]) -> StrandedRow:
         reason=_plain(row["reason"]),
         contract_id=_plain(row["contract_id"]),
     )
+
+
+def _explained_fact(explained: Mapping[str, int] | None) -> str:
+    if explained is None:
+        return "not looked for"
+    looked = sum(v for k, v in explained.items() if k != "beyond")
+    if not looked and not explained.get("beyond"):
+        return "no mismatch whose money moved"
+    parts = ", ".join(
+        f"{explained[k]:,} {k}"
+        for k in ("explained", "partial", "unexplained", "unavailable")
+        if explained.get(k)
+    )
+    beyond = (
+        f"; {explained['beyond']:,} more not looked at (RECONCILE_EXPLAIN_MAX)"
+        if explained.get("beyond")
+        else ""
+    )
+    return f"{looked:,} mismatches looked up on chain: {parts or 'none'}{beyond}"
 
 
 def _stranded_fact(stranded: Stranded) -> str:
@@ -512,8 +592,11 @@ def _lists(
     *,
     max_attention: int,
     list_acknowledged: bool,
+    explained: Explained | None = None,
+    timeline_findings: int = TIMELINE_FINDINGS,
 ) -> _Lists:
     non_match = worst_first(findings.filter(pl.col("class") != "match"))
+    timelines = _timelines(explained, non_match.head(timeline_findings).get_column("invoice_id").to_list())
     has_flag = pl.col("flags").list.contains("archived") | pl.col("flags").list.contains("ttl_expiring")
     expiry = (
         findings.filter(has_flag)
@@ -552,7 +635,7 @@ def _lists(
         resolved=_section(resolved, cap, _state_row),
         overdue=overdue,
         max_attention=max_attention,
-        worst=_section(non_match, cap, _finding_row),
+        worst=_section(non_match, cap, lambda row: _finding_row(row, timelines)),
         expiry=_section(expiry, cap, _expiry_row),
         # Known money first, then the escrows that could not be read.
         stranded=_section(
@@ -621,6 +704,7 @@ def _view(
             ("Escrow balances", _balances_fact(facts.balances_checked)),
             ("Database sides", _sides_fact(facts.database_sides_compared)),
             ("Outside the audit", _plain(redact(_stranded_fact(stranded)))),
+            ("Drift causes", _explained_fact(facts.explained)),
             ("Duration", _format_duration(facts.duration_seconds)),
             ("Tool version", _plain(facts.tool_version)),
         ),
@@ -737,6 +821,8 @@ def render_report(
         result.stranded.frame,
         max_attention=max_attention,
         list_acknowledged=not email,
+        explained=result.explained,
+        timeline_findings=TIMELINE_FINDINGS_EMAIL if email else TIMELINE_FINDINGS,
     )
     trend = _trend_rows(None if history is None else history.trend, facts, counts)
     history_warning: str | None = getattr(history, "warning", None)

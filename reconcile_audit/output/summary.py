@@ -65,6 +65,9 @@ class RunFacts:
     part: str | None = None
     # Open findings per state (new, reopened, persisting, acknowledged) and overdue; None: no history.
     finding_states: Mapping[str, int] | None = None
+    # Mismatches per explain outcome (explained, partial, unexplained, unavailable) and "beyond"
+    # RECONCILE_EXPLAIN_MAX; None when the explain stage did not run.
+    explained: Mapping[str, int] | None = None
 
 
 class ListedFindings(Protocol):

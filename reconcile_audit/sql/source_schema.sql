@@ -39,5 +39,6 @@ CREATE TABLE IF NOT EXISTS escrow_operations (
     operation_type TEXT NOT NULL,
     contract_id VARCHAR(56),
     status TEXT NOT NULL,
-    completed_at TIMESTAMP WITH TIME ZONE
+    completed_at TIMESTAMP WITH TIME ZONE,
+    stellar_transaction_hash TEXT
 )

@@ -28,11 +28,12 @@ SELECT
 FROM stage_escrow_summaries
 ;
 -- name: escrow_operations
-INSERT INTO escrow_operations (invoice_id, operation_type, contract_id, status, completed_at)
+INSERT INTO escrow_operations (invoice_id, operation_type, contract_id, status, completed_at, stellar_transaction_hash)
 SELECT
     CAST(stage_escrow_operations.invoice_id AS UUID),
     stage_escrow_operations.operation_type,
     stage_escrow_operations.contract_id,
     stage_escrow_operations.status,
-    CAST(stage_escrow_operations.completed_at AS TIMESTAMP WITH TIME ZONE)
+    CAST(stage_escrow_operations.completed_at AS TIMESTAMP WITH TIME ZONE),
+    stage_escrow_operations.stellar_transaction_hash
 FROM stage_escrow_operations

@@ -34,8 +34,10 @@ from reconcile_audit.compute.lifecycle import AckAction
 from reconcile_audit.compute.persist import RunRecord, acks
 from reconcile_audit.compute.schemas import ClassCounts, RunStatus
 from reconcile_audit.compute.settings import load_settings
+from reconcile_audit.emulator.activity import ChainTransaction, escrow_transaction
 from reconcile_audit.emulator.server import Emulator
 from reconcile_audit.emulator.state import (
+    TESTNET,
     EscrowSpec,
     LedgerState,
     Mutation,
@@ -131,6 +133,7 @@ class DemoData:
     mutations: tuple[Mutation, ...] = ()
     latest_ledger: int = LATEST_LEDGER
     stranded: tuple[str, ...] = ()  # out-of-scope invoices whose escrow still holds funds
+    transactions: tuple[ChainTransaction, ...] = ()  # escrow calls on chain, with their events
 
     def ledger_state(self, nights_ago: int = 0) -> LedgerState:
         """The chain as it was ``nights_ago`` nights before tonight."""
@@ -153,6 +156,7 @@ class DemoData:
             escrows=escrows,
             tokens=self.tokens,
             mutations=() if nights_ago else self.mutations,
+            transactions=self.transactions,
         )
 
 
@@ -422,6 +426,9 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         if escrow["token_balance"]:
             stranded.append(invoice_id)
 
+    decimals_of = {t.contract_id: t.decimals if t.decimals is not None else 7 for t in tokens.values()}
+    transactions = _plant_histories(planted, invoice_rows, summary_rows, operation_rows, escrows, decimals_of)
+
     earlier: dict[int, dict[str, int]] = {}
     for night in range(1, history_nights + 1):
         # Each earlier night some plain escrows were still catching up with the database.
@@ -450,7 +457,153 @@ def build_dataset(invoices: int = 10_000, *, seed: int = 7, history_nights: int 
         earlier_funding=MappingProxyType(earlier),
         mutations=tuple(mutations),
         stranded=tuple(stranded),
+        transactions=transactions,
     )
+
+
+# The drifts whose causes the chain holds (issue 12), and how many ledgers before the latest
+# their transaction landed: well inside the RPC's retention window.
+EXPLAINED_DRIFTS: Final = {
+    "mismatch_chain_over": 3_000,  # a fund the database marks failed, which landed
+    "mismatch_db_over": 4_000,  # an unfund the database marks pending, which landed
+    "released_mismatch": 5_000,  # a refund the database has not recorded as released
+    "balance_short": 6_000,  # a withdrawal took half the escrow's tokens
+}
+# The second db-over drift: the database marks a fund completed whose transaction failed.
+FAILED_FUND_LEDGERS_AGO: Final = 7_000
+# mismatch_new_large stays unexplained: nothing on chain since the database's last sync.
+
+
+def _plant_histories(
+    planted: Mapping[str, list[str]],
+    invoice_rows: list[dict[str, Any]],
+    summary_rows: list[dict[str, Any]],
+    operation_rows: list[dict[str, Any]],
+    escrows: list[EscrowSpec],
+    decimals_of: Mapping[str, int],
+) -> tuple[ChainTransaction, ...]:
+    """Give planted drifts the transactions and events that explain them, and the database the
+    operations (with transaction hashes) that missed them. Changes ``escrows``, ``summary_rows``
+    and ``operation_rows`` in place; returns the chain's transactions."""
+    pk_of = {row["invoice_id"]: row["id"] for row in invoice_rows}
+    summary_of = {row["invoice_id"]: row for row in summary_rows if "stellar_ledger_sequence" in row}
+    index_of = {spec.invoice_id: n for n, spec in enumerate(escrows)}
+    transactions: list[ChainTransaction] = []
+
+    def plant(
+        invoice_id: str,
+        ago: int,
+        event: str,
+        operation: str,
+        db_status: str,
+        *,
+        successful: bool = True,
+        **data: Any,
+    ) -> None:
+        n = index_of[invoice_id]
+        spec = escrows[n]
+        ledger = LATEST_LEDGER - ago
+        transaction = escrow_transaction(
+            event,
+            contract_id=spec.contract_id,
+            invoice_id=invoice_id,
+            ledger=ledger,
+            network_passphrase=TESTNET,
+            function=operation,
+            successful=successful,
+            **data,
+        )
+        transactions.append(transaction)
+        if successful:
+            # The escrow last changed when the call landed; the database synced just before it.
+            escrows[n] = replace(spec, last_modified_ledger=ledger)
+            summary = summary_of.get(pk_of[invoice_id])
+            if summary is not None:
+                summary["stellar_ledger_sequence"] = str(ledger - 60)
+        operation_rows.append(
+            {
+                "invoice_id": pk_of[invoice_id],
+                "operation_type": operation,
+                "contract_id": spec.contract_id,
+                "status": db_status,
+                "completed_at": BASE_TIME if db_status == "completed" else None,
+                "stellar_transaction_hash": transaction.tx_hash,
+            }
+        )
+
+    investor = StrKey.encode_ed25519_public_key(hashlib.sha256(b"demo-investor").digest())
+    chain_over = planted["mismatch_chain_over"][0]
+    spec = escrows[index_of[chain_over]]
+    missed = 12_34 * 10 ** (decimals_of[spec.funding_token] - 2)  # the drift build_dataset planted
+    plant(
+        chain_over,
+        EXPLAINED_DRIFTS["mismatch_chain_over"],
+        "escrow_funded",
+        "fund",
+        "failed",
+        investor=investor,
+        amount=missed,
+        funded_amount=spec.funded_amount,
+        status=spec.status,
+    )
+    unfunded, failed_fund = planted["mismatch_db_over"][:2]
+    spec = escrows[index_of[unfunded]]
+    summary = summary_of[pk_of[unfunded]]
+    gap = _base_units(summary["total_funded"], decimals_of[spec.funding_token]) - spec.funded_amount
+    plant(
+        unfunded,
+        EXPLAINED_DRIFTS["mismatch_db_over"],
+        "escrow_unfunded",
+        "unfund",
+        "pending",
+        investor=investor,
+        amount=gap,
+        remaining_contribution=0,
+        new_funded_amount=spec.funded_amount,
+    )
+    refunded = planted["released_mismatch"][0]
+    spec = escrows[index_of[refunded]]
+    plant(
+        refunded,
+        EXPLAINED_DRIFTS["released_mismatch"],
+        "investor_refunded_evt",
+        "refund",
+        "processing",
+        investor=investor,
+        amount=spec.distributed_principal or 0,
+    )
+    short = planted["balance_short"][0]
+    spec = escrows[index_of[short]]
+    taken = spec.funded_amount - (spec.token_balance or 0)
+    fee = taken * 25 // 10_000
+    plant(
+        short,
+        EXPLAINED_DRIFTS["balance_short"],
+        "sme_withdrew",
+        "withdraw",
+        "failed",
+        amount=taken - fee,
+        fee=fee,
+        recipient=spec.sme_address,
+    )
+    plant(
+        failed_fund,
+        FAILED_FUND_LEDGERS_AGO,
+        "escrow_funded",
+        "fund",
+        "completed",
+        successful=False,
+        investor=investor,
+        amount=0,
+        funded_amount=0,
+        status=0,
+    )
+    return tuple(transactions)
+
+
+def _base_units(total: str, decimals: int) -> int:
+    whole, _, fraction = total.partition(".")
+    return int(whole + fraction.ljust(decimals, "0")[:decimals])
 
 
 _TIME = pl.Datetime("us", "UTC")
@@ -482,6 +635,7 @@ OPERATION_COLUMNS: Final = pl.Schema(
         "contract_id": pl.String,
         "status": pl.String,
         "completed_at": _TIME,
+        "stellar_transaction_hash": pl.String,
     }
 )
 

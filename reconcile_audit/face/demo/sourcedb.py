@@ -19,7 +19,7 @@ omitted and load as NULL or the table default):
 ``operations`` (rows of ``escrow_operations``)
     ``invoice_id`` (String, the ``invoices.id`` uuid, required), ``operation_type`` (String,
     required, e.g. ``create``), ``contract_id`` (String), ``status`` (String, required, e.g.
-    ``completed``), ``completed_at`` (Datetime).
+    ``completed``), ``completed_at`` (Datetime), ``stellar_transaction_hash`` (String, hex).
 
 Money columns refuse floats: a float cannot hold a cent exactly.
 """
@@ -58,6 +58,7 @@ _COLUMNS: dict[str, dict[str, str]] = {
         "contract_id": "text",
         "status": "text",
         "completed_at": "time",
+        "stellar_transaction_hash": "text",
     },
 }
 _REQUIRED: dict[str, tuple[str, ...]] = {

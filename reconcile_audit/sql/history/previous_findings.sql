@@ -20,7 +20,7 @@ WITH runs AS (
 ),
 appearances AS (
     SELECT
-        f.invoice_id, f.tenant_id, f.contract_id, f.class, f.reason_code, f.reason,
+        f.invoice_id, f.tenant_id, f.contract_id, f.class, f.reason_code, f.reason, f.explanation,
         r.recency, r.started_at,
         r.recency - dense_rank() OVER (PARTITION BY f.invoice_id ORDER BY r.recency) AS gap
     FROM reconciliation_findings AS f
@@ -36,6 +36,7 @@ SELECT
     min(class) FILTER (WHERE recency = 1) AS class,
     min(reason_code) FILTER (WHERE recency = 1) AS reason_code,
     min(reason) FILTER (WHERE recency = 1) AS reason,
+    min(explanation) FILTER (WHERE recency = 1) AS explanation,
     min(started_at) AS first_seen_at,
     count(DISTINCT recency) AS streak_runs
 FROM appearances

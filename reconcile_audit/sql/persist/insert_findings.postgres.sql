@@ -8,7 +8,7 @@ INSERT INTO reconciliation_findings (
     funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
     chain_balance_base_units, chain_distributed_base_units, custodial,
     db_released_base_units, db_available_base_units, db_ledger_sequence,
-    finding_id, evidence, finding_state, first_seen_at
+    finding_id, evidence, finding_state, first_seen_at, explanation
 )
 SELECT
     $1, finding_no, invoice_id, tenant_id, contract_id, class, reason_code, reason,
@@ -21,5 +21,5 @@ SELECT
     funding_token, address_source, latest_ledger, last_modified_ledger, live_until_ledger,
     CAST(chain_balance_base_units AS numeric), CAST(chain_distributed_base_units AS numeric), custodial,
     CAST(db_released_base_units AS numeric), CAST(db_available_base_units AS numeric), db_ledger_sequence,
-    finding_id, evidence, finding_state, first_seen_at
+    finding_id, evidence, finding_state, first_seen_at, explanation
 FROM reconcile_findings_staging

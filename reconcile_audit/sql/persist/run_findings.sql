@@ -14,7 +14,7 @@ SELECT
     custodial,
     CAST(db_released_base_units AS TEXT) AS db_released_base_units,
     CAST(db_available_base_units AS TEXT) AS db_available_base_units,
-    db_ledger_sequence
+    db_ledger_sequence, explanation
 FROM reconciliation_findings
 WHERE run_id = $1
 ORDER BY finding_no

@@ -1,0 +1,482 @@
+"""Explain: why each drift happened, from the database's own operations and the escrow's events.
+
+For the worst mismatches of a run whose money moved (``EXPLAINABLE``; at most
+``settings.explain_max``, drift rank first):
+
+- **The database's operations** on the invoice that carry a ``stellar_transaction_hash`` (the
+  latest three, ``sql/explain_operations.*.sql``): ``getTransaction`` says whether each landed.
+  SUCCESS on one the database marks failed, pending, processing or cancelled, and FAILED on one
+  it marks completed, are causes. NOT_FOUND means "not on chain" only when the operation is newer
+  than the RPC's oldest ledger; before that the RPC cannot know.
+- **The escrow's events** since the database last synced it (``db_ledger_sequence``; without it,
+  the start of the RPC's retention window): one ``getEvents`` scan for every finding
+  (:mod:`reconcile_audit.compute.ledger.activity`). The events that move what the finding compares
+  are summed exactly and set against the finding's gap: ``funded_amount`` (``escrow_funded`` adds,
+  ``escrow_unfunded`` takes away) for an amount drift, ``DistributedPrincipal`` (refunds and
+  withdrawals, fee included) for ``released_mismatch``.
+
+Each explained finding gets a short ``explanation`` and an ``explain_outcome``:
+
+- ``explained``: the events cover the whole gap, or a transaction's fate contradicts the database;
+- ``partial``: they cover part of it (or, where no gap is summed, there are events to read);
+- ``unexplained``: nothing since the database's last sync, and no operation disagrees;
+- ``unavailable``: the RPC could not say (a method it lacks, a fault after retries).
+
+Nothing here changes a class or fails the run: the explanation is evidence beside the finding.
+The events and transactions behind each one are the ``DRIFT_EVENTS`` frame
+(``drift_events.parquet``), which the report draws as a timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final
+
+import polars as pl
+
+from reconcile_audit.compute import db
+from reconcile_audit.compute.amounts import format_major
+from reconcile_audit.compute.ledger.activity import (
+    ChainActivity,
+    EscrowEvent,
+    EventScan,
+    TransactionLookup,
+    read_activity,
+)
+from reconcile_audit.compute.settings import Settings
+from reconcile_audit.errors import ReconcileAuditError
+
+log = logging.getLogger(__name__)
+
+OPERATIONS_SQL: Final = "explain_operations.{dialect}.sql"
+HISTORY_SOURCE: Final = "Hubble's history_contract_events table"
+NOT_COMPLETED: Final = frozenset({"pending", "processing", "failed", "cancelled"})
+TIMELINE_MAX: Final = 8  # events quoted per finding in its sentence-free timeline, newest last
+
+
+class ExplainOutcome(StrEnum):
+    EXPLAINED = "explained"
+    PARTIAL = "partial"
+    UNEXPLAINED = "unexplained"
+    UNAVAILABLE = "unavailable"
+
+
+DRIFT_EVENTS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "contract_id": pl.String,
+        "reason_code": pl.String,  # the finding's
+        "source": pl.String,  # "event" (getEvents) | "transaction" (getTransaction of a DB operation)
+        "ledger": pl.Int64,
+        "closed_at": pl.Datetime("us", "UTC"),
+        "event": pl.String,  # the contract event's name, or the DB operation's type
+        "amount_base_units": pl.String,  # exact integer text: the event's amount, if it has one
+        "token_decimals": pl.Int64,
+        "currency": pl.String,
+        "investor": pl.String,
+        "tx_hash": pl.String,
+        "tx_status": pl.String,  # SUCCESS | FAILED | NOT_FOUND | unavailable (transactions only)
+        "db_status": pl.String,  # the DB operation's status (transactions only)
+        "note": pl.String,  # what this row says about the finding
+    }
+)
+EXPLANATIONS: Final = pl.Schema(
+    {"invoice_id": pl.String, "explanation": pl.String, "explain_outcome": pl.String}
+)
+OPERATIONS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "operation_id": pl.String,
+        "operation_type": pl.String,
+        "status": pl.String,
+        "completed_at": pl.Datetime("us", "UTC"),
+        "tx_hash": pl.String,
+    }
+)
+# What each reason's gap is made of: the events that move the compared chain value, with sign.
+_MOVES: Final[Mapping[str, Mapping[str, tuple[tuple[str, int], ...]]]] = {
+    "amount": {
+        "escrow_funded": (("amount", 1),),
+        "escrow_unfunded": (("amount", -1),),
+    },
+    "released": {
+        "investor_refunded_evt": (("amount", 1),),
+        "sme_withdrew": (("amount", 1), ("fee", 1)),
+    },
+}
+_FAMILY: Final = {"db_over_chain": "amount", "chain_over_db": "amount", "released_mismatch": "released"}
+
+
+@dataclass(frozen=True)
+class Explained:
+    """The explain stage's result: one row per explained finding (``EXPLANATIONS``), the events and
+    transactions behind them (``DRIFT_EVENTS``), and what limited it."""
+
+    explanations: pl.DataFrame
+    events: pl.DataFrame
+    considered: int = 0  # mismatches in the run
+    skipped: int = 0  # beyond RECONCILE_EXPLAIN_MAX
+    seconds: float = 0.0
+    rpc_requests: int = 0
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def nothing(cls, *notes: str) -> Explained:
+        return cls(pl.DataFrame(schema=EXPLANATIONS), pl.DataFrame(schema=DRIFT_EVENTS), notes=tuple(notes))
+
+    def summary_line(self) -> str:
+        counts = ", ".join(f"{n} {k}" for k, v in self.counts().items() if (n := v))
+        beyond = f"; {self.skipped:,} more beyond RECONCILE_EXPLAIN_MAX" if self.skipped else ""
+        notes = "".join(f"; {note}" for note in self.notes)
+        return (
+            f"{self.explanations.height:,} of {self.considered:,} mismatches explained ({counts or 'none'}) "
+            f"in {self.seconds:.2f} s with {self.rpc_requests:,} RPC requests{beyond}{notes}"
+        )
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self.explanations.group_by("explain_outcome").len().iter_rows())
+        return {outcome.value: int(found.get(outcome.value, 0)) for outcome in ExplainOutcome}
+
+    def timeline(self, invoice_id: str | None) -> pl.DataFrame:
+        return self.events.filter(pl.col("invoice_id") == invoice_id).sort("ledger", nulls_last=True)
+
+
+# Mismatches whose cause the chain's history can hold: the escrow's money moved, or the database
+# missed it. An escrow of another invoice or in the wrong token is a set-up fault, not a movement.
+EXPLAINABLE: Final = frozenset(
+    {"db_over_chain", "chain_over_db", "released_mismatch", "available_mismatch", "balance_short"}
+)
+
+
+def candidates(findings: pl.DataFrame, limit: int) -> tuple[pl.DataFrame, int]:
+    """The mismatches to explain (``EXPLAINABLE``), worst first (drift rank, then reason and
+    invoice), and how many that leaves out."""
+    mismatches = findings.filter(
+        pl.col("reason_code").is_in(list(EXPLAINABLE)) & pl.col("contract_id").is_not_null()
+    )
+    ordered = mismatches.sort("drift_rank", "reason_code", "invoice_id", nulls_last=True)
+    picked = ordered.head(limit)
+    return picked, mismatches.height - picked.height
+
+
+def read_operations(settings: Settings, invoice_ids: Sequence[str]) -> pl.DataFrame:
+    """``OPERATIONS``: the latest three operations with a transaction hash of each invoice."""
+    url = settings.source_url()
+    with db.connect_source(url) as conn:
+        sql = db.read_sql(OPERATIONS_SQL.format(dialect=conn.dialect))
+        table = conn.arrow(sql, [json.dumps(list(invoice_ids))])
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.select(
+        pl.col(name).cast(dtype).dt.convert_time_zone("UTC")
+        if isinstance(dtype, pl.Datetime)
+        else pl.col(name).cast(dtype)
+        for name, dtype in OPERATIONS.items()
+    )
+
+
+def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = read_activity) -> Explained:
+    """Explain the worst mismatches of ``findings`` (module docstring). Never raises for what the
+    database or the RPC answers; what could not be read is said in the explanations and ``notes``."""
+    started = time.perf_counter()
+    picked, skipped = candidates(findings, settings.explain_max)
+    considered = picked.height + skipped
+    if picked.is_empty():
+        return (
+            Explained.nothing()
+            if not considered
+            else Explained(
+                pl.DataFrame(schema=EXPLANATIONS),
+                pl.DataFrame(schema=DRIFT_EVENTS),
+                considered,
+                skipped,
+                notes=(f"RECONCILE_EXPLAIN_MAX is {settings.explain_max}: no finding was explained",),
+            )
+        )
+    notes: list[str] = []
+    invoice_ids = [i for i in picked.get_column("invoice_id").to_list() if i is not None]
+    try:
+        operations = read_operations(settings, invoice_ids)
+        operations_note = None
+    except Exception as exc:  # a schema without the hash column, a lost connection
+        reason = exc if isinstance(exc, ReconcileAuditError) else type(exc).__name__
+        operations_note = f"the database's operations were not read ({settings.redact(str(reason))[:200]})"
+        log.warning("explain: %s", operations_note)
+        notes.append(operations_note)
+        operations = pl.DataFrame(schema=OPERATIONS)
+    synced = picked.get_column("db_ledger_sequence")
+    start = None if synced.null_count() else int(synced.min()) + 1  # type: ignore[arg-type]
+    try:
+        activity = read(
+            settings,
+            contract_ids=picked.get_column("contract_id").to_list(),
+            start_ledger=start,
+            tx_hashes=operations.get_column("tx_hash").drop_nulls().to_list(),
+        )
+    except ReconcileAuditError as exc:  # no RPC configured: nothing can be said
+        activity = ChainActivity(EventScan(unavailable=str(exc)), {})
+    if activity.scan.unavailable:
+        notes.append(f"escrow events unavailable: {activity.scan.unavailable}")
+    if activity.scan.undecodable:
+        notes.append(f"{activity.scan.undecodable} escrow events did not decode and were left out")
+    by_contract: dict[str, list[EscrowEvent]] = {}
+    for event in activity.scan.events:
+        by_contract.setdefault(event.contract_id, []).append(event)
+    ops_by_invoice = operations.partition_by("invoice_id", as_dict=True, include_key=True)
+    rows: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
+    for finding in picked.iter_rows(named=True):
+        ops = ops_by_invoice.get((finding["invoice_id"],), pl.DataFrame(schema=OPERATIONS))
+        text, outcome, lines = _explain_one(
+            finding, by_contract.get(finding["contract_id"], []), ops, activity, operations_note
+        )
+        rows.append(
+            {"invoice_id": finding["invoice_id"], "explanation": text, "explain_outcome": outcome.value}
+        )
+        timeline.extend(lines)
+    seconds = time.perf_counter() - started
+    explained = Explained(
+        pl.DataFrame(rows, schema=EXPLANATIONS),
+        pl.DataFrame(timeline, schema=DRIFT_EVENTS).sort("invoice_id", "ledger", nulls_last=True),
+        considered,
+        skipped,
+        seconds,
+        activity.scan.requests + len(activity.transactions),
+        tuple(notes),
+    )
+    log.info(
+        "explain: %d findings in %.2f s (%s), %d left beyond RECONCILE_EXPLAIN_MAX",
+        picked.height,
+        seconds,
+        ", ".join(f"{k} {v}" for k, v in explained.counts().items()),
+        skipped,
+    )
+    return explained
+
+
+def _money(value: int, finding: Mapping[str, Any]) -> str:
+    decimals = finding["token_decimals"] if finding["token_decimals"] is not None else 0
+    currency = f" {finding['currency']}" if finding["currency"] else ""
+    return f"{format_major(value, decimals)}{currency}"
+
+
+def _short(tx_hash: str | None) -> str:
+    return f"{tx_hash[:8]}…" if tx_hash else "?"
+
+
+def _when(ledger: int | None, closed_at: datetime | None) -> str:
+    if ledger is None:
+        return "at an unknown ledger"
+    at = f" ({closed_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC)" if closed_at is not None else ""
+    return f"at ledger {ledger:,}{at}"
+
+
+def _gap(finding: Mapping[str, Any], family: str | None) -> int | None:
+    """What the chain shows beyond the database, in base units, for the finding's compared value."""
+    if family == "amount" and finding["delta_base_units"] is not None:
+        return -int(finding["delta_base_units"])
+    if family == "released" and finding["db_released_base_units"] is not None:
+        return int(finding["chain_distributed_base_units"] or 0) - int(finding["db_released_base_units"])
+    return None
+
+
+def _movement(events: Iterable[EscrowEvent], family: str) -> int:
+    moves = _MOVES[family]
+    return sum(
+        sign * event.amounts.get(name, 0) for event in events for name, sign in moves.get(event.event, ())
+    )
+
+
+def _explain_one(
+    finding: Mapping[str, Any],
+    scanned: list[EscrowEvent],
+    ops: pl.DataFrame,
+    activity: ChainActivity,
+    operations_note: str | None,
+) -> tuple[str, ExplainOutcome, list[dict[str, Any]]]:
+    scan = activity.scan
+    synced = finding["db_ledger_sequence"]
+    since = [e for e in scanned if synced is None or e.ledger > synced]
+    parts: list[str] = []
+    lines: list[dict[str, Any]] = []
+    base = {
+        "invoice_id": finding["invoice_id"],
+        "contract_id": finding["contract_id"],
+        "reason_code": finding["reason_code"],
+        "token_decimals": finding["token_decimals"],
+        "currency": finding["currency"],
+    }
+    # The database's own operations against what the chain says of their transactions.
+    contradicted = False
+    landed: list[EscrowEvent] = []
+    for op in ops.iter_rows(named=True):
+        lookup = activity.transactions.get(op["tx_hash"] or "")
+        status, db_status = (lookup.status if lookup else "unavailable"), op["status"]
+        note = _operation_note(op, lookup, finding)
+        if note is not None and status in ("SUCCESS", "FAILED"):
+            contradicted = True
+        if note is not None:
+            parts.append(note)
+        if lookup is not None and status == "SUCCESS" and db_status in NOT_COMPLETED:
+            landed.extend(e for e in lookup.events if e.contract_id == finding["contract_id"])
+        lines.append(
+            {
+                **base,
+                "source": "transaction",
+                "ledger": lookup.ledger if lookup else None,
+                "closed_at": lookup.closed_at if lookup else None,
+                "event": op["operation_type"],
+                "amount_base_units": _amount_text(lookup.events if lookup else ()),
+                "investor": None,
+                "tx_hash": op["tx_hash"],
+                "tx_status": status,
+                "db_status": db_status,
+                "note": note or "agrees with the database",
+            }
+        )
+    # Events of landed transactions the scan did not see (outside its window, or no scan).
+    seen = {(e.tx_hash, e.event, e.ledger) for e in since}
+    since = since + [e for e in landed if (e.tx_hash, e.event, e.ledger) not in seen]
+    since.sort(key=lambda e: (e.ledger, e.event_id))
+    for event in since:
+        amount = event.amounts.get("amount")
+        lines.append(
+            {
+                **base,
+                "source": "event",
+                "ledger": event.ledger,
+                "closed_at": event.closed_at,
+                "event": event.event,
+                "amount_base_units": None if amount is None else str(amount),
+                "investor": event.investor,
+                "tx_hash": event.tx_hash,
+                "tx_status": None,
+                "db_status": None,
+                "note": _event_note(event, finding),
+            }
+        )
+    family = _FAMILY.get(finding["reason_code"])
+    gap = _gap(finding, family)
+    covered = None
+    if family is not None and gap is not None and since:
+        moved = _movement(since, family)
+        covered = min(abs(moved), abs(gap)) if moved and (moved > 0) == (gap > 0) else 0
+        count = sum(1 for e in since if e.event in _MOVES[family])
+        verb = "explains" if count == 1 else "explain"
+        noun = "event" if count == 1 else "events"
+        parts.insert(
+            0,
+            f"{count} escrow {noun} since {_since_words(synced)} {verb} {_money(covered, finding)} "
+            f"of {_money(abs(gap), finding)}",
+        )
+    funded = [e for e in since if e.event == "escrow_funded" and "funded_amount" in e.amounts]
+    if funded and family == "amount":
+        last = funded[-1]
+        chain = finding["chain_funded_base_units"]
+        held = (
+            "as the chain holds"
+            if chain is not None and int(chain) == last.amounts["funded_amount"]
+            else ("later events moved it")
+        )
+        parts.append(
+            f"the last escrow_funded, {_when(last.ledger, last.closed_at)} in tx {_short(last.tx_hash)}, set "
+            f"funded_amount to {_money(last.amounts['funded_amount'], finding)}, {held}"
+        )
+    oldest = scan.oldest_ledger
+    if synced is not None and oldest is not None and synced + 1 < oldest:
+        parts.append(
+            f"the database last synced at ledger {synced:,}, before the RPC's oldest ledger {oldest:,}: "
+            f"earlier events are in {HISTORY_SOURCE} (contract_id {finding['contract_id']})"
+        )
+    if scan.unavailable:
+        parts.append(f"escrow events unavailable: {scan.unavailable}")
+    if operations_note:
+        parts.append(operations_note)
+    if contradicted or (gap is not None and covered is not None and covered == abs(gap) and gap):
+        outcome = ExplainOutcome.EXPLAINED
+    elif covered or (since and family is None):
+        outcome = ExplainOutcome.PARTIAL
+    elif scan.unavailable and not since:
+        outcome = ExplainOutcome.UNAVAILABLE
+    else:
+        outcome = ExplainOutcome.UNEXPLAINED
+        if not since and not parts:
+            parts.append(
+                f"unexplained: no escrow event since {_since_words(synced)}, and no database operation "
+                "disagrees with the chain"
+            )
+        elif not since:
+            parts.insert(0, f"unexplained: no escrow event since {_since_words(synced)}")
+    if outcome is ExplainOutcome.UNAVAILABLE:
+        parts.insert(0, "unavailable")
+    return "; ".join(parts), outcome, lines
+
+
+def _since_words(synced: int | None) -> str:
+    return (
+        f"the database's last sync (ledger {synced:,})"
+        if synced is not None
+        else "the start of the RPC's window"
+    )
+
+
+def _amount_text(events: Iterable[EscrowEvent]) -> str | None:
+    amounts = [e.amounts["amount"] for e in events if "amount" in e.amounts]
+    return str(sum(amounts)) if amounts else None
+
+
+def _operation_note(
+    op: Mapping[str, Any], lookup: TransactionLookup | None, finding: Mapping[str, Any]
+) -> str | None:
+    """What one database operation's transaction says, when it says something; None when the
+    chain and the database agree."""
+    kind, db_status, tx_hash = op["operation_type"] or "operation", op["status"], op["tx_hash"]
+    if lookup is None or lookup.status == "unavailable":
+        why = lookup.unavailable if lookup is not None else "not looked up"
+        return f"{kind} in tx {_short(tx_hash)} could not be checked ({why})"
+    amount = _amount_text(e for e in lookup.events if e.contract_id == finding["contract_id"])
+    what = f"{kind} of {_money(int(amount), finding)}" if amount is not None else kind
+    if lookup.status == "SUCCESS" and db_status in NOT_COMPLETED:
+        return f"{what} in tx {_short(tx_hash)} landed {_when(lookup.ledger, lookup.closed_at)}, but the database marks it {db_status}"
+    if lookup.status == "FAILED" and db_status == "completed":
+        return f"{kind} in tx {_short(tx_hash)} failed on chain {_when(lookup.ledger, lookup.closed_at)}, but the database marks it completed"
+    if lookup.status == "NOT_FOUND":
+        completed = op["completed_at"]
+        oldest_at = lookup.oldest_closed_at
+        if completed is not None and oldest_at is not None and completed < oldest_at:
+            return (
+                f"{kind} in tx {_short(tx_hash)} ({db_status}) is older than the RPC keeps "
+                f"(from ledger {lookup.oldest_ledger:,}); see {HISTORY_SOURCE}"
+            )
+        if db_status == "completed" or completed is not None:
+            return f"{kind} in tx {_short(tx_hash)} is not on chain, but the database marks it {db_status}"
+        return None  # pending and not on chain: consistent with a transaction not yet sent
+    return None
+
+
+def _event_note(event: EscrowEvent, finding: Mapping[str, Any]) -> str:
+    amounts = ", ".join(
+        f"{name} {_money(value, finding) if name != 'status' else value}"
+        for name, value in sorted(event.amounts.items())
+    )
+    return f"{event.event}: {amounts}" if amounts else event.event
+
+
+def with_explanations(findings: pl.DataFrame, explained: Explained) -> pl.DataFrame:
+    """``findings`` with ``explanation`` filled for the explained rows (null for the rest)."""
+    if explained.explanations.is_empty():
+        return findings
+    # One row per invoice id on the right, so that an id twice in one run cannot multiply rows.
+    by_invoice = explained.explanations.unique("invoice_id", keep="first").select("invoice_id", "explanation")
+    joined = findings.drop("explanation", strict=False).join(
+        by_invoice, on="invoice_id", how="left", maintain_order="left"
+    )
+    return joined.with_columns(
+        pl.when(pl.col("class") == "mismatch").then(pl.col("explanation")).alias("explanation")
+    ).select(findings.columns if "explanation" in findings.columns else [*findings.columns, "explanation"])
