@@ -65,10 +65,10 @@ def mismatch(invoice_id: str, db_cents: int, chain_base: int, **values: Any) -> 
         "reason",
         f"DB {format_base_units(db_cents, 2)} USDC vs chain {format_base_units(chain_base, 7)} USDC ({side})",
     )
+    values.setdefault("reason_code", "amount_differs")
     return finding(
         invoice_id,
         "mismatch",
-        reason_code="amount_differs",
         db_funded_base_units=str(db_base),
         chain_funded_base_units=str(chain_base),
         delta_base_units=str(delta),

@@ -373,8 +373,8 @@ class ActivityLog:
         if len(found) >= limit:
             next_cursor = found[-1].id
         else:
-            # The scan ran out of ledgers: go on from the end of what was looked at.
-            next_cursor = f"{toid(scan_end, 0, 0) - 1:019d}-{0xFFFFFFFF:010d}"
+            # The scan ran out of ledgers: go on from the first ledger it did not look at.
+            next_cursor = f"{toid(scan_end, 0, 0):019d}-{0:010d}"
         return {
             "events": [self._event_json(e) for e in found],
             "latestLedger": latest,

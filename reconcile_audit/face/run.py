@@ -421,6 +421,7 @@ class RunContext:
                     else None,
                     stage_seconds=self.clock.stage_seconds,
                     stranded=facts.stranded if audited else None,
+                    explained=facts.explained if audited else None,
                     email_bytes=email_bytes,
                     email_failed=email_failed,
                 )
@@ -442,6 +443,7 @@ class RunContext:
             summary,
             registry,
             None if result is None else result.stranded.frame,
+            None if result is None or result.explained is None else result.explained.events,
         )
         if not send:
             return Delivered(paths, summary, (), registry)

@@ -24,6 +24,7 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
+from reconcile_audit.compute.explain import DRIFT_EVENTS
 from reconcile_audit.compute.schemas import FINDINGS, STRANDED, DeliveryStatus
 from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
@@ -57,6 +58,7 @@ class ArtifactPaths:
     findings_csv: Path
     stranded_parquet: Path
     metrics_prom: Path
+    drift_events_parquet: Path
 
 
 @dataclass(frozen=True)
@@ -297,14 +299,17 @@ def write_artifacts(
     summary: RunSummary | Mapping[str, Any],
     registry: CollectorRegistry,
     stranded: pl.DataFrame | None = None,
+    drift_events: pl.DataFrame | None = None,
 ) -> ArtifactPaths:
     """Write report.html, report.txt, summary.json, results.parquet, findings.csv,
-    stranded.parquet, metrics.prom.
+    stranded.parquet, drift_events.parquet, metrics.prom.
 
     ``results.parquet`` is the whole FINDINGS frame, types kept; ``findings.csv`` its findings
     (every class but match), worst first, for people; ``stranded.parquet`` the STRANDED frame.
     ``findings`` (``stranded``) may be None for a run that failed before classifying (did not
     check them): the files are then written empty, with the documented columns.
+    ``drift_events.parquet`` is the DRIFT_EVENTS frame: the events and transactions behind each
+    explained finding (empty when nothing was explained).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame(schema=FINDINGS) if findings is None else findings
@@ -317,6 +322,7 @@ def write_artifacts(
         findings_csv=out_dir / FINDINGS_CSV,
         stranded_parquet=out_dir / "stranded.parquet",
         metrics_prom=out_dir / "metrics.prom",
+        drift_events_parquet=out_dir / "drift_events.parquet",
     )
     write_atomically(paths.report_html, lambda path: path.write_text(report.html, encoding="utf-8"))
     write_atomically(paths.report_txt, lambda path: path.write_text(report.text, encoding="utf-8"))
@@ -330,6 +336,10 @@ def write_artifacts(
     write_atomically(
         paths.stranded_parquet,
         (pl.DataFrame(schema=STRANDED) if stranded is None else stranded).write_parquet,
+    )
+    write_atomically(
+        paths.drift_events_parquet,
+        (pl.DataFrame(schema=DRIFT_EVENTS) if drift_events is None else drift_events).write_parquet,
     )
     write_textfile(registry, paths.metrics_prom)
     return paths

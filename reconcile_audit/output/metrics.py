@@ -77,6 +77,8 @@ class RunMetricsInput:
     ``unacknowledged``: findings no acknowledgement covers; ``None`` (no history) leaves it out.
     ``stranded``: escrows of invoices outside the audit that still hold or owe funds, or could
     not be read; ``None`` when the run did not check them, which leaves the gauge out.
+    ``explained``: mismatches per explain outcome (explained, partial, unexplained, unavailable),
+    and ``beyond`` for those past RECONCILE_EXPLAIN_MAX; ``None`` when the stage did not run.
     ``email_bytes``: size of the sent message; ``None`` when no email was attempted.
     ``email_failed``: whether an attempted send failed.
     """
@@ -92,6 +94,7 @@ class RunMetricsInput:
     findings_by_age: Mapping[tuple[str, str], int] | None = None
     unacknowledged: int | None = None
     stranded: int | None = None
+    explained: Mapping[str, int] | None = None
     email_bytes: int | None = None
     email_failed: bool = False
 
@@ -99,6 +102,7 @@ class RunMetricsInput:
         # Frozen means the caller cannot change the mappings behind our back either.
         object.__setattr__(self, "class_counts", _frozen(self.class_counts))
         object.__setattr__(self, "findings_by_age", _frozen(self.findings_by_age))
+        object.__setattr__(self, "explained", _frozen(self.explained))
         object.__setattr__(self, "stage_seconds", _frozen(self.stage_seconds) or MappingProxyType({}))
         if self.cumulative_mismatches is not None and self.cumulative_mismatches < 0:
             raise ValueError("cumulative_mismatches must not be negative")
@@ -203,6 +207,14 @@ class _RunCollector(Collector):
                 "Escrows of invoices outside the audit (deleted, or out of scope) that still hold or owe "
                 "funds, or could not be read, in the last completed run",
                 run.stranded,
+            )
+        if run.explained is not None:
+            yield self._gauges(
+                "explained_findings",
+                "Mismatches of the last completed run by what the chain said of their cause "
+                "(explained, partial, unexplained, unavailable; beyond: past RECONCILE_EXPLAIN_MAX)",
+                "outcome",
+                sorted(run.explained.items()),
             )
         if run.email_bytes is not None:
             yield self._family(

@@ -59,6 +59,7 @@ RESULT_FILES: Final = (
     ("findings.csv", "the findings (every class but match) as CSV, worst first"),
     ("results.parquet", "every invoice as Parquet"),
     ("stranded.parquet", "escrows outside the audit that still hold funds"),
+    ("drift_events.parquet", "the events and transactions behind each explained finding"),
     ("summary.json", "the run summary as JSON"),
 )
 

@@ -115,6 +115,9 @@ class RunSummary:
     unacknowledged: int | None = None
     acknowledged: int | None = None
     overdue: int | None = None
+    # Mismatches by what the chain said of their cause, and "beyond" RECONCILE_EXPLAIN_MAX; None
+    # when the explain stage did not run.
+    explained: Mapping[str, int] | None = None
     schema_version: int = SUMMARY_SCHEMA_VERSION
 
     @property
@@ -168,12 +171,14 @@ class RunSummary:
             unacknowledged=None if states is None else states["unacknowledged"],
             acknowledged=None if states is None else states["acknowledged"],
             overdue=None if states is None else states["overdue"],
+            explained=None if facts.explained is None else MappingProxyType(dict(facts.explained)),
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["counts"] = dict(self.counts)
         data["delivery"] = list(self.delivery)
+        data["explained"] = None if self.explained is None else dict(self.explained)
         data["currencies_checked"] = (
             None if self.currencies_checked is None else list(self.currencies_checked)
         )

@@ -90,6 +90,7 @@ def test_migrate_twice_records_each_version_once(state_url: str) -> None:
         (6, "stranded"),
         (7, "shards"),
         (8, "acknowledgements"),
+        (9, "explanations"),
     ]
     for table in (
         "reconciliation_runs",

@@ -218,8 +218,11 @@ def read_activity(
 
     async def both() -> ChainActivity:
         async with client_for(settings, policy or RetryPolicy()) as client:
-            scan = await _scan(client, wanted, start_ledger) if wanted else EventScan()
-            found = await _lookups(client, hashes, max(1, settings.rpc_concurrency))
+            # The scan pages one after another on its cursor; the lookups run beside it.
+            scan, found = await asyncio.gather(
+                _scan(client, wanted, start_ledger) if wanted else _no_scan(),
+                _lookups(client, hashes, max(1, settings.rpc_concurrency)),
+            )
         return ChainActivity(scan, found)
 
     return run_sync(both)
@@ -284,6 +287,10 @@ async def _scan(client: RpcClient, wanted: frozenset[str], start_ledger: int | N
             unavailable=f"getEvents: the cursor did not reach the latest ledger in {MAX_PAGES} pages",
         )
     return EventScan(tuple(events), start, latest, oldest, requests, undecodable)
+
+
+async def _no_scan() -> EventScan:
+    return EventScan()
 
 
 def _cursor_ledger(cursor: str | None) -> int | None:
