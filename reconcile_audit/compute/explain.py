@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from typing import Any, Final
 import polars as pl
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.amounts import format_major
+from reconcile_audit.compute.amounts import format_major, one_line
 from reconcile_audit.compute.ledger.activity import (
     ChainActivity,
     EscrowEvent,
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 OPERATIONS_SQL: Final = "explain_operations.{dialect}.sql"
 HISTORY_SOURCE: Final = "Hubble's history_contract_events table"
 NOT_COMPLETED: Final = frozenset({"pending", "processing", "failed", "cancelled"})
+_TX_HASH: Final = re.compile(r"[0-9a-f]{64}")  # as the SQL hands it over, lower-cased
 TIMELINE_MAX: Final = 8  # events quoted per finding in its sentence-free timeline, newest last
 
 
@@ -217,7 +219,9 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
             settings,
             contract_ids=picked.get_column("contract_id").to_list(),
             start_ledger=start,
-            tx_hashes=operations.get_column("tx_hash").drop_nulls().to_list(),
+            tx_hashes=[
+                h for h in operations.get_column("tx_hash").drop_nulls().to_list() if _TX_HASH.fullmatch(h)
+            ],
         )
     except ReconcileAuditError as exc:  # no RPC configured: nothing can be said
         activity = ChainActivity(EventScan(unavailable=str(exc)), {})
@@ -236,10 +240,15 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
         text, outcome, lines = _explain_one(
             finding, by_contract.get(finding["contract_id"], []), ops, activity, operations_note
         )
+        # RPC faults quote the URL they failed on, which may carry a key.
         rows.append(
-            {"invoice_id": finding["invoice_id"], "explanation": text, "explain_outcome": outcome.value}
+            {
+                "invoice_id": finding["invoice_id"],
+                "explanation": settings.redact(text),
+                "explain_outcome": outcome.value,
+            }
         )
-        timeline.extend(lines)
+        timeline.extend({**line, "note": settings.redact(line["note"])} for line in lines)
     seconds = time.perf_counter() - started
     explained = Explained(
         pl.DataFrame(rows, schema=EXPLANATIONS),
@@ -248,7 +257,7 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
         skipped,
         seconds,
         activity.scan.requests + len(activity.transactions),
-        tuple(notes),
+        tuple(settings.redact(note) for note in notes),
     )
     log.info(
         "explain: %d findings in %.2f s (%s), %d left beyond RECONCILE_EXPLAIN_MAX",
@@ -436,7 +445,13 @@ def _operation_note(
 ) -> str | None:
     """What one database operation's transaction says, when it says something; None when the
     chain and the database agree."""
-    kind, db_status, tx_hash = op["operation_type"] or "operation", op["status"], op["tx_hash"]
+    kind, db_status, tx_hash = (
+        one_line(op["operation_type"] or "operation"),
+        one_line(op["status"]),
+        op["tx_hash"],
+    )
+    if not _TX_HASH.fullmatch(tx_hash or ""):
+        return f"the database's stellar_transaction_hash {one_line(tx_hash or '')[:80]!r} on its {kind} is not a transaction hash"
     if lookup is None or lookup.status == "unavailable":
         why = lookup.unavailable if lookup is not None else "not looked up"
         return f"{kind} in tx {_short(tx_hash)} could not be checked ({why})"

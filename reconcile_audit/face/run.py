@@ -334,9 +334,7 @@ class RunContext:
             finding_states=None
             if result is None or comparison is None or comparison.warning is not None
             else comparison.state_counts(),
-            explained=None
-            if result is None or result.explained is None
-            else {**result.explained.counts(), "beyond": result.explained.skipped},
+            explained=_explained_counts(result),
         )
 
     def _part(self, result: AuditResult | None) -> str | None:
@@ -579,3 +577,15 @@ class RunContext:
             None, report=rendered, facts=facts, persisted=persisted, send=send, failed_cell=failed_cell
         )
         return delivered.summary
+
+
+def _explained_counts(result: AuditResult | None) -> dict[str, int] | None:
+    """Mismatches per explain outcome, and ``beyond`` RECONCILE_EXPLAIN_MAX; for a merge of shards,
+    which does not explain again, ``from_shards``: the findings that carry a shard's explanation."""
+    if result is None:
+        return None
+    if result.explained is not None:
+        return {**result.explained.counts(), "beyond": result.explained.skipped}
+    if result.merged_shards is not None:
+        return {"from_shards": int(result.findings.get_column("explanation").is_not_null().sum())}
+    return None

@@ -208,7 +208,7 @@ class _RunCollector(Collector):
                 "funds, or could not be read, in the last completed run",
                 run.stranded,
             )
-        if run.explained is not None:
+        if run.explained is not None and "from_shards" not in run.explained:
             yield self._gauges(
                 "explained_findings",
                 "Mismatches of the last completed run by what the chain said of their cause "

@@ -464,6 +464,8 @@ def _stranded_row(row: Mapping[str, Any]) -> StrandedRow:
 def _explained_fact(explained: Mapping[str, int] | None) -> str:
     if explained is None:
         return "not looked for"
+    if "from_shards" in explained:
+        return f"{explained['from_shards']:,} findings carry the explanation their shard found"
     looked = sum(v for k, v in explained.items() if k != "beyond")
     if not looked and not explained.get("beyond"):
         return "no mismatch whose money moved"

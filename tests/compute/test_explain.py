@@ -371,3 +371,24 @@ def test_explanations_are_stored_and_the_next_run_quotes_them(state_url: str) ->
     assert row["finding_state"] == "persisting"
     assert row["previous_explanation"] == "fund in tx ab… landed"
     assert row["explanation"] is None
+
+
+def test_a_malformed_transaction_hash_in_the_database_is_said_not_looked_up(source_url: str) -> None:
+    _source(
+        source_url,
+        ["INV_1"],
+        [
+            {
+                "invoice_id": "INV_1",
+                "operation_type": "fund\x1b[2J",
+                "status": "failed",
+                "completed_at": None,
+                "stellar_transaction_hash": "not-a-hash",
+            }
+        ],
+    )
+    explained = _explain(source_url, [_drift("INV_1", 100, 105, synced=1_980_000)], [])
+    text, outcome = _one(explained)
+    assert "stellar_transaction_hash 'not-a-hash' on its fund\\x1b[2J is not a transaction hash" in text
+    # The scan only (2 pages: ledger 1,980,001 to the latest): nothing was looked up.
+    assert outcome == "unexplained" and explained.rpc_requests == 2

@@ -207,7 +207,9 @@ def test_one_request_scans_at_most_10000_ledgers_and_the_reader_goes_on() -> Non
             LATEST - 35_000 + 1, filters=reader.event_filters(), limit=10_000
         )
         assert len(first.events) == 10
-        assert int(first.cursor.split("-")[0]) >> 32 == LATEST - 35_000 + 1 + 10_000  # the next ledger to scan
+        assert (
+            int(first.cursor.split("-")[0]) >> 32 == LATEST - 35_000 + 1 + 10_000
+        )  # the next ledger to scan
         read = reader.read_activity(
             make_settings(rpc_url=emulator.url),
             contract_ids=[ESCROW],
@@ -351,3 +353,19 @@ def test_transient_faults_are_retried_to_the_same_answer() -> None:
     assert read.scan.unavailable is None
     assert [e.amounts["amount"] for e in read.scan.events] == list(range(12))
     assert {lookup.status for lookup in read.transactions.values()} == {"SUCCESS"}
+
+
+def test_an_undecodable_event_is_counted_and_left_out_never_a_crash() -> None:
+    good = _funded_every(1, 1, LATEST - 5)[0]
+    topic, _ = activity.escrow_event_xdr("escrow_funded", invoice_id="INV_1", investor=INVESTOR, amount=1)
+    broken = activity.ChainEvent(
+        LATEST - 3, 1, 0, 0, ESCROW, "ee" * 32, topic, "AAAAAQ=="
+    )  # a bool, not a map
+    garbage = activity.ChainEvent(LATEST - 2, 1, 0, 0, ESCROW, "ef" * 32, topic, "////")
+    carrier = activity.ChainTransaction("ff" * 32, LATEST - 3, 1, True, "", (broken, garbage))
+    with Emulator(LedgerState(latest_ledger=LATEST, escrows=(), transactions=(good, carrier))) as emulator:
+        read = reader.read_activity(
+            make_settings(rpc_url=emulator.url), contract_ids=[ESCROW], start_ledger=LATEST - 10, tx_hashes=[]
+        )
+    assert read.scan.unavailable is None and read.scan.undecodable == 2
+    assert [e.tx_hash for e in read.scan.events] == [good.tx_hash]

@@ -193,3 +193,43 @@ def test_demo_deliver_emails_the_report_with_the_environments_smtp(tmp_path, mon
     assert [part.get_filename() for part in message.iter_attachments()] == ["findings.csv"]
     summary = json.loads(next(p for p in tmp_path.glob("*/summary.json")).read_text(encoding="utf-8"))
     assert any(note.startswith("email sent") for note in summary["delivery"])
+
+
+@pytest.mark.slow
+def test_demo_drifts_say_why_from_the_chain_and_one_stays_unexplained(demo_runs):
+    out, _ = demo_runs
+    latest = sorted(p for p in out.iterdir() if p.is_dir() and p.name != "demo")[-1]
+    results = pl.read_parquet(latest / "results.parquet")
+    data = demo.build_dataset(120, history_nights=2)
+    why = {row["invoice_id"]: row["explanation"] for row in results.iter_rows(named=True)}
+    missed_fund = why[data.planted["mismatch_chain_over"][0]]
+    assert "explains 12.34 USDC of 12.34 USDC" in missed_fund
+    assert "fund of 12.34 USDC in tx " in missed_fund and "but the database marks it failed" in missed_fund
+    unfund, failed_fund = data.planted["mismatch_db_over"][:2]
+    assert "unfund of " in why[unfund] and "but the database marks it pending" in why[unfund]
+    assert "failed on chain at ledger" in why[failed_fund] and "marks it completed" in why[failed_fund]
+    assert "refund of " in why[data.planted["released_mismatch"][0]]
+    assert "withdraw of " in why[data.planted["balance_short"][0]]
+    assert why[data.planted["mismatch_new_large"][0]].startswith("unexplained: no escrow event since")
+    # Set-up faults are not looked up on chain, and matches carry nothing.
+    assert why[data.planted["wrong_token"][0]] is None
+    assert (
+        results.filter(pl.col("class") == "match").get_column("explanation").null_count()
+        == results.filter(pl.col("class") == "match").height
+    )
+    events = pl.read_parquet(latest / "drift_events.parquet")
+    assert set(events.get_column("event")) >= {
+        "escrow_funded",
+        "escrow_unfunded",
+        "investor_refunded_evt",
+        "sme_withdrew",
+        "fund",
+    }
+    summary = json.loads((latest / "summary.json").read_text(encoding="utf-8"))
+    assert summary["explained"]["explained"] >= 5 and summary["explained"]["unexplained"] >= 1
+    text = (latest / "report.txt").read_text(encoding="utf-8")
+    assert "Why: " in text and "| ledger " in text
+    assert (
+        'escrow_reconciliation_explained_findings{outcome="explained",tenant="all"}'
+        in (latest / "metrics.prom").read_text()
+    )

@@ -12,7 +12,18 @@ import pytest
 from reconcile_audit.compute.settings import SECRET_ONLY_FROM_ENV
 from reconcile_audit.resources import NOTEBOOK_PATH
 
-STAGES = ("extract", "resolve", "ledger", "classify", "explain", "history", "emit", "persist", "render", "deliver")
+STAGES = (
+    "extract",
+    "resolve",
+    "ledger",
+    "classify",
+    "explain",
+    "history",
+    "emit",
+    "persist",
+    "render",
+    "deliver",
+)
 
 
 @pytest.fixture(scope="module")

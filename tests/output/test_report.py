@@ -4,6 +4,7 @@ import re
 import struct
 import subprocess
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reconcile_audit.compute import explain
 from reconcile_audit.compute.amounts import format_base_units, format_decimal
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import CLASSES, FINDINGS, STRANDED
@@ -587,3 +589,97 @@ def test_every_fact_label_in_the_text_report_is_followed_by_a_space() -> None:
     facts_block = text.split("INVOICES BY CLASS", 1)[0]
     for label in ("Run", "Ledger range", "Escrow balances", "Database sides", "Outside the audit"):
         assert re.search(rf"^{label}: +\S", facts_block, re.MULTILINE), (label, facts_block)
+
+
+def _explained_run(n: int) -> AuditResult:
+    """``n`` explained drifts, each with a transaction and an event behind it."""
+    rows = [
+        mismatch(
+            f"INV-{k}",
+            100_00,
+            1_050_000_000 - k,
+            drift_rank=k + 1,
+            explanation=f"fund of 5.00 USDC in tx {k:02d}… landed <b>",
+        )
+        for k in range(n)
+    ]
+    result = AuditResult.of(frame(rows))
+    events = pl.DataFrame(
+        [
+            {
+                "invoice_id": f"INV-{k}",
+                "contract_id": factories.CONTRACT,
+                "reason_code": "chain_over_db",
+                "source": source,
+                "ledger": 1_990_000 + k,
+                "closed_at": datetime(2026, 12, 5, 14, 2, tzinfo=UTC),
+                "event": "escrow_funded" if source == "event" else "fund",
+                "amount_base_units": "50000000",
+                "token_decimals": 7,
+                "currency": "USDC",
+                "investor": "GBY6ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNYYN6"
+                if source == "event"
+                else None,
+                "tx_hash": "3f2a" + "0" * 60,
+                "tx_status": None if source == "event" else "SUCCESS",
+                "db_status": None if source == "event" else "failed",
+                "note": "n",
+            }
+            for k in range(n)
+            for source in ("transaction", "event")
+        ],
+        schema=explain.DRIFT_EVENTS,
+    )
+    explanations = pl.DataFrame(
+        [
+            {"invoice_id": f"INV-{k}", "explanation": r["explanation"], "explain_outcome": "explained"}
+            for k, r in enumerate(rows)
+        ],
+        schema=explain.EXPLANATIONS,
+    )
+    return result.with_explanations(explain.Explained(explanations, events, considered=n))
+
+
+def test_each_finding_says_why_with_its_timeline_under_the_worst() -> None:
+    result = _explained_run(12)
+    report = render_report(result, None, facts(explained={"explained": 12, "beyond": 0}))
+    assert report.html.count("Why: fund of 5.00 USDC in tx") == 12
+    assert "&lt;b&gt;" in report.html and "landed <b>" not in report.html  # chain-derived text is escaped
+    # The ten worst findings show their timeline: ledger, time, what, amount, investor, tx.
+    assert report.html.count('class="tl"') == 2 * 10
+    assert "Ledger 1,990,000 · 2026-12-05 14:02 UTC" in report.html
+    assert "fund (tx SUCCESS, DB: failed)" in report.html and "investor GBY6…YYN6" in report.html
+    assert "tx 3f2a0000…" in report.html and "5.00 USDC" in report.html
+    assert "Drift causes" in report.text and "12 mismatches looked up on chain: 12 explained" in report.text
+    assert "| ledger 1,990,000, 2026-12-05 14:02 UTC: escrow_funded 5.00 USDC" in report.text
+    assert_email_safe(report.html)
+    email = render_report(result, None, facts(), email=True)
+    assert email.html.count('class="tl"') == 2 * 3  # the email keeps three timelines
+    assert "Drift causes" in email.text and "not looked for" in email.text
+
+
+def test_a_persisting_finding_quotes_what_explained_it_the_night_before() -> None:
+    findings = frame([mismatch("INV-1", 100_00, 1_050_000_000, drift_rank=1)])
+    history = history_for(findings, persisting={"INV-1": 1})
+    history = replace(
+        history,
+        findings=history.findings.with_columns(
+            pl.lit("fund in tx 3f2a… landed").alias("previous_explanation")
+        ),
+    )
+    report = render_report(AuditResult.of(findings), history, facts())
+    assert (
+        "Explained in the previous run: fund in tx 3f2a… landed; still unreconciled in the database."
+        in report.html
+    )
+    assert (
+        "Explained in the previous run: fund in tx 3f2a… landed; still unreconciled in the database."
+        in report.text
+    )
+
+
+def test_timelines_fit_the_email_budget() -> None:
+    result = _explained_run(400)
+    report = render_report(result, None, facts(), max_bytes=100_000, email=True)
+    assert report.html_bytes <= 100_000
+    assert report.findings_shown < 400
