@@ -56,6 +56,7 @@ from reconcile_audit.errors import ReconcileAuditError
 log = logging.getLogger(__name__)
 
 OPERATIONS_SQL: Final = "explain_operations.{dialect}.sql"
+SYNCED_AT_SQL: Final = "explain_synced_at.{dialect}.sql"
 HISTORY_SOURCE: Final = "Hubble's history_contract_events table"
 NOT_COMPLETED: Final = frozenset({"pending", "processing", "failed", "cancelled"})
 _TX_HASH: Final = re.compile(r"[0-9a-f]{64}")  # as the SQL hands it over, lower-cased
@@ -167,20 +168,28 @@ def candidates(findings: pl.DataFrame, limit: int) -> tuple[pl.DataFrame, int]:
     return picked, mismatches.height - picked.height
 
 
-def read_operations(settings: Settings, invoice_ids: Sequence[str]) -> pl.DataFrame:
-    """``OPERATIONS``: the latest three operations with a transaction hash of each invoice."""
+def read_operations(
+    settings: Settings, invoice_ids: Sequence[str]
+) -> tuple[pl.DataFrame, dict[str, datetime]]:
+    """``OPERATIONS``: the latest three operations with a transaction hash of each invoice; and
+    when each invoice's latest summary row was last updated (for those synced at no ledger)."""
     url = settings.source_url()
+    ids = [json.dumps(list(invoice_ids))]
     with db.connect_source(url) as conn:
-        sql = db.read_sql(OPERATIONS_SQL.format(dialect=conn.dialect))
-        table = conn.arrow(sql, [json.dumps(list(invoice_ids))])
+        synced_at = {
+            invoice_id: moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+            for invoice_id, moment in conn.rows(db.read_sql(SYNCED_AT_SQL.format(dialect=conn.dialect)), ids)
+        }
+        table = conn.arrow(db.read_sql(OPERATIONS_SQL.format(dialect=conn.dialect)), ids)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
-    return frame.select(
+    operations = frame.select(
         pl.col(name).cast(dtype).dt.convert_time_zone("UTC")
         if isinstance(dtype, pl.Datetime)
         else pl.col(name).cast(dtype)
         for name, dtype in OPERATIONS.items()
     )
+    return operations, synced_at
 
 
 def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = read_activity) -> Explained:
@@ -204,14 +213,14 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     notes: list[str] = []
     invoice_ids = [i for i in picked.get_column("invoice_id").to_list() if i is not None]
     try:
-        operations = read_operations(settings, invoice_ids)
+        operations, synced_at = read_operations(settings, invoice_ids)
         operations_note = None
     except Exception as exc:  # a schema without the hash column, a lost connection
         reason = exc if isinstance(exc, ReconcileAuditError) else type(exc).__name__
         operations_note = f"the database's operations were not read ({settings.redact(str(reason))[:200]})"
         log.warning("explain: %s", operations_note)
         notes.append(operations_note)
-        operations = pl.DataFrame(schema=OPERATIONS)
+        operations, synced_at = pl.DataFrame(schema=OPERATIONS), {}
     synced = picked.get_column("db_ledger_sequence")
     start = None if synced.null_count() else int(synced.min()) + 1  # type: ignore[arg-type]
     try:
@@ -238,7 +247,12 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     for finding in picked.iter_rows(named=True):
         ops = ops_by_invoice.get((finding["invoice_id"],), pl.DataFrame(schema=OPERATIONS))
         text, outcome, lines = _explain_one(
-            finding, by_contract.get(finding["contract_id"], []), ops, activity, operations_note
+            finding,
+            by_contract.get(finding["contract_id"], []),
+            ops,
+            activity,
+            operations_note,
+            synced_at.get(finding["invoice_id"]),
         )
         # RPC faults quote the URL they failed on, which may carry a key.
         rows.append(
@@ -308,10 +322,14 @@ def _explain_one(
     ops: pl.DataFrame,
     activity: ChainActivity,
     operations_note: str | None,
+    synced_at: datetime | None = None,
 ) -> tuple[str, ExplainOutcome, list[dict[str, Any]]]:
     scan = activity.scan
     synced = finding["db_ledger_sequence"]
-    since = [e for e in scanned if synced is None or e.ledger > synced]
+    if synced is not None:
+        synced_at = None  # the ledger is exact; the update time only stands in for it
+    since = [e for e in scanned if _after_sync(e, synced, synced_at)]
+    since_words = _since_words(synced, synced_at)
     parts: list[str] = []
     lines: list[dict[str, Any]] = []
     base = {
@@ -381,7 +399,7 @@ def _explain_one(
         noun = "event" if count == 1 else "events"
         parts.insert(
             0,
-            f"{count} escrow {noun} since {_since_words(synced)} {verb} {_money(covered, finding)} "
+            f"{count} escrow {noun} since {since_words} {verb} {_money(covered, finding)} "
             f"of {_money(abs(gap), finding)}",
         )
     funded = [e for e in since if e.event == "escrow_funded" and "funded_amount" in e.amounts]
@@ -398,10 +416,18 @@ def _explain_one(
             f"funded_amount to {_money(last.amounts['funded_amount'], finding)}, {held}"
         )
     oldest = scan.oldest_ledger
-    if synced is not None and oldest is not None and synced + 1 < oldest:
+    before_window = (synced is not None and oldest is not None and synced + 1 < oldest) or (
+        synced_at is not None and scan.oldest_closed_at is not None and synced_at < scan.oldest_closed_at
+    )
+    if before_window:
+        when = (
+            f"last synced at ledger {synced:,}"
+            if synced is not None
+            else f"last updated it at {synced_at:%Y-%m-%d %H:%M} UTC"
+        )
         parts.append(
-            f"the database last synced at ledger {synced:,}, before the RPC's oldest ledger {oldest:,}: "
-            f"earlier events are in {HISTORY_SOURCE} (contract_id {finding['contract_id']})"
+            f"the database {when}, before the RPC's oldest ledger {oldest:,}: earlier events are in "
+            f"{HISTORY_SOURCE} (contract_id {finding['contract_id']})"
         )
     if scan.unavailable:
         parts.append(f"escrow events unavailable: {scan.unavailable}")
@@ -417,22 +443,32 @@ def _explain_one(
         outcome = ExplainOutcome.UNEXPLAINED
         if not since and not parts:
             parts.append(
-                f"unexplained: no escrow event since {_since_words(synced)}, and no database operation "
+                f"unexplained: no escrow event since {since_words}, and no database operation "
                 "disagrees with the chain"
             )
         elif not since:
-            parts.insert(0, f"unexplained: no escrow event since {_since_words(synced)}")
+            parts.insert(0, f"unexplained: no escrow event since {since_words}")
     if outcome is ExplainOutcome.UNAVAILABLE:
         parts.insert(0, "unavailable")
     return "; ".join(parts), outcome, lines
 
 
-def _since_words(synced: int | None) -> str:
-    return (
-        f"the database's last sync (ledger {synced:,})"
-        if synced is not None
-        else "the start of the RPC's window"
-    )
+def _after_sync(event: EscrowEvent, synced: int | None, synced_at: datetime | None) -> bool:
+    """Whether ``event`` came after the database last synced the escrow: by ledger when the
+    database recorded one, else by its summary's update time, else every event in the window."""
+    if synced is not None:
+        return event.ledger > synced
+    if synced_at is not None:
+        return event.closed_at > synced_at
+    return True
+
+
+def _since_words(synced: int | None, synced_at: datetime | None) -> str:
+    if synced is not None:
+        return f"the database's last sync (ledger {synced:,})"
+    if synced_at is not None:
+        return f"the database's last update ({synced_at:%Y-%m-%d %H:%M} UTC)"
+    return "the start of the RPC's window"
 
 
 def _amount_text(events: Iterable[EscrowEvent]) -> str | None:

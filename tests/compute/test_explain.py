@@ -392,3 +392,34 @@ def test_a_malformed_transaction_hash_in_the_database_is_said_not_looked_up(sour
     assert "stellar_transaction_hash 'not-a-hash' on its fund\\x1b[2J is not a transaction hash" in text
     # The scan only (2 pages: ledger 1,980,001 to the latest): nothing was looked up.
     assert outcome == "unexplained" and explained.rpc_requests == 2
+
+
+def test_without_a_synced_ledger_the_summary_update_time_bounds_the_events(source_url: str) -> None:
+    # The summary row was updated when ledger 1,990,000 closed; only the later fund explains.
+    with db.connect(source_url) as conn:
+        sourcedb.create_source_schema(conn)
+        updated = datetime.fromtimestamp(close_time(1_990_000), UTC)
+        sourcedb.load_source_rows(
+            conn,
+            pl.DataFrame([{"id": _pk("INV_1"), "invoice_id": "INV_1", "status": "funded"}]),
+            pl.DataFrame(
+                {"invoice_id": [_pk("INV_1")], "total_funded": ["100.00"], "last_updated_at": [updated]}
+            ),
+            pl.DataFrame(schema={"invoice_id": pl.String, "operation_type": pl.String, "status": pl.String}),
+        )
+    before, after = _fund(1_989_000, 3 * UNIT, 0), _fund(1_995_000, 5 * UNIT, 105 * UNIT)
+    explained = _explain(source_url, [_drift("INV_1", 100, 105, synced=None)], [before, after])
+    text, outcome = _one(explained)
+    assert outcome == "explained"
+    assert text.startswith(
+        "1 escrow event since the database's last update (2024-03-09 02:06 UTC) explains 5.00 USDC"
+    )
+    old = datetime.fromtimestamp(close_time(OLDEST - 100), UTC)
+    with db.connect(source_url) as conn:
+        conn.execute("UPDATE escrow_summaries SET last_updated_at = $1", [old])
+        conn.commit()
+    text, _ = _one(_explain(source_url, [_drift("INV_1", 100, 105, synced=None)], [after]))
+    assert (
+        f"the database last updated it at {old:%Y-%m-%d %H:%M} UTC, before the RPC's oldest ledger {OLDEST:,}"
+        in text
+    )

@@ -176,6 +176,7 @@ class EventScan:
     start_ledger: int | None = None
     latest_ledger: int | None = None
     oldest_ledger: int | None = None  # the RPC's retention window starts here
+    oldest_closed_at: datetime | None = None  # when that ledger closed
     requests: int = 0
     undecodable: int = 0  # events under an escrow event name whose XDR did not decode
     unavailable: str | None = None
@@ -260,6 +261,7 @@ async def _scan(client: RpcClient, wanted: frozenset[str], start_ledger: int | N
             )
         latest = page.latest_ledger
         oldest = page.oldest_ledger
+        oldest_closed_at = datetime.fromtimestamp(page.oldest_ledger_close_time, UTC)
         for info in page.events:
             if info.contract_id not in wanted:
                 continue
@@ -286,7 +288,7 @@ async def _scan(client: RpcClient, wanted: frozenset[str], start_ledger: int | N
             requests=requests,
             unavailable=f"getEvents: the cursor did not reach the latest ledger in {MAX_PAGES} pages",
         )
-    return EventScan(tuple(events), start, latest, oldest, requests, undecodable)
+    return EventScan(tuple(events), start, latest, oldest, oldest_closed_at, requests, undecodable)
 
 
 async def _no_scan() -> EventScan:
