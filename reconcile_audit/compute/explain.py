@@ -316,6 +316,102 @@ def _movement(events: Iterable[EscrowEvent], family: str) -> int:
     )
 
 
+@dataclass(frozen=True)
+class _Verdict:
+    """What one database operation's transaction says: a sentence when it says something, and
+    whether the chain contradicts the database (which explains a drift by itself)."""
+
+    note: str | None = None
+    contradicts: bool = False
+
+
+def _operations(
+    ops: pl.DataFrame, activity: ChainActivity, finding: Mapping[str, Any], base: Mapping[str, Any]
+) -> tuple[list[str], list[dict[str, Any]], bool, list[EscrowEvent]]:
+    """The sentences and timeline rows of the finding's operations, whether one contradicts the
+    database, and the escrow events of the transactions that landed while the database says not."""
+    parts: list[str] = []
+    lines: list[dict[str, Any]] = []
+    contradicted = False
+    landed: list[EscrowEvent] = []
+    for op in ops.iter_rows(named=True):
+        lookup = activity.transactions.get(op["tx_hash"] or "")
+        verdict = _operation_verdict(op, lookup, finding)
+        contradicted = contradicted or verdict.contradicts
+        if verdict.note is not None:
+            parts.append(verdict.note)
+        ours = [e for e in lookup.events if e.contract_id == finding["contract_id"]] if lookup else []
+        if lookup is not None and lookup.status == "SUCCESS" and op["status"] in NOT_COMPLETED:
+            landed.extend(ours)
+        lines.append(
+            {
+                **base,
+                "source": "transaction",
+                "ledger": lookup.ledger if lookup else None,
+                "closed_at": lookup.closed_at if lookup else None,
+                "event": op["operation_type"],
+                "amount_base_units": _amount_text(ours),
+                "investor": None,
+                "tx_hash": op["tx_hash"],
+                "tx_status": lookup.status if lookup else "unavailable",
+                "db_status": op["status"],
+                "note": verdict.note or "agrees with the database",
+            }
+        )
+    return parts, lines, contradicted, landed
+
+
+def _event_line(event: EscrowEvent, finding: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    amount = event.amounts.get("amount")
+    return {
+        **base,
+        "source": "event",
+        "ledger": event.ledger,
+        "closed_at": event.closed_at,
+        "event": event.event,
+        "amount_base_units": None if amount is None else str(amount),
+        "investor": event.investor,
+        "tx_hash": event.tx_hash,
+        "tx_status": None,
+        "db_status": None,
+        "note": _event_note(event, finding),
+    }
+
+
+def _coverage(
+    since: list[EscrowEvent], finding: Mapping[str, Any], since_words: str
+) -> tuple[int | None, int | None, list[str]]:
+    """The finding's gap, how much of it the events since the sync cover (None when they do not
+    bear on it), and the sentences saying so."""
+    family = _FAMILY.get(finding["reason_code"])
+    gap = _gap(finding, family)
+    parts: list[str] = []
+    covered = None
+    if family is not None and gap is not None and since:
+        moved = _movement(since, family)
+        covered = min(abs(moved), abs(gap)) if moved and (moved > 0) == (gap > 0) else 0
+        count = sum(1 for e in since if e.event in _MOVES[family])
+        verb, noun = ("explains", "event") if count == 1 else ("explain", "events")
+        parts.append(
+            f"{count} escrow {noun} since {since_words} {verb} {_money(covered, finding)} "
+            f"of {_money(abs(gap), finding)}"
+        )
+    funded = [e for e in since if e.event == "escrow_funded" and "funded_amount" in e.amounts]
+    if funded and family == "amount":
+        last = funded[-1]
+        chain = finding["chain_funded_base_units"]
+        held = (
+            "as the chain holds"
+            if chain is not None and int(chain) == last.amounts["funded_amount"]
+            else f"while the chain now holds {_money(int(chain or 0), finding)}"
+        )
+        parts.append(
+            f"the last escrow_funded, {_when(last.ledger, last.closed_at)} in tx {_short(last.tx_hash)}, set "
+            f"funded_amount to {_money(last.amounts['funded_amount'], finding)}, {held}"
+        )
+    return gap, covered, parts
+
+
 def _explain_one(
     finding: Mapping[str, Any],
     scanned: list[EscrowEvent],
@@ -328,10 +424,7 @@ def _explain_one(
     synced = finding["db_ledger_sequence"]
     if synced is not None:
         synced_at = None  # the ledger is exact; the update time only stands in for it
-    since = [e for e in scanned if _after_sync(e, synced, synced_at)]
     since_words = _since_words(synced, synced_at)
-    parts: list[str] = []
-    lines: list[dict[str, Any]] = []
     base = {
         "invoice_id": finding["invoice_id"],
         "contract_id": finding["contract_id"],
@@ -339,82 +432,15 @@ def _explain_one(
         "token_decimals": finding["token_decimals"],
         "currency": finding["currency"],
     }
-    # The database's own operations against what the chain says of their transactions.
-    contradicted = False
-    landed: list[EscrowEvent] = []
-    for op in ops.iter_rows(named=True):
-        lookup = activity.transactions.get(op["tx_hash"] or "")
-        status, db_status = (lookup.status if lookup else "unavailable"), op["status"]
-        note = _operation_note(op, lookup, finding)
-        if note is not None and status in ("SUCCESS", "FAILED"):
-            contradicted = True
-        if note is not None:
-            parts.append(note)
-        if lookup is not None and status == "SUCCESS" and db_status in NOT_COMPLETED:
-            landed.extend(e for e in lookup.events if e.contract_id == finding["contract_id"])
-        lines.append(
-            {
-                **base,
-                "source": "transaction",
-                "ledger": lookup.ledger if lookup else None,
-                "closed_at": lookup.closed_at if lookup else None,
-                "event": op["operation_type"],
-                "amount_base_units": _amount_text(lookup.events if lookup else ()),
-                "investor": None,
-                "tx_hash": op["tx_hash"],
-                "tx_status": status,
-                "db_status": db_status,
-                "note": note or "agrees with the database",
-            }
-        )
+    operation_parts, lines, contradicted, landed = _operations(ops, activity, finding, base)
+    since = [e for e in scanned if _after_sync(e, synced, synced_at)]
     # Events of landed transactions the scan did not see (outside its window, or no scan).
     seen = {(e.tx_hash, e.event, e.ledger) for e in since}
-    since = since + [e for e in landed if (e.tx_hash, e.event, e.ledger) not in seen]
+    since += [e for e in landed if (e.tx_hash, e.event, e.ledger) not in seen]
     since.sort(key=lambda e: (e.ledger, e.event_id))
-    for event in since:
-        amount = event.amounts.get("amount")
-        lines.append(
-            {
-                **base,
-                "source": "event",
-                "ledger": event.ledger,
-                "closed_at": event.closed_at,
-                "event": event.event,
-                "amount_base_units": None if amount is None else str(amount),
-                "investor": event.investor,
-                "tx_hash": event.tx_hash,
-                "tx_status": None,
-                "db_status": None,
-                "note": _event_note(event, finding),
-            }
-        )
-    family = _FAMILY.get(finding["reason_code"])
-    gap = _gap(finding, family)
-    covered = None
-    if family is not None and gap is not None and since:
-        moved = _movement(since, family)
-        covered = min(abs(moved), abs(gap)) if moved and (moved > 0) == (gap > 0) else 0
-        count = sum(1 for e in since if e.event in _MOVES[family])
-        verb = "explains" if count == 1 else "explain"
-        noun = "event" if count == 1 else "events"
-        parts.insert(
-            0,
-            f"{count} escrow {noun} since {since_words} {verb} {_money(covered, finding)} "
-            f"of {_money(abs(gap), finding)}",
-        )
-    funded = [e for e in since if e.event == "escrow_funded" and "funded_amount" in e.amounts]
-    if funded and family == "amount":
-        last = funded[-1]
-        chain = finding["chain_funded_base_units"]
-        held = (
-            "as the chain holds"
-            if chain is not None and int(chain) == last.amounts["funded_amount"]
-            else ("later events moved it")
-        )
-        parts.append(
-            f"the last escrow_funded, {_when(last.ledger, last.closed_at)} in tx {_short(last.tx_hash)}, set "
-            f"funded_amount to {_money(last.amounts['funded_amount'], finding)}, {held}"
-        )
+    lines += [_event_line(e, finding, base) for e in since]
+    gap, covered, coverage_parts = _coverage(since, finding, since_words)
+    parts = coverage_parts[:1] + operation_parts + coverage_parts[1:]
     oldest = scan.oldest_ledger
     before_window = (synced is not None and oldest is not None and synced + 1 < oldest) or (
         synced_at is not None and scan.oldest_closed_at is not None and synced_at < scan.oldest_closed_at
@@ -433,12 +459,13 @@ def _explain_one(
         parts.append(f"escrow events unavailable: {scan.unavailable}")
     if operations_note:
         parts.append(operations_note)
-    if contradicted or (gap is not None and covered is not None and covered == abs(gap) and gap):
+    if contradicted or (gap and covered == abs(gap)):
         outcome = ExplainOutcome.EXPLAINED
-    elif covered or (since and family is None):
+    elif covered or (since and _FAMILY.get(finding["reason_code"]) is None):
         outcome = ExplainOutcome.PARTIAL
     elif scan.unavailable and not since:
         outcome = ExplainOutcome.UNAVAILABLE
+        parts.insert(0, "unavailable")
     else:
         outcome = ExplainOutcome.UNEXPLAINED
         if not since and not parts:
@@ -448,8 +475,6 @@ def _explain_one(
             )
         elif not since:
             parts.insert(0, f"unexplained: no escrow event since {since_words}")
-    if outcome is ExplainOutcome.UNAVAILABLE:
-        parts.insert(0, "unavailable")
     return "; ".join(parts), outcome, lines
 
 
@@ -476,39 +501,48 @@ def _amount_text(events: Iterable[EscrowEvent]) -> str | None:
     return str(sum(amounts)) if amounts else None
 
 
-def _operation_note(
+def _operation_verdict(
     op: Mapping[str, Any], lookup: TransactionLookup | None, finding: Mapping[str, Any]
-) -> str | None:
-    """What one database operation's transaction says, when it says something; None when the
-    chain and the database agree."""
+) -> _Verdict:
+    """What one database operation's transaction says; no note when the chain and the database agree."""
     kind, db_status, tx_hash = (
         one_line(op["operation_type"] or "operation"),
         one_line(op["status"]),
         op["tx_hash"],
     )
     if not _TX_HASH.fullmatch(tx_hash or ""):
-        return f"the database's stellar_transaction_hash {one_line(tx_hash or '')[:80]!r} on its {kind} is not a transaction hash"
+        return _Verdict(
+            f"the database's stellar_transaction_hash {one_line(tx_hash or '')[:80]!r} on its {kind} is not a transaction hash"
+        )
     if lookup is None or lookup.status == "unavailable":
         why = lookup.unavailable if lookup is not None else "not looked up"
-        return f"{kind} in tx {_short(tx_hash)} could not be checked ({why})"
+        return _Verdict(f"{kind} in tx {_short(tx_hash)} could not be checked ({why})")
     amount = _amount_text(e for e in lookup.events if e.contract_id == finding["contract_id"])
     what = f"{kind} of {_money(int(amount), finding)}" if amount is not None else kind
+    when = _when(lookup.ledger, lookup.closed_at)
     if lookup.status == "SUCCESS" and db_status in NOT_COMPLETED:
-        return f"{what} in tx {_short(tx_hash)} landed {_when(lookup.ledger, lookup.closed_at)}, but the database marks it {db_status}"
+        return _Verdict(
+            f"{what} in tx {_short(tx_hash)} landed {when}, but the database marks it {db_status}", True
+        )
     if lookup.status == "FAILED" and db_status == "completed":
-        return f"{kind} in tx {_short(tx_hash)} failed on chain {_when(lookup.ledger, lookup.closed_at)}, but the database marks it completed"
+        return _Verdict(
+            f"{kind} in tx {_short(tx_hash)} failed on chain {when}, but the database marks it completed",
+            True,
+        )
     if lookup.status == "NOT_FOUND":
         completed = op["completed_at"]
         oldest_at = lookup.oldest_closed_at
         if completed is not None and oldest_at is not None and completed < oldest_at:
-            return (
+            # Past the RPC's retention, NOT_FOUND says nothing either way.
+            return _Verdict(
                 f"{kind} in tx {_short(tx_hash)} ({db_status}) is older than the RPC keeps "
                 f"(from ledger {lookup.oldest_ledger:,}); see {HISTORY_SOURCE}"
             )
         if db_status == "completed" or completed is not None:
-            return f"{kind} in tx {_short(tx_hash)} is not on chain, but the database marks it {db_status}"
-        return None  # pending and not on chain: consistent with a transaction not yet sent
-    return None
+            return _Verdict(
+                f"{kind} in tx {_short(tx_hash)} is not on chain, but the database marks it {db_status}", True
+            )
+    return _Verdict()  # agrees, or pending and not on chain: a transaction not yet sent
 
 
 def _event_note(event: EscrowEvent, finding: Mapping[str, Any]) -> str:

@@ -178,7 +178,7 @@ def test_each_transaction_outcome_against_each_database_status(
     else:
         assert says in text
         assert says in row["note"] and row["note"] in text
-    if (tx_status, db_status) in {("SUCCESS", "failed"), ("FAILED", "completed")}:
+    if says is not None and tx_status != "OLD":  # a contradiction explains the drift by itself
         assert outcome == "explained"
     if tx_status == "SUCCESS" and db_status != "completed":
         assert "fund of 5.00 USDC in tx" in text
