@@ -218,7 +218,6 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     except Exception as exc:  # a schema without the hash column, a lost connection
         reason = exc if isinstance(exc, ReconcileAuditError) else type(exc).__name__
         operations_note = f"the database's operations were not read ({settings.redact(str(reason))[:200]})"
-        log.warning("explain: %s", operations_note)
         notes.append(operations_note)
         operations, synced_at = pl.DataFrame(schema=OPERATIONS), {}
     synced = picked.get_column("db_ledger_sequence")
@@ -238,6 +237,12 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
         notes.append(f"escrow events unavailable: {activity.scan.unavailable}")
     if activity.scan.undecodable:
         notes.append(f"{activity.scan.undecodable} escrow events did not decode and were left out")
+    failed_lookups = [t.unavailable for t in activity.transactions.values() if t.unavailable]
+    if failed_lookups:
+        notes.append(f"{len(failed_lookups)} transaction lookups unavailable (first: {failed_lookups[0]})")
+    for note in notes:
+        # The run goes on, but the operator must hear why the causes are missing.
+        log.warning("explain: %s", settings.redact(note))
     by_contract: dict[str, list[EscrowEvent]] = {}
     for event in activity.scan.events:
         by_contract.setdefault(event.contract_id, []).append(event)

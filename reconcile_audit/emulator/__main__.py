@@ -20,7 +20,15 @@ from reconcile_audit.emulator.state import DEFAULT_LATEST_LEDGER, state_from_esc
 
 app = typer.Typer(add_completion=False, help=__doc__)
 # What --latency-ms delays: every method the audit calls.
-LATENCY_METHODS = ("getLedgerEntries", "getLatestLedger", "getHealth", "getNetwork", "simulateTransaction")
+LATENCY_METHODS = (
+    "getLedgerEntries",
+    "getLatestLedger",
+    "getHealth",
+    "getNetwork",
+    "simulateTransaction",
+    "getEvents",
+    "getTransaction",
+)
 
 
 def _announce(url: str) -> None:
@@ -48,14 +56,27 @@ def main(
     latency_ms: Annotated[
         float, typer.Option(min=0.0, help="Delay every answer by this many milliseconds.")
     ] = 0.0,
+    without: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A method to answer 'method not found' (repeatable), as an older RPC would: getEvents, getTransaction."
+        ),
+    ] = None,
 ) -> None:
     try:
         if latency_ms and fault_rate:
             raise ValueError("--latency-ms and --fault-rate cannot be combined")
+        unsupported = tuple(without or ())
         faults = (
-            FaultPlan(rate=1.0, kinds=("delay",), delay_seconds=latency_ms / 1000, methods=LATENCY_METHODS)
+            FaultPlan(
+                rate=1.0,
+                kinds=("delay",),
+                delay_seconds=latency_ms / 1000,
+                methods=LATENCY_METHODS,
+                unsupported=unsupported,
+            )
             if latency_ms
-            else FaultPlan(rate=fault_rate, kinds=tuple(fault_kind or ()), seed=seed)
+            else FaultPlan(rate=fault_rate, kinds=tuple(fault_kind or ()), seed=seed, unsupported=unsupported)
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

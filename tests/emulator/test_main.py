@@ -104,3 +104,17 @@ def test_module_serves_the_escrows_of_a_file_with_latency(tmp_path) -> None:
                 if f.key.sym.sc_symbol == b"funded_amount"
             )
             assert scval.from_int128(funded) == spec.funded_amount
+
+
+def test_module_can_serve_an_rpc_without_get_events() -> None:
+    from stellar_sdk.exceptions import SorobanRpcErrorResponse
+
+    with _serving("--escrows", "1", "--without", "getEvents") as url, SorobanServer(url) as client:
+        latest = client.get_health().latest_ledger
+        try:
+            client.get_events(latest - 10, filters=[])
+        except SorobanRpcErrorResponse as exc:
+            assert exc.code == -32601 and "getEvents" in exc.message
+        else:
+            raise AssertionError("getEvents answered")
+        assert client.get_transaction("ab" * 32).status.value == "NOT_FOUND"
