@@ -4,7 +4,7 @@ For the worst mismatches of a run whose money moved (``EXPLAINABLE``; at most
 ``settings.explain_max``, drift rank first):
 
 - **The database's operations** on the invoice that carry a ``stellar_transaction_hash`` (the
-  latest three, ``sql/explain_operations.*.sql``): ``getTransaction`` says whether each landed.
+  latest three, ``sql/explain_operations.sql``): ``getTransaction`` says whether each landed.
   SUCCESS on one the database marks failed, pending, processing or cancelled, and FAILED on one
   it marks completed, are causes. NOT_FOUND means "not on chain" only when the operation is newer
   than the RPC's oldest ledger; before that the RPC cannot know.
@@ -29,7 +29,6 @@ The events and transactions behind each one are the ``DRIFT_EVENTS`` frame
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -55,8 +54,8 @@ from reconcile_audit.errors import ReconcileAuditError
 
 log = logging.getLogger(__name__)
 
-OPERATIONS_SQL: Final = "explain_operations.{dialect}.sql"
-SYNCED_AT_SQL: Final = "explain_synced_at.{dialect}.sql"
+OPERATIONS_SQL: Final = "explain_operations.sql"
+SYNCED_AT_SQL: Final = "explain_synced_at.sql"
 HISTORY_SOURCE: Final = "Hubble's history_contract_events table"
 NOT_COMPLETED: Final = frozenset({"pending", "processing", "failed", "cancelled"})
 _TX_HASH: Final = re.compile(r"[0-9a-f]{64}")  # as the SQL hands it over, lower-cased
@@ -173,14 +172,16 @@ def read_operations(
 ) -> tuple[pl.DataFrame, dict[str, datetime]]:
     """``OPERATIONS``: the latest three operations with a transaction hash of each invoice; and
     when each invoice's latest summary row was last updated (for those synced at no ledger)."""
+    if not invoice_ids:
+        return pl.DataFrame(schema=OPERATIONS), {}
     url = settings.source_url()
-    ids = [json.dumps(list(invoice_ids))]
+    ids = [list(invoice_ids)]
     with db.connect_source(url) as conn:
         synced_at = {
             invoice_id: moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-            for invoice_id, moment in conn.rows(db.read_sql(SYNCED_AT_SQL.format(dialect=conn.dialect)), ids)
+            for invoice_id, moment in conn.rows(db.read_sql(SYNCED_AT_SQL), ids)
         }
-        table = conn.arrow(db.read_sql(OPERATIONS_SQL.format(dialect=conn.dialect)), ids)
+        table = conn.arrow(db.read_sql(OPERATIONS_SQL), ids)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     operations = frame.select(

@@ -1,8 +1,8 @@
 -- reconcile-audit explain: the database's own operations on the invoices being explained that
 -- carry a Stellar transaction hash, the latest three per invoice (getTransaction checks each).
--- $1: the invoices' business ids, as a JSON array of strings (one bound parameter, any count).
+-- $1: the invoices' business ids, as one array parameter (any count). Runs on PostgreSQL and DuckDB.
 WITH wanted AS (
-    SELECT DISTINCT unnest(from_json(CAST($1 AS VARCHAR), '["VARCHAR"]')) AS invoice_id
+    SELECT DISTINCT unnest(CAST($1 AS TEXT[])) AS invoice_id
 ),
 ranked AS (
     SELECT

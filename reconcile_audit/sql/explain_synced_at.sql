@@ -1,9 +1,9 @@
 -- reconcile-audit explain: when the database last updated each invoice's escrow summary (the
 -- latest row, ranked as extract_invoices.sql ranks them), for the findings whose summary has no
 -- stellar_ledger_sequence: their events are those closed after it.
--- $1: the invoices' business ids, as a JSON array of strings.
+-- $1: the invoices' business ids, as one array parameter. Runs on PostgreSQL and DuckDB.
 WITH wanted AS (
-    SELECT DISTINCT unnest(from_json(CAST($1 AS VARCHAR), '["VARCHAR"]')) AS invoice_id
+    SELECT DISTINCT unnest(CAST($1 AS TEXT[])) AS invoice_id
 ),
 ranked AS (
     SELECT
