@@ -676,3 +676,37 @@ def test_the_frame_built_in_chunks_is_the_frame_built_whole(
         whole = read(emu, ids=ids)
     assert held.frame.equals(whole.frame) and held.frame.get_column("chain_balance").drop_nulls().len() > 0
     assert set(held.frame.n_chunks("all")) == {held.frame.n_chunks()}  # every column chunked alike
+
+
+def test_chunks_read_what_one_sweep_reads(clean: LedgerRead, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep in chunks (issue 14: each chunk's objects become columns before the next is read)
+    gives the same frame as one sweep, balances and tokens included, in the same order."""
+    custodial_state = LedgerState(
+        latest_ledger=LATEST,
+        escrows=tuple(replace(e, custodial=True, token_balance=e.funded_amount) for e in BULK[:50]) + SHAPED,
+        tokens=(TOKEN, BARE_TOKEN),
+    )
+    ids = [e.contract_id for e in custodial_state.escrows] + [MISSING, "not-an-address"]
+    with Emulator(custodial_state) as emu:
+        whole = read(emu, ids=ids)
+        monkeypatch.setattr(batched, "SWEEP_CHUNK", 7)
+        chunked = read(emu, ids=ids)
+        tokens_read = emu.stats.requests["getLedgerEntries"]
+    assert chunked.frame.equals(whole.frame)
+    assert chunked.frame.get_column("chain_balance").drop_nulls().len() == 50
+    assert chunked.token_symbols == whole.token_symbols
+    assert (chunked.ledger_min, chunked.ledger_max) == (whole.ledger_min, whole.ledger_max)
+    assert chunked.stats.entries == whole.stats.entries
+    assert tokens_read > 0
+    # Across chunks the whole frame keeps the input order: 66 rows, then the missing and the invalid one.
+    assert chunked.frame.get_column("contract_id").to_list() == ids
+
+
+def test_after_the_breaker_opens_later_chunks_are_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batched, "SWEEP_CHUNK", 50)
+    plan = FaultPlan(rate=1.0, kinds=("http_503",))
+    with Emulator(STATE, plan) as emu:
+        result = read(emu, rpc_batch_size=10, rpc_max_retries=1, rpc_concurrency=1)
+        sent = emu.stats.requests["getLedgerEntries"]
+    assert (result.frame["read_status"] == "error").all() and result.breaker_opened
+    assert sent < 400

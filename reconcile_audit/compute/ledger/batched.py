@@ -76,6 +76,9 @@ from reconcile_audit.compute.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_REREADS: Final = 2
+# Escrows read, decoded and turned into frame columns at a time (issue 14): at 1M escrows, all of
+# them at once were 1.4 GB of Python objects before the frame was built.
+SWEEP_CHUNK: Final = 200_000
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -292,10 +295,67 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass
+class _Carried:
+    """What one chunk's sweep hands the next: the tokens already read (instance key and outcome),
+    the bisection budget left, and every chunk's ledgers, batches and entries."""
+
+    token_keys: dict[str, str] = field(default_factory=dict)  # token contract id -> instance key
+    token_outcomes: dict[str, _Outcome] = field(default_factory=dict)
+    token_hashes: dict[str, bytes] = field(default_factory=dict)
+    bisect_budget: int = 0
+    ledgers: list[int] = field(default_factory=list)
+    batches: int = 0
+    entries: int = 0
+
+
 async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:
+    """Every escrow of ``ids``, ``SWEEP_CHUNK`` at a time over one RPC session: a chunk's decoded
+    entries (about 1.4 KB of Python objects per escrow) become frame columns before the next
+    chunk is read, so they never all live at once."""
     started = time.perf_counter()
+    bar = tqdm(total=0, desc="getLedgerEntries", unit="batch", disable=not progress, leave=False)
+    carried = _Carried(bisect_budget=policy.bisect_budget)
+    frames: list[pl.DataFrame] = []
+    sweep_start: int | None = None
+    try:
+        async with client_for(settings, policy) as client:
+            sweep_start = await _latest_ledger(client) if ids else None
+            # At least one chunk: with no escrow, the configured currencies' tokens are still read.
+            for first in range(0, max(len(ids), 1), SWEEP_CHUNK):
+                frames.append(
+                    await _read_chunk(
+                        client, ids[first : first + SWEEP_CHUNK], settings, policy, bar, carried
+                    )
+                )
+    finally:
+        bar.close()
+    frame = pl.concat(frames, rechunk=False)
+    symbols = {
+        token: symbol
+        for token, key in carried.token_keys.items()
+        if (symbol := _token_symbol(carried.token_outcomes.get(key)))
+    }
+    seconds = time.perf_counter() - started
+    stats = LedgerStats.of_sweep(
+        client.counters, batches=carried.batches, entries=carried.entries, seconds=seconds
+    )
+    return LedgerRead(
+        frame=frame,
+        ledger_min=min(carried.ledgers) if carried.ledgers else None,
+        ledger_max=max(carried.ledgers) if carried.ledgers else None,
+        stats=stats,
+        token_symbols=MappingProxyType(symbols),
+        sweep_start_ledger=sweep_start,
+    )
+
+
+async def _read_chunk(
+    client: RpcClient, ids: list[str], settings: Settings, policy: RetryPolicy, bar: Any, carried: _Carried
+) -> pl.DataFrame:
+    """The LEDGER frame of one chunk of ``ids``, its escrows, tokens and balances read."""
     keys: dict[str, str] = {}
-    hashes: dict[str, bytes] = {}  # key -> the contract hash inside it, to check each entry's owner
+    hashes: dict[str, bytes] = dict(carried.token_hashes)  # key -> the contract hash inside it
     invalid: dict[str, str] = {}
     for contract_id in ids:
         try:
@@ -306,56 +366,41 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
         keys[contract_id] = key = instance_key_of_hash(raw)
         hashes[key] = raw
     batch_size = max(1, min(settings.rpc_batch_size, MAX_KEYS))
-    bar = tqdm(
-        total=0,
-        desc="getLedgerEntries",
-        unit="batch",
-        disable=not progress,
-        leave=False,
+    sweep = _Sweep(
+        client,
+        policy,
+        batch_size,
+        outcomes=dict(carried.token_outcomes),
+        bisect_budget=carried.bisect_budget,
+        hashes=hashes,
+        progress=bar,
     )
-    try:
-        async with client_for(settings, policy) as client:
-            sweep_start = await _latest_ledger(client) if keys else None
-            sweep = _Sweep(
-                client, policy, batch_size, bisect_budget=policy.bisect_budget, hashes=hashes, progress=bar
-            )
-            escrow_keys = list(keys.values())
-            # A probe batch first: the token its custodial escrows are funded in is, in practice,
-            # the token of most escrows, so the rest are read with that token's balance key beside
-            # their instance key, one request for both, instead of a second pass for every pair.
-            await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
-            probe = dict(itertools.islice(keys.items(), batch_size))
-            token_keys: dict[str, str] = {}
-            await _read_tokens(sweep, probe, token_keys, settings)
-            likely = _likely_balance_token(probe, sweep.outcomes, token_keys, settings)
-            guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
-            await _read_tokens(sweep, keys, token_keys, settings)
-            custody = _custody(keys, sweep.outcomes, token_keys, settings)
-            pairs = await _read_balances(sweep, custody, keys, guessed)
-    finally:
-        bar.close()
+    token_keys = carried.token_keys
+    escrow_keys = list(keys.values())
+    # A probe batch first: the token its custodial escrows are funded in is, in practice, the
+    # token of most escrows, so the rest are read with that token's balance key beside their
+    # instance key, one request for both, instead of a second pass for every pair.
+    await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
+    probe = dict(itertools.islice(keys.items(), batch_size))
+    await _read_tokens(sweep, probe, token_keys, settings)
+    likely = _likely_balance_token(probe, sweep.outcomes, token_keys, settings)
+    guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
+    await _read_tokens(sweep, keys, token_keys, settings)
+    custody = _custody(keys, sweep.outcomes, token_keys, settings)
+    pairs = await _read_balances(sweep, custody, keys, guessed)
+    for key in token_keys.values():
+        if key in sweep.outcomes:
+            carried.token_outcomes[key] = sweep.outcomes[key]
+            carried.token_hashes[key] = sweep.hashes[key]
+    carried.bisect_budget = sweep.bisect_budget
+    carried.ledgers += sweep.ledgers
+    carried.batches += sweep.batches
+    carried.entries += sweep.entries
     decimals = {
         token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
     }
-    frame = _with_balances(
+    return _with_balances(
         _frame(ids, keys, invalid, sweep.outcomes, decimals), ids, custody, pairs, sweep.outcomes
-    )
-    symbols = {
-        token: symbol
-        for token, key in token_keys.items()
-        if (symbol := _token_symbol(sweep.outcomes.get(key)))
-    }
-    seconds = time.perf_counter() - started
-    stats = LedgerStats.of_sweep(
-        sweep.counters, batches=sweep.batches, entries=sweep.entries, seconds=seconds
-    )
-    return LedgerRead(
-        frame=frame,
-        ledger_min=min(sweep.ledgers) if sweep.ledgers else None,
-        ledger_max=max(sweep.ledgers) if sweep.ledgers else None,
-        stats=stats,
-        token_symbols=MappingProxyType(symbols),
-        sweep_start_ledger=sweep_start,
     )
 
 
