@@ -129,10 +129,7 @@ classified AS (
         END AS reason_code
     FROM deltas
 ),
--- Materialised: the final SELECT and the drift ranking both read it, and DuckDB would otherwise
--- compute every row's exact (BIGNUM) amounts and reason once per reader: 8.3 s against 1.7 s at
--- 1M invoices (benchmarks/README.md).
-with_class AS MATERIALIZED (
+with_class AS (
     SELECT
         *,
         CASE
@@ -151,32 +148,13 @@ with_class AS MATERIALIZED (
             WHEN reason_code = 'no_address' THEN 'unlinked'
             ELSE 'error'
         END AS class,
-        reason_code IN ('db_over_chain', 'chain_over_db') AS drifted,
         live_until_ledger IS NOT NULL
             AND (live_until_ledger <= 0 OR live_until_ledger < latest_ledger) AS archived
     FROM classified
-),
-drift_scale AS (
-    SELECT max(token_decimals) AS max_decimals FROM with_class WHERE drifted
-),
-drift_ranks AS (
-    -- Drift in major units, compared exactly: every |delta| is scaled to the largest decimals
-    -- among drifted rows by appending zeros, then compared as BIGNUM. Ranked over the drifted
-    -- rows alone, a narrow frame, and joined back.
-    SELECT
-        with_class._row,
-        rank() OVER (
-            ORDER BY CAST(
-                CAST(with_class.abs_delta AS VARCHAR)
-                || repeat('0', CAST(drift_scale.max_decimals - with_class.token_decimals AS INTEGER))
-                AS BIGNUM
-            ) DESC
-        ) AS drift_rank
-    FROM with_class, drift_scale
-    WHERE with_class.drifted
 )
+-- drift_rank is ranked over every part's rows afterwards (classify_drift_ranks.sql).
 SELECT
-    with_class._row,
+    _row,
     invoice_id,
     tenant_id,
     contract_id,
@@ -185,7 +163,7 @@ SELECT
     CASE WHEN token_decimals BETWEEN 0 AND 38 THEN CAST(db_base AS VARCHAR) END AS db_funded_base_units,
     CAST(chain_base AS VARCHAR) AS chain_funded_base_units,
     CAST(delta AS VARCHAR) AS delta_base_units,
-    drift_ranks.drift_rank,
+    CAST(NULL AS BIGINT) AS drift_rank,
     token_decimals,
     currency,
     db_total_funded,
@@ -245,4 +223,3 @@ SELECT
     invoice_id_error,
     address_conflict
 FROM with_class
-LEFT JOIN drift_ranks USING (_row)
