@@ -152,12 +152,12 @@ with_class AS (
             AND (live_until_ledger <= 0 OR live_until_ledger < latest_ledger) AS archived
     FROM classified
 )
--- drift_rank is ranked over every part's rows afterwards (classify_drift_ranks.sql).
+-- drift_rank is ranked over every part's rows afterwards (classify_drift_ranks.sql). The columns
+-- resolved_input already holds (invoice_id, tenant_id, contract_id, currency, the database's
+-- totals, address_source and the id and address checks) are not selected: the caller takes them
+-- from its own frame by _row, so that no output column holds on to DuckDB's copy of the input.
 SELECT
     _row,
-    invoice_id,
-    tenant_id,
-    contract_id,
     class,
     reason_code,
     CASE WHEN token_decimals BETWEEN 0 AND 38 THEN CAST(db_base AS VARCHAR) END AS db_funded_base_units,
@@ -165,8 +165,6 @@ SELECT
     CAST(delta AS VARCHAR) AS delta_base_units,
     CAST(NULL AS BIGINT) AS drift_rank,
     token_decimals,
-    currency,
-    db_total_funded,
     list_filter(
         -- Listed in sorted order, so the result is sorted.
         [
@@ -197,20 +195,16 @@ SELECT
     escrow_invoice_id,
     escrow_status,
     funding_token,
-    address_source,
     latest_ledger,
     last_modified_ledger,
     live_until_ledger,
     CASE WHEN custodial THEN CAST(balance_base AS VARCHAR) END AS chain_balance_base_units,
     CAST(db_released_base AS VARCHAR) AS db_released_base_units,
     CAST(db_available_base AS VARCHAR) AS db_available_base_units,
-    db_ledger_sequence,
     distributed_principal AS chain_distributed_base_units,
     custodial,
     -- For the reason sentence, built in Python from these exact values.
     expected_token,
-    db_total_released,
-    db_available,
     CAST(chain_available AS VARCHAR) AS chain_available_base_units,
     CAST(balance_required AS VARCHAR) AS balance_required_base_units,
     CAST(balance_gap AS VARCHAR) AS balance_gap_base_units,
@@ -218,8 +212,5 @@ SELECT
     CAST(abs_delta AS VARCHAR) AS abs_delta_base_units,
     read_status,
     read_error,
-    chain_funded_text,
-    address_error,
-    invoice_id_error,
-    address_conflict
+    chain_funded_text
 FROM with_class
