@@ -486,8 +486,10 @@ def _with_drift_ranks(frame: pl.DataFrame) -> pl.DataFrame:
     with duckdb.connect() as conn:
         conn.register("drifted", drifted.to_arrow())
         ranks = conn.sql(db.read_sql(DRIFT_RANKS_SQL)).pl()
-    rank = pl.repeat(None, frame.height, dtype=pl.Int64, eager=True).alias("drift_rank").scatter(
-        ranks.get_column("_pos"), ranks.get_column("drift_rank").cast(pl.Int64)
+    rank = (
+        pl.repeat(None, frame.height, dtype=pl.Int64, eager=True)
+        .alias("drift_rank")
+        .scatter(ranks.get_column("_pos"), ranks.get_column("drift_rank").cast(pl.Int64))
     )
     return frame.with_columns(rank)
 

@@ -49,6 +49,7 @@ from reconcile_audit.compute.ledger.activity import (
     TransactionLookup,
     read_activity,
 )
+from reconcile_audit.compute.schemas import DRIFT_EVENTS, EXPLANATIONS
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.errors import ReconcileAuditError
 
@@ -69,28 +70,6 @@ class ExplainOutcome(StrEnum):
     UNAVAILABLE = "unavailable"
 
 
-DRIFT_EVENTS: Final = pl.Schema(
-    {
-        "invoice_id": pl.String,
-        "contract_id": pl.String,
-        "reason_code": pl.String,  # the finding's
-        "source": pl.String,  # "event" (getEvents) | "transaction" (getTransaction of a DB operation)
-        "ledger": pl.Int64,
-        "closed_at": pl.Datetime("us", "UTC"),
-        "event": pl.String,  # the contract event's name, or the DB operation's type
-        "amount_base_units": pl.String,  # exact integer text: the event's amount, if it has one
-        "token_decimals": pl.Int64,
-        "currency": pl.String,
-        "investor": pl.String,
-        "tx_hash": pl.String,
-        "tx_status": pl.String,  # SUCCESS | FAILED | NOT_FOUND | unavailable (transactions only)
-        "db_status": pl.String,  # the DB operation's status (transactions only)
-        "note": pl.String,  # what this row says about the finding
-    }
-)
-EXPLANATIONS: Final = pl.Schema(
-    {"invoice_id": pl.String, "explanation": pl.String, "explain_outcome": pl.String}
-)
 OPERATIONS: Final = pl.Schema(
     {
         "invoice_id": pl.String,
@@ -557,17 +536,3 @@ def _event_note(event: EscrowEvent, finding: Mapping[str, Any]) -> str:
         for name, value in sorted(event.amounts.items())
     )
     return f"{event.event}: {amounts}" if amounts else event.event
-
-
-def with_explanations(findings: pl.DataFrame, explained: Explained) -> pl.DataFrame:
-    """``findings`` with ``explanation`` filled for the explained rows (null for the rest)."""
-    if explained.explanations.is_empty():
-        return findings
-    # One row per invoice id on the right, so that an id twice in one run cannot multiply rows.
-    by_invoice = explained.explanations.unique("invoice_id", keep="first").select("invoice_id", "explanation")
-    joined = findings.drop("explanation", strict=False).join(
-        by_invoice, on="invoice_id", how="left", maintain_order="left"
-    )
-    return joined.with_columns(
-        pl.when(pl.col("class") == "mismatch").then(pl.col("explanation")).alias("explanation")
-    ).select(findings.columns if "explanation" in findings.columns else [*findings.columns, "explanation"])

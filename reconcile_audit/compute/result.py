@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
-from reconcile_audit.compute.explain import Explained, with_explanations
 from reconcile_audit.compute.schemas import FINDINGS, AuditStatus, ClassCounts, conform, count_classes
 from reconcile_audit.compute.stranded import Stranded
+
+if TYPE_CHECKING:  # explain reads the RPC (stellar-sdk): the CLI has no need to load it
+    from reconcile_audit.compute.explain import Explained
 
 NOT_LOOKED_FOR: Final = "the run did not look for invoices outside the audit"
 
@@ -127,7 +129,7 @@ class AuditResult:
 
     def with_explanations(self, explained: Explained) -> AuditResult:
         """This result with each explained finding's ``explanation``; classes and counts unchanged."""
-        return replace(self, findings=with_explanations(self.findings, explained), explained=explained)
+        return replace(self, findings=_with_explanations(self.findings, explained), explained=explained)
 
     def for_tenant(self, tenant_id: str) -> AuditResult | None:
         """This result narrowed to one tenant's invoices and stranded escrows (its own report);
@@ -155,3 +157,15 @@ class AuditResult:
     @property
     def status(self) -> AuditStatus:
         return AuditStatus.INCOMPLETE if self.incomplete else self.counts.status
+
+
+def _with_explanations(findings: pl.DataFrame, explained: Explained) -> pl.DataFrame:
+    """``findings`` with ``explanation`` filled for the explained rows (null for the rest)."""
+    if explained.explanations.is_empty():
+        return findings
+    # One row per invoice id on the right, so that an id twice in one run cannot multiply rows.
+    by_invoice = explained.explanations.unique("invoice_id", keep="first").select("invoice_id", "explanation")
+    joined = findings.drop("explanation").join(by_invoice, on="invoice_id", how="left", maintain_order="left")
+    return joined.with_columns(
+        pl.when(pl.col("class") == "mismatch").then(pl.col("explanation")).alias("explanation")
+    ).select(findings.columns)

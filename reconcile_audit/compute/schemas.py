@@ -289,6 +289,32 @@ FINDINGS: Final = pl.Schema(
 )
 
 
+# --- explain: why a drift happened (compute.explain) ----------------------------------------
+DRIFT_EVENTS: Final = pl.Schema(
+    {
+        "invoice_id": pl.String,
+        "contract_id": pl.String,
+        "reason_code": pl.String,  # the finding's
+        "source": pl.String,  # "event" (getEvents) | "transaction" (getTransaction of a DB operation)
+        "ledger": pl.Int64,
+        "closed_at": pl.Datetime("us", "UTC"),
+        "event": pl.String,  # the contract event's name, or the DB operation's type
+        "amount_base_units": pl.String,  # exact integer text: the event's amount, if it has one
+        "token_decimals": pl.Int64,
+        "currency": pl.String,
+        "investor": pl.String,
+        "tx_hash": pl.String,
+        "tx_status": pl.String,  # SUCCESS | FAILED | NOT_FOUND | unavailable (transactions only)
+        "db_status": pl.String,  # the DB operation's status (transactions only)
+        "note": pl.String,  # what this row says about the finding
+    }
+)
+# One row per explained finding.
+EXPLANATIONS: Final = pl.Schema(
+    {"invoice_id": pl.String, "explanation": pl.String, "explain_outcome": pl.String}
+)
+
+
 # --- stranded: escrows of out-of-scope invoices that still hold or owe money -----------------
 # Apart from FINDINGS: they never change the five classes or ``total``.
 STRANDED: Final = pl.Schema(

@@ -24,8 +24,7 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
-from reconcile_audit.compute.explain import DRIFT_EVENTS
-from reconcile_audit.compute.schemas import FINDINGS, STRANDED, DeliveryStatus
+from reconcile_audit.compute.schemas import DRIFT_EVENTS, FINDINGS, STRANDED, DeliveryStatus
 from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
 from reconcile_audit.output.report import Report, worst_first

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import PurePath
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import quote
 
 import css_inline
@@ -24,7 +24,6 @@ import jinja2
 import polars as pl
 
 from reconcile_audit.compute.amounts import format_base_units, format_decimal, format_token_amount, one_line
-from reconcile_audit.compute.explain import Explained
 from reconcile_audit.compute.lifecycle import FindingState
 from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
@@ -39,6 +38,9 @@ from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING
 from reconcile_audit.compute.stranded import Stranded
 from reconcile_audit.output.summary import RunFacts, identity
 from reconcile_audit.resources import TEMPLATES_DIR
+
+if TYPE_CHECKING:  # explain reads the RPC (stellar-sdk), which rendering never needs
+    from reconcile_audit.compute.explain import Explained
 
 STATUS_WORDS: Final = {status: status.value.upper() for status in AuditStatus}
 CLASS_WORDS: Final = {

@@ -18,8 +18,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "classify_memory.py
 def test_classify_memory_prints_each_variant(pg_server: str, tmp_path: Path) -> None:
     try:
         done = subprocess.run(
-            [sys.executable, str(BENCH), "--invoices", "1200", "--part-rows", "300", "5000"]
-            + ["--admin-url", pg_server, "--data-dir", str(tmp_path)],
+            [
+                *(sys.executable, str(BENCH), "--invoices", "1200", "--part-rows", "300", "5000"),
+                *("--admin-url", pg_server, "--data-dir", str(tmp_path)),
+            ],
             capture_output=True,
             text=True,
             timeout=600,

@@ -99,9 +99,9 @@ def _storable(frame: pl.DataFrame, *, numbers: pl.Series) -> pl.DataFrame:
     ]
     frame = with_identity(frame.with_columns(lifecycle).drop("finding_id", "evidence"))
     strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-    return frame.with_columns(
-        pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True)
-    ).insert_column(0, numbers.cast(pl.Int32).alias("finding_no"))
+    return frame.with_columns(pl.col(strings).str.replace_all("\x00", "\ufffd", literal=True)).insert_column(
+        0, numbers.cast(pl.Int32).alias("finding_no")
+    )
 
 
 def results_digest(rows: pl.DataFrame, *, cap: int = RESULTS_JSON_CAP) -> dict[str, Any]:
