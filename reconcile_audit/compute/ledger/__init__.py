@@ -7,6 +7,8 @@ Who lives here:
 - ``simulate``: the seed's per-invoice ``simulateTransaction`` path, a slow fallback and reference;
 - ``rpc``: the JSON-RPC transport (retries, backoff, breaker) both paths use;
 - ``xdr``: keys and entry decoding, with a hand-written fast path tested against stellar-sdk.
+- ``activity``: the escrows' contract events (``getEvents``) and the database's transactions
+  (``getTransaction``), for the explain stage (:mod:`reconcile_audit.compute.explain`).
 
 A new RPC method goes into ``rpc`` as a call (``RpcClient.call`` with its stellar-sdk response
 model), and the path that needs it decides what its answer means.
