@@ -9,7 +9,9 @@ The demo, the tests and the benchmark read escrows from it over loopback HTTP::
         emulator.stats                                # requests, faults injected, keys served
 
 Modules: ``state`` (specs and the stellar-sdk XDR oracle), ``encode`` (the same bytes, fast),
-``rpc`` (the methods, no HTTP), ``faults`` (the plan and its seeded draw), ``server`` (aiohttp).
+``rpc`` (the methods, no HTTP), ``activity`` (the escrow contract's events and transactions behind
+``getEvents`` and ``getTransaction``), ``jsonrpc`` (the error a refused request raises), ``faults``
+(the plan and its seeded draw), ``server`` (aiohttp).
 ``python -m reconcile_audit.emulator --escrows N`` serves a synthetic state from its own process.
 """
 

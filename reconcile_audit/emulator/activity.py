@@ -28,6 +28,8 @@ from typing import Any, Final
 from stellar_sdk import Account, Keypair, StrKey, TransactionBuilder, scval
 from stellar_sdk import xdr as stellar_xdr
 
+from reconcile_audit.emulator.jsonrpc import RpcError
+
 MAX_FILTERS: Final = 5
 MAX_CONTRACT_IDS: Final = 5
 MAX_TOPIC_PATTERNS: Final = 5
@@ -208,15 +210,6 @@ def _result_xdr(successful: bool) -> str:
     return result.to_xdr()
 
 
-class RpcRequestError(Exception):
-    """A JSON-RPC error answer: ``code`` and ``message``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class _Filter:
     event_type: str | None
@@ -243,8 +236,8 @@ def _topic_matches(pattern: tuple[str, ...], topic: tuple[str, ...]) -> bool:
     return all(segment in ("*", value) for segment, value in zip(head, topic, strict=False))
 
 
-def _invalid(message: str) -> RpcRequestError:
-    return RpcRequestError(-32602, message)
+def _invalid(message: str) -> RpcError:
+    return RpcError(-32602, message)
 
 
 def _parse_filters(raw: Any) -> list[_Filter]:
@@ -349,7 +342,7 @@ class ActivityLog:
             if not isinstance(start_ledger, int) or isinstance(start_ledger, bool):
                 raise _invalid("startLedger must be set when no cursor is given")
             if not oldest <= start_ledger <= latest:
-                raise RpcRequestError(
+                raise RpcError(
                     -32600,
                     f"startLedger must be between the oldest ledger: {oldest} and the latest ledger: {latest}",
                 )

@@ -26,6 +26,7 @@ from stellar_sdk import Address, scval
 from stellar_sdk import xdr as stellar_xdr
 
 from reconcile_audit.emulator import activity, encode, state
+from reconcile_audit.emulator.jsonrpc import RpcError
 
 MAX_KEYS: Final = 200  # stellar-rpc's getLedgerEntries limit
 FRIENDBOT: Final[dict[str, str]] = {
@@ -38,15 +39,6 @@ SIMULATED_RESOURCES: Final = MappingProxyType(
 )
 _CLOSE_TIME_BASE: Final = 1_700_000_000
 _SECONDS_PER_LEDGER: Final = 5
-
-
-class RpcError(Exception):
-    """A JSON-RPC error object: the handler answers ``{"error": {"code", "message"}}``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
 
 
 class Entry(NamedTuple):
@@ -252,17 +244,10 @@ class RpcNode:
         }
 
     def get_events(self, params: Any) -> dict[str, Any]:
-        return self._answer(lambda: self.activity.get_events(params, self.latest_ledger))
+        return self.activity.get_events(params, self.latest_ledger)
 
     def get_transaction(self, params: Any) -> dict[str, Any]:
-        return self._answer(lambda: self.activity.get_transaction(params, self.latest_ledger))
-
-    @staticmethod
-    def _answer(compute: Any) -> dict[str, Any]:
-        try:
-            return compute()
-        except activity.RpcRequestError as exc:
-            raise RpcError(exc.code, exc.message) from None
+        return self.activity.get_transaction(params, self.latest_ledger)
 
     def get_network(self) -> dict[str, Any]:
         result: dict[str, Any] = {
