@@ -60,7 +60,6 @@ SYNCED_AT_SQL: Final = "explain_synced_at.sql"
 HISTORY_SOURCE: Final = "Hubble's history_contract_events table"
 NOT_COMPLETED: Final = frozenset({"pending", "processing", "failed", "cancelled"})
 _TX_HASH: Final = re.compile(r"[0-9a-f]{64}")  # as the SQL hands it over, lower-cased
-TIMELINE_MAX: Final = 8  # events quoted per finding in its sentence-free timeline, newest last
 
 
 class ExplainOutcome(StrEnum):
@@ -107,12 +106,8 @@ class Explained:
     rpc_requests: int = 0
     notes: tuple[str, ...] = ()
 
-    @classmethod
-    def nothing(cls, *notes: str) -> Explained:
-        return cls(pl.DataFrame(schema=EXPLANATIONS), pl.DataFrame(schema=DRIFT_EVENTS), notes=tuple(notes))
-
     def summary_line(self) -> str:
-        counts = ", ".join(f"{n} {k}" for k, v in self.counts().items() if (n := v))
+        counts = ", ".join(f"{number} {outcome}" for outcome, number in self.counts().items() if number)
         beyond = f"; {self.skipped:,} more beyond RECONCILE_EXPLAIN_MAX" if self.skipped else ""
         notes = "".join(f"; {note}" for note in self.notes)
         return (
@@ -179,16 +174,13 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     picked, skipped = candidates(findings, settings.explain_max)
     considered = picked.height + skipped
     if picked.is_empty():
-        return (
-            Explained.nothing()
-            if not considered
-            else Explained(
-                pl.DataFrame(schema=EXPLANATIONS),
-                pl.DataFrame(schema=DRIFT_EVENTS),
-                considered,
-                skipped,
-                notes=(f"RECONCILE_EXPLAIN_MAX is {settings.explain_max}: no finding was explained",),
-            )
+        capped = (f"RECONCILE_EXPLAIN_MAX is {settings.explain_max}: no finding was explained",)
+        return Explained(
+            pl.DataFrame(schema=EXPLANATIONS),
+            pl.DataFrame(schema=DRIFT_EVENTS),
+            considered,
+            skipped,
+            notes=capped if considered else (),
         )
     notes: list[str] = []
     invoice_ids = [i for i in picked.get_column("invoice_id").to_list() if i is not None]
