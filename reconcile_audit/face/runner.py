@@ -465,16 +465,22 @@ def _record_failure(
     return summary
 
 
-# Polars' jemalloc keeps freed pages for half a second to a second (polars sets that default in
-# _RJEM_MALLOC_CONF when imported), and the kernel frees and allocates hundreds of MB within a
-# stage: handed back at once instead, classify's peak at 1M invoices fell from 2.66 to 2.42 GB
-# (benchmarks/README.md). jemalloc takes the last value of a key, so this is appended.
+# Polars' jemalloc keeps freed pages for half a second to a second (polars writes that default
+# into _RJEM_MALLOC_CONF when imported, before any value of the operator's), and the kernel frees
+# and allocates hundreds of MB within a stage: handed back at once instead, classify's peak at 1M
+# invoices fell from 2.66 to 2.42 GB (benchmarks/README.md). jemalloc takes a key's last value.
 KERNEL_ALLOCATOR: Final = "dirty_decay_ms:0,muzzy_decay_ms:0"
+# What polars itself writes there, once per Python process that imports it along the way.
+_POLARS_DEFAULTS: Final = frozenset(
+    {"dirty_decay_ms:500", "muzzy_decay_ms:1000", "thp:always", "metadata_thp:always"}
+)
 
 
 def kernel_allocator() -> dict[str, str]:
-    """The kernel's jemalloc settings: whatever this process has, then freed pages returned at once."""
+    """The kernel's jemalloc settings: freed pages returned at once, unless the operator set their own."""
     current = os.environ.get("_RJEM_MALLOC_CONF")
+    if current and not set(current.split(",")) <= _POLARS_DEFAULTS:
+        return {}  # polars appended the operator's value to its default: theirs stands
     return {"_RJEM_MALLOC_CONF": f"{current},{KERNEL_ALLOCATOR}" if current else KERNEL_ALLOCATOR}
 
 

@@ -275,3 +275,23 @@ def test_keep_runs_is_validated():
     assert load_settings({}, {"RECONCILE_KEEP_RUNS": "5"}).keep_runs == 5
     with pytest.raises(ConfigError, match="RECONCILE_KEEP_RUNS"):
         load_settings({}, {"RECONCILE_KEEP_RUNS": "0"})
+
+
+def test_the_kernel_hands_memory_back_unless_the_operator_chose_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reconcile_audit.face.runner import KERNEL_ALLOCATOR, kernel_allocator
+
+    # What polars writes when imported without a value of the operator's.
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:500,muzzy_decay_ms:1000")
+    assert kernel_allocator() == {
+        "_RJEM_MALLOC_CONF": f"dirty_decay_ms:500,muzzy_decay_ms:1000,{KERNEL_ALLOCATOR}"
+    }
+    # Written twice: a parent process (a scheduler in Python, a benchmark) imported polars too.
+    twice = "dirty_decay_ms:500,muzzy_decay_ms:1000,dirty_decay_ms:500,muzzy_decay_ms:1000"
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", twice)
+    assert kernel_allocator() == {"_RJEM_MALLOC_CONF": f"{twice},{KERNEL_ALLOCATOR}"}
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "dirty_decay_ms:500,muzzy_decay_ms:1000,narenas:2")
+    assert kernel_allocator() == {}
+    monkeypatch.delenv("_RJEM_MALLOC_CONF")
+    assert kernel_allocator() == {"_RJEM_MALLOC_CONF": KERNEL_ALLOCATOR}
