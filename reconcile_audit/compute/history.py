@@ -120,7 +120,6 @@ _PREVIOUS_FINDINGS: Final = pl.Schema(
         "reason": pl.String,
         "explanation": pl.String,
         "first_seen_at": pl.Datetime("us", "UTC"),
-        "streak_runs": pl.Int64,
     }
 )
 _PREVIOUS_RUNS: Final = pl.Schema(
@@ -136,6 +135,11 @@ _APPEARANCES: Final = pl.Schema(
         "reason_code": pl.String,
         "recency": pl.Int64,
         "started_at": pl.Datetime("us", "UTC"),
+        # The previous run's rows only (recency 1); null on older ones.
+        "tenant_id": pl.String,
+        "contract_id": pl.String,
+        "reason": pl.String,
+        "explanation": pl.String,
     }
 )
 _EARLIER_FINDINGS: Final = pl.Schema(
@@ -153,16 +157,32 @@ class _Stored:
     """What the state database says about the scope before this run."""
 
     runs: pl.DataFrame  # _PREVIOUS_RUNS, newest first
-    previous: pl.DataFrame  # _PREVIOUS_FINDINGS: the previous run's findings, with streak starts
     appearances: pl.DataFrame  # _APPEARANCES: every earlier finding of the previous run's invoices
     earlier: pl.DataFrame  # _EARLIER_FINDINGS: every finding of an earlier run
     acks: pl.DataFrame  # ACKNOWLEDGEMENTS given before now
+
+    @property
+    def previous(self) -> pl.DataFrame:
+        """_PREVIOUS_FINDINGS: the previous run's findings, each with the start of its invoice's
+        streak. An id twice in one run (the source should prevent it) reports the smallest values."""
+        latest = (
+            self.appearances.filter(pl.col("recency") == 1)
+            .group_by("invoice_id")
+            .agg(
+                pl.col(name).min()
+                for name in _PREVIOUS_FINDINGS
+                if name not in ("invoice_id", "first_seen_at")
+            )
+        )
+        starts = streak_starts(self.appearances, key="invoice_id")
+        return conform(latest.join(starts, on="invoice_id", how="left"), _PREVIOUS_FINDINGS, "history").sort(
+            "invoice_id"
+        )
 
     @classmethod
     def empty(cls) -> _Stored:
         return cls(
             pl.DataFrame(schema=_PREVIOUS_RUNS),
-            pl.DataFrame(schema=_PREVIOUS_FINDINGS),
             pl.DataFrame(schema=_APPEARANCES),
             pl.DataFrame(schema=_EARLIER_FINDINGS),
             pl.DataFrame(schema=ACKNOWLEDGEMENTS),
@@ -177,13 +197,11 @@ def _read_history(url: str, tenant_id: str | None, run_key: str, now: datetime) 
         if not (table_exists(conn, "reconciliation_runs") and table_exists(conn, "reconciliation_findings")):
             return _Stored.empty(), "no earlier runs: the state database has no reconciliation tables yet"
         runs = read_frame(conn, read_sql("history/previous_runs.sql"), (*params, TREND_RUNS - 1))
-        previous = read_frame(conn, read_sql("history/previous_findings.sql"), params)
         appearances = read_frame(conn, read_sql("history/finding_streaks.sql"), params)
         earlier = read_frame(conn, read_sql("history/earlier_findings.sql"), params)
         acks = read_acknowledgements(conn, now)
     return _Stored(
         conform(runs, _PREVIOUS_RUNS, "history"),
-        conform(previous, _PREVIOUS_FINDINGS, "history"),
         conform(appearances, _APPEARANCES, "history"),
         conform(earlier, _EARLIER_FINDINGS, "history"),
         acks,
@@ -267,7 +285,6 @@ def compare_with_history(
     # others are not "resolved", they are in another shard.
     stored = replace(
         stored,
-        previous=in_shard(stored.previous, settings.shard),
         appearances=in_shard(stored.appearances, settings.shard),
     )
     previous, runs = stored.previous, stored.runs

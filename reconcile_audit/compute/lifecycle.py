@@ -241,18 +241,18 @@ def mark_states(
     )
 
 
-def streak_starts(appearances: pl.DataFrame) -> pl.DataFrame:
-    """``(finding_id, first_seen_at)`` of each finding open in the previous run: the start of its
-    unbroken streak of runs under the same id. ``appearances``: ``invoice_id``, ``class``,
-    ``reason_code``, ``recency`` (1 = the previous run) and ``started_at`` of each earlier run in
-    which the invoice was a finding."""
+def streak_starts(appearances: pl.DataFrame, key: str = "finding_id") -> pl.DataFrame:
+    """``(key, first_seen_at)`` of each finding open in the previous run: the start of its
+    unbroken streak of runs under the same ``key`` (its finding id, or its invoice).
+    ``appearances``: ``invoice_id``, ``class``, ``reason_code``, ``recency`` (1 = the previous run)
+    and ``started_at`` of each earlier run in which the invoice was a finding."""
+    frame = with_identity(appearances) if key == "finding_id" else appearances
     return (
-        with_identity(appearances)
-        .filter(pl.col("finding_id").is_not_null())
-        .unique(["finding_id", "recency"])
-        .with_columns((pl.col("recency") - pl.col("recency").rank("dense").over("finding_id")).alias("_gap"))
+        frame.filter(pl.col(key).is_not_null())
+        .unique([key, "recency"])
+        .with_columns((pl.col("recency") - pl.col("recency").rank("dense").over(key)).alias("_gap"))
         .filter(pl.col("_gap") == 0)  # recencies 1, 2, 3... without a break; empty unless 1 is there
-        .group_by("finding_id")
+        .group_by(key)
         .agg(pl.col("started_at").min().alias("first_seen_at"))
     )
 
