@@ -167,7 +167,7 @@ def read_operations(
     return operations, synced_at
 
 
-def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = read_activity) -> Explained:
+def explain_findings(findings: pl.DataFrame, settings: Settings) -> Explained:
     """Explain the worst mismatches of ``findings`` (module docstring). Never raises for what the
     database or the RPC answers; what could not be read is said in the explanations and ``notes``."""
     started = time.perf_counter()
@@ -195,7 +195,7 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     synced = picked.get_column("db_ledger_sequence")
     start = None if synced.null_count() else int(synced.min()) + 1  # type: ignore[arg-type]
     try:
-        activity = read(
+        activity = read_activity(
             settings,
             contract_ids=picked.get_column("contract_id").to_list(),
             start_ledger=start,
@@ -212,9 +212,11 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
     failed_lookups = [t.unavailable for t in activity.transactions.values() if t.unavailable]
     if failed_lookups:
         notes.append(f"{len(failed_lookups)} transaction lookups unavailable (first: {failed_lookups[0]})")
+    # RPC faults quote the URL they failed on, which may carry a key.
+    notes = [settings.redact(note) for note in notes]
     for note in notes:
         # The run goes on, but the operator must hear why the causes are missing.
-        log.warning("explain: %s", settings.redact(note))
+        log.warning("explain: %s", note)
     by_contract: dict[str, list[EscrowEvent]] = {}
     for event in activity.scan.events:
         by_contract.setdefault(event.contract_id, []).append(event)
@@ -231,7 +233,6 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
             operations_note,
             synced_at.get(finding["invoice_id"]),
         )
-        # RPC faults quote the URL they failed on, which may carry a key.
         rows.append(
             {
                 "invoice_id": finding["invoice_id"],
@@ -248,7 +249,7 @@ def explain_findings(findings: pl.DataFrame, settings: Settings, *, read: Any = 
         skipped,
         seconds,
         activity.scan.requests + len(activity.transactions),
-        tuple(settings.redact(note) for note in notes),
+        tuple(notes),
     )
     log.info(
         "explain: %d findings in %.2f s (%s), %d left beyond RECONCILE_EXPLAIN_MAX",
