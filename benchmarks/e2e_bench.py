@@ -192,15 +192,18 @@ class EmulatorProcess:
         self.process.wait(timeout=60)
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of ``process`` and all its descendants (gone ones count 0)."""
-    total = 0
+def tree_rss(process: psutil.Process) -> tuple[int, int]:
+    """Resident bytes of ``process`` and all its descendants (gone ones count 0), and of
+    ``process`` alone."""
+    total = own = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            rss = member.memory_info().rss
         except psutil.Error:
-            pass
-    return total
+            continue
+        total += rss
+        own = rss if member is process else own
+    return total, own
 
 
 def run_once(
@@ -233,14 +236,14 @@ def run_once(
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     watched = psutil.Process(process.pid)
-    peak = 0
+    peak = cli_peak = 0
     samples: list[tuple[float, int]] = []  # (epoch seconds, tree RSS), for the peak of each stage
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(process.stdout.read() if process.stdout else b""))
     reader.start()
     while process.poll() is None:
-        rss = tree_rss(watched)
-        peak = max(peak, rss)
+        rss, cli_rss = tree_rss(watched)
+        peak, cli_peak = max(peak, rss), max(cli_peak, cli_rss)
         samples.append((time.time(), rss))
         time.sleep(SAMPLE_SECONDS)
     wall = time.perf_counter() - started
@@ -249,14 +252,16 @@ def run_once(
         "exit_code": process.returncode,
         "wall_seconds": round(wall, 2),
         "peak_tree_rss_mb": round(peak / 2**20, 1),
+        "peak_cli_rss_mb": round(cli_peak / 2**20, 1),
         "load_average_1m": round(load, 2),
         "output_tail": b"".join(output).decode(errors="replace")[-2000:],
         "samples": samples,
     }
 
 
-def peak_by_stage(samples: list[tuple[float, int]], events: Path) -> dict[str, float]:
-    """Peak tree RSS (MB) while each stage ran, from the run's ``stage X started`` records."""
+def by_stage(samples: list[tuple[float, int]], events: Path) -> dict[str, dict[str, float]]:
+    """Tree RSS (MB) while each stage ran, from the run's ``stage X started`` records: its first
+    sample (what the stage starts with) and its peak."""
     starts: list[tuple[float, str]] = []
     if not events.exists():  # the run failed before its kernel logged anything
         return {}
@@ -265,11 +270,13 @@ def peak_by_stage(samples: list[tuple[float, int]], events: Path) -> dict[str, f
         if event.get("stage") and event.get("message", "").startswith("stage "):
             starts.append((datetime.fromisoformat(event["time"]).timestamp(), event["stage"]))
     peaks: dict[str, float] = {}
+    firsts: dict[str, float] = {}
     for moment, rss in samples:
         running = [stage for started, stage in starts if started <= moment]
         stage = running[-1] if running else "start"
         peaks[stage] = max(peaks.get(stage, 0.0), round(rss / 2**20, 1))
-    return peaks
+        firsts.setdefault(stage, round(rss / 2**20, 1))
+    return {"peak": peaks, "first": firsts}
 
 
 def stage_seconds(metrics_file: Path) -> dict[str, float]:
@@ -369,7 +376,8 @@ def main() -> None:
                 else:
                     run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
                     run_dir = next((scratch / "runs").iterdir())
-                    run["peak_rss_mb_by_stage"] = peak_by_stage(run.pop("samples"), run_dir / "run.jsonl")
+                    stages = by_stage(run.pop("samples"), run_dir / "run.jsonl")
+                    run["peak_rss_mb_by_stage"], run["first_rss_mb_by_stage"] = stages["peak"], stages["first"]
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
                 run["checks"] = check(run_dir, args.invoices, planted, merged=bool(args.shards))
                 run["emulator_rss_mb"] = round(emulator.rss_mb(), 1)
