@@ -88,6 +88,18 @@ def show_findings_in_full() -> None:
     pl.Config.set_fmt_table_cell_list_len(-1)
 
 
+def keep_no_cell_values() -> None:
+    """Stop IPython keeping each cell's displayed value (``Out``, ``_``, ``_N``). A frame shown
+    with ``head()`` or ``filter()`` shares the buffers of the whole frame, so the cache kept every
+    frame the notebook showed alive after the notebook had dropped it: at 1M invoices, the
+    invoices and the findings of classify to the end of the run. A no-op outside IPython."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.displayhook.cache_size = 0
+
+
 def invoice_detail_html(row: Mapping[str, object]) -> str:
     """One finding as two full-width columns (field, value), every value whole and escaped: the
     drill-down into one invoice, where a 25-column row would be cut."""
