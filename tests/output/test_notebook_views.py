@@ -38,7 +38,9 @@ def test_the_notebook_keeps_no_displayed_value_alive() -> None:
         shell.run_cell("frame = [1, 2, 3]", store_history=True)
         shell.run_cell("frame", store_history=True)
         assert shell.user_ns["Out"] and shell.user_ns["_"] == [1, 2, 3]  # IPython's default keeps it
-        shell.run_cell("from reconcile_audit.output import notebook_views; notebook_views.keep_no_cell_values()")
+        shell.run_cell(
+            "from reconcile_audit.output import notebook_views; notebook_views.keep_no_cell_values()"
+        )
         shell.run_cell("shown = {'rows': 1}\nshown", store_history=True)
         kept = [value for value in shell.user_ns["Out"].values() if value == {"rows": 1}]
         assert not kept and shell.user_ns["_"] != {"rows": 1}
