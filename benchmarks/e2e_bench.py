@@ -56,7 +56,13 @@ from reconcile_audit.face.demo import sourcedb
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_VERSION = 1  # bump when the generated data changes: old caches are then rebuilt
-PASSED_THROUGH = ("PYTHONPATH", "_RJEM_MALLOC_CONF", "ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")
+PASSED_THROUGH = (
+    "PYTHONPATH",
+    "_RJEM_MALLOC_CONF",
+    "ARROW_DEFAULT_MEMORY_POOL",
+    "MALLOC_ARENA_MAX",
+    "RECONCILE_RPC_EARLY_SWEEP",
+)
 DRIFT_EVERY = 1000  # one planted drift per this many invoices
 DUPLICATE_EVERY = 200  # one duplicate (older) summary row per this many invoices
 DECIMALS = 7
@@ -377,7 +383,10 @@ def main() -> None:
                     run = run_once(source_url, emulator.url, scratch, args.rpc_concurrency)
                     run_dir = next((scratch / "runs").iterdir())
                     stages = by_stage(run.pop("samples"), run_dir / "run.jsonl")
-                    run["peak_rss_mb_by_stage"], run["first_rss_mb_by_stage"] = stages["peak"], stages["first"]
+                    run["peak_rss_mb_by_stage"], run["first_rss_mb_by_stage"] = (
+                        stages["peak"],
+                        stages["first"],
+                    )
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
                 run["checks"] = check(run_dir, args.invoices, planted, merged=bool(args.shards))
                 run["emulator_rss_mb"] = round(emulator.rss_mb(), 1)

@@ -79,7 +79,14 @@ from reconcile_audit.compute.extract import OutOfScope
 from reconcile_audit.compute.ledger import read_ledger
 from reconcile_audit.compute.ledger.types import LedgerRead
 from reconcile_audit.compute.result import AuditResult
-from reconcile_audit.compute.schemas import ESCROW_STATUS_WORDS, FINDINGS, LEDGER, RESOLVED, conform
+from reconcile_audit.compute.schemas import (
+    ESCROW_STATUS_WORDS,
+    FINDINGS,
+    LEDGER,
+    RESOLVED,
+    conform,
+    stored_once,
+)
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
 from reconcile_audit.compute.stranded import find_stranded
 
@@ -452,7 +459,11 @@ def _classified_part(
     # with this part (at 1M invoices it otherwise held 0.3 to 0.6 GB to the end of the run).
     owned = pl.from_arrow(part.to_arrow(compat_level=pl.CompatLevel.oldest()))
     assert isinstance(owned, pl.DataFrame)
-    return owned
+    return owned.with_columns(stored_once(owned.get_column(name)) for name in _FEW_DISTINCT)
+
+
+# Long strings of a few distinct values, each stored once (schemas.stored_once).
+_FEW_DISTINCT: Final = ("funding_token", "address_source")
 
 
 # The columns classify.sql leaves out because the resolved frame already holds them.

@@ -386,6 +386,27 @@ def extract_out_of_scope(settings: Settings) -> OutOfScope:
     return OutOfScope(invoices)
 
 
+ESCROW_CANDIDATES_SQL: Final = "extract_escrow_candidates.sql"
+
+
+def escrow_candidates(settings: Settings) -> list[str] | None:
+    """The escrows the ledger stage will most likely read, from one narrow query run before the
+    full extract (``extract_escrow_candidates.sql``): the contract of every completed ``create`` of
+    the scope's invoices, in this run's shard. None when a custom extract query is configured,
+    whose scope only it knows. Raises what the driver raises: the caller treats a failure as no
+    head start, since the extract itself says what is wrong with the database."""
+    if settings.extract_sql_path is not None:
+        return None
+    with db.connect_source(settings.source_url()) as conn:
+        table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_SQL), [settings.tenant_id])
+    frame = pl.from_arrow(_without_extensions(table))
+    assert isinstance(frame, pl.DataFrame)
+    del table
+    # Trimmed as resolve trims the operation's address, so the same escrow has the same id.
+    candidates = in_shard(frame, settings.shard).get_column("contract_id").str.strip_chars()
+    return candidates.filter(candidates != "").to_list()
+
+
 def check_source(settings: Settings) -> str:
     """What ``reconcile-audit check`` says of the source database: reachable, the extract query
     binds (every table and column it reads exists, with exact money), and how many invoices the

@@ -421,3 +421,16 @@ def conform(frame: pl.DataFrame, schema: pl.Schema, stage: str) -> pl.DataFrame:
         raise ValueError(f"{stage}: frame is missing documented columns {missing}")
     extra = [name for name in frame.columns if name not in schema]
     return frame.select(*[pl.col(name).cast(dtype, strict=True) for name, dtype in schema.items()], *extra)
+
+
+def stored_once(series: pl.Series) -> pl.Series:
+    """``series`` (strings) with each distinct value stored once and every row a view of it. For
+    columns of a few distinct long values, such as a token address on every row, which polars
+    otherwise stores once per row (at 1M rows, about 70 MB a column against 15 MB)."""
+    if series.is_empty():
+        return series
+    # Built from Python strings: the distinct values taken from ``series`` would be views into
+    # its buffers, and keep them alive.
+    uniques = pl.Series(series.name, series.unique(maintain_order=True).to_list(), dtype=series.dtype)
+    codes = pl.Series(range(uniques.len()), dtype=pl.UInt32)
+    return uniques.gather(series.replace_strict(uniques, codes, return_dtype=pl.UInt32))

@@ -176,6 +176,8 @@ class Settings:
     rpc_max_retries: int = 6
     rpc_timeout_seconds: float = 30.0
     rpc_use_simulate: bool = False
+    # Start the sweep before the extract, on the escrows a narrow query names (ledger.EarlySweep).
+    rpc_early_sweep: bool = True
     smtp_host: str | None = None
     smtp_port: int = 587
     smtp_user: str | None = None
@@ -395,6 +397,7 @@ ENVIRONMENT = {
     "rpc_max_retries": "RECONCILE_RPC_MAX_RETRIES",
     "rpc_timeout_seconds": "RECONCILE_RPC_TIMEOUT_SECONDS",
     "rpc_use_simulate": "RECONCILE_RPC_USE_SIMULATE",
+    "rpc_early_sweep": "RECONCILE_RPC_EARLY_SWEEP",
     "smtp_host": "SMTP_HOST",
     "smtp_port": "SMTP_PORT",
     "smtp_user": "SMTP_USER",
@@ -479,6 +482,7 @@ def load_settings(
         "stale_after_hours": float,
         "min_read_share": float,
         "rpc_use_simulate": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
+        "rpc_early_sweep": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "smtp_starttls": lambda v: v if isinstance(v, bool) else _env_bool(str(v)),
         "extract_sql_path": Path,
         "metrics_textfile_dir": Path,

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reconcile_audit.compute import db, extract
+from reconcile_audit.compute import db, extract, resolve
 from reconcile_audit.compute.schemas import INVOICES
 from reconcile_audit.compute.settings import load_settings
 from reconcile_audit.errors import ConfigError, ExtractError, ScopeError, SourceSchemaError
@@ -622,3 +622,34 @@ def test_the_databases_other_sides_are_read_when_the_source_has_them(source_url:
         conn.commit()
     rows = _by_id(_extract(source_url))
     assert rows["SIDES-1"]["db_total_released"] is None and rows["SIDES-1"]["db_total_funded"] == "1250.00"
+
+
+def test_escrow_candidates_cover_every_escrow_the_ledger_stage_reads(source_url: str, tmp_path: Path) -> None:
+    src = Source()
+    src.invoice("A", creates=((" CA ", "completed", T0),))  # trimmed as resolve trims it
+    src.invoice("B", creates=(("COLD", "completed", T0), ("CNEW", "completed", T0 + timedelta(days=1))))
+    src.invoice("C", creates=(("CPENDING", "pending", T0), ("CFAILED", "failed", T0)))
+    src.operation(src.invoice("D"), "fund", "CFUND", "completed", T0)
+    src.invoice("E-deleted", deleted=True, creates=(("CDELETED", "completed", T0),))  # stranded check
+    src.invoice("F-other", tenant="tenant-b", creates=(("COTHER", "completed", T0),))
+    src.load(source_url)
+
+    def candidates(**params: object) -> list[str] | None:
+        return extract.escrow_candidates(load_settings({"database_url": source_url, **params}, {}))
+
+    every = candidates()
+    assert every is not None and sorted(every) == ["CA", "CDELETED", "CNEW", "COLD", "COTHER"]
+    settings = load_settings({"database_url": source_url}, {})
+    read = resolve.contract_ids_to_read(
+        resolve.resolve_addresses(extract.extract_invoices(settings), None),
+        extract.extract_out_of_scope(settings),
+    )
+    assert set(read) <= set(every)  # COLD is read early for nothing: the ledger stage leaves it out
+    assert sorted(candidates(tenant_id="tenant-b") or []) == ["COTHER"]
+    shards = [candidates(shard=f"{index}/3") or [] for index in range(3)]
+    assert sorted(c for shard in shards for c in shard) == sorted(every) and all(
+        len(s) < len(every) for s in shards
+    )
+    custom = tmp_path / "mine.sql"
+    custom.write_text("SELECT 1")
+    assert candidates(extract_sql_path=str(custom)) is None  # its scope only it knows

@@ -11,7 +11,14 @@ from dataclasses import replace
 import polars as pl
 import pytest
 
-from reconcile_audit.compute.ledger import LedgerRead, NetworkFacts, batched, preflight, read_ledger
+from reconcile_audit.compute.ledger import (
+    EarlySweep,
+    LedgerRead,
+    NetworkFacts,
+    batched,
+    preflight,
+    read_ledger,
+)
 from reconcile_audit.compute.ledger.rpc import RetryPolicy, retry_after_seconds
 from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
 from reconcile_audit.compute.schemas import LEDGER
@@ -710,3 +717,55 @@ def test_after_the_breaker_opens_later_chunks_are_not_sent(monkeypatch: pytest.M
         sent = emu.stats.requests["getLedgerEntries"]
     assert (result.frame["read_status"] == "error").all() and result.breaker_opened
     assert sent < 400
+
+
+def by_contract(result: LedgerRead) -> pl.DataFrame:
+    return comparable(result).sort("contract_id")
+
+
+def test_an_early_sweep_stands_for_what_it_read_and_the_rest_is_read_after(clean: LedgerRead) -> None:
+    not_audited = escrow(900)  # read early (an older create, say), then not asked for
+    state = replace(STATE, escrows=(*ESCROWS, not_audited))
+    early_ids = [*ALL_IDS[:300], not_audited.contract_id]
+    with Emulator(state) as emu:
+        settings = settings_for(emu.url)
+        early = EarlySweep(lambda: early_ids, settings, policy=FAST)
+        result = read_ledger(ALL_IDS, settings, progress=False, policy=FAST, early=early)
+        sent = emu.stats.requests["getLedgerEntries"]
+    assert by_contract(result).equals(by_contract(clean))  # a row per id asked for, none else
+    alone = clean.stats
+    assert result.stats.entries > alone.entries  # both sweeps' counters, the tokens read twice
+    assert result.stats.batches == sent  # every request of both sweeps counted once
+    assert result.sweep_start_ledger is not None and result.ledger_min == LATEST
+
+
+def test_an_early_sweep_that_read_everything_leaves_nothing_to_read(clean: LedgerRead) -> None:
+    with Emulator(STATE) as emu:
+        settings = settings_for(emu.url)
+        early = EarlySweep(lambda: ALL_IDS, settings, policy=FAST)
+        result = read_ledger(ALL_IDS, settings, progress=False, policy=FAST, early=early)
+        assert emu.stats.requests["getLedgerEntries"] == clean.stats.batches  # nothing read twice
+    assert by_contract(result).equals(by_contract(clean))
+    assert early.result() is None  # handed over once: whoever keeps the sweep does not keep its frame
+
+
+@pytest.mark.parametrize("failure", ["candidates", "breaker", "unknown"])
+def test_an_early_sweep_that_cannot_help_gives_no_head_start(
+    clean: LedgerRead, failure: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def candidates() -> list[str] | None:
+        if failure == "candidates":
+            raise RuntimeError("the escrow_operations table is not there")
+        return None if failure == "unknown" else ALL_IDS
+
+    # The early sweep of "breaker" meets a dead RPC; the stage's own read a live one.
+    with Emulator(STATE, FaultPlan(rate=1.0, kinds=("http_503",))) as dead, Emulator(STATE) as emu:
+        early_url = dead.url if failure == "breaker" else emu.url
+        early = EarlySweep(
+            candidates, settings_for(early_url, rpc_max_retries=1, rpc_batch_size=50), policy=FAST
+        )
+        assert early.result() is None
+        result = read_ledger(ALL_IDS, settings_for(emu.url), progress=False, policy=FAST, early=early)
+    assert by_contract(result).equals(by_contract(clean))
+    if failure != "unknown":
+        assert "the ledger stage reads every escrow" in caplog.text

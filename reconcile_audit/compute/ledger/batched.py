@@ -29,7 +29,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
@@ -70,7 +70,7 @@ from reconcile_audit.compute.ledger.xdr import (
     instance_key_of_hash,
     new_tuple,
 )
-from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, conform
+from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, conform, stored_once
 from reconcile_audit.compute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -596,10 +596,7 @@ def _with_balances(
     bounds = list(itertools.accumulate(frame.get_column("contract_id").chunk_lengths(), initial=0))
     side = [
         pl.concat(
-            [
-                pl.Series(name, values[start:end], dtype=LEDGER[name])
-                for start, end in itertools.pairwise(bounds)
-            ]
+            [_column(name, values[start:end]) for start, end in itertools.pairwise(bounds)]
             or [pl.Series(name, [], dtype=LEDGER[name])],
             rechunk=False,
         )
@@ -720,9 +717,16 @@ _FRAME_CHUNK: Final = 50_000
 
 def _rows_frame(rows: list[Row]) -> pl.DataFrame:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in _COLUMNS]
-    return pl.DataFrame(
-        dict(zip(_COLUMNS, columns, strict=True)), schema={name: LEDGER[name] for name in _COLUMNS}
-    )
+    return pl.DataFrame([_column(name, values) for name, values in zip(_COLUMNS, columns, strict=True)])
+
+
+# Columns of a few distinct long values: the funding token, the balance note.
+_REPEATED: Final = frozenset({"funding_token", "balance_note"})
+
+
+def _column(name: str, values: Sequence[Any]) -> pl.Series:
+    series = pl.Series(name, values, dtype=LEDGER[name])
+    return stored_once(series) if name in _REPEATED else series
 
 
 def _row(
