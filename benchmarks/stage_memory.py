@@ -102,7 +102,7 @@ def main() -> None:
     phases = Phases()
     for name in ("_read_rest", "_read_tokens", "_read_balances", "_frame", "_with_balances"):
         phases.around(batched, name)
-    for name in ("_reasons", "_in_row_order"):
+    for name in ("_reasons", "_with_drift_ranks"):
         phases.around(classify, name)
     from_arrow = pl.from_arrow
 

@@ -434,3 +434,17 @@ def stored_once(series: pl.Series) -> pl.Series:
     uniques = pl.Series(series.name, series.unique(maintain_order=True).to_list(), dtype=series.dtype)
     codes = pl.Series(range(uniques.len()), dtype=pl.UInt32)
     return uniques.gather(series.replace_strict(uniques, codes, return_dtype=pl.UInt32))
+
+
+def chunked_like(series: pl.Series, frame: pl.DataFrame) -> pl.Series:
+    """``series`` (as long as ``frame``) cut into the chunks of ``frame``'s columns, without a
+    copy. A column chunked apart from the others makes polars copy the whole frame into one chunk
+    at its next operation: 0.35 GB for the findings of 1M invoices."""
+    lengths = frame.to_series(0).chunk_lengths() if frame.width else []
+    if len(lengths) <= 1 or series.chunk_lengths() == lengths:
+        return series
+    pieces, start = [], 0
+    for length in lengths:
+        pieces.append(series.slice(start, length))
+        start += length
+    return pl.concat(pieces, rechunk=False)

@@ -46,7 +46,7 @@ def test_stage_memory_prints_the_peak_of_every_phase(pg_server: str, tmp_path: P
         "classify: inputs and DuckDB query",
         "classify: from_arrow and after",
         "_reasons",
-        "_in_row_order",
+        "_with_drift_ranks",
     ):
         assert phases[phase] > 50, phases
     assert set(report["seconds"]) == {"extract and resolve", "ledger", "classify"}

@@ -1074,12 +1074,37 @@ def test_without_a_sweep_start_nothing_is_read_again() -> None:
 def test_property_classifying_in_parts_gives_what_one_query_gives(
     case: tuple[pl.DataFrame, pl.DataFrame, int], parts: int
 ) -> None:
-    """Parts share no contract, so each invoice meets its escrow; drift ranks span every part."""
+    """Each part holds its contracts' ledger rows, so each invoice meets its escrow; drift ranks
+    span every part; the parts come back in the input's order."""
     resolved, ledger, tolerance = case
     whole = classify(resolved, ledger, tolerance_base_units=tolerance)
     part_rows = max(1, resolved.height // parts)
     parted = classify(resolved, ledger, tolerance_base_units=tolerance, part_rows=part_rows)
     assert parted.equals(whole)
+
+
+def test_invoices_of_one_contract_in_two_parts_both_meet_its_escrow() -> None:
+    shared = CONTRACTS[0]
+    resolved = [
+        resolved_row("inv-a", contract_id=shared, db_total_funded=cents(10000)),
+        resolved_row("inv-b", contract_id=CONTRACTS[1], db_total_funded=cents(10000)),
+        resolved_row("inv-c", contract_id=shared, db_total_funded=cents(10000)),
+        resolved_row("inv-d", contract_id=None, db_total_funded=cents(10000)),
+    ]
+    ledger = [
+        ledger_row(shared, escrow_invoice_id="inv-a", funded_amount=str(10**9)),
+        ledger_row(CONTRACTS[1], escrow_invoice_id="inv-b", funded_amount=str(10**9)),
+    ]
+    whole = classify(*frames(resolved, ledger))
+    parted = classify(*frames(resolved, ledger), part_rows=1)
+    assert parted.equals(whole)
+    assert parted.get_column("invoice_id").to_list() == ["inv-a", "inv-b", "inv-c", "inv-d"]
+    assert parted.get_column("reason_code").to_list() == [
+        "equal",
+        "equal",
+        "invoice_id_mismatch",
+        "no_address",
+    ]
 
 
 def test_drift_ranks_span_every_part() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import stored_once
+from reconcile_audit.compute.schemas import chunked_like, stored_once
 
 TOKEN = "C" + "A" * 55
 
@@ -31,3 +31,13 @@ def test_stored_once_stores_each_distinct_value_once_and_lets_the_copies_go() ->
     # A view per row, three strings: none of the original buffers is kept alive.
     assert arrow_bytes(shared) < rows * 16 + 4096
     assert shared.equals(series)
+
+
+def test_chunked_like_cuts_a_column_into_the_frames_chunks_without_a_copy() -> None:
+    frame = pl.concat([pl.DataFrame({"a": [1, 2]}), pl.DataFrame({"a": [3]})], rechunk=False)
+    column = pl.Series("b", [10, 20, 30])
+    cut = chunked_like(column, frame)
+    assert cut.chunk_lengths() == [2, 1] and cut.to_list() == [10, 20, 30]
+    assert frame.with_columns(cut).n_chunks("all") == [2, 2]
+    one = pl.DataFrame({"a": [1, 2, 3]})
+    assert chunked_like(column, one) is column  # already aligned: the very series

@@ -70,7 +70,7 @@ from reconcile_audit.compute.ledger.xdr import (
     instance_key_of_hash,
     new_tuple,
 )
-from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, conform, stored_once
+from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, chunked_like, conform, stored_once
 from reconcile_audit.compute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -592,14 +592,8 @@ def _with_balances(
         notes.append(note)
         modified.append(last_modified)
         live.append(live_until)
-    # Chunked as the frame is: columns chunked apart make polars copy the whole frame into one.
-    bounds = list(itertools.accumulate(frame.get_column("contract_id").chunk_lengths(), initial=0))
     side = [
-        pl.concat(
-            [_column(name, values[start:end]) for start, end in itertools.pairwise(bounds)]
-            or [pl.Series(name, [], dtype=LEDGER[name])],
-            rechunk=False,
-        )
+        chunked_like(_column(name, values), frame)
         for name, values in zip(BALANCE_COLUMNS, (custodial, balances, notes, modified, live), strict=True)
     ]
     return conform(frame.with_columns(side), LEDGER, "ledger")
