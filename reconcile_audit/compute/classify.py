@@ -359,7 +359,7 @@ def classify(
     ttl_warning_ledgers: int = DEFAULT_TTL_WARNING_LEDGERS,
     currency_tokens: Mapping[str, str] | None = None,
     token_symbols: Mapping[str, str] | None = None,
-    part_rows: int = 250_000,
+    part_rows: int = 125_000,
 ) -> pl.DataFrame:
     """One ``FINDINGS`` row per row of ``resolved``, in the same order (module docstring).
 
@@ -389,18 +389,17 @@ def classify(
     # that DuckDB's query holds one part's rows at a time: at 1M invoices, all at once took 1.8 GB
     # over the stage's start. Each part comes back in its input order, so their concatenation is
     # the input's order, with no sort of every row and column afterwards.
-    for start in range(0, max(resolved_frame.height, 1), size):
-        resolved_part = resolved_frame.slice(start, size)
-        parts.append(
-            _classified_part(
-                resolved_part,
-                ledger_input if size >= resolved_frame.height else _ledger_of(ledger_input, resolved_part),
-                tokens,
-                params,
-                tolerance_base_units,
-                symbols,
+    with duckdb.connect() as conn:
+        conn.register("currency_tokens", tokens)
+        conn.execute(db.read_sql(CLASSIFY_MACROS_SQL))
+        for start in range(0, max(resolved_frame.height, 1), size):
+            resolved_part = resolved_frame.slice(start, size)
+            ledger_part = (
+                ledger_input if size >= resolved_frame.height else _ledger_of(ledger_input, resolved_part)
             )
-        )
+            parts.append(
+                _classified_part(conn, resolved_part, ledger_part, params, tolerance_base_units, symbols)
+            )
     del resolved_frame, ledger_input
     findings = _with_drift_ranks(pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]).drop("_row")
     logger.info(
@@ -420,32 +419,35 @@ def _ledger_of(ledger_frame: pl.DataFrame, resolved_part: pl.DataFrame) -> pl.Da
 
 
 def _classified_part(
+    conn: duckdb.DuckDBPyConnection,
     resolved_part: pl.DataFrame,
     ledger_part: pl.DataFrame,
-    tokens: Any,
     params: list[Any],
     tolerance_base_units: int,
     symbols: Mapping[str, str],
 ) -> pl.DataFrame:
-    """FINDINGS (with ``_row``, and ``abs_delta_base_units`` for the drift ranks) of one part."""
+    """FINDINGS (with ``_row``, and ``abs_delta_base_units`` for the drift ranks) of one part,
+    classified on ``conn`` (its macros and currency tokens in place)."""
     # Polars' own string views go to DuckDB as they are; the oldest Arrow level would copy every
     # string (about 0.8 GB at 1M invoices).
-    resolved_input = resolved_part.to_arrow(compat_level=pl.CompatLevel.newest())
-    ledger_input = ledger_part.to_arrow(compat_level=pl.CompatLevel.newest())
-    with duckdb.connect() as conn:
-        conn.register("resolved_input", resolved_input)
-        conn.register("ledger_input", ledger_input)
-        conn.register("currency_tokens", tokens)
-        conn.execute(db.read_sql(CLASSIFY_MACROS_SQL))
+    conn.register("resolved_input", resolved_part.to_arrow(compat_level=pl.CompatLevel.newest()))
+    conn.register("ledger_input", ledger_part.to_arrow(compat_level=pl.CompatLevel.newest()))
+    try:
         table = conn.sql(db.read_sql(CLASSIFY_SQL), params=params).to_arrow_table()
-    # The Arrow copies of both inputs are dropped as soon as they are used: at 1M invoices each
-    # is hundreds of MB of the stage's peak.
-    del resolved_input, ledger_input
-    computed = pl.from_arrow(table)
+    finally:
+        # The Arrow copies of both inputs go as soon as they are used: at 1M invoices each is
+        # hundreds of MB of the stage's peak.
+        conn.unregister("resolved_input")
+        conn.unregister("ledger_input")
+    if table.num_rows != resolved_part.height:  # one row per invoice: the joins never multiply
+        raise AssertionError(f"classify: {table.num_rows} rows out of {resolved_part.height} in")
+    # Strings DuckDB wrote are views into its export, which one long string keeps alive whole
+    # (every column of the batch): copied out through Arrow's plain strings, so the export goes
+    # with this part (at 1M invoices it otherwise held 0.3 to 0.6 GB to the end of the run). The
+    # columns taken from the resolved frame are not DuckDB's, and are not copied.
+    computed = pl.from_arrow(pl.from_arrow(table).to_arrow(compat_level=pl.CompatLevel.oldest()))
     del table
     assert isinstance(computed, pl.DataFrame)
-    if computed.height != resolved_part.height:  # one row per invoice: the joins never multiply
-        raise AssertionError(f"classify: {computed.height} rows out of {resolved_part.height} in")
     # In the part's own order (increasing _row), beside the columns the input already holds.
     raw = computed.sort("_row").hstack(resolved_part.select(_FROM_RESOLVED).get_columns())
     del computed
@@ -454,13 +456,7 @@ def _classified_part(
     part = conform(raw.with_columns(reasons, explanation), FINDINGS, "classify").select(
         "_row", *FINDINGS.names(), "abs_delta_base_units"
     )
-    del raw
-    # Strings DuckDB wrote are views into its export, which one long string keeps alive whole
-    # (every column of the batch): copied out through Arrow's plain strings, so the export goes
-    # with this part (at 1M invoices it otherwise held 0.3 to 0.6 GB to the end of the run).
-    owned = pl.from_arrow(part.to_arrow(compat_level=pl.CompatLevel.oldest()))
-    assert isinstance(owned, pl.DataFrame)
-    return owned.with_columns(stored_once(owned.get_column(name)) for name in _FEW_DISTINCT)
+    return part.with_columns(stored_once(part.get_column(name)) for name in _FEW_DISTINCT)
 
 
 # Long strings of a few distinct values, each stored once (schemas.stored_once).

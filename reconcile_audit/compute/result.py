@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import FINDINGS, AuditStatus, ClassCounts, conform, count_classes
+from reconcile_audit.compute.schemas import (
+    FINDINGS,
+    AuditStatus,
+    ClassCounts,
+    chunked_like,
+    conform,
+    count_classes,
+)
 from reconcile_audit.compute.stranded import Stranded
 
 if TYPE_CHECKING:  # explain reads the RPC (stellar-sdk): the CLI has no need to load it
@@ -165,7 +172,12 @@ def _with_explanations(findings: pl.DataFrame, explained: Explained) -> pl.DataF
         return findings
     # One row per invoice id on the right, so that an id twice in one run cannot multiply rows.
     by_invoice = explained.explanations.unique("invoice_id", keep="first").select("invoice_id", "explanation")
-    joined = findings.drop("explanation").join(by_invoice, on="invoice_id", how="left", maintain_order="left")
-    return joined.with_columns(
-        pl.when(pl.col("class") == "mismatch").then(pl.col("explanation")).alias("explanation")
-    ).select(findings.columns)
+    # Joined on the two columns it needs and set beside the others: a join of every column copied
+    # every finding (0.5 GB at 1M invoices).
+    explanation = (
+        findings.select("invoice_id", "class")
+        .join(by_invoice, on="invoice_id", how="left", maintain_order="left")
+        .select(pl.when(pl.col("class") == "mismatch").then(pl.col("explanation")).alias("explanation"))
+        .to_series()
+    )
+    return findings.with_columns(chunked_like(explanation, findings))
