@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 
 import polars as pl
@@ -136,7 +137,7 @@ def read_ledger(
     """
     policy = policy or RetryPolicy()
     ids = distinct_ids(contract_ids)
-    first = early.result() if early is not None and not settings.rpc_use_simulate else None
+    first = early.result() if early is not None else None
     if first is None:
         read = read_ledger_simulated if settings.rpc_use_simulate else read_ledger_batched
         result = read(ids, settings, progress=progress, policy=policy)
@@ -157,18 +158,10 @@ def _after_early(
     frame = first.frame
     if frame.height != len(ids) - len(rest):  # it read escrows the run does not audit
         frame = frame.filter(pl.col("contract_id").is_in(wanted.implode()))
+    first = replace(first, frame=frame)
     if not rest:
-        return _replace_frame(first, frame)
-    second = read_ledger_batched(rest, settings, progress=progress, policy=policy)
-    return _combined(_replace_frame(first, frame), second)
-
-
-def _replace_frame(read: LedgerRead, frame: pl.DataFrame) -> LedgerRead:
-    if frame is read.frame:
-        return read
-    return LedgerRead(
-        frame, read.ledger_min, read.ledger_max, read.stats, read.token_symbols, read.sweep_start_ledger
-    )
+        return first
+    return _combined(first, read_ledger_batched(rest, settings, progress=progress, policy=policy))
 
 
 def _combined(first: LedgerRead, second: LedgerRead) -> LedgerRead:
