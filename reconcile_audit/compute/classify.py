@@ -523,7 +523,10 @@ def audit(
     sweep ran looks like drift that is not. A finding on an escrow (or its Balance entry) modified
     after ``sweep_start_ledger`` is read again once, instance and balance together, and every
     invoice classified again: one that now matches is a match flagged ``settled_during_run``, one
-    that does not keeps its (new) class flagged ``changed_during_run``.
+    that does not keeps its (new) class flagged ``changed_during_run``. So is a finding read at an
+    earlier ledger than the database last synced (``db_ledger_sequence``): the sweep starts
+    before the extract, so the database can be the newer side; it is flagged only when its entry
+    did change.
 
     ``out_of_scope`` (read in the same sweep) gives the stranded escrows, apart from the classes.
     """
@@ -534,14 +537,24 @@ def audit(
         "token_symbols": ledger_read.token_symbols,
     }
     findings = classify(resolved, ledger_read.frame, **options)
-    changed = _changed_during_sweep(findings, ledger_read)
+    moved, behind = _changed_during_sweep(findings, ledger_read)
+    changed = moved + behind
     ledger_max = ledger_read.ledger_max
     if changed:
         again = reread(changed, settings)
-        logger.info("classify: %d findings changed during the sweep, read again", len(changed))
-        # The re-read replaces the sweep's reading of those contracts; the rest stand.
+        logger.info(
+            "classify: %d findings read again (%d changed during the sweep, %d read before the "
+            "database's last sync)",
+            len(changed),
+            len(moved),
+            len(behind),
+        )
+        # The re-read replaces the sweep's reading of those contracts; the rest stand. Those read
+        # before the database's sync are flagged only when the entry did change.
         frame = pl.concat([ledger_read.frame.filter(~pl.col("contract_id").is_in(changed)), again.frame])
-        findings = _in_flight(classify(resolved, frame, **options), changed)
+        findings = _in_flight(
+            classify(resolved, frame, **options), moved + _moved(ledger_read.frame, again.frame, behind)
+        )
         ledger_max = max((v for v in (ledger_max, again.ledger_max) if v is not None), default=None)
     result = AuditResult.of(
         findings,
@@ -559,18 +572,44 @@ def audit(
     return result
 
 
-def _changed_during_sweep(findings: pl.DataFrame, ledger_read: LedgerRead) -> list[str]:
-    """Contracts of findings whose instance or Balance entry was modified after the sweep began."""
+def _changed_during_sweep(findings: pl.DataFrame, ledger_read: LedgerRead) -> tuple[list[str], list[str]]:
+    """Contracts of findings whose reading may be out of date: those whose instance or Balance
+    entry was modified after the sweep began, and those (the others) read at an earlier ledger than
+    the database last synced. The sweep reads most escrows before the extract (ledger.EarlySweep),
+    so the database can be the newer side: an escrow funded and synced in between would otherwise
+    be a drift that is not."""
+    open_rows = findings.filter((pl.col("class") != "match") & pl.col("contract_id").is_not_null())
+    moved: list[str] = []
     start = ledger_read.sweep_start_ledger
-    if start is None:
-        return []
-    moved = ledger_read.frame.filter(
-        (pl.col("last_modified_ledger") > start) | (pl.col("balance_last_modified_ledger") > start)
-    ).get_column("contract_id")
-    if moved.is_empty():
-        return []
-    flagged = findings.filter((pl.col("class") != "match") & pl.col("contract_id").is_in(moved.implode()))
-    return flagged.get_column("contract_id").unique(maintain_order=True).to_list()
+    if start is not None:
+        modified = ledger_read.frame.filter(
+            (pl.col("last_modified_ledger") > start) | (pl.col("balance_last_modified_ledger") > start)
+        ).get_column("contract_id")
+        moved = (
+            open_rows.filter(pl.col("contract_id").is_in(modified.implode()))
+            .get_column("contract_id")
+            .unique(maintain_order=True)
+            .to_list()
+        )
+    behind = open_rows.filter(
+        (pl.col("db_ledger_sequence") > pl.col("latest_ledger")).fill_null(False)
+        & ~pl.col("contract_id").is_in(moved)
+    )
+    return moved, behind.get_column("contract_id").unique(maintain_order=True).to_list()
+
+
+def _moved(before: pl.DataFrame, after: pl.DataFrame, contracts: list[str]) -> list[str]:
+    """Those of ``contracts`` whose entries ``after`` (the re-read) holds at another modification
+    ledger than ``before`` (the sweep): read again, and changed."""
+    columns = ("contract_id", "last_modified_ledger", "balance_last_modified_ledger")
+    old = before.filter(pl.col("contract_id").is_in(contracts)).select(columns).unique("contract_id")
+    new = after.select(columns).unique("contract_id")
+    pairs = old.join(new, on="contract_id", how="full", suffix="_again", coalesce=True)
+    differs = pl.col("last_modified_ledger").ne_missing(pl.col("last_modified_ledger_again")) | pl.col(
+        "balance_last_modified_ledger"
+    ).ne_missing(pl.col("balance_last_modified_ledger_again"))
+    changed = set(pairs.filter(differs).get_column("contract_id").to_list())
+    return [contract for contract in contracts if contract in changed]
 
 
 def _in_flight(findings: pl.DataFrame, changed: list[str]) -> pl.DataFrame:

@@ -1051,6 +1051,52 @@ def test_findings_that_changed_during_the_sweep_are_read_again_once() -> None:
     assert result.counts.total == 4 and result.counts.match == 2
 
 
+def test_findings_read_before_the_databases_last_sync_are_read_again() -> None:
+    """The sweep starts before the extract: an escrow funded and synced in between was read at an
+    earlier ledger than the database's, and its old reading is no drift."""
+    from tests import factories
+
+    read_at = 1_000_000
+    resolved = [
+        resolved_row("FUNDED-SINCE", contract_id=CONTRACTS[0], db_ledger_sequence=read_at + 20),
+        resolved_row("REALLY-OFF", contract_id=CONTRACTS[1], db_ledger_sequence=read_at + 20),
+        resolved_row("DB-OLDER", contract_id=CONTRACTS[2], db_ledger_sequence=read_at - 20),
+    ]
+    sweep = [
+        ledger_row(c, escrow_invoice_id=i, funded_amount="1", last_modified_ledger=read_at - 100)
+        for c, i in zip(CONTRACTS[:3], ("FUNDED-SINCE", "REALLY-OFF", "DB-OLDER"), strict=True)
+    ]
+    asked: list[list[str]] = []
+
+    def reread(ids: list[str], _settings: Any) -> Any:
+        asked.append(ids)
+        again = {  # FUNDED-SINCE was funded at read_at + 10; REALLY-OFF did not move
+            CONTRACTS[0]: ledger_row(
+                CONTRACTS[0], escrow_invoice_id="FUNDED-SINCE", last_modified_ledger=read_at + 10
+            ),
+            CONTRACTS[1]: ledger_row(
+                CONTRACTS[1],
+                escrow_invoice_id="REALLY-OFF",
+                funded_amount="1",
+                last_modified_ledger=read_at - 100,
+            ),
+        }
+        return _read([again[i] for i in ids], start=None, ledger=read_at + 40)
+
+    result = classify_module.audit(
+        pl.DataFrame(resolved, schema=RESOLVED),
+        _read(sweep, start=read_at + 50, ledger=read_at),  # the sweep's start: after every modification
+        factories.settings(),
+        reread=reread,
+    )
+    assert asked == [[CONTRACTS[0], CONTRACTS[1]]]  # not DB-OLDER: the database is the older side
+    rows = {row["invoice_id"]: row for row in result.findings.iter_rows(named=True)}
+    assert (rows["FUNDED-SINCE"]["class"], rows["FUNDED-SINCE"]["flags"]) == ("match", ["settled_during_run"])
+    assert (rows["REALLY-OFF"]["class"], rows["REALLY-OFF"]["flags"]) == ("mismatch", [])  # unchanged
+    assert rows["DB-OLDER"]["class"] == "mismatch"
+    assert result.reread == 2
+
+
 def test_without_a_sweep_start_nothing_is_read_again() -> None:
     from tests import factories
 
