@@ -84,8 +84,8 @@ from reconcile_audit.compute.schemas import (
     FINDINGS,
     LEDGER,
     RESOLVED,
-    chunked_like,
     conform,
+    filled_at,
     stored_once,
 )
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
@@ -494,12 +494,8 @@ def _with_drift_ranks(frame: pl.DataFrame) -> pl.DataFrame:
     with duckdb.connect() as conn:
         conn.register("drifted", drifted.to_arrow())
         ranks = conn.sql(db.read_sql(DRIFT_RANKS_SQL)).pl()
-    rank = (
-        pl.repeat(None, frame.height, dtype=pl.Int64, eager=True)
-        .alias("drift_rank")
-        .scatter(ranks.get_column("_pos"), ranks.get_column("drift_rank").cast(pl.Int64))
-    )
-    return frame.with_columns(chunked_like(rank, frame))
+    rank = filled_at(frame, ranks.get_column("_pos"), ranks.get_column("drift_rank").cast(pl.Int64))
+    return frame.with_columns(rank)
 
 
 Reread = Callable[[list[str], Settings], LedgerRead]
@@ -553,7 +549,8 @@ def audit(
         # before the database's sync are flagged only when the entry did change.
         frame = pl.concat([ledger_read.frame.filter(~pl.col("contract_id").is_in(changed)), again.frame])
         findings = _in_flight(
-            classify(resolved, frame, **options), moved + _moved(ledger_read.frame, again.frame, behind)
+            classify(resolved, frame, **options),
+            moved + _entries_changed(ledger_read.frame, again.frame, behind),
         )
         ledger_max = max((v for v in (ledger_max, again.ledger_max) if v is not None), default=None)
     result = AuditResult.of(
@@ -598,7 +595,7 @@ def _changed_during_sweep(findings: pl.DataFrame, ledger_read: LedgerRead) -> tu
     return moved, behind.get_column("contract_id").unique(maintain_order=True).to_list()
 
 
-def _moved(before: pl.DataFrame, after: pl.DataFrame, contracts: list[str]) -> list[str]:
+def _entries_changed(before: pl.DataFrame, after: pl.DataFrame, contracts: list[str]) -> list[str]:
     """Those of ``contracts`` whose entries ``after`` (the re-read) holds at another modification
     ledger than ``before`` (the sweep): read again, and changed."""
     columns = ("contract_id", "last_modified_ledger", "balance_last_modified_ledger")

@@ -51,8 +51,8 @@ from reconcile_audit.compute.schemas import (
     TREND,
     ClassCounts,
     FindingClass,
-    chunked_like,
     conform,
+    filled_at,
 )
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.compute.sharding import in_shard
@@ -228,12 +228,7 @@ def _with_lifecycle(findings: pl.DataFrame, marked_open: pl.DataFrame) -> pl.Dat
     open rows: joined whole, each join copied every finding (0.5 GB at 1M invoices)."""
     rows = marked_open.get_column("_position")
     return findings.with_columns(
-        chunked_like(
-            pl.repeat(None, findings.height, dtype=dtype, eager=True)
-            .alias(name)
-            .scatter(rows, marked_open.get_column(name).cast(dtype)),
-            findings,
-        )
+        filled_at(findings, rows, marked_open.get_column(name).cast(dtype))
         for name, dtype in LIFECYCLE.items()
     )
 

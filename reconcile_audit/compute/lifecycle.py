@@ -30,7 +30,7 @@ from typing import Final
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import STRANDED_CLASS, FindingClass
+from reconcile_audit.compute.schemas import STRANDED_CLASS, FindingClass, filled_at
 
 
 class FindingState(StrEnum):
@@ -127,13 +127,11 @@ def with_identity(findings: pl.DataFrame) -> pl.DataFrame:
         frame = frame.with_columns(pl.lit(STRANDED_CLASS).alias("class"))
     open_rows = frame.with_row_index("_row").filter(pl.col("class").ne_missing(FindingClass.MATCH))
     identity = open_rows.select("_row", finding_id().alias("finding_id"), evidence().alias("evidence"))
-    columns = [
-        pl.repeat(None, findings.height, dtype=pl.String, eager=True)
-        .alias(name)
-        .scatter(identity.get_column("_row"), identity.get_column(name))
+    rows = identity.get_column("_row")
+    return findings.with_columns(
+        filled_at(findings, rows, identity.get_column(name).cast(pl.String))
         for name in ("finding_id", "evidence")
-    ]
-    return findings.with_columns(columns)
+    )
 
 
 def age_bucket(age_days: pl.Expr) -> pl.Expr:

@@ -436,6 +436,14 @@ def stored_once(series: pl.Series) -> pl.Series:
     return uniques.gather(series.replace_strict(uniques, codes, return_dtype=pl.UInt32))
 
 
+def filled_at(frame: pl.DataFrame, rows: pl.Series, values: pl.Series) -> pl.Series:
+    """A column as long as ``frame``, named and typed as ``values``: ``values`` at the positions
+    ``rows``, null everywhere else, in ``frame``'s chunks (:func:`chunked_like`). For a column
+    computed on a few rows of a large frame (the findings' ids, their drift ranks, their life)."""
+    column = pl.repeat(None, frame.height, dtype=values.dtype, eager=True).alias(values.name)
+    return chunked_like(column.scatter(rows, values), frame)
+
+
 def chunked_like(series: pl.Series, frame: pl.DataFrame) -> pl.Series:
     """``series`` (as long as ``frame``) cut into the chunks of ``frame``'s columns, without a
     copy. A column chunked apart from the others makes polars copy the whole frame into one chunk

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import chunked_like, stored_once
+from reconcile_audit.compute.schemas import chunked_like, filled_at, stored_once
 
 TOKEN = "C" + "A" * 55
 
@@ -41,3 +41,12 @@ def test_chunked_like_cuts_a_column_into_the_frames_chunks_without_a_copy() -> N
     assert frame.with_columns(cut).n_chunks("all") == [2, 2]
     one = pl.DataFrame({"a": [1, 2, 3]})
     assert chunked_like(column, one) is column  # already aligned: the very series
+
+
+def test_filled_at_puts_values_at_their_rows_in_the_frames_chunks() -> None:
+    frame = pl.concat([pl.DataFrame({"a": [1, 2]}), pl.DataFrame({"a": [3, 4]})], rechunk=False)
+    column = filled_at(frame, pl.Series([3, 0], dtype=pl.UInt32), pl.Series("rank", [7, 9]))
+    assert column.name == "rank" and column.dtype == pl.Int64
+    assert column.to_list() == [9, None, None, 7] and column.chunk_lengths() == [2, 2]
+    empty = filled_at(frame, pl.Series([], dtype=pl.UInt32), pl.Series("id", [], dtype=pl.String))
+    assert empty.dtype == pl.String and empty.null_count() == 4
