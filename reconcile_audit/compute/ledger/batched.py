@@ -29,7 +29,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
@@ -38,6 +38,7 @@ import polars as pl
 from stellar_sdk.soroban_rpc import GetLatestLedgerResponse, GetLedgerEntriesResponse
 from tqdm.auto import tqdm
 
+from reconcile_audit.compute.ledger.columns import ESCROW_COLUMNS, decode_escrow_columns, learn_layout
 from reconcile_audit.compute.ledger.rpc import (
     MAX_KEYS,
     RetryPolicy,
@@ -65,6 +66,7 @@ from reconcile_audit.compute.ledger.xdr import (
     decode_balance_bytes,
     decode_base64,
     decode_base64_batch,
+    decode_base64_series,
     decode_escrow_bytes,
     decode_token_bytes,
     instance_key_of_hash,
@@ -79,6 +81,11 @@ MAX_REREADS: Final = 2
 # Escrows read, decoded and turned into frame columns at a time (issue 14): at 1M escrows, all of
 # them at once were 1.4 GB of Python objects before the frame was built.
 SWEEP_CHUNK: Final = 200_000
+# Escrow instance entries set aside to be decoded as columns, at most, before they are (each is
+# held as its ~920-character base64 text until then).
+COLUMNAR_AT: Final = 25_000
+# Characters of a base64 contract-instance key (48 bytes): what the columnar path decodes.
+_INSTANCE_KEY_CHARS: Final = 64
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -109,7 +116,26 @@ class _Balance(NamedTuple):
     balance: TokenBalance
 
 
-_Outcome = _Found | _Missing | _Failed
+@dataclass(frozen=True, slots=True)
+class _Columnar:
+    """An escrow instance entry decoded into the sweep's columns (``_Sweep.columnar``), not into
+    Python objects; one value serves every such entry of an answer."""
+
+    latest_ledger: int
+
+
+@dataclass
+class _SetAside:
+    """Escrow instance entries of the answers read so far, to be decoded together as columns."""
+
+    keys: list[str] = field(default_factory=list)
+    xdrs: list[str] = field(default_factory=list)
+    last_modified: list[int] = field(default_factory=list)
+    live_until: list[int | None] = field(default_factory=list)
+    latest: list[int] = field(default_factory=list)
+
+
+_Outcome = _Found | _Missing | _Failed | _Columnar
 Decoder = Callable[[bytes], EscrowInstance | TokenInstance | _Balance]  # of an entry's XDR bytes
 
 
@@ -137,6 +163,11 @@ class _Sweep:
     # Requests for part of a batch (a split, a bisection, a re-read of undecodable entries): a
     # pair of keys read by such requests may come from two ledgers.
     partial_fetches: int = 0
+    set_aside: _SetAside = field(default_factory=_SetAside)
+    blocks: list[pl.DataFrame] = field(default_factory=list)  # ESCROW_COLUMNS with key and ledgers
+    # Outcomes written over a _Columnar one (a key read again, or failed after): until one is,
+    # every row of ``blocks`` is its key's outcome, and ``columnar`` need not check them.
+    overwritten: int = 0
 
     @property
     def counters(self) -> TransportCounters:
@@ -150,15 +181,25 @@ class _Sweep:
         self.batches += len(batches)
         self.progress.total += len(batches)
         self.progress.refresh()
+        columnar = decode is not decode_token_bytes
 
         async def one(batch: list[str]) -> None:
-            await self.fetch(batch, decode)
+            await self.fetch(batch, decode, columnar=columnar)
             self.progress.update(1)
+            if len(self.set_aside.keys) >= COLUMNAR_AT:
+                await self._decode_set_aside(decode)
 
         await asyncio.gather(*(one(batch) for batch in batches))
+        await self._decode_set_aside(decode)
 
     async def fetch(
-        self, keys: list[str], decode: Decoder, *, retries: int | None = None, reread: int = 0
+        self,
+        keys: list[str],
+        decode: Decoder,
+        *,
+        retries: int | None = None,
+        reread: int = 0,
+        columnar: bool = False,
     ) -> None:
         try:
             answer = await self.client.call(
@@ -172,7 +213,7 @@ class _Sweep:
             await self._after_fault(keys, decode, fault)
             return
         self.ledgers.append(answer.latest_ledger)
-        await self._take(keys, decode, answer, reread)
+        await self._take(keys, decode, answer, reread, columnar)
 
     async def _after_fault(self, keys: list[str], decode: Decoder, fault: RpcFault) -> None:
         half = len(keys) // 2
@@ -196,22 +237,27 @@ class _Sweep:
             self._fail(keys, f"not read: getLedgerEntries refused the request (not retried): {fault}")
 
     def _fail(self, keys: list[str], cause: str) -> None:
+        self._overwriting(keys)
         for key in keys:
             self.outcomes[key] = _Failed(cause)
 
+    def _overwriting(self, keys: Iterable[str]) -> None:
+        outcomes = self.outcomes
+        self.overwritten += sum(type(outcomes.get(key)) is _Columnar for key in keys)
+
     async def _take(
-        self, keys: list[str], decode: Decoder, answer: GetLedgerEntriesResponse, reread: int
+        self, keys: list[str], decode: Decoder, answer: GetLedgerEntriesResponse, reread: int, columnar: bool
     ) -> None:
+        """Record what ``answer`` says of ``keys``. With ``columnar``, escrow instance entries are
+        set aside for :meth:`_decode_set_aside`; every other entry is decoded now."""
         latest = answer.latest_ledger
         asked = set(keys)
         got: dict[str, _Outcome] = {}
         raw: dict[str, str] = {}
-        hashes = self.hashes
-        failed = False
-        entries = answer.entries or []
-        # Base64 of the whole answer at once; None where it must be decoded alone.
-        blobs = decode_base64_batch([entry.xdr for entry in entries])
-        for entry, blob in zip(entries, blobs, strict=True):
+        set_aside = self.set_aside if columnar else None
+        marker = _Columnar(latest)
+        now: list[Any] = []  # (key, entry) decoded one by one
+        for entry in answer.entries or []:
             key = entry.key
             if key not in asked:
                 key = _canonical_key(key)
@@ -222,37 +268,149 @@ class _Sweep:
             if key in raw:
                 if raw[key] != xdr:
                     got[key] = _Failed("the RPC returned two different entries for this key", latest)
-                    failed = True
                 continue
             raw[key] = xdr
-            # The common case inline, once per escrow; failures are worded by _undecodable.
-            try:
-                value = decode(decode_base64(xdr) if blob is None else blob)
-            except Exception as exc:
-                got[key] = _undecodable(exc, latest)
-                failed = True
-                continue
-            if value.contract_hash != hashes[key]:
-                owner = contract_id_of(value.contract_hash)
-                got[key] = _Failed(f"the entry answered for this key belongs to {owner}", latest)
-                failed = True
-                continue
-            got[key] = new_tuple(_Found, (value, latest, entry.last_modified_ledger, entry.live_until_ledger))
+            if set_aside is not None and len(key) == _INSTANCE_KEY_CHARS:
+                set_aside.keys.append(key)
+                set_aside.xdrs.append(xdr)
+                set_aside.last_modified.append(entry.last_modified_ledger)
+                set_aside.live_until.append(entry.live_until_ledger)
+                set_aside.latest.append(latest)
+                got[key] = marker
+            else:
+                now.append((key, entry))
+        # Base64 of the whole answer at once; None where it must be decoded alone.
+        blobs = decode_base64_batch([entry.xdr for _, entry in now])
+        for (key, entry), blob in zip(now, blobs, strict=True):
+            if key not in got:  # else the RPC answered it twice, differently
+                got[key] = self._decoded(
+                    key, entry.xdr, blob, decode, latest, entry.last_modified_ledger, entry.live_until_ledger
+                )
         self.entries += len(raw)
         outcomes = self.outcomes
+        self._overwriting(keys)
         outcomes.update(got)
         if len(got) != len(asked):
             missing = _Missing(latest)  # immutable: one value serves every key the answer left out
             for key in keys:
                 if key not in got:
                     outcomes[key] = missing
-        if failed:
-            bad = [key for key in keys if type(got.get(key)) is _Failed]
-            self.counters.fault("undecodable_entry", len(bad))
-            if reread < MAX_REREADS:
-                # A corrupt entry may be a transport fault: read those keys again before blaming them.
-                self.partial_fetches += 1
-                await self.fetch(bad, decode, reread=reread + 1)
+        await self._read_again([key for key in keys if type(got.get(key)) is _Failed], decode, reread)
+
+    async def _read_again(self, bad: list[str], decode: Decoder, reread: int) -> None:
+        if not bad:
+            return
+        self.counters.fault("undecodable_entry", len(bad))
+        if reread < MAX_REREADS:
+            # A corrupt entry may be a transport fault: read those keys again before blaming them.
+            self.partial_fetches += 1
+            await self.fetch(bad, decode, reread=reread + 1)
+
+    def _decoded(
+        self,
+        key: str,
+        xdr: str,
+        blob: bytes | None,
+        decode: Decoder,
+        latest: int,
+        last_modified: int,
+        live_until: int | None,
+    ) -> _Outcome:
+        try:
+            value = decode(decode_base64(xdr) if blob is None else blob)
+        except Exception as exc:
+            return _undecodable(exc, latest)
+        if value.contract_hash != self.hashes[key]:
+            owner = contract_id_of(value.contract_hash)
+            return _Failed(f"the entry answered for this key belongs to {owner}", latest)
+        return new_tuple(_Found, (value, latest, last_modified, live_until))  # type: ignore[no-any-return]
+
+    async def _decode_set_aside(self, decode: Decoder) -> None:
+        """Decode the escrow instance entries set aside as columns (``blocks``); whatever no
+        learnt layout takes (another shape, a malformed entry, another owner) is decoded one by
+        one, as :meth:`_take` would have, and read again if it does not decode."""
+        set_aside, self.set_aside = self.set_aside, _SetAside()
+        if not set_aside.keys:
+            return
+        blobs = decode_base64_series(set_aside.xdrs)
+        owners = pl.Series([self.hashes[key] for key in set_aside.keys], dtype=pl.Binary)
+        taken = [decode_escrow_columns(blobs, owners)]
+        left = _rows_left(len(set_aside.keys), taken[0])
+        tries = 0
+        while not left.is_empty() and tries < _LEARNING_TRIES:
+            # A shape no layout knows yet (say, another invoice-id length): learn it from one of its
+            # entries and take the rest of them as columns too.
+            blob = blobs[left[tries % left.len()]]
+            tries += 1
+            if blob is None or not learn_layout(blob):
+                continue
+            more = decode_escrow_columns(blobs.gather(left), owners.gather(left))
+            more = more.with_columns(left.gather(more.get_column("row")).alias("row"))
+            taken.append(more)
+            left = left.filter(~left.is_in(more.get_column("row").implode()))
+        block = pl.concat(taken)
+        rows = block.get_column("row")
+        self.blocks.append(
+            block.with_columns(
+                pl.Series("key", set_aside.keys, dtype=pl.String).gather(rows),
+                pl.Series("latest_ledger", set_aside.latest, dtype=pl.Int64).gather(rows),
+                pl.Series("last_modified_ledger", set_aside.last_modified, dtype=pl.Int64).gather(rows),
+                pl.Series("live_until_ledger", set_aside.live_until, dtype=pl.Int64).gather(rows),
+            ).drop("row")
+        )
+        outcomes = self.outcomes
+        bad = []
+        self.overwritten += left.len()  # their keys may have a row in an earlier block
+        for row in left.to_list():
+            key = set_aside.keys[row]
+            if type(outcomes.get(key)) is not _Columnar:  # the RPC answered it twice, differently
+                continue
+            outcome = self._decoded(
+                key,
+                set_aside.xdrs[row],
+                blobs[row],
+                decode,
+                set_aside.latest[row],
+                set_aside.last_modified[row],
+                set_aside.live_until[row],
+            )
+            outcomes[key] = outcome
+            if type(outcome) is _Failed:
+                bad.append(key)
+        await self._read_again(bad, decode, 0)
+
+    def columnar(self, order: pl.DataFrame) -> pl.DataFrame:
+        """The escrow columns of the keys of ``order`` (contract_id, key) whose outcome is
+        ``_Columnar``, in ``order``'s order, with their contract ids: the last read of each."""
+        if not self.blocks:
+            return order.clear().join(_EMPTY_BLOCK, on="key")
+        if len(self.blocks) > 1:
+            self.blocks = [pl.concat(self.blocks)]
+        block = self.blocks[0]
+        if self.overwritten:
+            outcomes = self.outcomes
+            keys = block.get_column("key").to_list()
+            current = pl.Series([type(outcomes.get(key)) is _Columnar for key in keys], dtype=pl.Boolean)
+            block = block.filter(current).unique("key", keep="last", maintain_order=True)
+        return order.join(block, on="key", how="inner", maintain_order="left")
+
+
+_LEDGERS: Final = ("latest_ledger", "last_modified_ledger", "live_until_ledger")
+_LEARNING_TRIES: Final = 16  # entries of unknown shape tried as a layout's example, per decode
+_EMPTY_BLOCK: Final = (
+    ESCROW_COLUMNS.to_frame()
+    .drop("row")
+    .with_columns(
+        pl.lit(None, dtype=pl.String).alias("key"),
+        *(pl.lit(None, dtype=pl.Int64).alias(name) for name in _LEDGERS),
+    )
+)
+
+
+def _rows_left(n: int, taken: pl.DataFrame) -> pl.Series:
+    """Positions 0..n-1 that ``taken`` (decode_escrow_columns' answer) has no row for."""
+    rows = pl.Series("row", range(n), dtype=pl.UInt32)
+    return rows.filter(~rows.is_in(taken.get_column("row").implode()))
 
 
 def _undecodable(exc: Exception, latest: int) -> _Failed:
@@ -377,16 +535,19 @@ async def _read_chunk(
     )
     token_keys = carried.token_keys
     escrow_keys = list(keys.values())
+    order = pl.DataFrame({"contract_id": list(keys), "key": escrow_keys}, schema=_ORDER)
     # A probe batch first: the token its custodial escrows are funded in is, in practice, the
     # token of most escrows, so the rest are read with that token's balance key beside their
     # instance key, one request for both, instead of a second pass for every pair.
     await sweep.read(escrow_keys[:batch_size], decode_escrow_bytes)
     probe = dict(itertools.islice(keys.items(), batch_size))
-    await _read_tokens(sweep, probe, token_keys, settings)
-    likely = _likely_balance_token(probe, sweep.outcomes, token_keys, settings)
+    read = sweep.columnar(order.head(batch_size))
+    await _read_tokens(sweep, probe, read, token_keys, settings)
+    likely = _likely_balance_token(probe, read, sweep.outcomes, token_keys, settings)
     guessed = await _read_rest(sweep, escrow_keys[batch_size:], likely)
-    await _read_tokens(sweep, keys, token_keys, settings)
-    custody = _custody(keys, sweep.outcomes, token_keys, settings)
+    read = sweep.columnar(order)
+    await _read_tokens(sweep, keys, read, token_keys, settings)
+    custody = _custody(keys, read, sweep.outcomes, token_keys, settings)
     pairs = await _read_balances(sweep, custody, keys, guessed)
     for key in token_keys.values():
         if key in sweep.outcomes:
@@ -399,14 +560,17 @@ async def _read_chunk(
     decimals = {
         token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
     }
-    return _with_balances(
-        _frame(ids, keys, invalid, sweep.outcomes, decimals), ids, custody, pairs, sweep.outcomes
-    )
+    frame = _frame(ids, keys, invalid, sweep.outcomes, decimals, sweep.columnar(order))
+    return _with_balances(frame, ids, custody, pairs, sweep.outcomes)
+
+
+_ORDER: Final = pl.Schema({"contract_id": pl.String, "key": pl.String})
 
 
 async def _read_tokens(
     sweep: _Sweep,
     keys: Mapping[str, str],
+    columnar: pl.DataFrame,
     token_keys: dict[str, str],
     settings: Settings,
 ) -> None:
@@ -415,7 +579,7 @@ async def _read_tokens(
     tokens = [
         token
         for token in dict.fromkeys(
-            [*_funding_tokens(keys, sweep.outcomes), *(settings.currency_tokens or {}).values()]
+            [*_funding_tokens(keys, columnar, sweep.outcomes), *(settings.currency_tokens or {}).values()]
         )
         if token not in token_keys
     ]
@@ -429,6 +593,7 @@ async def _read_tokens(
 
 def _likely_balance_token(
     keys: Mapping[str, str],
+    columnar: pl.DataFrame,
     outcomes: Mapping[str, _Outcome],
     token_keys: Mapping[str, str],
     settings: Settings,
@@ -436,7 +601,7 @@ def _likely_balance_token(
     """The contract hash of the Stellar Asset Contract most custodial escrows of ``keys`` are
     funded in, or None when none of them has a balance to read."""
     seen: dict[bytes, int] = {}
-    for found in _custody(keys, outcomes, token_keys, settings).values():
+    for found in _custody(keys, columnar, outcomes, token_keys, settings).values():
         if found.token_hash is not None:
             seen[found.token_hash] = seen.get(found.token_hash, 0) + 1
     return max(seen, key=seen.__getitem__) if seen else None
@@ -490,11 +655,13 @@ _RECORD_ONLY: Final = _Custody(False, None, _NOT_CUSTODIAL)  # immutable: one se
 
 def _custody(
     keys: Mapping[str, str],
+    columnar: pl.DataFrame,
     outcomes: Mapping[str, _Outcome],
     token_keys: Mapping[str, str],
     settings: Settings,
 ) -> dict[str, _Custody]:
     """Per escrow read with its Escrow and FundingToken: custodial or not, and its balance key.
+    ``columnar``: the escrows of ``keys`` decoded as columns (``_Sweep.columnar``).
 
     Custody is the instance's Wasm hash in ``RECONCILE_CUSTODIAL_WASM_HASHES`` when that is set,
     else the ``ProtocolFeeBps`` key the custodial code always stores (``Version`` did not change).
@@ -509,20 +676,36 @@ def _custody(
         if value.escrow is None or value.funding_token is None:
             continue
         custodial = value.wasm_hash in hashes if hashes is not None else value.protocol_fee
-        if not custodial:
-            custody[contract_id] = _RECORD_ONLY
-            continue
-        token = outcomes.get(token_keys[value.funding_token])
-        if type(token) is not _Found or type(token.value) is not TokenInstance:
-            custody[contract_id] = _Custody(True, None, "balance not read: the funding token was not read")
-        elif not token.value.stellar_asset:
-            custody[contract_id] = _Custody(True, None, _NOT_SAC)
-        else:
-            owner = token.value.contract_hash
-            custody[contract_id] = _Custody(
-                True, balance_key_of_hashes(owner, value.contract_hash), None, owner
-            )
+        custody[contract_id] = (
+            _custody_in(value.funding_token, value.contract_hash, outcomes, token_keys)
+            if custodial
+            else _RECORD_ONLY
+        )
+    if columnar.is_empty():
+        return custody
+    flags = (
+        columnar.get_column("wasm_hash").is_in(list(hashes)).fill_null(False)
+        if hashes is not None
+        else columnar.get_column("protocol_fee")
+    )
+    custody.update(dict.fromkeys(columnar.get_column("contract_id").filter(~flags).to_list(), _RECORD_ONLY))
+    held = columnar.filter(flags).select("contract_id", "funding_token", "contract_hash")
+    for contract_id, token, raw_hash in held.iter_rows():
+        custody[contract_id] = _custody_in(token, raw_hash, outcomes, token_keys)
     return custody
+
+
+def _custody_in(
+    token: str, contract_hash: bytes, outcomes: Mapping[str, _Outcome], token_keys: Mapping[str, str]
+) -> _Custody:
+    """A custodial escrow's custody: the balance key to read, or why there is none."""
+    found = outcomes.get(token_keys[token])
+    if type(found) is not _Found or type(found.value) is not TokenInstance:
+        return _Custody(True, None, "balance not read: the funding token was not read")
+    if not found.value.stellar_asset:
+        return _Custody(True, None, _NOT_SAC)
+    owner = found.value.contract_hash
+    return _Custody(True, balance_key_of_hashes(owner, contract_hash), None, owner)
 
 
 async def _read_balances(
@@ -605,8 +788,10 @@ def _token_symbol(outcome: _Outcome | None) -> str | None:
     return None
 
 
-def _funding_tokens(keys: Mapping[str, str], outcomes: Mapping[str, _Outcome]) -> list[str]:
-    tokens: dict[str, None] = {}
+def _funding_tokens(
+    keys: Mapping[str, str], columnar: pl.DataFrame, outcomes: Mapping[str, _Outcome]
+) -> list[str]:
+    tokens = dict.fromkeys(columnar.get_column("funding_token").unique(maintain_order=True).to_list())
     for key in keys.values():
         outcome = outcomes.get(key)
         if type(outcome) is _Found:
@@ -654,7 +839,10 @@ def _frame(
     invalid: Mapping[str, str],
     outcomes: Mapping[str, _Outcome],
     decimals: Mapping[str, _Decimals],
+    columnar: pl.DataFrame,
 ) -> pl.DataFrame:
+    """The LEDGER columns but the balance ones, a row per contract of ``ids`` in order: the escrows
+    decoded as columns (``columnar``, in the order of ``ids``) from those columns, the rest row by row."""
     chunks: list[pl.DataFrame] = []
     rows: list[Row] = []
     append = rows.append
@@ -670,6 +858,8 @@ def _frame(
             rows.clear()
         key = keys.get(contract_id)
         outcome = outcomes.get(key) if key is not None else None
+        if type(outcome) is _Columnar:
+            continue
         if type(outcome) is _Found:
             value, latest, last_modified, live_until = outcome
             if type(value) is EscrowInstance:
@@ -703,7 +893,41 @@ def _frame(
         append(_row(contract_id, keys, invalid, outcomes, decimals))
     chunks.append(_rows_frame(rows))
     # The balance columns are added by _with_balances.
-    return pl.concat(chunks, rechunk=False)
+    by_rows = pl.concat(chunks, rechunk=False)
+    if columnar.is_empty():
+        return by_rows
+    if by_rows.height + columnar.height != len(ids):
+        raise RuntimeError("ledger: the escrows decoded as columns are not those the sweep recorded so")
+    by_columns = _columnar_rows(columnar, decimals)
+    if by_rows.is_empty():
+        return by_columns
+    # Both kinds, interleaved as in ids: a join on the distinct contract ids puts them in order.
+    both = pl.concat([by_rows, by_columns], rechunk=False)
+    return pl.DataFrame({"contract_id": ids}).join(both, on="contract_id", how="left", maintain_order="left")
+
+
+def _columnar_rows(columnar: pl.DataFrame, decimals: Mapping[str, _Decimals]) -> pl.DataFrame:
+    """The rows _frame builds inline, for escrows decoded as columns: read whole, with a token."""
+    tokens = columnar.get_column("funding_token").unique(maintain_order=True).to_list()
+    facts = pl.DataFrame(
+        [
+            (token, "error" if found.unread else "ok", found.problem, found.value, found.source)
+            for token in tokens
+            for found in (decimals[token],)
+        ],
+        schema={name: LEDGER[name] for name in _TOKEN_FACTS},
+        orient="row",
+    )
+    return columnar.join(facts, on="funding_token", how="left", maintain_order="left").select(_COLUMNS)
+
+
+_TOKEN_FACTS: Final = (
+    "funding_token",
+    "read_status",
+    "read_error",
+    "token_decimals",
+    "token_decimals_source",
+)
 
 
 _FRAME_CHUNK: Final = 50_000

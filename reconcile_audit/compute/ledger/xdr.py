@@ -11,7 +11,7 @@ malformed, it returns ``None`` and the SDK path decides, so a fast-path gap can 
 never change a result. tests/compute/test_ledger_xdr.py checks all paths agree with stellar-sdk over every
 storage shape, generated values and corrupted entries.
 
-The base64 of a whole answer is decoded in one vectorised polars call (:func:`decode_base64_batch`),
+The base64 of a whole answer is decoded in one vectorised polars call (:func:`decode_base64_series`),
 kept only where it re-encodes to the very text, else decoded by binascii: tested against it.
 """
 
@@ -478,76 +478,111 @@ class _Template:
 _templates: list[_Template] = []
 
 
-def _value_pattern(buf: bytes, pos: int) -> tuple[bytes, int]:
-    """Pattern of a value the reader does not need: fixed-size bodies are wildcards, the rest literal."""
+class Part(NamedTuple):
+    """A run of bytes in a learnt escrow layout: ``literal`` when every entry of the layout has
+    these very bytes there; else a value of ``size`` bytes, ``name`` being the field it holds
+    (one of _TEMPLATE_GROUPS) or None for a value the reader skips. The ``invoice_id`` part
+    covers the symbol's length word, its bytes and their padding."""
+
+    size: int
+    literal: bytes | None = None
+    name: str | None = None
+
+    @classmethod
+    def fixed(cls, buf: bytes, start: int, end: int) -> Part:
+        return cls(end - start, buf[start:end])
+
+
+def _value_parts(buf: bytes, pos: int) -> tuple[list[Part], int]:
+    """Parts of a value the reader does not need: fixed-size bodies are values, the rest literal."""
     end = _skip(buf, pos, _MAX_DEPTH)
     (tag,) = _u32(buf, pos)
     size = _FIXED_SIZE.get(tag)
     if size and tag != 0:  # a bool stays literal: only 0 and 1 are valid
-        return re.escape(buf[pos : pos + 4]) + b".{%d}" % size, end
+        return [Part.fixed(buf, pos, pos + 4), Part(size)], end
     if tag == _ADDR:
-        head = end - pos - 32
-        return re.escape(buf[pos : pos + head]) + b".{32}", end
-    return re.escape(buf[pos:end]), end
+        return [Part.fixed(buf, pos, end - 32), Part(32)], end
+    return [Part.fixed(buf, pos, end)], end
 
 
-def _escrow_pattern(buf: bytes, pos: int) -> tuple[bytes, int]:
-    parts = [re.escape(buf[pos : pos + 12])]  # SCV_MAP, present, field count
+def _escrow_parts(buf: bytes, pos: int) -> tuple[list[Part], int]:
+    parts = [Part.fixed(buf, pos, pos + 12)]  # SCV_MAP, present, field count
     (count,) = _u32(buf, pos + 8)
     pos += 12
     for _ in range(count):
         end = _skip(buf, pos, 2)
         name = _ESCROW_FIELD_KEYS.get(buf[pos:end])
-        parts.append(re.escape(buf[pos:end]))
+        parts.append(Part.fixed(buf, pos, end))
         if name is None:
-            pattern, pos = _value_pattern(buf, end)
-            parts.append(pattern)
+            values, pos = _value_parts(buf, end)
+            parts += values
             continue
         pos = _skip(buf, end, 2)
-        tag = re.escape(buf[end : end + 4])
-        if name == "invoice_id":
-            parts.append(
-                tag
-                + rb"(?P<id_len>\x00\x00\x00[\x01-\x20])(?P<invoice_id>[A-Za-z0-9_]{1,32})(?P<id_pad>\x00{0,3})"
-            )
-        elif name == "status":
-            parts.append(tag + rb"(?P<status>.{4})")
-        else:
-            parts.append(tag + b"(?P<%s>.{16})" % name.encode())
-    return b"".join(parts), pos
+        parts.append(Part.fixed(buf, end, end + 4))  # the field's tag
+        parts.append(Part(pos - end - 4, name=name))
+    return parts, pos
 
 
-def _learn_escrow_template(buf: bytes) -> _Template | None:
-    """The template of an entry the walker has just decoded; None if its layout does not suit one."""
+def escrow_layout(buf: bytes) -> tuple[list[Part], bool] | None:
+    """The layout of an escrow entry the walker has decoded (its parts, and whether it holds
+    ProtocolFeeBps); None if it does not suit one."""
     try:
         _, pos, count = _instance_storage(buf)
         if count == 0:
             return None
-        head = [re.escape(buf[:12]), b"(?P<hash>.{32})", re.escape(buf[44:60])]
+        parts = [Part.fixed(buf, 0, 12), Part(32, name="hash"), Part.fixed(buf, 44, 60)]
         if _u32(buf, 56)[0] == 0:
-            head.append(b"(?P<wasm>.{32})")  # the Wasm hash: any version of the code
-        head.append(re.escape(buf[pos - 8 : pos]))  # storage present, entry count
-        parts, found = head, set()
+            parts.append(Part(32, name="wasm"))  # the Wasm hash: any version of the code
+        parts.append(Part.fixed(buf, pos - 8, pos))  # storage present, entry count
+        found = set()
         for _ in range(count):
             end = _skip(buf, pos, _MAX_DEPTH)
             key = buf[pos:end]
-            parts.append(re.escape(key))
+            parts.append(Part.fixed(buf, pos, end))
             if key == _ESCROW_KEY:
-                pattern, pos = _escrow_pattern(buf, end)
+                values, pos = _escrow_parts(buf, end)
             elif key == _TOKEN_KEY:
-                pattern, pos = re.escape(buf[end : end + 8]) + b"(?P<token>.{32})", end + 40
+                values, pos = [Part.fixed(buf, end, end + 8), Part(32, name="token")], end + 40
             elif key == _PRINCIPAL_KEY:
-                pattern, pos = re.escape(buf[end : end + 4]) + b"(?P<principal>.{16})", end + 20
+                values, pos = [Part.fixed(buf, end, end + 4), Part(16, name="principal")], end + 20
             else:
-                pattern, pos = _value_pattern(buf, end)
+                values, pos = _value_parts(buf, end)
             found.add(key)
-            parts.append(pattern)
-        compiled = re.compile(b"".join(parts), re.DOTALL)
-    except (_Unrecognised, struct.error, re.error):
+            parts += values
+    except (_Unrecognised, struct.error):
         return None
-    if _ESCROW_KEY in found and "invoice_id" not in compiled.groupindex:
+    if _ESCROW_KEY in found and not any(part.name == "invoice_id" for part in parts):
         return None
-    return _Template.of(compiled, _FEE_KEY in found)
+    return parts, _FEE_KEY in found
+
+
+# A symbol of 1 to 32 of the characters Soroban allows, with its length word and zero padding.
+_INVOICE_ID_PATTERN: Final = (
+    rb"(?P<id_len>\x00\x00\x00[\x01-\x20])(?P<invoice_id>[A-Za-z0-9_]{1,32})(?P<id_pad>\x00{0,3})"
+)
+
+
+def _pattern_of(part: Part) -> bytes:
+    if part.literal is not None:
+        return re.escape(part.literal)
+    if part.name == "invoice_id":
+        return _INVOICE_ID_PATTERN
+    if part.name is None:
+        return b".{%d}" % part.size
+    return b"(?P<%s>.{%d})" % (part.name.encode(), part.size)
+
+
+def _learn_escrow_template(buf: bytes) -> _Template | None:
+    """The template of an entry the walker has just decoded; None if its layout does not suit one."""
+    layout = escrow_layout(buf)
+    if layout is None:
+        return None
+    parts, protocol_fee = layout
+    try:
+        compiled = re.compile(b"".join(_pattern_of(part) for part in parts), re.DOTALL)
+    except re.error:
+        return None
+    return _Template.of(compiled, protocol_fee)
 
 
 def _decode_by_template(buf: bytes) -> EscrowInstance | None:
@@ -838,23 +873,27 @@ def decode_base64(text: str) -> bytes:
 
 def decode_base64_batch(texts: list[str]) -> list[bytes | None]:
     """``decode_base64`` of many texts in one vectorised polars call, None where the caller must
-    call ``decode_base64`` itself (which then decodes it or words the error).
+    call ``decode_base64`` itself (which then decodes it or words the error)."""
+    if not texts:
+        return []
+    return decode_base64_series(texts).to_list()
+
+
+def decode_base64_series(texts: list[str]) -> pl.Series:
+    """The bytes of each of ``texts`` as a binary Series, null where the caller must call
+    ``decode_base64`` itself.
 
     binascii decodes about 1.3 bytes per ns, and an escrow entry is some 920 characters: that was
     the largest single cost of a sweep. Polars' decoder is another implementation with its own
     leniencies, so its result is kept only where encoding it again gives back the very text:
     then the text is the canonical base64 of those bytes, which ``a2b_base64(strict_mode=True)``
     decodes to the same bytes. Anything else (non-canonical padding bits, whitespace, bad
-    characters, text polars cannot take) is None and goes the binascii way.
+    characters, text polars cannot take) is null and goes the binascii way.
     """
-    if not texts:
-        return []
     try:
         # Series operations, not a select: the lazy engine's planning costs more than the decode.
         text = pl.Series(texts, dtype=pl.String)
         raw = text.str.decode("base64", strict=False)
-        canonical = (raw.bin.encode("base64") == text).to_list()  # None where raw is None
-        decoded: list[bytes | None] = raw.to_list()
+        return raw.zip_with(raw.bin.encode("base64") == text, pl.Series([None], dtype=pl.Binary))
     except Exception:  # e.g. a lone surrogate polars cannot hold: every text goes the binascii way
-        return [None] * len(texts)
-    return [blob if same else None for blob, same in zip(decoded, canonical, strict=True)]
+        return pl.Series([None] * len(texts), dtype=pl.Binary)
