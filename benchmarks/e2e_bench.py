@@ -193,23 +193,36 @@ class EmulatorProcess:
     def rss_mb(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
 
 
-def tree_rss(process: psutil.Process) -> tuple[int, int]:
+def tree_rss(process: psutil.Process, cpu_by_pid: dict[int, float]) -> tuple[int, int]:
     """Resident bytes of ``process`` and all its descendants (gone ones count 0), and of
-    ``process`` alone."""
+    ``process`` alone; records each one's CPU seconds so far in ``cpu_by_pid``."""
     total = own = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            rss = member.memory_info().rss
+            with member.oneshot():
+                rss = member.memory_info().rss
+                times = member.cpu_times()
         except psutil.Error:
             continue
         total += rss
         own = rss if member is process else own
+        cpu_by_pid[member.pid] = times.user + times.system
     return total, own
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle, not waiting on I/O)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def run_once(
@@ -239,6 +252,8 @@ def run_once(
         str(out_dir / "runs"),
     ]
     load = os.getloadavg()[0]
+    busy = machine_busy_seconds()
+    cpu_by_pid: dict[int, float] = {}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     watched = psutil.Process(process.pid)
@@ -248,15 +263,20 @@ def run_once(
     reader = threading.Thread(target=lambda: output.append(process.stdout.read() if process.stdout else b""))
     reader.start()
     while process.poll() is None:
-        rss, cli_rss = tree_rss(watched)
+        rss, cli_rss = tree_rss(watched, cpu_by_pid)
         peak, cli_peak = max(peak, rss), max(cli_peak, cli_rss)
         samples.append((time.time(), rss))
         time.sleep(SAMPLE_SECONDS)
     wall = time.perf_counter() - started
+    busy = machine_busy_seconds() - busy
     reader.join()
     return {
         "exit_code": process.returncode,
         "wall_seconds": round(wall, 2),
+        # What the CLI and the kernel used (each as last sampled, within 0.1 s of its end), and
+        # the share of the machine's cores busy meanwhile (PostgreSQL and the emulator included).
+        "tree_cpu_seconds": round(sum(cpu_by_pid.values()), 1),
+        "machine_busy_share": round(busy / ((os.cpu_count() or 1) * wall), 2),
         "peak_tree_rss_mb": round(peak / 2**20, 1),
         "peak_cli_rss_mb": round(cli_peak / 2**20, 1),
         "load_average_1m": round(load, 2),
@@ -341,6 +361,12 @@ def sharded_run(
         "exit_code": parts[-1]["exit_code"],
         "wall_seconds": round(sum(part["wall_seconds"] for part in parts), 2),
         "peak_tree_rss_mb": max(part["peak_tree_rss_mb"] for part in parts),
+        "tree_cpu_seconds": round(sum(part["tree_cpu_seconds"] for part in parts), 1),
+        "machine_busy_share": round(
+            sum(part["machine_busy_share"] * part["wall_seconds"] for part in parts)
+            / sum(part["wall_seconds"] for part in parts),
+            2,
+        ),
         "load_average_1m": parts[0]["load_average_1m"],
         "output_tail": parts[-1]["output_tail"],
         "parts": [
@@ -375,6 +401,7 @@ def main() -> None:
     try:
         for _ in range(args.repeats):
             scratch = Path(tempfile.mkdtemp(prefix="reconcile-e2e-"))
+            emulator_cpu = emulator.cpu_seconds()
             try:
                 if args.shards:
                     run = sharded_run(source_url, emulator.url, scratch, args.rpc_concurrency, args.shards)
@@ -390,6 +417,7 @@ def main() -> None:
                 run["stage_seconds"] = stage_seconds(run_dir / "metrics.prom")
                 run["checks"] = check(run_dir, args.invoices, planted, merged=bool(args.shards))
                 run["emulator_rss_mb"] = round(emulator.rss_mb(), 1)
+                run["emulator_cpu_seconds"] = round(emulator.cpu_seconds() - emulator_cpu, 1)
                 if run["checks"]["ok"]:
                     del run["output_tail"]
                 runs.append(run)
@@ -406,6 +434,8 @@ def main() -> None:
         "repeats": args.repeats,
         "wall_seconds": statistics.median(run["wall_seconds"] for run in runs),
         "peak_tree_rss_mb": statistics.median(run["peak_tree_rss_mb"] for run in runs),
+        "tree_cpu_seconds": statistics.median(run["tree_cpu_seconds"] for run in runs),
+        "machine_busy_share": statistics.median(run["machine_busy_share"] for run in runs),
         "stage_seconds": {
             name: statistics.median(run["stage_seconds"].get(name, 0.0) for run in runs) for name in stages
         },

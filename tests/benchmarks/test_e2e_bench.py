@@ -26,6 +26,9 @@ def test_e2e_bench_prints_one_json_object_with_every_check_passing(pg_server: st
     assert run["checks"]["planted"] == run["checks"]["planted_found_exact"] == 2
     assert {"extract", "resolve", "ledger", "classify"} <= set(report["stage_seconds"])
     assert report["peak_tree_rss_mb"] > 100 and report["wall_seconds"] > 0
+    # The kernel's CPU is counted: importing polars and running the notebook alone take seconds.
+    assert report["tree_cpu_seconds"] > 1 and 0 < report["machine_busy_share"] <= 1
+    assert run["emulator_cpu_seconds"] > 0
     assert report["data_build_seconds"] is not None  # a new data folder: built, not cached
 
 

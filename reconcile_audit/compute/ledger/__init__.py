@@ -110,6 +110,7 @@ class EarlySweep:
                 "the RPC went down during the early ledger sweep: the ledger stage reads every escrow"
             )
             return
+        log.info("early ledger sweep: %s", read.summary_line())
         self._read = read
 
     def result(self) -> LedgerRead | None:

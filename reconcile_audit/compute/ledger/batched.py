@@ -29,7 +29,7 @@ import gc
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
@@ -158,7 +158,6 @@ class _Sweep:
     entries: int = 0
     batches: int = 0
     bisect_budget: int = 0
-    hashes: dict[str, bytes] = field(default_factory=dict)  # key -> the contract hash inside it
     progress: Any = None  # a tqdm bar counting batches
     # Requests for part of a batch (a split, a bisection, a re-read of undecodable entries): a
     # pair of keys read by such requests may come from two ledgers.
@@ -241,9 +240,10 @@ class _Sweep:
         for key in keys:
             self.outcomes[key] = _Failed(cause)
 
-    def _overwriting(self, keys: Iterable[str]) -> None:
+    def _overwriting(self, keys: list[str]) -> None:
         outcomes = self.outcomes
-        self.overwritten += sum(type(outcomes.get(key)) is _Columnar for key in keys)
+        if not outcomes.keys().isdisjoint(keys):  # else none of them was read before
+            self.overwritten += sum(type(outcomes.get(key)) is _Columnar for key in keys)
 
     async def _take(
         self, keys: list[str], decode: Decoder, answer: GetLedgerEntriesResponse, reread: int, columnar: bool
@@ -320,7 +320,7 @@ class _Sweep:
             value = decode(decode_base64(xdr) if blob is None else blob)
         except Exception as exc:
             return _undecodable(exc, latest)
-        if value.contract_hash != self.hashes[key]:
+        if value.contract_hash != _owner(key):
             owner = contract_id_of(value.contract_hash)
             return _Failed(f"the entry answered for this key belongs to {owner}", latest)
         return new_tuple(_Found, (value, latest, last_modified, live_until))  # type: ignore[no-any-return]
@@ -333,7 +333,8 @@ class _Sweep:
         if not set_aside.keys:
             return
         blobs = decode_base64_series(set_aside.xdrs)
-        owners = pl.Series([self.hashes[key] for key in set_aside.keys], dtype=pl.Binary)
+        keys = pl.Series("key", set_aside.keys, dtype=pl.String)
+        owners = keys.str.decode("base64").bin.slice(_OWNER_AT, 32)  # as _owner reads them
         taken = [decode_escrow_columns(blobs, owners)]
         left = _rows_left(len(set_aside.keys), taken[0])
         tries = 0
@@ -352,7 +353,7 @@ class _Sweep:
         rows = block.get_column("row")
         self.blocks.append(
             block.with_columns(
-                pl.Series("key", set_aside.keys, dtype=pl.String).gather(rows),
+                keys.gather(rows),
                 pl.Series("latest_ledger", set_aside.latest, dtype=pl.Int64).gather(rows),
                 pl.Series("last_modified_ledger", set_aside.last_modified, dtype=pl.Int64).gather(rows),
                 pl.Series("live_until_ledger", set_aside.live_until, dtype=pl.Int64).gather(rows),
@@ -413,6 +414,16 @@ def _rows_left(n: int, taken: pl.DataFrame) -> pl.Series:
     return rows.filter(~rows.is_in(taken.get_column("row").implode()))
 
 
+# Every key the sweep builds (a contract's instance, a token's balance of a holder) names the
+# contract that owns its entry in bytes 8 to 40: after LedgerEntryType and the SCAddress type.
+_OWNER_AT: Final = 8
+
+
+def _owner(key: str) -> bytes:
+    """The contract hash the entry of ``key`` must belong to (the sweep checks every answer's)."""
+    return binascii.a2b_base64(key)[_OWNER_AT : _OWNER_AT + 32]
+
+
 def _undecodable(exc: Exception, latest: int) -> _Failed:
     if isinstance(exc, EntryDecodeError):
         return _Failed(f"undecodable entry: {exc}", latest)
@@ -460,7 +471,6 @@ class _Carried:
 
     token_keys: dict[str, str] = field(default_factory=dict)  # token contract id -> instance key
     token_outcomes: dict[str, _Outcome] = field(default_factory=dict)
-    token_hashes: dict[str, bytes] = field(default_factory=dict)
     bisect_budget: int = 0
     ledgers: list[int] = field(default_factory=list)
     batches: int = 0
@@ -513,16 +523,12 @@ async def _read_chunk(
 ) -> pl.DataFrame:
     """The LEDGER frame of one chunk of ``ids``, its escrows, tokens and balances read."""
     keys: dict[str, str] = {}
-    hashes: dict[str, bytes] = dict(carried.token_hashes)  # key -> the contract hash inside it
     invalid: dict[str, str] = {}
     for contract_id in ids:
         try:
-            raw = contract_hash(contract_id)
+            keys[contract_id] = instance_key_of_hash(contract_hash(contract_id))
         except ValueError as exc:
             invalid[contract_id] = f"invalid contract address: {exc}"
-            continue
-        keys[contract_id] = key = instance_key_of_hash(raw)
-        hashes[key] = raw
     batch_size = max(1, min(settings.rpc_batch_size, MAX_KEYS))
     sweep = _Sweep(
         client,
@@ -530,7 +536,6 @@ async def _read_chunk(
         batch_size,
         outcomes=dict(carried.token_outcomes),
         bisect_budget=carried.bisect_budget,
-        hashes=hashes,
         progress=bar,
     )
     token_keys = carried.token_keys
@@ -552,7 +557,6 @@ async def _read_chunk(
     for key in token_keys.values():
         if key in sweep.outcomes:
             carried.token_outcomes[key] = sweep.outcomes[key]
-            carried.token_hashes[key] = sweep.hashes[key]
     carried.bisect_budget = sweep.bisect_budget
     carried.ledgers += sweep.ledgers
     carried.batches += sweep.batches
@@ -586,7 +590,6 @@ async def _read_tokens(
     if not tokens:
         return
     new = {token: instance_key_of_hash(contract_hash(token)) for token in tokens}
-    sweep.hashes.update((key, contract_hash(token)) for token, key in new.items())
     token_keys.update(new)
     await sweep.read(list(new.values()), decode_token_bytes)
 
@@ -613,12 +616,10 @@ async def _read_rest(sweep: _Sweep, escrow_keys: list[str], likely: bytes | None
     if likely is None:
         await sweep.read(escrow_keys, decode_escrow_bytes)
         return {}
-    hashes = sweep.hashes
     guessed: dict[str, str] = {}
     flat: list[str] = []
     for key in escrow_keys:
-        guessed[key] = balance = balance_key_of_hashes(likely, hashes[key])
-        hashes[balance] = likely
+        guessed[key] = balance = balance_key_of_hashes(likely, _owner(key))
         flat += (key, balance)
     await sweep.read(flat, _decode_pair_entry, pairs=True)
     return guessed
@@ -730,7 +731,6 @@ async def _read_balances(
         ):
             continue
         flat += (key, balance_key)
-        sweep.hashes[balance_key] = found.token_hash
     if flat:
         await sweep.read(flat, _decode_pair_entry, pairs=True)
     # A pair split by the server (a fault answered with a split) came from two ledgers: read it again alone.
