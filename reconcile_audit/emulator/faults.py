@@ -30,11 +30,17 @@ FAULT_KINDS: Final = (
     "non_json",
     "corrupt_xdr",
     "unrequested_entry",
+    "conflicting_entry",
     "http_429_text",
 )
 
 # Kinds that replace the whole response; the others alter or slow a normal one.
-REQUEST_FAULTS: Final = frozenset(FAULT_KINDS) - {"delay", "corrupt_xdr", "unrequested_entry"}
+REQUEST_FAULTS: Final = frozenset(FAULT_KINDS) - {
+    "delay",
+    "corrupt_xdr",
+    "unrequested_entry",
+    "conflicting_entry",
+}
 
 # JSON-RPC error codes and the messages the emulator sends with them.
 RPC_ERRORS: Final[Mapping[str, tuple[int, str]]] = MappingProxyType(

@@ -278,6 +278,12 @@ class Emulator:
             corrupt.add(rng.choice(found).key)
         if corrupt:
             fragments = [self._corrupt(e, rng) if e.key in corrupt else e.fragment for e in found]
+        conflicting = {k for k, p in poisoned if p == "conflicting_entry"}
+        if kind == "conflicting_entry" and found:
+            conflicting.add(rng.choice(found).key)
+        for entry in (e for e in found if e.key in conflicting):
+            self._count_fault("conflicting_entry")
+            fragments.insert(rng.randrange(len(fragments) + 1), self._conflicting(entry, rng))
         extras = sum(1 for _, p in poisoned if p == "unrequested_entry") + (kind == "unrequested_entry")
         for _ in range(extras):
             self._count_fault("unrequested_entry")
@@ -374,6 +380,13 @@ class Emulator:
         else:
             bad = "%%not-base64:" + entry.xdr[:16]
         return entry_fragment(entry.key, bad, entry.last_modified, entry.live_until)
+
+    def _conflicting(self, entry: Entry, rng: random.Random) -> str:
+        """``entry``'s key a second time in one answer, with another escrow's XDR: an answer that
+        contradicts itself, which a client must not settle by picking either copy."""
+        other = self._unrequested({entry.key}, rng)
+        xdr = other.split('"xdr":"', 1)[1].split('"', 1)[0]
+        return entry_fragment(entry.key, xdr, entry.last_modified, entry.live_until)
 
     def _unrequested(self, requested: set[str], rng: random.Random) -> str:
         for _ in range(8):

@@ -51,6 +51,7 @@ PERMANENT_ERRORS = (
     "drop_connection",
     "non_json",
     "corrupt_xdr",
+    "conflicting_entry",
     "http_429_text",
 )
 
@@ -798,3 +799,22 @@ def test_escrows_read_as_columns_are_the_escrows_read_one_by_one(
         one_by_one = read(emu, ids=ids)
     assert as_columns.frame.equals(one_by_one.frame)
     assert set(as_columns.frame.n_chunks("all")) == {as_columns.frame.n_chunks()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("poisoned_count", [1, 60])
+def test_an_answer_that_contradicts_itself_is_an_error_whichever_copy_comes_first(
+    seed: int, poisoned_count: int
+) -> None:
+    """The RPC names a key twice with two different entries: neither is taken, whether the copy
+    set aside to be decoded as columns (issue 14) is the escrow's own or the other one, and the
+    escrow becomes an error row once its re-reads contradict themselves too. Every other escrow
+    here is of one layout, so nothing else makes the sweep check its columns."""
+    bulk = LedgerState(latest_ledger=LATEST, escrows=BULK, tokens=(TOKEN,))
+    poisoned = {e.contract_id: "conflicting_entry" for e in BULK[7 : 7 + poisoned_count]}
+    with Emulator(bulk, FaultPlan(poisoned=poisoned, seed=seed)) as emu:
+        result = read(emu, ids=[e.contract_id for e in BULK])
+    errors = result.frame.filter(pl.col("read_status") == "error")
+    assert sorted(errors["contract_id"].to_list()) == sorted(poisoned)
+    assert set(errors["read_error"]) == {"the RPC returned two different entries for this key"}
+    assert result.stats.faults_by_kind["undecodable_entry"] >= len(poisoned)

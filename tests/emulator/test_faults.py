@@ -185,6 +185,19 @@ def test_unrequested_entry_when_every_key_was_asked_for() -> None:
         assert _outcome(emulator.url, keys) == "200:entries=4,bad=0,extra=1"
 
 
+def test_conflicting_entry_repeats_a_key_with_another_entry() -> None:
+    small = synthetic_state(3, seed=1)
+    keys = [instance_key(s.contract_id).to_xdr() for s in small.escrows]
+    with Emulator(small, FaultPlan(rate=1.0, kinds=("conflicting_entry",))) as emulator:
+        assert _outcome(emulator.url, keys) == "200:entries=4,bad=0,extra=0"
+        entries = _post(emulator.url, keys).json()["result"]["entries"]
+        assert emulator.stats.faults["conflicting_entry"] == 2
+    by_key: dict[str, set[str]] = {}
+    for entry in entries:
+        by_key.setdefault(entry["key"], set()).add(entry["xdr"])
+    assert sorted(len(xdrs) for xdrs in by_key.values()) == [1, 1, 2]
+
+
 def test_every_kind_is_covered_by_a_test_above() -> None:
     assert set(FAULT_KINDS) == {
         "http_429",
@@ -200,6 +213,7 @@ def test_every_kind_is_covered_by_a_test_above() -> None:
         "non_json",
         "corrupt_xdr",
         "unrequested_entry",
+        "conflicting_entry",
     }
 
 

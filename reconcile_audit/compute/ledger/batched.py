@@ -267,6 +267,8 @@ class _Sweep:
             xdr = entry.xdr
             if key in raw:
                 if raw[key] != xdr:
+                    if got.get(key) is marker:  # its entry is set aside: never take it from there
+                        self.overwritten += 1
                     got[key] = _Failed("the RPC returned two different entries for this key", latest)
                 continue
             raw[key] = xdr
