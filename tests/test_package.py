@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import reconcile_audit
 from reconcile_audit.compute import persist, settings
 from reconcile_audit.face import runner
@@ -38,6 +40,30 @@ def test_importing_one_stage_does_not_import_every_part() -> None:
     code = "import sys, reconcile_audit.compute.schemas; print(sorted(m for m in sys.modules if m.startswith('reconcile_audit.')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "['reconcile_audit.compute', 'reconcile_audit.compute.schemas']"
+
+
+def test_the_cli_does_not_load_the_rpc_client() -> None:
+    """Issue 14: the CLI waits on the kernel the whole run, and its memory counts in the run's
+    peak. It needs the ledger's types, not stellar-sdk and aiohttp (about 50 MB and 0.5 s of
+    imports), which the ledger package loads only when its stage's calls are first used."""
+    code = (
+        "import sys\n"
+        "import reconcile_audit.face.cli\n"
+        "print(sorted(m for m in ('stellar_sdk', 'aiohttp') if m in sys.modules))\n"
+        "from reconcile_audit.compute import ledger\n"
+        "from reconcile_audit.compute.ledger import stage\n"
+        "print(ledger.read_ledger is stage.read_ledger, ledger.EarlySweep is stage.EarlySweep)\n"
+        "print(sorted(m for m in ('stellar_sdk', 'aiohttp') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:3] == ["[]", "True True", "['aiohttp', 'stellar_sdk']"]
+
+
+def test_the_ledger_package_names_what_it_lacks() -> None:
+    from reconcile_audit.compute import ledger
+
+    with pytest.raises(AttributeError, match="has no attribute 'read_everything'"):
+        _ = ledger.read_everything
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:

@@ -1,12 +1,14 @@
 """Stage: read every escrow from Stellar RPC into the LEDGER frame (schemas.LEDGER).
 
 Who lives here:
-- ``__init__``: the stage's calls, :func:`preflight` and :func:`read_ledger`, which picks the path;
+- ``stage``: the stage's calls, :func:`preflight` and :func:`read_ledger`, which picks the path, and
+  :class:`EarlySweep`; the package exports them, but imports them only when first used;
 - ``types``: what the stage returns (:class:`LedgerRead`, :class:`LedgerStats`, :class:`NetworkFacts`);
 - ``batched``: the default path, ``getLedgerEntries`` batches of instance keys;
 - ``simulate``: the seed's per-invoice ``simulateTransaction`` path, a slow fallback and reference;
 - ``rpc``: the JSON-RPC transport (retries, backoff, breaker) both paths use;
-- ``xdr``: keys and entry decoding, with a hand-written fast path tested against stellar-sdk.
+- ``xdr``: keys and entry decoding, with a hand-written fast path tested against stellar-sdk;
+- ``columns``: most escrow entries decoded a read at a time, as columns;
 - ``activity``: the escrows' contract events (``getEvents``) and the database's transactions
   (``getTransaction``), for the explain stage (:mod:`reconcile_audit.compute.explain`).
 
@@ -16,188 +18,25 @@ model), and the path that needs it decides what its answer means.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
-from stellar_sdk.soroban_rpc import GetHealthResponse, GetNetworkResponse
+from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, NetworkFacts
 
-from reconcile_audit.compute.ledger.batched import read_ledger_batched
-from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcFault, client_for, rpc_name, run_sync
-from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
-from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, NetworkFacts, distinct_ids
-from reconcile_audit.compute.settings import Settings
-from reconcile_audit.errors import RpcPreflightError
+if TYPE_CHECKING:
+    from reconcile_audit.compute.ledger.stage import EarlySweep, preflight, read_ledger
 
-log = logging.getLogger(__name__)
+_STAGE = frozenset({"EarlySweep", "preflight", "read_ledger"})
 
 
-def preflight(settings: Settings, *, policy: RetryPolicy | None = None) -> NetworkFacts:
-    """Check the RPC before any work: same network passphrase, and ``getHealth`` healthy.
+def __getattr__(name: str) -> Any:
+    # The stage's calls bring the RPC client, stellar-sdk and aiohttp (about 70 MB and 0.6 s of
+    # imports): loaded on first use, so a process that needs only the types (the CLI, whose
+    # findings and run records name a LedgerRead) does without them.
+    if name in _STAGE:
+        from reconcile_audit.compute.ledger import stage
 
-    Raises :class:`RpcPreflightError` (exit code 2) with what to fix.
-    """
-    return run_sync(lambda: _preflight(settings, policy or RetryPolicy()))
-
-
-async def _preflight(settings: Settings, policy: RetryPolicy) -> NetworkFacts:
-    url = rpc_name(settings)
-    async with client_for(settings, policy) as client:
-        try:
-            network = await client.call("getNetwork", None, GetNetworkResponse)
-            health = await client.call("getHealth", None, GetHealthResponse)
-        except RpcFault as fault:
-            raise RpcPreflightError(f"Stellar RPC at {url} is not usable: {fault}") from fault
-    if network.passphrase != settings.network_passphrase:
-        raise RpcPreflightError(
-            f"Stellar RPC at {url} serves the network {network.passphrase!r}, but this run is configured "
-            f"for {settings.network_passphrase!r} (STELLAR_NETWORK_PASSPHRASE): refusing to audit "
-            "against the wrong network"
-        )
-    if health.status != "healthy":
-        raise RpcPreflightError(
-            f"Stellar RPC at {url} reports getHealth status {health.status!r}, not 'healthy'"
-        )
-    return NetworkFacts(network.passphrase, network.protocol_version, health.latest_ledger)
-
-
-class EarlySweep:
-    """The batched sweep of the escrows the stage will most likely read, started on a thread of its
-    own before the stage's ids are known (issue 14): it reads the chain while the extract waits on
-    the database, which at 1M invoices is about 10 s of the run on the other core.
-
-    ``candidates`` (run on that thread) names the escrows, or returns None when it cannot know
-    them. :func:`read_ledger` takes what this read of the escrows it asks for and reads the rest.
-    A sweep that failed, or whose RPC went down (its breaker opened), gives no head start: the
-    stage then reads every escrow itself, as without one. Neither the simulate path nor
-    ``RECONCILE_RPC_EARLY_SWEEP=false`` starts one.
-    """
-
-    def __init__(
-        self,
-        candidates: Callable[[], Sequence[str] | None],
-        settings: Settings,
-        *,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self._read: LedgerRead | None = None
-        self._thread: threading.Thread | None = None
-        if settings.rpc_early_sweep and not settings.rpc_use_simulate:
-            self._thread = threading.Thread(
-                target=self._sweep, args=(candidates, settings, policy), name="early-sweep", daemon=True
-            )
-            self._thread.start()
-
-    def _sweep(
-        self, candidates: Callable[[], Sequence[str] | None], settings: Settings, policy: RetryPolicy | None
-    ) -> None:
-        try:
-            ids = candidates()
-            if ids is None:
-                return
-            read = read_ledger_batched(distinct_ids(ids), settings, progress=False, policy=policy)
-        except Exception as exc:  # the stage reads every escrow itself, and says why if it fails too
-            log.warning(
-                "the early ledger sweep failed, the ledger stage reads every escrow: %s",
-                settings.redact(str(exc)),
-            )
-            return
-        if read.breaker_opened:
-            log.warning(
-                "the RPC went down during the early ledger sweep: the ledger stage reads every escrow"
-            )
-            return
-        log.info("early ledger sweep: %s", read.summary_line())
-        self._read = read
-
-    def result(self) -> LedgerRead | None:
-        """The early read once it is done, or None when there is none to use. Handed over once:
-        the notebook keeps this object to the end, and must not keep the frame with it."""
-        if self._thread is not None:
-            self._thread.join()
-        read, self._read = self._read, None
-        return read
-
-
-def read_ledger(
-    contract_ids: Sequence[str],
-    settings: Settings,
-    *,
-    progress: bool = True,
-    policy: RetryPolicy | None = None,
-    early: EarlySweep | None = None,
-) -> LedgerRead:
-    """Read the escrow of every distinct contract id (None and empty ids are skipped).
-
-    ``settings.rpc_use_simulate`` switches to the per-invoice ``simulateTransaction`` path
-    (:mod:`reconcile_audit.compute.ledger.simulate`), which is slow and meant only as a fallback.
-    With ``early``, the escrows it read stand and only the others are read now.
-    """
-    policy = policy or RetryPolicy()
-    ids = distinct_ids(contract_ids)
-    first = early.result() if early is not None else None
-    if first is None:
-        read = read_ledger_simulated if settings.rpc_use_simulate else read_ledger_batched
-        result = read(ids, settings, progress=progress, policy=policy)
-    else:
-        result = _after_early(first, ids, settings, progress=progress, policy=policy)
-    log.info(result.summary_line())
-    return result
-
-
-def _after_early(
-    first: LedgerRead, ids: list[str], settings: Settings, *, progress: bool, policy: RetryPolicy
-) -> LedgerRead:
-    """``ids`` read: the rows ``first`` holds, and the other escrows read now. A row per id, and
-    none for an escrow ``first`` read that is not among ``ids``."""
-    wanted = pl.Series("contract_id", ids, dtype=pl.String)
-    held = first.frame.get_column("contract_id")
-    rest = wanted.filter(~wanted.is_in(held.implode())).to_list()
-    frame = first.frame
-    if frame.height != len(ids) - len(rest):  # it read escrows the run does not audit
-        frame = frame.filter(pl.col("contract_id").is_in(wanted.implode()))
-    first = replace(first, frame=frame)
-    if not rest:
-        return first
-    return _combined(first, read_ledger_batched(rest, settings, progress=progress, policy=policy))
-
-
-def _combined(first: LedgerRead, second: LedgerRead) -> LedgerRead:
-    """Two sweeps as one: the ledgers of both, the counters summed, and the earlier start, so an
-    escrow modified since the first began is read again after classify."""
-
-    def low(a: int | None, b: int | None) -> int | None:
-        return min((v for v in (a, b) if v is not None), default=None)
-
-    def high(a: int | None, b: int | None) -> int | None:
-        return max((v for v in (a, b) if v is not None), default=None)
-
-    one, two = first.stats, second.stats
-    faults = dict(one.faults_by_kind)
-    for kind, count in two.faults_by_kind.items():
-        faults[kind] = faults.get(kind, 0) + count
-    seconds = one.seconds + two.seconds
-    entries = one.entries + two.entries
-    stats = LedgerStats(
-        requests=one.requests + two.requests,
-        retries=one.retries + two.retries,
-        batches=one.batches + two.batches,
-        entries=entries,
-        seconds=seconds,
-        entries_per_second=entries / seconds if seconds > 0 else 0.0,
-        faults_by_kind=MappingProxyType(faults),
-    )
-    return LedgerRead(
-        frame=pl.concat([first.frame, second.frame], rechunk=False),
-        ledger_min=low(first.ledger_min, second.ledger_min),
-        ledger_max=high(first.ledger_max, second.ledger_max),
-        stats=stats,
-        token_symbols=MappingProxyType({**first.token_symbols, **second.token_symbols}),
-        sweep_start_ledger=low(first.sweep_start_ledger, second.sweep_start_ledger),
-    )
+        return getattr(stage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["EarlySweep", "LedgerRead", "LedgerStats", "NetworkFacts", "preflight", "read_ledger"]

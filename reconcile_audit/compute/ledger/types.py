@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
-from reconcile_audit.compute.ledger.rpc import TransportCounters
+if TYPE_CHECKING:
+    from reconcile_audit.compute.ledger.rpc import TransportCounters
+
 
 TOKEN_DECIMALS_SETTING: Final = "RECONCILE_TOKEN_DECIMALS"
 UNAVAILABLE: Final = "not read: the RPC was unavailable"
