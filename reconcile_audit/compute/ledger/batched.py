@@ -336,7 +336,7 @@ class _Sweep:
             return
         blobs = decode_base64_series(set_aside.xdrs)
         keys = pl.Series("key", set_aside.keys, dtype=pl.String)
-        owners = keys.str.decode("base64").bin.slice(_OWNER_AT, 32)  # as _owner reads them
+        owners = _owners(keys)
         taken = [decode_escrow_columns(blobs, owners)]
         left = _rows_left(len(set_aside.keys), taken[0])
         tries = 0
@@ -424,6 +424,11 @@ _OWNER_AT: Final = 8
 def _owner(key: str) -> bytes:
     """The contract hash the entry of ``key`` must belong to (the sweep checks every answer's)."""
     return binascii.a2b_base64(key)[_OWNER_AT : _OWNER_AT + 32]
+
+
+def _owners(keys: Sequence[str] | pl.Series) -> pl.Series:
+    """:func:`_owner` of many keys, in one polars call."""
+    return pl.Series(keys, dtype=pl.String).str.decode("base64").bin.slice(_OWNER_AT, 32)
 
 
 def _undecodable(exc: Exception, latest: int) -> _Failed:
@@ -620,8 +625,8 @@ async def _read_rest(sweep: _Sweep, escrow_keys: list[str], likely: bytes | None
         return {}
     guessed: dict[str, str] = {}
     flat: list[str] = []
-    for key in escrow_keys:
-        guessed[key] = balance = balance_key_of_hashes(likely, _owner(key))
+    for key, owner in zip(escrow_keys, _owners(escrow_keys).to_list(), strict=True):
+        guessed[key] = balance = balance_key_of_hashes(likely, owner)
         flat += (key, balance)
     await sweep.read(flat, _decode_pair_entry, pairs=True)
     return guessed
