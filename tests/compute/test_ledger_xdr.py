@@ -6,6 +6,7 @@ import base64
 import binascii
 import random
 
+import polars as pl
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from stellar_sdk import StrKey, scval
 from stellar_sdk import xdr as sx
 
 from reconcile_audit.compute.ledger import xdr as lx
+from reconcile_audit.compute.ledger.columns import ESCROW_COLUMNS, ColumnLayout, decode_escrow_columns
 from reconcile_audit.emulator import state as es
 
 I128_MIN, I128_MAX = -(2**127), 2**127 - 1
@@ -59,6 +61,25 @@ def expected(s: es.EscrowSpec) -> lx.EscrowInstance:
         s.distributed_principal,
         es.escrow_wasm_hash(s),
         s.custodial,
+    )
+
+
+def as_instance(row: dict) -> lx.EscrowInstance:
+    """A row of the columnar path (ESCROW_COLUMNS) as the per-entry decoder's value."""
+    principal = row["distributed_principal"]
+    return lx.EscrowInstance(
+        row["contract_hash"],
+        lx.EscrowFields(
+            row["escrow_invoice_id"],
+            int(row["funded_amount"]),
+            int(row["amount"]),
+            int(row["funding_target"]),
+            row["escrow_status"],
+        ),
+        row["funding_token"],
+        None if principal is None else int(principal),
+        row["wasm_hash"],
+        row["protocol_fee"],
     )
 
 
@@ -172,13 +193,17 @@ def test_lookalike_keys_are_not_the_escrow() -> None:
     invoice_id=symbols,
     status=st.integers(0, 2**32 - 1),
     shape=st.sampled_from(es.STORAGE_SHAPES),
+    custodial=st.booleans(),
     raw=hashes,
 )
-@example(I128_MIN, I128_MAX, -1, I128_MIN, "x" * 32, 2**32 - 1, "standard", bytes(32))
-@example(0, -(2**64), 2**64, 2**63, "funded_amount", 0, "extra_keys", b"\xff" * 32)
+@example(I128_MIN, I128_MAX, -1, I128_MIN, "x" * 32, 2**32 - 1, "standard", True, bytes(32))
+@example(0, -(2**64), 2**64, 2**63, "funded_amount", 0, "extra_keys", False, b"\xff" * 32)
+@example(1, 2, 3, None, "I", 0, "minimal", True, bytes(32))
 def test_generated_values_fast_equals_sdk(
-    funded, amount, target, principal, invoice_id, status, shape, raw
+    funded, amount, target, principal, invoice_id, status, shape, custodial, raw
 ) -> None:
+    """Every path, the columns too (issue 14): each shape the platform writes with a token is
+    taken as columns, and read as stellar-sdk reads it."""
     s = spec(
         contract_id=StrKey.encode_contract(raw),
         funded_amount=funded,
@@ -188,10 +213,18 @@ def test_generated_values_fast_equals_sdk(
         invoice_id=invoice_id,
         status=status,
         storage_shape=shape,
+        custodial=custodial,
     )
     buf = entry_bytes(s)
     assert (
         lx.decode_escrow_walk(buf) == lx.decode_escrow_fast(buf) == lx.decode_escrow_sdk(buf) == expected(s)
+    )
+    layout = ColumnLayout.of(buf)
+    columns = decode_escrow_columns(pl.Series([buf]), pl.Series([raw]), [] if layout is None else [layout])
+    assert columns.schema == ESCROW_COLUMNS
+    assert (layout is None) == (shape == "no_funding_token")
+    assert [as_instance(row) for row in columns.iter_rows(named=True)] == (
+        [] if layout is None else [expected(s)]
     )
 
 
@@ -220,6 +253,14 @@ def test_corrupt_entries_never_disagree_with_sdk(shape: str, cut: int, flip_at: 
         # The fast paths may decline (None) but must never accept what the SDK rejects, nor differ.
         for fast in (lx.decode_escrow_fast(buf), lx.decode_escrow_walk(buf), lx._decode_by_template(buf)):
             assert fast is None or fast == oracle
+    # The columns, from the layout of the good entry: a corrupt one is declined or read the same.
+    layout = ColumnLayout.of(good)
+    if layout is not None:
+        bufs = [truncated, bytes(flipped), good + b"\x00\x00\x00\x00"]
+        owner = good[12:44]
+        taken = decode_escrow_columns(pl.Series(bufs, dtype=pl.Binary), pl.Series([owner] * 3), [layout])
+        for row in taken.iter_rows(named=True):
+            assert as_instance(row) == _oracle(bufs[row["row"]])
 
 
 def _key(name: str) -> sx.SCVal:

@@ -13,8 +13,8 @@ size, every literal run of bytes (keys, tags, lengths, padding), and where each 
 entry is taken only when it has exactly that size, every literal matches, its invoice id is 1 to
 32 of ``[A-Za-z0-9_]`` and its owner is the contract whose key was asked for; anything else is
 left to the entry-by-entry path, which decides as before. So a layout gap can cost time but never
-change a result. tests/compute/test_ledger_columns.py checks every taken row against
-:func:`~reconcile_audit.compute.ledger.xdr.decode_escrow_sdk`.
+change a result. tests/compute/test_ledger_xdr.py checks every taken row against
+:func:`~reconcile_audit.compute.ledger.xdr.decode_escrow_sdk`, over generated and corrupted entries.
 """
 
 from __future__ import annotations
