@@ -53,7 +53,12 @@ class Entry(NamedTuple):
     @property
     def xdr(self) -> str:
         # Kept only inside the fragment: a second copy would cost ~100 MB at 100k escrows.
-        return self.fragment.split('"xdr":"', 1)[1].split('"', 1)[0]
+        return fragment_xdr(self.fragment)
+
+
+def fragment_xdr(fragment: str) -> str:
+    """The base64 ``xdr`` of an entry's JSON fragment (:func:`entry_fragment`)."""
+    return fragment.split('"xdr":"', 1)[1].split('"', 1)[0]
 
 
 def entry_fragment(key: str, xdr: str, last_modified: int, live_until: int) -> str:

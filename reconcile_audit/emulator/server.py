@@ -30,7 +30,7 @@ from reconcile_audit.emulator.faults import (
     FaultPlan,
     retry_after_header,
 )
-from reconcile_audit.emulator.rpc import Entry, RpcError, RpcNode, entry_fragment
+from reconcile_audit.emulator.rpc import Entry, RpcError, RpcNode, entry_fragment, fragment_xdr
 from reconcile_audit.emulator.state import EscrowSpec, LedgerState, random_account_id, random_contract_id
 
 log = logging.getLogger(__name__)
@@ -384,9 +384,8 @@ class Emulator:
     def _conflicting(self, entry: Entry, rng: random.Random) -> str:
         """``entry``'s key a second time in one answer, with another escrow's XDR: an answer that
         contradicts itself, which a client must not settle by picking either copy."""
-        other = self._unrequested({entry.key}, rng)
-        xdr = other.split('"xdr":"', 1)[1].split('"', 1)[0]
-        return entry_fragment(entry.key, xdr, entry.last_modified, entry.live_until)
+        other = fragment_xdr(self._unrequested({entry.key}, rng))
+        return entry_fragment(entry.key, other, entry.last_modified, entry.live_until)
 
     def _unrequested(self, requested: set[str], rng: random.Random) -> str:
         for _ in range(8):

@@ -9,7 +9,6 @@ import pytest
 from stellar_sdk import StrKey
 
 from reconcile_audit.compute.ledger import columns as lc
-from reconcile_audit.compute.ledger import xdr as lx
 from tests.compute.test_ledger_xdr import (
     as_instance,
     entry_bytes,
@@ -65,16 +64,3 @@ def test_learn_layout_learns_each_layout_once(monkeypatch: pytest.MonkeyPatch) -
     assert lc.learn_layout(entry_bytes(spec(storage_shape="no_funding_token"))) is False
     monkeypatch.setattr(lc, "MAX_LAYOUTS", 1)
     assert lc.learn_layout(entry_bytes(spec(invoice_id="LONGER_ID"))) is False
-
-
-def test_every_key_the_sweep_builds_names_its_owner_at_bytes_8_to_40() -> None:
-    """The sweep checks each entry's owner against its key's bytes 8 to 40: an escrow's instance
-    key holds the escrow, a balance key the token that owns the balance entry."""
-    from reconcile_audit.compute.ledger import batched
-
-    escrow, token = spec(), spec().funding_token
-    escrow_hash, token_hash = StrKey.decode_contract(escrow.contract_id), StrKey.decode_contract(token)
-    keys = [lx.instance_key(escrow.contract_id), lx.balance_key_of_hashes(token_hash, escrow_hash)]
-    assert keys[1] == lx.balance_key_sdk(token, escrow.contract_id)
-    assert [batched._owner(key) for key in keys] == [escrow_hash, token_hash]
-    assert batched._owners(keys).to_list() == [escrow_hash, token_hash]

@@ -96,6 +96,17 @@ def test_instance_key_matches_sdk_and_emulator(raw: bytes) -> None:
     assert lx.contract_id_of(raw) == contract_id
 
 
+def test_every_key_the_reader_builds_names_its_entry_s_owner() -> None:
+    """The sweep checks each entry's owner against its key: an escrow's instance key holds the
+    escrow, a balance key the token that owns the balance entry."""
+    escrow, token = spec(), spec().funding_token
+    escrow_hash, token_hash = StrKey.decode_contract(escrow.contract_id), StrKey.decode_contract(token)
+    keys = [lx.instance_key(escrow.contract_id), lx.balance_key_of_hashes(token_hash, escrow_hash)]
+    assert keys[1] == lx.balance_key_sdk(token, escrow.contract_id)
+    assert [lx.key_owner(key) for key in keys] == [escrow_hash, token_hash]
+    assert lx.key_owners(keys).to_list() == [escrow_hash, token_hash]
+
+
 def _sdk_hash(text: str) -> bytes | None:
     try:
         return StrKey.decode_contract(text)

@@ -70,6 +70,8 @@ from reconcile_audit.compute.ledger.xdr import (
     decode_escrow_bytes,
     decode_token_bytes,
     instance_key_of_hash,
+    key_owner,
+    key_owners,
     new_tuple,
 )
 from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, chunked_like, conform, stored_once
@@ -322,7 +324,7 @@ class _Sweep:
             value = decode(decode_base64(xdr) if blob is None else blob)
         except Exception as exc:
             return _undecodable(exc, latest)
-        if value.contract_hash != _owner(key):
+        if value.contract_hash != key_owner(key):
             owner = contract_id_of(value.contract_hash)
             return _Failed(f"the entry answered for this key belongs to {owner}", latest)
         return new_tuple(_Found, (value, latest, last_modified, live_until))  # type: ignore[no-any-return]
@@ -336,7 +338,7 @@ class _Sweep:
             return
         blobs = decode_base64_series(set_aside.xdrs)
         keys = pl.Series("key", set_aside.keys, dtype=pl.String)
-        owners = _owners(keys)
+        owners = key_owners(keys)
         taken = [decode_escrow_columns(blobs, owners)]
         left = _rows_left(len(set_aside.keys), taken[0])
         tries = 0
@@ -414,21 +416,6 @@ def _rows_left(n: int, taken: pl.DataFrame) -> pl.Series:
     """Positions 0..n-1 that ``taken`` (decode_escrow_columns' answer) has no row for."""
     rows = pl.Series("row", range(n), dtype=pl.UInt32)
     return rows.filter(~rows.is_in(taken.get_column("row").implode()))
-
-
-# Every key the sweep builds (a contract's instance, a token's balance of a holder) names the
-# contract that owns its entry in bytes 8 to 40: after LedgerEntryType and the SCAddress type.
-_OWNER_AT: Final = 8
-
-
-def _owner(key: str) -> bytes:
-    """The contract hash the entry of ``key`` must belong to (the sweep checks every answer's)."""
-    return binascii.a2b_base64(key)[_OWNER_AT : _OWNER_AT + 32]
-
-
-def _owners(keys: Sequence[str] | pl.Series) -> pl.Series:
-    """:func:`_owner` of many keys, in one polars call."""
-    return pl.Series(keys, dtype=pl.String).str.decode("base64").bin.slice(_OWNER_AT, 32)
 
 
 def _undecodable(exc: Exception, latest: int) -> _Failed:
@@ -625,7 +612,7 @@ async def _read_rest(sweep: _Sweep, escrow_keys: list[str], likely: bytes | None
         return {}
     guessed: dict[str, str] = {}
     flat: list[str] = []
-    for key, owner in zip(escrow_keys, _owners(escrow_keys).to_list(), strict=True):
+    for key, owner in zip(escrow_keys, key_owners(escrow_keys).to_list(), strict=True):
         guessed[key] = balance = balance_key_of_hashes(likely, owner)
         flat += (key, balance)
     await sweep.read(flat, _decode_pair_entry, pairs=True)

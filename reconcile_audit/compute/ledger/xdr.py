@@ -24,7 +24,7 @@ from __future__ import annotations
 import binascii
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
@@ -214,6 +214,21 @@ def instance_key_sdk(contract_id: str) -> str:
         ),
     )
     return key.to_xdr()
+
+
+# Every key the reader builds (a contract's instance, a token's balance of a holder) names the
+# contract that owns its entry right after LedgerEntryType and the SCAddress type (tested for both).
+_OWNER_AT: Final = len(KEY_PREFIX)
+
+
+def key_owner(key_b64: str) -> bytes:
+    """The contract hash the entry of a key the reader built must belong to."""
+    return binascii.a2b_base64(key_b64)[_OWNER_AT : _OWNER_AT + 32]
+
+
+def key_owners(keys_b64: Sequence[str] | pl.Series) -> pl.Series:
+    """:func:`key_owner` of many keys, in one polars call."""
+    return pl.Series(keys_b64, dtype=pl.String).str.decode("base64").bin.slice(_OWNER_AT, 32)
 
 
 def key_contract_hash(key_b64: str) -> bytes | None:
