@@ -209,7 +209,7 @@ def _with_summary_sides(invoices: pl.DataFrame, url: str, settings: Settings) ->
     and the ledger it synced at: the scope's summary rows, joined by ``summary_row_id``."""
     try:
         with db.connect_source(url) as conn:
-            table = conn.arrow(db.read_sql(SIDES_SQL), [settings.tenant_id])
+            table = conn.arrow(db.read_sql(SIDES_SQL), [settings.tenant_id], streamed=True)
     except Exception as exc:
         raise _extract_error(settings.redact(str(exc)), SIDES_SQL, url) from None
     sides = pl.from_arrow(_without_extensions(table))
@@ -305,7 +305,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     started = time.perf_counter()
     try:
         with db.connect_source(url) as conn:
-            table = conn.arrow(sql, params)
+            table = conn.arrow(sql, params, streamed=True)
     except ReconcileAuditError:
         raise
     except Exception as exc:
@@ -372,7 +372,7 @@ def extract_out_of_scope(settings: Settings) -> OutOfScope:
     url = settings.source_url()
     try:
         with db.connect_source(url) as conn:
-            table = conn.arrow(db.read_sql(OUT_OF_SCOPE_SQL), [settings.tenant_id])
+            table = conn.arrow(db.read_sql(OUT_OF_SCOPE_SQL), [settings.tenant_id], streamed=True)
     except Exception as exc:
         error = _extract_error(settings.redact(str(exc)), OUT_OF_SCOPE_SQL, url)
         logger.error("stranded escrows not checked: %s", error)
@@ -398,7 +398,7 @@ def escrow_candidates(settings: Settings) -> list[str] | None:
     if settings.extract_sql_path is not None:
         return None
     with db.connect_source(settings.source_url()) as conn:
-        table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_SQL), [settings.tenant_id])
+        table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_SQL), [settings.tenant_id], streamed=True)
     frame = pl.from_arrow(_without_extensions(table))
     assert isinstance(frame, pl.DataFrame)
     del table
