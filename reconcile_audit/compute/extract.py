@@ -387,18 +387,24 @@ def extract_out_of_scope(settings: Settings) -> OutOfScope:
 
 
 ESCROW_CANDIDATES_SQL: Final = "extract_escrow_candidates.sql"
+ESCROW_CANDIDATES_ALL_SQL: Final = "extract_escrow_candidates_all.sql"  # no tenant, no shard: no join
 
 
 def escrow_candidates(settings: Settings) -> list[str] | None:
     """The escrows the ledger stage will most likely read, from one narrow query run before the
-    full extract (``extract_escrow_candidates.sql``): the contract of every completed ``create`` of
+    full extract (``extract_escrow_candidates.sql``; for every tenant and shard, the same without its
+    join, ``extract_escrow_candidates_all.sql``): the contract of every completed ``create`` of
     the scope's invoices, in this run's shard. None when a custom extract query is configured,
     whose scope only it knows. Raises what the driver raises: the caller treats a failure as no
     head start, since the extract itself says what is wrong with the database."""
     if settings.extract_sql_path is not None:
         return None
+    everything = settings.tenant_id is None and (settings.shard is None or settings.shard.count == 1)
     with db.connect_source(settings.source_url()) as conn:
-        table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_SQL), [settings.tenant_id], streamed=True)
+        if everything:
+            table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_ALL_SQL))
+        else:
+            table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_SQL), [settings.tenant_id], streamed=True)
     frame = pl.from_arrow(_without_extensions(table))
     assert isinstance(frame, pl.DataFrame)
     del table
