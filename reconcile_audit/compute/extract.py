@@ -21,7 +21,7 @@ import pyarrow as pa
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, OUT_OF_SCOPE, conform
 from reconcile_audit.compute.settings import Settings, redact_url
-from reconcile_audit.compute.sharding import in_shard
+from reconcile_audit.compute.sharding import in_shard, unsharded
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
 
 logger = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ def escrow_candidates(settings: Settings) -> list[str] | None:
     head start, since the extract itself says what is wrong with the database."""
     if settings.extract_sql_path is not None:
         return None
-    everything = settings.tenant_id is None and (settings.shard is None or settings.shard.count == 1)
+    everything = settings.tenant_id is None and unsharded(settings.shard)
     with db.connect_source(settings.source_url()) as conn:
         if everything:
             table = conn.arrow(db.read_sql(ESCROW_CANDIDATES_ALL_SQL))

@@ -26,8 +26,13 @@ def shard_indexes(invoice_ids: pl.Series, count: int) -> pl.Series:
     )
 
 
+def unsharded(shard: Shard | None) -> bool:
+    """Whether a run with ``shard`` takes every invoice: no shard, or the one shard of 1."""
+    return shard is None or shard.count == 1
+
+
 def in_shard(frame: pl.DataFrame, shard: Shard | None, column: str = "invoice_id") -> pl.DataFrame:
     """The rows of ``frame`` whose ``column`` falls in ``shard``; ``frame`` itself when unsharded."""
-    if shard is None or shard.count == 1:
+    if unsharded(shard):
         return frame
     return frame.filter(shard_indexes(frame.get_column(column), shard.count) == shard.index)
