@@ -43,7 +43,12 @@ _SCHEMA_ERROR_PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
-_TENANT_PARAMETER = re.compile(r"\$1(?!\d)")
+def _uses_tenant(sql: str) -> bool:
+    """Whether ``sql`` binds ``$1``, the tenant: a placeholder outside its strings and comments
+    (:func:`db.placeholders`). A text it cannot read (an unclosed string) is bound, for the
+    database to refuse."""
+    found = db.placeholders(sql)
+    return found is None or any(number == 1 for _, _, number in found)
 
 
 def _strip_sql_comments(sql: str) -> str:
@@ -290,7 +295,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     """
     sql, source = _query_text(settings)
     # A user's query may ignore the tenant; binding an unused $1 is an error in both drivers.
-    uses_tenant = _TENANT_PARAMETER.search(_strip_sql_comments(sql)) is not None
+    uses_tenant = _uses_tenant(sql)
     if not uses_tenant and settings.tenant_id is not None:
         raise ExtractError(
             f"the extract query {source} does not use $1, so it cannot filter by tenant "
@@ -422,7 +427,7 @@ def check_source(settings: Settings) -> str:
     db.check_source_exists(url)
     if settings.extract_sql_path is None:
         _check_money_type(_summary_columns(url))
-    uses_tenant = _TENANT_PARAMETER.search(_strip_sql_comments(sql)) is not None
+    uses_tenant = _uses_tenant(sql)
     body = _strip_sql_comments(sql).strip().rstrip(";")
     try:
         with db.connect_source(url) as conn:

@@ -345,6 +345,18 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
 
     with pytest.raises(ExtractError, match=r"does not use \$1"):
         _extract(source_url, extract_sql_path=str(lacking), tenant_id="tenant-a")
+    # "$1" in a comment or a string filters nothing: the run would audit every tenant as one.
+    unfiltered = tmp_path / "unfiltered.sql"
+    unfiltered.write_text(
+        good.read_text().replace(
+            " AND (CAST($1 AS TEXT) IS NULL OR invoices.tenant_id = CAST($1 AS TEXT))",
+            "\n-- $1: the tenant\n/* $1 */ AND 'tenant $1' <> ''",
+        ),
+        encoding="utf-8",
+    )
+    assert "$1" in unfiltered.read_text() and "CAST($1" not in unfiltered.read_text()
+    with pytest.raises(ExtractError, match=r"does not use \$1"):
+        _extract(source_url, extract_sql_path=str(unfiltered), tenant_id="tenant-a")
 
     # Exact either way: an integer, or text, is taken as it is; a float never is.
     for value, text in (("CAST(456 AS BIGINT)", "456"), ("CAST('0.000000001' AS TEXT)", "0.000000001")):
