@@ -43,12 +43,20 @@ _SCHEMA_ERROR_PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
-def _uses_tenant(sql: str) -> bool:
-    """Whether ``sql`` binds ``$1``, the tenant: a placeholder outside its strings and comments
-    (:func:`db.placeholders`). A text it cannot read (an unclosed string) is bound, for the
-    database to refuse."""
+def _tenant_params(sql: str, source: str, tenant_id: str | None) -> list[str | None]:
+    """What ``sql`` binds: ``[tenant_id]`` when it uses ``$1`` (a placeholder outside its strings
+    and comments, :func:`db.placeholders`; a text it cannot read is bound, for the database to
+    refuse), else nothing. A query that ignores the tenant cannot run for one: PostgreSQL would
+    run it over every tenant, as if it were the one asked for."""
     found = db.placeholders(sql)
-    return found is None or any(number == 1 for _, _, number in found)
+    if found is None or any(number == 1 for _, _, number in found):
+        return [tenant_id]
+    if tenant_id is not None:
+        raise ExtractError(
+            f"the extract query {source} does not use $1, so it cannot filter by tenant "
+            f"{tenant_id!r}; bind $1 to the tenant id (NULL for all tenants)"
+        )
+    return []
 
 
 def _strip_sql_comments(sql: str) -> str:
@@ -294,14 +302,7 @@ def extract_invoices(settings: Settings) -> pl.DataFrame:
     that does not return the documented columns.
     """
     sql, source = _query_text(settings)
-    # A user's query may ignore the tenant; binding an unused $1 is an error in both drivers.
-    uses_tenant = _uses_tenant(sql)
-    if not uses_tenant and settings.tenant_id is not None:
-        raise ExtractError(
-            f"the extract query {source} does not use $1, so it cannot filter by tenant "
-            f"{settings.tenant_id!r}; bind $1 to the tenant id (NULL for all tenants)"
-        )
-    params = [settings.tenant_id] if uses_tenant else []
+    params = _tenant_params(sql, source, settings.tenant_id)
     url = settings.source_url()
     # The packaged query's columns, looked up once: the money column's type, and whether the
     # database's other sides exist.
@@ -427,14 +428,11 @@ def check_source(settings: Settings) -> str:
     db.check_source_exists(url)
     if settings.extract_sql_path is None:
         _check_money_type(_summary_columns(url))
-    uses_tenant = _uses_tenant(sql)
+    params = _tenant_params(sql, source, settings.tenant_id)
     body = _strip_sql_comments(sql).strip().rstrip(";")
     try:
         with db.connect_source(url) as conn:
-            table = conn.arrow(
-                f"SELECT * FROM (\n{body}\n) AS extract_check LIMIT 0",
-                [settings.tenant_id] if uses_tenant else [],
-            )
+            table = conn.arrow(f"SELECT * FROM (\n{body}\n) AS extract_check LIMIT 0", params)
     except ReconcileAuditError:
         raise
     except Exception as exc:

@@ -355,8 +355,12 @@ def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert "$1" in unfiltered.read_text() and "CAST($1" not in unfiltered.read_text()
-    with pytest.raises(ExtractError, match=r"does not use \$1"):
-        _extract(source_url, extract_sql_path=str(unfiltered), tenant_id="tenant-a")
+    for stage in (extract.extract_invoices, extract.check_source):  # `check` says what the run will
+        settings = load_settings(
+            {"database_url": source_url, "extract_sql_path": str(unfiltered), "tenant_id": "tenant-a"}, {}
+        )
+        with pytest.raises(ExtractError, match=r"does not use \$1"):
+            stage(settings)
 
     # Exact either way: an integer, or text, is taken as it is; a float never is.
     for value, text in (("CAST(456 AS BIGINT)", "456"), ("CAST('0.000000001' AS TEXT)", "0.000000001")):
