@@ -396,7 +396,7 @@ ESCROW_CANDIDATES_SQL: Final = "extract_escrow_candidates.sql"
 ESCROW_CANDIDATES_ALL_SQL: Final = "extract_escrow_candidates_all.sql"  # no tenant, no shard: no join
 
 
-def escrow_candidates(settings: Settings) -> list[str] | None:
+def escrow_candidates(settings: Settings) -> pl.Series | None:
     """The escrows the ledger stage will most likely read, from one narrow query run before the
     full extract (``extract_escrow_candidates.sql``; for every tenant and shard, the same without its
     join, ``extract_escrow_candidates_all.sql``): the contract of every completed ``create`` of
@@ -416,7 +416,7 @@ def escrow_candidates(settings: Settings) -> list[str] | None:
     del table
     # Trimmed as resolve trims the operation's address, so the same escrow has the same id.
     candidates = in_shard(frame, settings.shard).get_column("contract_id").str.strip_chars()
-    return candidates.filter(candidates != "").to_list()
+    return candidates.filter(candidates != "")
 
 
 def check_source(settings: Settings) -> str:

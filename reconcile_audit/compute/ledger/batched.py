@@ -433,9 +433,10 @@ def _canonical_key(key: str) -> str:
 
 
 def read_ledger_batched(
-    ids: list[str], settings: Settings, *, progress: bool = True, policy: RetryPolicy | None = None
+    ids: pl.Series, settings: Settings, *, progress: bool = True, policy: RetryPolicy | None = None
 ) -> LedgerRead:
-    """The LEDGER frame of ``ids`` (distinct, non-empty) through ``getLedgerEntries`` batches."""
+    """The LEDGER frame of ``ids`` (distinct, non-empty: ``distinct_ids``) through
+    ``getLedgerEntries`` batches."""
     policy = policy or RetryPolicy()
     with _collector_paused():
         return run_sync(lambda: _read(ids, settings, policy, progress))
@@ -471,7 +472,7 @@ class _Carried:
     entries: int = 0
 
 
-async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:
+async def _read(ids: pl.Series, settings: Settings, policy: RetryPolicy, progress: bool) -> LedgerRead:
     """Every escrow of ``ids``, ``SWEEP_CHUNK`` at a time over one RPC session: a chunk's decoded
     entries (about 1.4 KB of Python objects per escrow) become frame columns before the next
     chunk is read, so they never all live at once."""
@@ -482,14 +483,11 @@ async def _read(ids: list[str], settings: Settings, policy: RetryPolicy, progres
     sweep_start: int | None = None
     try:
         async with client_for(settings, policy) as client:
-            sweep_start = await _latest_ledger(client) if ids else None
+            sweep_start = await _latest_ledger(client) if ids.len() else None
             # At least one chunk: with no escrow, the configured currencies' tokens are still read.
-            for first in range(0, max(len(ids), 1), SWEEP_CHUNK):
-                frames.append(
-                    await _read_chunk(
-                        client, ids[first : first + SWEEP_CHUNK], settings, policy, bar, carried
-                    )
-                )
+            for first in range(0, max(ids.len(), 1), SWEEP_CHUNK):
+                chunk = ids.slice(first, SWEEP_CHUNK).to_list()  # Python strings a chunk at a time
+                frames.append(await _read_chunk(client, chunk, settings, policy, bar, carried))
     finally:
         bar.close()
     frame = pl.concat(frames, rechunk=False)

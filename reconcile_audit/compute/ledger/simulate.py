@@ -28,7 +28,13 @@ from stellar_sdk.soroban_rpc import SimulateTransactionResponse
 from tqdm.auto import tqdm
 
 from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcClient, RpcFault, client_for, run_sync
-from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, distinct_ids, unknown_decimals
+from reconcile_audit.compute.ledger.types import (
+    ContractIds,
+    LedgerRead,
+    LedgerStats,
+    distinct_ids,
+    unknown_decimals,
+)
 from reconcile_audit.compute.ledger.xdr import EntryDecodeError, contract_hash, escrow_fields_sdk, symbol_text
 from reconcile_audit.compute.schemas import LEDGER, conform
 from reconcile_audit.compute.settings import Settings
@@ -46,7 +52,7 @@ class _Simulated:
 
 
 def read_ledger_simulated(
-    contract_ids: Sequence[str],
+    contract_ids: ContractIds,
     settings: Settings,
     *,
     progress: bool = True,
@@ -55,7 +61,7 @@ def read_ledger_simulated(
     balance_token: str | None = None,
 ) -> LedgerRead:
     """The LEDGER frame through per-invoice simulations (see the module docstring)."""
-    ids = distinct_ids(contract_ids)
+    ids = distinct_ids(contract_ids).to_list()
     return run_sync(
         lambda: _read(ids, settings, policy or RetryPolicy(), progress, with_funding_token, balance_token)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from types import MappingProxyType
 
@@ -15,7 +15,13 @@ from stellar_sdk.soroban_rpc import GetHealthResponse, GetNetworkResponse
 from reconcile_audit.compute.ledger.batched import read_ledger_batched
 from reconcile_audit.compute.ledger.rpc import RetryPolicy, RpcFault, client_for, rpc_name, run_sync
 from reconcile_audit.compute.ledger.simulate import read_ledger_simulated
-from reconcile_audit.compute.ledger.types import LedgerRead, LedgerStats, NetworkFacts, distinct_ids
+from reconcile_audit.compute.ledger.types import (
+    ContractIds,
+    LedgerRead,
+    LedgerStats,
+    NetworkFacts,
+    distinct_ids,
+)
 from reconcile_audit.compute.settings import Settings
 from reconcile_audit.errors import RpcPreflightError
 
@@ -66,7 +72,7 @@ class EarlySweep:
 
     def __init__(
         self,
-        candidates: Callable[[], Sequence[str] | None],
+        candidates: Callable[[], ContractIds | None],
         settings: Settings,
         *,
         policy: RetryPolicy | None = None,
@@ -80,13 +86,15 @@ class EarlySweep:
             self._thread.start()
 
     def _sweep(
-        self, candidates: Callable[[], Sequence[str] | None], settings: Settings, policy: RetryPolicy | None
+        self, candidates: Callable[[], ContractIds | None], settings: Settings, policy: RetryPolicy | None
     ) -> None:
         try:
-            ids = candidates()
-            if ids is None:
+            named = candidates()
+            if named is None:
                 return
-            read = read_ledger_batched(distinct_ids(ids), settings, progress=False, policy=policy)
+            ids = distinct_ids(named)
+            del named  # held through the sweep otherwise: at 1M escrows, 72 MB
+            read = read_ledger_batched(ids, settings, progress=False, policy=policy)
         except Exception as exc:  # the stage reads every escrow itself, and says why if it fails too
             log.warning(
                 "the early ledger sweep failed, the ledger stage reads every escrow: %s",
@@ -111,7 +119,7 @@ class EarlySweep:
 
 
 def read_ledger(
-    contract_ids: Sequence[str],
+    contract_ids: ContractIds,
     settings: Settings,
     *,
     progress: bool = True,
@@ -137,18 +145,17 @@ def read_ledger(
 
 
 def _after_early(
-    first: LedgerRead, ids: list[str], settings: Settings, *, progress: bool, policy: RetryPolicy
+    first: LedgerRead, ids: pl.Series, settings: Settings, *, progress: bool, policy: RetryPolicy
 ) -> LedgerRead:
     """``ids`` read: the rows ``first`` holds, and the other escrows read now. A row per id, and
     none for an escrow ``first`` read that is not among ``ids``."""
-    wanted = pl.Series("contract_id", ids, dtype=pl.String)
     held = first.frame.get_column("contract_id")
-    rest = wanted.filter(~wanted.is_in(held.implode())).to_list()
+    rest = ids.filter(~ids.is_in(held.implode()))
     frame = first.frame
-    if frame.height != len(ids) - len(rest):  # it read escrows the run does not audit
-        frame = frame.filter(pl.col("contract_id").is_in(wanted.implode()))
+    if frame.height != ids.len() - rest.len():  # it read escrows the run does not audit
+        frame = frame.filter(pl.col("contract_id").is_in(ids.implode()))
     first = replace(first, frame=frame)
-    if not rest:
+    if rest.is_empty():
         return first
     return _combined(first, read_ledger_batched(rest, settings, progress=progress, policy=policy))
 

