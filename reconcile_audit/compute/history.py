@@ -250,9 +250,11 @@ def _resolved(current: pl.DataFrame, previous: pl.DataFrame, *, every_row: bool 
     """Previous findings that are no longer findings. A merge of shards holds no plain match, so
     it cannot tell a match from an invoice no longer extracted: ``no_longer_found`` says so."""
     gone = "not_extracted" if every_row else "no_longer_found"
-    now_class = current.filter(pl.col("invoice_id").is_not_null()).select(
-        "invoice_id", pl.col("class").alias("_now_class")
-    )
+    # Only the invoices of the previous findings are looked up: the distinct ids of every row
+    # tonight took 0.2 GB at 1M invoices.
+    now_class = current.filter(
+        pl.col("invoice_id").is_in(previous.get_column("invoice_id").implode())
+    ).select("invoice_id", pl.col("class").alias("_now_class"))
     return (
         previous.join(
             now_class.unique("invoice_id", keep="first"), on="invoice_id", how="left", maintain_order="left"
