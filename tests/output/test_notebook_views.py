@@ -46,3 +46,17 @@ def test_the_notebook_keeps_no_displayed_value_alive() -> None:
         assert not kept and shell.user_ns["_"] != {"rows": 1}
     finally:
         InteractiveShell.clear_instance()
+
+
+def test_the_drill_down_connection_reads_the_findings_as_they_are() -> None:
+    # Two chunks, long strings (not inlined in a view), nulls and a list column, as classify's
+    # frames have: DuckDB must read them in place and give back every value.
+    first = frame([finding("INV-1"), finding("INV-2", "mismatch", tenant_id=None, flags=["archived"])])
+    second = frame([finding("INV-3", reason="a reason long enough not to fit in a string view " * 3)])
+    findings = pl.concat([first, second], rechunk=False)
+    conn = notebook_views.findings_connection(findings)
+    back = conn.sql("SELECT * FROM findings ORDER BY invoice_id").pl()
+    assert back.schema == findings.schema
+    assert back.equals(findings)
+    tenant = conn.sql("SELECT count(*) FROM findings WHERE tenant_id IS NOT DISTINCT FROM $1", params=[None])
+    assert tenant.fetchall() == [(1,)]
