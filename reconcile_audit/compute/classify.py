@@ -85,9 +85,9 @@ from reconcile_audit.compute.schemas import (
     FINDINGS,
     LEDGER,
     RESOLVED,
+    compacted,
     conform,
     filled_at,
-    stored_once,
 )
 from reconcile_audit.compute.settings import CURRENCY_TOKENS_SETTING, Settings
 from reconcile_audit.compute.stranded import find_stranded
@@ -486,13 +486,9 @@ def _finished_part(
     part = conform(raw.with_columns(reasons, explanation), FINDINGS, "classify").select(
         "_row", *FINDINGS.names(), "abs_delta_base_units"
     )
-    # A column null on every row (the sides a source does not have, the balances of an escrow
-    # that holds none) as one null, not a view per row: at 1M invoices, 0.1 GB.
-    null = [name for name in part.columns if part.get_column(name).null_count() == part.height]
-    return part.with_columns(
-        *(stored_once(part.get_column(name)) for name in _FEW_DISTINCT if name not in null),
-        *(pl.repeat(None, part.height, dtype=part.schema[name]).alias(name) for name in null),
-    )
+    # The columns null on every row (the sides a source does not have, the balances of escrows
+    # that hold none) as one null: at 1M invoices, 0.06 GB.
+    return compacted(part, _FEW_DISTINCT)
 
 
 # Long strings of a few distinct values, each stored once (schemas.stored_once).

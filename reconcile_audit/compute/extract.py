@@ -19,7 +19,13 @@ import polars as pl
 import pyarrow as pa
 
 from reconcile_audit.compute import db
-from reconcile_audit.compute.schemas import INVOICES, OPTIONAL_INVOICE_COLUMNS, OUT_OF_SCOPE, conform
+from reconcile_audit.compute.schemas import (
+    INVOICES,
+    OPTIONAL_INVOICE_COLUMNS,
+    OUT_OF_SCOPE,
+    compacted,
+    conform,
+)
 from reconcile_audit.compute.settings import Settings, redact_url
 from reconcile_audit.compute.sharding import in_shard, unsharded
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
@@ -185,7 +191,9 @@ def _to_invoices(frame: pl.DataFrame, source: str) -> pl.DataFrame:
             ) from exc
     keep = [SUMMARY_ROW_ID] if SUMMARY_ROW_ID in frame.columns else []
     columns = [*INVOICES, *keep]
-    return conform(frame, INVOICES, "extract").select(columns).sort("invoice_id", "invoice_pk")
+    return compacted(
+        conform(frame, INVOICES, "extract").select(columns).sort("invoice_id", "invoice_pk"), ("status",)
+    )
 
 
 COLUMN_TYPE_SQL: Final = "source_column_type.sql"

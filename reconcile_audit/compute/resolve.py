@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import INVOICES, RESOLVED, chunked_like, conform
+from reconcile_audit.compute.schemas import INVOICES, RESOLVED, chunked_like, compacted, conform
 from reconcile_audit.compute.strkey import STRKEY_LENGTH, is_valid_contract
 from reconcile_audit.errors import ConfigError
 
@@ -221,7 +221,8 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
         invoice_id_error,
         chosen.get_column("address_conflict"),
     ]
-    return conform(base.with_columns(chunked_like(column, base) for column in added), RESOLVED, "resolve")
+    resolved = conform(base.with_columns(chunked_like(column, base) for column in added), RESOLVED, "resolve")
+    return compacted(resolved, ("address_source",))
 
 
 def _trimmed(addresses: pl.Series) -> pl.Series:

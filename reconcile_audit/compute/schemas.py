@@ -8,7 +8,7 @@ HUGEINT / BIGNUM for exact arithmetic. Money is never a float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -434,6 +434,23 @@ def stored_once(series: pl.Series) -> pl.Series:
     uniques = pl.Series(series.name, series.unique(maintain_order=True).to_list(), dtype=series.dtype)
     codes = pl.Series(range(uniques.len()), dtype=pl.UInt32)
     return uniques.gather(series.replace_strict(uniques, codes, return_dtype=pl.UInt32))
+
+
+def compacted(frame: pl.DataFrame, few_distinct: Iterable[str] = ()) -> pl.DataFrame:
+    """``frame`` with each column that is null on every row held as one null (a polars scalar
+    column, not a 16-byte view or 8 bytes per row: at 1M rows, 15 MB a column), and its
+    ``few_distinct`` string columns stored once (:func:`stored_once`), in ``frame``'s chunks."""
+    null = [
+        name for name in frame.columns if frame.height and frame.get_column(name).null_count() == frame.height
+    ]
+    return frame.with_columns(
+        *(
+            chunked_like(stored_once(frame.get_column(name)), frame)
+            for name in few_distinct
+            if name not in null
+        ),
+        *(pl.repeat(None, frame.height, dtype=frame.schema[name]).alias(name) for name in null),
+    )
 
 
 def filled_at(frame: pl.DataFrame, rows: pl.Series, values: pl.Series) -> pl.Series:

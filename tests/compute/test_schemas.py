@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from reconcile_audit.compute.schemas import chunked_like, filled_at, stored_once
+from reconcile_audit.compute.schemas import chunked_like, compacted, filled_at, stored_once
 
 TOKEN = "C" + "A" * 55
 
@@ -50,3 +50,29 @@ def test_filled_at_puts_values_at_their_rows_in_the_frames_chunks() -> None:
     assert column.to_list() == [9, None, None, 7] and column.chunk_lengths() == [2, 2]
     empty = filled_at(frame, pl.Series([], dtype=pl.UInt32), pl.Series("id", [], dtype=pl.String))
     assert empty.dtype == pl.String and empty.null_count() == 4
+
+
+def test_compacted_keeps_every_value_and_holds_an_all_null_column_as_one_null() -> None:
+    rows = 50_000
+    parts = [
+        pl.DataFrame(
+            {
+                "token": [TOKEN + str(i % 2) for i in range(start, start + rows)],
+                "note": pl.Series([None] * rows, dtype=pl.String),
+                "ledger": pl.Series([None] * rows, dtype=pl.Int64),
+                "amount": [str(i) for i in range(start, start + rows)],
+            }
+        )
+        for start in (0, rows)
+    ]
+    frame = pl.concat(parts, rechunk=False)
+    compact = compacted(frame, ("token",))
+    assert compact.equals(frame) and compact.schema == frame.schema
+    # The null columns take no memory per row; the token is stored once; the chunks stay the
+    # frame's, so that the next operation does not copy every column into one.
+    # Polars counts a scalar column once, not per row (and no null string view either way).
+    assert compact.select("ledger").estimated_size() < 100 < frame.select("ledger").estimated_size()
+    assert arrow_bytes(compact.get_column("token")) < arrow_bytes(frame.get_column("token")) // 3
+    assert compact.get_column("token").chunk_lengths() == [rows, rows]
+    assert compact.get_column("amount").chunk_lengths() == [rows, rows]
+    assert compacted(frame.clear()).is_empty()

@@ -74,7 +74,14 @@ from reconcile_audit.compute.ledger.xdr import (
     key_owners,
     new_tuple,
 )
-from reconcile_audit.compute.schemas import BALANCE_COLUMNS, LEDGER, chunked_like, conform, stored_once
+from reconcile_audit.compute.schemas import (
+    BALANCE_COLUMNS,
+    LEDGER,
+    chunked_like,
+    compacted,
+    conform,
+    stored_once,
+)
 from reconcile_audit.compute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -490,7 +497,7 @@ async def _read(ids: pl.Series, settings: Settings, policy: RetryPolicy, progres
                 frames.append(await _read_chunk(client, chunk, settings, policy, bar, carried))
     finally:
         bar.close()
-    frame = pl.concat(frames, rechunk=False)
+    frame = compacted(pl.concat(frames, rechunk=False))  # the columns no escrow has a value in
     symbols = {
         token: symbol
         for token, key in carried.token_keys.items()
