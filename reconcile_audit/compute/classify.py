@@ -491,8 +491,9 @@ def _finished_part(
     return compacted(part, _FEW_DISTINCT)
 
 
-# Long strings of a few distinct values, each stored once (schemas.stored_once).
-_FEW_DISTINCT: Final = ("funding_token", "address_source")
+# Long strings of a few distinct values that DuckDB writes out once per row, each stored once
+# (schemas.stored_once). address_source comes from the resolved frame, stored once by resolve.
+_FEW_DISTINCT: Final = ("funding_token",)
 
 
 # The columns classify.sql leaves out because the resolved frame already holds them.
