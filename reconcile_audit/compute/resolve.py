@@ -205,7 +205,9 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
         .then(pl.col("_mapped"))
         .alias("address_conflict"),
     )
-    contract_id = chosen.get_column("contract_id")
+    # Without a mapping, the operations' address is the one used: op_contract_id's own column
+    # when no address needed trimming (at 1M invoices, one 72 MB copy fewer in every frame).
+    contract_id = (chosen.get_column("contract_id") if mapping else op_address).alias("contract_id")
     errors = _address_errors(contract_id)  # few rows: a map of every address took 0.24 GB at 1M
     address_error = contract_id.replace_strict(
         errors.get_column("contract_id"),
@@ -215,7 +217,7 @@ def resolve_addresses(invoices: pl.DataFrame, escrow_addr_by_invoice: str | None
     ).alias("address_error")
     invoice_id_error = base.select(_invoice_id_error().alias("invoice_id_error")).to_series()
     added = [
-        contract_id if mapping else _reused(contract_id, base.get_column("op_contract_id")),
+        contract_id,
         chosen.get_column("address_source"),
         address_error,
         invoice_id_error,
@@ -235,14 +237,6 @@ def _without_empty(addresses: pl.Series) -> pl.Series:
     """``addresses`` with an empty one as null (absent): the column itself when none is empty."""
     empty = addresses == ""
     return addresses.set(empty, None) if empty.any() else addresses
-
-
-def _reused(contract_id: pl.Series, op_contract_id: pl.Series) -> pl.Series:
-    """``contract_id``, as the very buffers of ``op_contract_id`` when every row holds the same value:
-    at 1M invoices, one 72 MB copy of the addresses fewer, in every frame that carries them."""
-    if contract_id.equals(op_contract_id, null_equal=True):
-        return op_contract_id.alias("contract_id")
-    return contract_id
 
 
 def contract_ids_to_read(resolved: pl.DataFrame, out_of_scope: OutOfScope | None = None) -> pl.Series:
