@@ -52,8 +52,9 @@ class Connection:
         a PostgreSQL result through ``COPY ... TO STDOUT``, batch by batch, but COPY takes no
         parameters: a query with bound ones comes back as one libpq result held whole before it
         is converted (apache/arrow-adbc#2024). Fetching the extract's 1M invoices that way peaked
-        547 MB over the process's start, against 60 MB copied. So the server quotes each value itself (``quote_nullable``, bound) and its
-        literal replaces the placeholder: the query has no parameters left, and is copied.
+        547 MB over the process's start, against 60 MB copied. So the server quotes each value
+        itself (``quote_nullable``, bound) and its literal replaces the placeholder: the query has
+        no parameters left, and is copied.
         """
         if self.dialect == "duckdb":
             # A relation streams straight to Arrow; a DB-API result would copy every row once more.
@@ -187,7 +188,7 @@ _LEXEME: Final = re.compile(
     | (?P<escape_string>[eE]')
     | (?P<quoted>['"])
     | (?P<dollar_quote>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$)
-    | (?P<placeholder>\$(?P<number>[0-9]+))
+    | (?P<placeholder>\$[0-9]+)
     | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*|[0-9][A-Za-z0-9_.]*)
     """,
     re.VERBOSE,
@@ -196,18 +197,16 @@ _BLOCK_COMMENT_PART: Final = re.compile(r"/\*|\*/")
 _ESCAPE_STRING_BODY: Final = re.compile(r"(?:[^'\\]|\\.|'')*'", re.DOTALL)
 
 
-def placeholders(sql: str) -> list[tuple[int, int, int]] | None:
-    """The ``(start, end, n)`` of every ``$n`` placeholder in PostgreSQL ``sql`` (standard
-    conforming strings), skipping comments, strings, quoted identifiers and dollar-quoted bodies;
-    None when one of those is not closed."""
-    found: list[tuple[int, int, int]] = []
+def _lexemes(sql: str) -> list[tuple[str, int, int]] | None:
+    """The ``(kind, start, end)`` of every comment (``comment``), quoted string, quoted identifier
+    or dollar-quoted body (``quoted``) and ``$n`` placeholder (``placeholder``) of PostgreSQL
+    ``sql`` (standard conforming strings), in order; None when one of them is not closed."""
+    found: list[tuple[str, int, int]] = []
     position = 0
     while (match := _LEXEME.search(sql, position)) is not None:
         kind = match.lastgroup
         end = match.end()
-        if kind == "placeholder":
-            found.append((match.start(), end, int(match["number"])))
-        elif kind == "block_comment":  # comments nest
+        if kind == "block_comment":  # comments nest
             depth = 1
             while depth:
                 part = _BLOCK_COMMENT_PART.search(sql, end)
@@ -227,8 +226,47 @@ def placeholders(sql: str) -> list[tuple[int, int, int]] | None:
             if closing < 0:
                 return None
             end = closing + len(match.group())
+        if kind != "word":
+            found.append((_LEXEME_KINDS[str(kind)], match.start(), end))
         position = end
     return found
+
+
+# What each of _LEXEME's groups (a word aside) is to the callers.
+_LEXEME_KINDS: Final = {
+    "line_comment": "comment",
+    "block_comment": "comment",
+    "escape_string": "quoted",
+    "quoted": "quoted",
+    "dollar_quote": "quoted",
+    "placeholder": "placeholder",
+}
+
+
+def placeholders(sql: str) -> list[tuple[int, int, int]] | None:
+    """The ``(start, end, n)`` of every ``$n`` placeholder in PostgreSQL ``sql`` (standard
+    conforming strings), skipping comments, strings, quoted identifiers and dollar-quoted bodies;
+    None when one of those is not closed."""
+    lexemes = _lexemes(sql)
+    if lexemes is None:
+        return None
+    return [(start, end, int(sql[start + 1 : end])) for kind, start, end in lexemes if kind == "placeholder"]
+
+
+def without_comments(sql: str, *, quoted_as: str | None = None) -> str | None:
+    """``sql`` with each comment replaced by a space, and with ``quoted_as``, each quoted string,
+    quoted identifier and dollar-quoted body by that text: what a check of the statement itself
+    reads (by the rules of :func:`placeholders`). None when one of them is not closed."""
+    lexemes = _lexemes(sql)
+    if lexemes is None:
+        return None
+    pieces: list[str] = []
+    end = 0
+    for kind, start, stop in lexemes:
+        if kind == "comment" or (kind == "quoted" and quoted_as is not None):
+            pieces += [sql[end:start], " " if kind == "comment" else str(quoted_as)]
+            end = stop
+    return "".join([*pieces, sql[end:]])
 
 
 def read_sql(name: str) -> str:

@@ -65,10 +65,6 @@ def _tenant_params(sql: str, source: str, tenant_id: str | None) -> list[str | N
     return []
 
 
-def _strip_sql_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
-
-
 def schema_error_from(message: str) -> SourceSchemaError | None:
     """A :class:`SourceSchemaError` naming table and column, if ``message`` reports one missing."""
     for pattern in _SCHEMA_ERROR_PATTERNS:
@@ -115,15 +111,16 @@ def _query_text(settings: Settings) -> tuple[str, str]:
     return sql, str(path)
 
 
-_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
-_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
 _READING = ("select", "with", "values", "table", "(")
 
 
 def _check_one_query(sql: str, source: str) -> None:
     """A custom extract file holds exactly one statement, and it reads. Checked before the source
     is touched; the read-only connection is the second line of defence, not the first."""
-    code = _QUOTED.sub("''", _BLOCK_COMMENT.sub(" ", _strip_sql_comments(sql))).strip().rstrip(";").strip()
+    outside = db.without_comments(sql, quoted_as="''")
+    if outside is None:
+        raise ExtractError(f"the extract SQL file {source} holds a quote or comment that is not closed")
+    code = outside.strip().rstrip(";").strip()
     if ";" in code:
         raise ExtractError(
             f"the extract SQL file {source} holds more than one statement; it must be one query"
@@ -437,7 +434,8 @@ def check_source(settings: Settings) -> str:
     if settings.extract_sql_path is None:
         _check_money_type(_summary_columns(url))
     params = _tenant_params(sql, source, settings.tenant_id)
-    body = _strip_sql_comments(sql).strip().rstrip(";")
+    # Without its comments: a last line comment would otherwise swallow the wrapper's end.
+    body = (db.without_comments(sql) or sql).strip().rstrip(";")
     try:
         with db.connect_source(url) as conn:
             table = conn.arrow(f"SELECT * FROM (\n{body}\n) AS extract_check LIMIT 0", params)

@@ -48,6 +48,26 @@ def test_an_unclosed_string_comment_or_body_finds_nothing(sql: str) -> None:
     assert db.placeholders(sql) is None
 
 
+@pytest.mark.parametrize(
+    ("sql", "code", "statement"),
+    [
+        ("SELECT 1 -- a; b\n", "SELECT 1  \n", "SELECT 1  \n"),
+        ("SELECT 'a--b; c', $$;$$, \"x;y\"", "SELECT 'a--b; c', $$;$$, \"x;y\"", "SELECT '', '', ''"),
+        ("SELECT /* /* ; */ -- */ 1", "SELECT   1", "SELECT   1"),
+        ("SELECT E'it\\'s; --', 2", "SELECT E'it\\'s; --', 2", "SELECT '', 2"),
+    ],
+)
+def test_without_comments_keeps_the_statement_and_can_blank_its_quoted_text(
+    sql: str, code: str, statement: str
+) -> None:
+    assert db.without_comments(sql) == code
+    assert db.without_comments(sql, quoted_as="''") == statement
+
+
+def test_without_comments_gives_nothing_for_an_unclosed_quote() -> None:
+    assert db.without_comments("SELECT 'open; DROP TABLE invoices") is None
+
+
 # --- streamed queries against the real server ------------------------------------------------------
 
 
@@ -79,7 +99,9 @@ class _Spy:
 
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
-_VALUES = st.one_of(st.none(), _TEXT, st.sampled_from(["$1", "'", "\\", "''", "--", "/*", "*/", "$$", "e'x'"]))
+_VALUES = st.one_of(
+    st.none(), _TEXT, st.sampled_from(["$1", "'", "\\", "''", "--", "/*", "*/", "$$", "e'x'"])
+)
 
 
 @st.composite

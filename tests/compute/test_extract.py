@@ -311,6 +311,31 @@ def test_schema_errors_name_table_and_column(
         assert f"{table}.{column}" in str(raised.value)
 
 
+def test_a_custom_querys_strings_and_comments_are_read_as_the_database_reads_them(
+    source_url: str, tmp_path: Path
+) -> None:
+    """A "--" or ";" inside a string, a dollar-quoted body or a comment is text: the run, and
+    `check` (which wraps the query), take the query as one statement that means what it says."""
+    src = Source()
+    src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
+    src.invoice("other", status="funded")
+    src.load(source_url)
+    query = tmp_path / "quoted.sql"
+    query.write_text(
+        "-- the invoices a custom status marks; one statement\n"
+        "SELECT CAST(invoices.id AS TEXT) AS invoice_pk, invoices.invoice_id, invoices.tenant_id,\n"
+        " invoices.status, invoices.currency, CAST(4.56 AS DECIMAL(15, 2)) AS db_total_funded,\n"
+        " FALSE AS total_was_null, CAST(1 AS BIGINT) AS summary_row_count, CAST(NULL AS TEXT) AS op_contract_id\n"
+        "FROM invoices WHERE invoices.status <> 'a--b; c' AND invoices.status <> $$;$$ /* ; */\n"
+        " AND invoices.status = 'custom_status'\n"
+        " AND (CAST($1 AS TEXT) IS NULL OR invoices.tenant_id = CAST($1 AS TEXT)) -- the last line; a comment\n",
+        encoding="utf-8",
+    )
+    settings = load_settings({"database_url": source_url, "extract_sql_path": str(query)}, {})
+    assert "binds" in extract.check_source(settings)
+    assert extract.extract_invoices(settings).get_column("invoice_id").to_list() == ["keep"]
+
+
 def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
     src = Source()
     src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
@@ -561,6 +586,7 @@ def _summary_rows(url: str) -> int:
         ("DELETE FROM escrow_summaries;\nSELECT * FROM invoices", "more than one statement"),
         ("DELETE FROM escrow_summaries", "must be one query that reads"),
         ("-- looks harmless\nUPDATE escrow_summaries SET total_funded = 0", "not 'UPDATE'"),
+        ("SELECT * FROM invoices WHERE status = 'open;\nDELETE FROM escrow_summaries", "not closed"),
     ],
 )
 def test_a_custom_extract_that_writes_is_refused_before_the_source_is_touched(
