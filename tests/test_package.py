@@ -59,6 +59,27 @@ def test_the_cli_does_not_load_the_rpc_client() -> None:
     assert done.stdout.split("\n")[:3] == ["[]", "True True", "['aiohttp', 'stellar_sdk']"]
 
 
+def test_the_cli_run_path_does_not_load_pyarrow(tmp_path: Path) -> None:
+    """Issue 14: pyarrow (with ADBC's datasets) was 100 MB of the CLI's resident set for the
+    whole run, loaded by papermill's HDFS handler, ADBC and the lease's read of a DuckDB state
+    database. The CLI's own steps before the kernel starts, then pyarrow still imports."""
+    code = (
+        "import sys\n"
+        "from reconcile_audit.face import cli, runner\n"
+        "from reconcile_audit.compute import persist\n"
+        "runner.notebook_parameters()\n"
+        f"url = 'duckdb:///{tmp_path / 'state.duckdb'}'\n"
+        "persist.ping(url)\n"
+        "with persist.run_lease(url, None, 'holder', heartbeat=False):\n"
+        "    persist.abandon_stale_attempts(url, None, 'run-id', None)\n"
+        "print(sorted(m for m in ('pyarrow', 'adbc_driver_manager') if m in sys.modules))\n"
+        "import pyarrow, papermill.iorw\n"
+        "print(pyarrow.array([1]).to_pylist(), papermill.iorw.HadoopFileSystem.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "[1] missing_dep"]
+
+
 def test_the_ledger_package_names_what_it_lacks() -> None:
     from reconcile_audit.compute import ledger
 

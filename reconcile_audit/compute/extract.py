@@ -13,10 +13,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
-import pyarrow as pa
 
 from reconcile_audit.compute import db
 from reconcile_audit.compute.schemas import (
@@ -29,6 +28,9 @@ from reconcile_audit.compute.schemas import (
 from reconcile_audit.compute.settings import Settings, redact_url
 from reconcile_audit.compute.sharding import in_shard, unsharded
 from reconcile_audit.errors import ExtractError, ReconcileAuditError, ScopeError, SourceSchemaError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -260,6 +262,8 @@ def _check_money_type(declared: dict[str, str] | None) -> None:
 def _without_extensions(table: pa.Table) -> pa.Table:
     """``table`` with extension columns as their storage. ADBC hands PostgreSQL's numeric over as
     an opaque extension over its exact text, which polars cannot cast."""
+    import pyarrow as pa  # here: the CLI loads this module (stranded's OutOfScope) but never extracts
+
     for index, column in enumerate(table.columns):
         if isinstance(column.type, pa.BaseExtensionType):
             storage = pa.chunked_array(

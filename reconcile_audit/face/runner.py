@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 import nbformat
@@ -84,11 +85,25 @@ class RunOutcome:
     summary: RunSummary | None = None
 
 
+def _papermill() -> ModuleType:
+    """papermill, imported on first use (half a second; `summary` and `migrate` never need it),
+    without its HDFS handler: that imports pyarrow, 63 MB of the CLI's resident set for the whole
+    run, for a store the runner never writes to. papermill names HDFS unsupported when pyarrow
+    cannot be imported, and pyarrow imports normally again afterwards."""
+    if "papermill" not in sys.modules and "pyarrow" not in sys.modules:
+        sys.modules["pyarrow"] = None  # type: ignore[assignment]  # import machinery: "not available"
+        try:
+            import papermill
+        finally:
+            del sys.modules["pyarrow"]
+    import papermill
+
+    return papermill
+
+
 def notebook_parameters(notebook: Path = NOTEBOOK_PATH) -> dict[str, dict[str, Any]]:
     """The notebook's parameters as papermill sees them: name -> {default, inferred_type_name, help}."""
-    import papermill  # half a second to import; `summary` and `migrate` never need it
-
-    return {name: dict(info) for name, info in papermill.inspect_notebook(str(notebook)).items()}
+    return {name: dict(info) for name, info in _papermill().inspect_notebook(str(notebook)).items()}
 
 
 def coerce_parameter(name: str, value: Any, known: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -490,7 +505,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
     ``environ`` adds variables for this run only (the demo passes DATABASE_URL and the emulator's
     SOROBAN_RPC_URL this way); secrets must arrive there, never in ``request.parameters``.
     """
-    import papermill  # see notebook_parameters
+    papermill = _papermill()
     from papermill.exceptions import PapermillExecutionError
 
     environ = {**kernel_allocator(), **(environ or {})}

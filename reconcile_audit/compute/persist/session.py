@@ -143,9 +143,9 @@ def table_exists(conn: Connection, table: str) -> bool:
 
 def read_frame(conn: Connection, sql: str, params: tuple[Any, ...] = ()) -> pl.DataFrame:
     """A query's result as polars, with every timestamp in UTC (DuckDB uses the session zone)."""
-    frame = pl.from_arrow(conn.arrow(sql, params))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.with_columns(pl.col(pl.Datetime(time_zone="*")).dt.convert_time_zone("UTC"))
+    return conn.frame(sql, params).with_columns(
+        pl.col(pl.Datetime(time_zone="*")).dt.convert_time_zone("UTC")
+    )
 
 
 def state_database_missing(url: str) -> bool:
