@@ -62,8 +62,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
@@ -79,7 +81,7 @@ from reconcile_audit.compute.amounts import (
 from reconcile_audit.compute.extract import OutOfScope
 from reconcile_audit.compute.ledger import read_ledger
 from reconcile_audit.compute.ledger.types import LedgerRead
-from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.result import AuditResult, Spool, Tallies, spool_part
 from reconcile_audit.compute.schemas import (
     ESCROW_STATUS_WORDS,
     FINDINGS,
@@ -364,30 +366,97 @@ def classify(
     invoice currency to the token its escrows must hold; None checks no currency.
     ``token_symbols`` names tokens in reason sentences.
     """
-    if tolerance_base_units < 0:
+    options = _Options(tolerance_base_units, ttl_warning_ledgers, currency_tokens, token_symbols or {})
+    return _classified(resolved, ledger_frame, options, part_rows=part_rows).findings
+
+
+@dataclass(frozen=True)
+class _Options:
+    tolerance_base_units: int
+    ttl_warning_ledgers: int
+    currency_tokens: Mapping[str, str] | None
+    token_symbols: Mapping[str, str]
+
+    @classmethod
+    def of(cls, settings: Settings, ledger_read: LedgerRead) -> _Options:
+        return cls(
+            settings.tolerance_base_units,
+            settings.ttl_warning_ledgers,
+            settings.currency_tokens,
+            ledger_read.token_symbols,
+        )
+
+
+@dataclass(frozen=True)
+class _Classification:
+    """FINDINGS of every row, or with a spool, of the rows it holds: every non-match and every
+    match with a flag."""
+
+    findings: pl.DataFrame
+    spool: Spool | None
+
+
+def _classified(
+    resolved: pl.DataFrame,
+    ledger_frame: pl.DataFrame,
+    options: _Options,
+    *,
+    in_flight: Sequence[str] = (),
+    spool_directory: Path | None = None,
+    part_rows: int = 125_000,
+) -> _Classification:
+    """:func:`classify`, with the invoices of the ``in_flight`` contracts flagged (:func:`_in_flight`)
+    and, given ``spool_directory``, the plain matches written there part by part instead of held."""
+    if options.tolerance_base_units < 0:
         raise ValueError("tolerance_base_units must not be negative")
     started = time.perf_counter()
     resolved_frame = _resolved_input(resolved)
     ledger_input = conform(ledger_frame, LEDGER, "classify (ledger)").select(LEDGER.names())
     tokens = pl.DataFrame(
-        list((currency_tokens or {}).items()),
+        list((options.currency_tokens or {}).items()),
         schema={"currency": pl.String, "token": pl.String},
         orient="row",
     ).to_arrow()
-    params = [str(tolerance_base_units), ttl_warning_ledgers, currency_tokens is not None]
-    symbols = token_symbols or {}
+    params = [
+        str(options.tolerance_base_units),
+        options.ttl_warning_ledgers,
+        options.currency_tokens is not None,
+    ]
+    if spool_directory is not None:
+        spool_directory.mkdir(parents=True, exist_ok=True)
+        for stale in spool_directory.glob("*.parquet"):  # a first classification's, read again since
+            stale.unlink()
+    spooled: list[tuple[int, Tallies]] = []  # of each part: its rows spooled, and their tallies
+
+    def finished(index: int, part: pl.DataFrame) -> pl.DataFrame:
+        part = _in_flight(part, in_flight) if in_flight else part
+        if spool_directory is None:
+            return part
+        held, rows, tallies = spool_part(part, spool_directory, index)
+        spooled.append((rows, tallies))
+        return held
+
     parts = _classified_parts(
-        resolved_frame, ledger_input, tokens, params, max(1, part_rows), tolerance_base_units, symbols
+        resolved_frame, ledger_input, tokens, params, max(1, part_rows), options, finished
     )
     del resolved_frame, ledger_input
-    findings = _with_drift_ranks(pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]).drop("_row")
+    findings = _with_drift_ranks(pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0])
     logger.info(
         "classify: %d invoices in %.2f s (%d parts)",
-        findings.height,
+        resolved.height,
         time.perf_counter() - started,
         len(parts),
     )
-    return findings
+    if spool_directory is None:
+        return _Classification(findings.drop("_row"), None)
+    spool = Spool(
+        spool_directory,
+        max(1, part_rows),
+        findings.get_column("_row"),
+        sum(rows for rows, _ in spooled),
+        Tallies.combined([tallies for _, tallies in spooled]),
+    )
+    return _Classification(findings.drop("_row"), spool)
 
 
 def _classified_parts(
@@ -396,11 +465,11 @@ def _classified_parts(
     tokens: pa.Table,
     params: list[Any],
     size: int,
-    tolerance_base_units: int,
-    symbols: Mapping[str, str],
+    options: _Options,
+    finished: Callable[[int, pl.DataFrame], pl.DataFrame],
 ) -> list[pl.DataFrame]:
-    """FINDINGS (with ``_row`` and ``abs_delta_base_units``) of ``resolved_frame`` in consecutive
-    parts of ``size`` invoices, in its order.
+    """What ``finished`` keeps of each part's FINDINGS (with ``_row`` and ``abs_delta_base_units``),
+    for ``resolved_frame`` in consecutive parts of ``size`` invoices, in its order.
 
     Each part goes to DuckDB with the ledger rows of its own contracts, so that the query holds
     one part's rows at a time: at 1M invoices, all at once took 1.8 GB over the stage's start.
@@ -427,10 +496,14 @@ def _classified_parts(
             computed = pending.result()
             if index + 1 < len(starts):
                 pending = decide(starts[index + 1])
-            parts.append(
-                _finished_part(computed, resolved_frame.slice(start, size), tolerance_base_units, symbols)
+            part = _finished_part(
+                computed,
+                resolved_frame.slice(start, size),
+                options.tolerance_base_units,
+                options.token_symbols,
             )
             del computed
+            parts.append(finished(index, part))
     return parts
 
 
@@ -545,6 +618,7 @@ def audit(
     *,
     out_of_scope: OutOfScope | None = None,
     reread: Reread = _read_again,
+    spool: Path | None = None,
 ) -> AuditResult:
     """The classify stage as the notebook runs it: the findings, counted once, with the ledger range.
 
@@ -557,16 +631,13 @@ def audit(
     before the extract, so the database can be the newer side; it is flagged only when its entry
     did change.
 
-    ``out_of_scope`` (read in the same sweep) gives the stranded escrows, apart from the classes.
+    ``out_of_scope`` (read in the same sweep) gives the stranded escrows, apart from the counts.
+    Given ``spool`` (a folder of the run's own), the plain matches are written there
+    (:class:`~reconcile_audit.compute.result.Spool`) and the result holds the other rows.
     """
-    options: dict[str, Any] = {
-        "tolerance_base_units": settings.tolerance_base_units,
-        "ttl_warning_ledgers": settings.ttl_warning_ledgers,
-        "currency_tokens": settings.currency_tokens,
-        "token_symbols": ledger_read.token_symbols,
-    }
-    findings = classify(resolved, ledger_read.frame, **options)
-    moved, behind = _changed_during_sweep(findings, ledger_read)
+    options = _Options.of(settings, ledger_read)
+    classified = _classified(resolved, ledger_read.frame, options, spool_directory=spool)
+    moved, behind = _changed_during_sweep(classified.findings, ledger_read)
     changed = moved + behind
     ledger_max = ledger_read.ledger_max
     if changed:
@@ -581,18 +652,22 @@ def audit(
         # The re-read replaces the sweep's reading of those contracts; the rest stand. Those read
         # before the database's sync are flagged only when the entry did change.
         frame = pl.concat([ledger_read.frame.filter(~pl.col("contract_id").is_in(changed)), again.frame])
-        findings = _in_flight(
-            classify(resolved, frame, **options),
-            moved + _entries_changed(ledger_read.frame, again.frame, behind),
+        classified = _classified(
+            resolved,
+            frame,
+            options,
+            in_flight=moved + _entries_changed(ledger_read.frame, again.frame, behind),
+            spool_directory=spool,
         )
         ledger_max = max((v for v in (ledger_max, again.ledger_max) if v is not None), default=None)
     result = AuditResult.of(
-        findings,
+        classified.findings,
         ledger_min=ledger_read.ledger_min,
         ledger_max=ledger_max,
         incomplete=ledger_read.incomplete_because(settings.min_read_share),
         reread=len(changed),
         stranded=None if out_of_scope is None else find_stranded(out_of_scope, ledger_read),
+        spool=classified.spool,
     )
     if result.incomplete:
         logger.error("the run is incomplete: %s", result.incomplete)
@@ -642,7 +717,7 @@ def _entries_changed(before: pl.DataFrame, after: pl.DataFrame, contracts: list[
     return [contract for contract in contracts if contract in changed]
 
 
-def _in_flight(findings: pl.DataFrame, changed: list[str]) -> pl.DataFrame:
+def _in_flight(findings: pl.DataFrame, changed: Sequence[str]) -> pl.DataFrame:
     """Flag the invoices of ``changed``: settled during the run when they now match."""
     flag = (
         pl.when(pl.col("class") == "match")

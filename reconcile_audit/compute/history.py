@@ -246,15 +246,13 @@ def _with_previous_explanation(marked: pl.DataFrame, previous: pl.DataFrame) -> 
     )
 
 
-def _resolved(current: pl.DataFrame, previous: pl.DataFrame, *, every_row: bool = True) -> pl.DataFrame:
+def _resolved(result: AuditResult, previous: pl.DataFrame) -> pl.DataFrame:
     """Previous findings that are no longer findings. A merge of shards holds no plain match, so
     it cannot tell a match from an invoice no longer extracted: ``no_longer_found`` says so."""
-    gone = "not_extracted" if every_row else "no_longer_found"
+    gone = "not_extracted" if result.knows_every_class else "no_longer_found"
     # Only the invoices of the previous findings are looked up: the distinct ids of every row
     # tonight took 0.2 GB at 1M invoices.
-    now_class = current.filter(
-        pl.col("invoice_id").is_in(previous.get_column("invoice_id").implode())
-    ).select("invoice_id", pl.col("class").alias("_now_class"))
+    now_class = result.classes_of(previous.get_column("invoice_id")).rename({"class": "_now_class"})
     return (
         previous.join(
             now_class.unique("invoice_id", keep="first"), on="invoice_id", how="left", maintain_order="left"
@@ -314,7 +312,7 @@ def compare_with_history(
     marked = conform(_with_lifecycle(current, marked_open), HISTORY_FINDINGS, "history")
     return HistoryComparison(
         findings=marked,
-        resolved=_resolved(current, previous, every_row=result.holds_every_row),
+        resolved=_resolved(result, previous),
         trend=_trend(runs, result.counts, run_key, now),
         previous_counts=(ClassCounts.of(previous_run) if previous_run else None),
         previous_run_key=previous_run["run_key"] if previous_run else None,

@@ -6,8 +6,9 @@ read its counts instead of counting the findings again, so every artifact agrees
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
@@ -63,12 +64,83 @@ class Tallies:
 
 
 @dataclass(frozen=True)
+class Spool:
+    """The plain matches of a run, kept on disk instead of in memory: at 1M invoices, holding
+    them took the run's peak past 1.5 GB.
+
+    ``directory`` holds classify's Parquet parts of the FINDINGS rows that are a match without a
+    flag, each with ``_row``, its position in the run's order: ``rows`` of them, with ``tallies``.
+    Part k is of the run's rows ``k * part_rows`` to ``(k + 1) * part_rows``. ``positions`` is
+    the ``_row`` of each row the result holds, in the result's order.
+    """
+
+    directory: Path
+    part_rows: int
+    positions: pl.Series
+    rows: int
+    tallies: Tallies
+
+    @classmethod
+    def written(cls, findings: pl.DataFrame, directory: Path, part_rows: int) -> tuple[pl.DataFrame, Spool]:
+        """Spool every frame's plain matches, as classify does part by part: the rows held, and the spool."""
+        directory.mkdir(parents=True, exist_ok=True)
+        frame = findings.with_row_index("_row")
+        parts = [
+            spool_part(frame.slice(start, part_rows), directory, index)
+            for index, start in enumerate(range(0, max(frame.height, 1), part_rows))
+        ]
+        held = pl.concat([part for part, _, _ in parts])
+        spool = cls(
+            directory,
+            part_rows,
+            held.get_column("_row"),
+            sum(rows for _, rows, _ in parts),
+            Tallies.combined([tallies for _, _, tallies in parts]),
+        )
+        return held.drop("_row"), spool
+
+    def scan(self) -> pl.LazyFrame:
+        """Every spooled row (FINDINGS and ``_row``), in the run's order."""
+        return pl.scan_parquet(self.directory / "*.parquet")
+
+    def every_row(self, held: pl.DataFrame) -> Iterator[pl.DataFrame]:
+        """``held`` (rows in line with the result's, any columns FINDINGS names or adds) and the
+        spooled rows, in the run's order, one classify part at a time: at 1M invoices, all at
+        once was 0.5 GB. A column the spool lacks is null on its rows: a match has no life."""
+        positions = self.positions.cast(pl.Int64)
+        for index, part in enumerate(sorted(self.directory.glob("*.parquet"))):
+            start = index * self.part_rows
+            ours = positions.is_between(start, start + self.part_rows, closed="left")
+            spooled = pl.read_parquet(part).select(
+                *(
+                    pl.col(name) if name in FINDINGS else pl.lit(None, dtype=dtype).alias(name)
+                    for name, dtype in held.schema.items()
+                ),
+                pl.col("_row").cast(pl.Int64),
+            )
+            rows = held.filter(ours).with_columns(positions.filter(ours).alias("_row"))
+            yield pl.concat([rows, spooled]).sort("_row").drop("_row")
+
+
+def spool_part(part: pl.DataFrame, directory: Path, index: int) -> tuple[pl.DataFrame, int, Tallies]:
+    """Write the plain matches of ``part`` (FINDINGS rows with ``_row``) as the spool's part
+    ``index``. Returns the rows to hold (every non-match, every match with a flag), and how many
+    rows were spooled, with their tallies."""
+    held = pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
+    plain = part.filter(~held).select(*FINDINGS.names(), "_row")
+    # lz4: written and read again within the run, so speed matters more than size.
+    plain.write_parquet(directory / f"part-{index:05d}.parquet", compression="lz4")
+    return part.filter(held), plain.height, Tallies.of(plain)
+
+
+@dataclass(frozen=True)
 class AuditResult:
     """The FINDINGS frame (one row per extracted invoice), its class counts, and the ledger range
     the escrows were read at (``None`` when nothing was read).
 
     A merge of shards (``held_tallies`` set) holds only the rows the shards stored: every
-    non-match, and the matches with a flag. Its plain matches are in ``counts`` alone.
+    non-match, and the matches with a flag. Its plain matches are in ``counts`` alone. A run that
+    spools (``spool`` set) holds the same rows, and its plain matches are on disk.
     """
 
     findings: pl.DataFrame
@@ -83,9 +155,20 @@ class AuditResult:
     merged_shards: int | None = None  # a merge: how many shards it combined
     # Why the worst mismatches drifted (the explain stage); None when it did not run.
     explained: Explained | None = None
+    spool: Spool | None = None
 
     def __post_init__(self) -> None:
-        if self.held_tallies is not None:
+        if self.spool is not None:
+            held = count_classes(self.findings)
+            if (
+                replace(held, total=held.total + self.spool.rows, match=held.match + self.spool.rows)
+                != self.counts
+                or self.spool.positions.len() != self.findings.height
+            ):
+                raise ValueError(
+                    f"counts say {self.counts}, the held rows hold {held} and {self.spool.rows} spooled"
+                )
+        elif self.held_tallies is not None:
             held = count_classes(self.findings)
             if held.total - held.match != self.counts.non_match or held.match > self.counts.match:
                 raise ValueError(f"counts say {self.counts}, the merged rows hold {held}")
@@ -96,11 +179,30 @@ class AuditResult:
 
     @property
     def holds_every_row(self) -> bool:
-        return self.held_tallies is None
+        return self.held_tallies is None and self.spool is None
+
+    @property
+    def knows_every_class(self) -> bool:
+        """Whether tonight's class of every invoice can be looked up (``classes_of``): not for a
+        merge of shards, which never saw the plain matches."""
+        return self.holds_every_row or self.spool is not None
+
+    def classes_of(self, invoice_ids: pl.Series) -> pl.DataFrame:
+        """``invoice_id`` and ``class`` of tonight's rows of ``invoice_ids``, held or spooled."""
+        wanted = pl.col("invoice_id").is_in(invoice_ids.implode())
+        held = self.findings.filter(wanted).select("invoice_id", "class")
+        if self.spool is None:
+            return held
+        spooled = self.spool.scan().filter(wanted).select("invoice_id", "class").collect()
+        return pl.concat([held, spooled])
 
     @property
     def tallies(self) -> Tallies:
-        return self.held_tallies if self.held_tallies is not None else Tallies.of(self.findings)
+        if self.held_tallies is not None:
+            return self.held_tallies
+        if self.spool is not None:
+            return Tallies.combined([Tallies.of(self.findings), self.spool.tallies])
+        return Tallies.of(self.findings)
 
     def stored_facts(self) -> dict[str, Any]:
         """What a merge of shards needs from each shard's stored result that its rows do not say
@@ -121,17 +223,23 @@ class AuditResult:
         incomplete: str | None = None,
         reread: int = 0,
         stranded: Stranded | None = None,
+        spool: Spool | None = None,
     ) -> AuditResult:
-        """Check ``findings`` against FINDINGS and count its classes: the one place they are counted."""
+        """Check ``findings`` against FINDINGS and count its classes, and the matches ``spool``
+        holds: the one place they are counted."""
         frame = conform(findings, FINDINGS, "result")
+        counts = count_classes(frame)
+        if spool is not None:
+            counts = replace(counts, total=counts.total + spool.rows, match=counts.match + spool.rows)
         return cls(
             frame,
-            count_classes(frame),
+            counts,
             ledger_min,
             ledger_max,
             incomplete,
             reread,
             stranded or Stranded.not_checked(NOT_LOOKED_FOR),
+            spool=spool,
         )
 
     def with_explanations(self, explained: Explained) -> AuditResult:
@@ -141,9 +249,28 @@ class AuditResult:
     def for_tenant(self, tenant_id: str) -> AuditResult | None:
         """This result narrowed to one tenant's invoices and stranded escrows (its own report);
         None for a merge of shards, whose plain matches are counts without rows."""
-        if not self.holds_every_row:
+        if not self.knows_every_class:
             return None
         frame = self.findings.filter(pl.col("tenant_id") == tenant_id)
+        counts, tallies = count_classes(frame), None
+        if self.spool is not None:  # the tenant's result holds its rows as a merge does: no spool
+            spooled = (
+                self.spool.scan()
+                .filter(pl.col("tenant_id") == tenant_id)
+                .select(
+                    pl.len().alias("rows"),
+                    pl.col("chain_balance_base_units").is_not_null().sum().alias("balances"),
+                    pl.col("db_ledger_sequence").is_not_null().any().alias("sides"),
+                )
+                .collect()
+                .row(0, named=True)
+            )
+            counts = replace(
+                counts, total=counts.total + spooled["rows"], match=counts.match + spooled["rows"]
+            )
+            tallies = Tallies.combined(
+                [Tallies.of(frame), Tallies(int(spooled["balances"]), bool(spooled["sides"]))]
+            )
         stranded = replace(self.stranded, frame=self.stranded.frame.filter(pl.col("tenant_id") == tenant_id))
         explained = self.explained
         if explained is not None:
@@ -154,7 +281,13 @@ class AuditResult:
                 events=explained.events.filter(pl.col("invoice_id").is_in(ids)),
             )
         return replace(
-            self, findings=frame, counts=count_classes(frame), stranded=stranded, explained=explained
+            self,
+            findings=frame,
+            counts=counts,
+            stranded=stranded,
+            explained=explained,
+            held_tallies=tallies,
+            spool=None,
         )
 
     @classmethod

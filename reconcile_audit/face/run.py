@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 RUN_LOG: Final = "run.log"
 RUN_EVENTS: Final = "run.jsonl"  # the same records as JSON lines, which the runner follows
+SPOOL: Final = ".spool"  # classify's plain matches until results.parquet holds them; the runner removes it
 
 
 RUN_ID_PATTERN: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")  # what new_run_id makes; sorts by time
@@ -265,6 +266,11 @@ class RunContext:
         """``with context.stage("extract"): ...`` times one stage for the report and metrics."""
         return self.clock.stage(name)
 
+    @property
+    def spool(self) -> Path:
+        """The folder where classify keeps the plain matches (:class:`~reconcile_audit.compute.result.Spool`)."""
+        return self.out_dir / SPOOL
+
     # --- records -------------------------------------------------------------------------------
 
     def run_record(self, result: AuditResult | None, *, error_message: str | None = None) -> RunRecord:
@@ -442,6 +448,7 @@ class RunContext:
             registry,
             None if result is None else result.stranded.frame,
             None if result is None or result.explained is None else result.explained.events,
+            None if result is None else result.spool,
         )
         if not send:
             return Delivered(paths, summary, (), registry)

@@ -40,7 +40,7 @@ from reconcile_audit.errors import (
     StateLockedError,
     StateUnavailableError,
 )
-from reconcile_audit.face.run import RUN_EVENTS, RUN_ID_PATTERN, RunContext, StageClock, new_run_id
+from reconcile_audit.face.run import RUN_EVENTS, RUN_ID_PATTERN, SPOOL, RunContext, StageClock, new_run_id
 from reconcile_audit.output.deliver import write_atomically
 from reconcile_audit.output.summary import RunSummary
 from reconcile_audit.resources import NOTEBOOK_PATH, default_output_dir
@@ -607,6 +607,7 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
             return _failed(context, request, None, str(exc))
     finally:
         if run_dir.exists():
+            shutil.rmtree(run_dir / SPOOL, ignore_errors=True)  # results.parquet holds its rows
             scrub_secrets(run_dir, settings.secrets)
         prune_run_folders(request.output_dir.resolve(), keep=settings.keep_runs, current=run_id)
 

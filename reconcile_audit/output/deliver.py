@@ -14,7 +14,7 @@ import os
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -24,6 +24,7 @@ from typing import Any, Final
 import polars as pl
 from prometheus_client import CollectorRegistry
 
+from reconcile_audit.compute.result import Spool
 from reconcile_audit.compute.schemas import DRIFT_EVENTS, FINDINGS, STRANDED, DeliveryStatus
 from reconcile_audit.compute.settings import Settings, envelope_addresses
 from reconcile_audit.output.metrics import write_textfile
@@ -291,6 +292,22 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def _write_parts(path: Path, parts: Iterator[pl.DataFrame]) -> None:
+    """One Parquet file of ``parts`` (one schema), one part in memory at a time."""
+    import pyarrow.parquet as pq  # the CLI imports this module and never writes Parquet
+
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            table = part.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 def write_artifacts(
     out_dir: Path,
     findings: pl.DataFrame | None,
@@ -299,6 +316,7 @@ def write_artifacts(
     registry: CollectorRegistry,
     stranded: pl.DataFrame | None = None,
     drift_events: pl.DataFrame | None = None,
+    spool: Spool | None = None,
 ) -> ArtifactPaths:
     """Write report.html, report.txt, summary.json, results.parquet, findings.csv,
     stranded.parquet, drift_events.parquet, metrics.prom.
@@ -308,7 +326,8 @@ def write_artifacts(
     ``findings`` (``stranded``) may be None for a run that failed before classifying (did not
     check them): the files are then written empty, with the documented columns.
     ``drift_events.parquet`` is the DRIFT_EVENTS frame: the events and transactions behind each
-    explained finding (empty when nothing was explained).
+    explained finding (empty when nothing was explained). ``spool``: where the run keeps the
+    plain matches ``findings`` leaves out; ``results.parquet`` has them too, in the run's order.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = pl.DataFrame(schema=FINDINGS) if findings is None else findings
@@ -330,7 +349,10 @@ def write_artifacts(
     else:
         summary_text = json.dumps(dict(summary), indent=2, sort_keys=True, default=str) + "\n"
     write_atomically(paths.summary_json, lambda path: path.write_text(summary_text, encoding="utf-8"))
-    write_atomically(paths.results_parquet, frame.write_parquet)
+    if spool is None:
+        write_atomically(paths.results_parquet, frame.write_parquet)
+    else:
+        write_atomically(paths.results_parquet, lambda path: _write_parts(path, spool.every_row(frame)))
     write_atomically(paths.findings_csv, findings_csv_frame(non_match_worst_first(frame)).write_csv)
     write_atomically(
         paths.stranded_parquet,

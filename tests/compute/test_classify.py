@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -13,7 +15,8 @@ from stellar_sdk import StrKey
 
 from reconcile_audit.compute import classify as classify_module
 from reconcile_audit.compute.amounts import format_major
-from reconcile_audit.compute.classify import REASON_CODES, classify
+from reconcile_audit.compute.classify import DEFAULT_TTL_WARNING_LEDGERS, REASON_CODES, classify
+from reconcile_audit.compute.result import AuditResult, Tallies
 from reconcile_audit.compute.schemas import (
     CLASS_ORDER,
     CLASSES,
@@ -998,7 +1001,8 @@ def _read(rows: list[dict[str, Any]], *, start: int | None, ledger: int) -> Any:
     return LedgerRead(frame, ledger, ledger, stats, sweep_start_ledger=start)
 
 
-def test_findings_that_changed_during_the_sweep_are_read_again_once() -> None:
+@pytest.mark.parametrize("spooled", [False, True], ids=["held", "spooled"])
+def test_findings_that_changed_during_the_sweep_are_read_again_once(spooled: bool, tmp_path: Path) -> None:
     from tests import factories
 
     start = 1_000_000
@@ -1039,9 +1043,13 @@ def test_findings_that_changed_during_the_sweep_are_read_again_once() -> None:
         _read(sweep, start=start, ledger=start),
         factories.settings(),
         reread=reread,
+        spool=tmp_path / "spool" if spooled else None,
     )
     assert asked == [[CONTRACTS[0], CONTRACTS[1]]]  # the findings modified after the start, once
-    rows = {row["invoice_id"]: row for row in result.findings.iter_rows(named=True)}
+    every = pl.concat(result.spool.every_row(result.findings)) if result.spool else result.findings
+    # Spooled, the second classification replaced the first's parts; a match read again is held.
+    assert every.height == 4 and result.findings.height == (3 if spooled else 4)
+    rows = {row["invoice_id"]: row for row in every.iter_rows(named=True)}
     assert (rows["SETTLES"]["class"], rows["SETTLES"]["flags"]) == ("match", ["settled_during_run"])
     assert rows["STILL-OFF"]["class"] == "mismatch" and rows["STILL-OFF"]["flags"] == ["changed_during_run"]
     assert rows["STILL-OFF"]["chain_funded_base_units"] == "4"  # the re-read's values
@@ -1127,6 +1135,42 @@ def test_property_classifying_in_parts_gives_what_one_query_gives(
     part_rows = max(1, resolved.height // parts)
     parted = classify(resolved, ledger, tolerance_base_units=tolerance, part_rows=part_rows)
     assert parted.equals(whole)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(random_frames(), st.integers(min_value=1, max_value=4))
+def test_property_a_spooled_classification_holds_every_row(
+    case: tuple[pl.DataFrame, pl.DataFrame, int], parts: int
+) -> None:
+    """Issue 14: the plain matches go to disk part by part. The rows held, with the spool's, are
+    what classify gives, in its order; the counts and tallies are of every row."""
+    resolved, ledger, tolerance = case
+    whole = classify(resolved, ledger, tolerance_base_units=tolerance)
+    options = classify_module._Options(tolerance, DEFAULT_TTL_WARNING_LEDGERS, None, {})
+    with tempfile.TemporaryDirectory() as directory:
+        spooled = classify_module._classified(
+            resolved,
+            ledger,
+            options,
+            spool_directory=Path(directory),
+            part_rows=max(1, resolved.height // parts),
+        )
+        assert spooled.spool is not None
+        result = AuditResult.of(spooled.findings, spool=spooled.spool)
+        assert pl.concat(spooled.spool.every_row(result.findings)).equals(whole)
+        assert result.counts == count_classes(whole) and result.tallies == Tallies.of(whole)
+        held = (pl.col("class") != "match") | (pl.col("flags").list.len() > 0)
+        assert result.findings.equals(whole.filter(held))
+        ids = whole.get_column("invoice_id").drop_nulls()
+        assert (
+            result.classes_of(ids)
+            .sort(pl.all())
+            .equals(
+                whole.filter(pl.col("invoice_id").is_not_null()).select("invoice_id", "class").sort(pl.all())
+            )
+        )
 
 
 def test_invoices_of_one_contract_in_two_parts_both_meet_its_escrow() -> None:

@@ -14,7 +14,7 @@ from reconcile_audit.compute import persist
 from reconcile_audit.compute.history import TREND_RUNS, HistoryComparison, compare_with_history
 from reconcile_audit.compute.lifecycle import age_bucket
 from reconcile_audit.compute.persist import RunRecord
-from reconcile_audit.compute.result import AuditResult
+from reconcile_audit.compute.result import AuditResult, Spool
 from reconcile_audit.compute.schemas import (
     HISTORY_FINDINGS,
     RESOLVED_FINDINGS,
@@ -71,7 +71,12 @@ def by_invoice(findings: pl.DataFrame) -> dict[str | None, dict[str, Any]]:
     return {row["invoice_id"]: row for row in findings.iter_rows(named=True)}
 
 
-def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> None:
+@pytest.mark.parametrize("spooled", [False, True], ids=["held", "spooled"])
+def test_new_persisting_and_resolved_across_persisted_runs(
+    state_url: str, spooled: bool, tmp_path: Path
+) -> None:
+    """Spooled (issue 14), the plain matches are on disk: D is still resolved as a match, X as
+    no longer extracted, and every row comes back with its state."""
     day = [DAY0 + timedelta(days=n) for n in range(4)]
     persisted(
         state_url, "r0", day[0], {"A": "mismatch", "P": "error", "B": "error", "H": "match", "G": "unlinked"}
@@ -114,14 +119,19 @@ def test_new_persisting_and_resolved_across_persisted_runs(state_url: str) -> No
             None: "error",  # no id to follow: new
         }  # X (error in r3) is no longer extracted: resolved
     )
-    history = compare_with_history(
-        AuditResult.of(current), settings_for(state_url), run_key="current", now=NOW
-    )
+    result = AuditResult.of(current)
+    if spooled:
+        held, spool = Spool.written(current, tmp_path / "spool", part_rows=4)
+        result = AuditResult.of(held, spool=spool)
+        assert result.counts == AuditResult.of(current).counts and spool.rows == 2
+    history = compare_with_history(result, settings_for(state_url), run_key="current", now=NOW)
 
     assert history.warning is None
     assert history.findings.schema == HISTORY_FINDINGS
-    assert history.findings["invoice_id"].to_list() == current["invoice_id"].to_list()
-    rows = by_invoice(history.findings)
+    every = pl.concat(result.spool.every_row(history.findings)) if result.spool else history.findings
+    assert every.schema == HISTORY_FINDINGS
+    assert every["invoice_id"].to_list() == current["invoice_id"].to_list()
+    rows = by_invoice(every)
     expected = {
         "A": ("persisting", day[3], 1),
         "P": ("reopened", NOW, 0),

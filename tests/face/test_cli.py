@@ -207,6 +207,7 @@ def test_findings_run_exits_1_with_every_artifact(findings_run, dataset):
     for name in ARTIFACTS:
         assert (findings_run.folder / name).is_file(), name
     assert str(findings_run.folder / "report.html") in findings_run.result.output
+    assert not (findings_run.folder / ".spool").exists()  # classify's plain matches: in results.parquet now
 
 
 def test_summary_json_counts_every_class(findings_run, dataset):
@@ -222,6 +223,9 @@ def test_summary_json_counts_every_class(findings_run, dataset):
 def test_results_hold_one_row_per_invoice_with_the_documented_columns(findings_run):
     results = pl.read_parquet(findings_run.folder / "results.parquet")
     assert results.height == findings_run.summary["total"]
+    assert results.get_column("class").value_counts().rows_by_key("class", unique=True) == {
+        name: (count,) for name, count in findings_run.summary["counts"].items() if count
+    }
     assert set(FINDINGS) <= set(results.columns)
     findings_csv = pl.read_csv(findings_run.folder / "findings.csv", infer_schema=False)
     assert findings_csv.height == results.filter(pl.col("class") != "match").height > 0  # the findings only

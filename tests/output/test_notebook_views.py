@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
 
 import polars as pl
 
@@ -48,13 +49,13 @@ def test_the_notebook_keeps_no_displayed_value_alive() -> None:
         InteractiveShell.clear_instance()
 
 
-def test_the_drill_down_connection_reads_the_findings_as_they_are() -> None:
-    # Two chunks, long strings (not inlined in a view), nulls and a list column, as classify's
-    # frames have: DuckDB must read them in place and give back every value.
+def test_the_drill_down_connection_reads_the_findings_as_they_are(tmp_path: Path) -> None:
+    # Long strings, nulls and a list column, as results.parquet has: every value comes back.
     first = frame([finding("INV-1"), finding("INV-2", "mismatch", tenant_id=None, flags=["archived"])])
     second = frame([finding("INV-3", reason="a reason long enough not to fit in a string view " * 3)])
     findings = pl.concat([first, second], rechunk=False)
-    conn = notebook_views.findings_connection(findings)
+    findings.write_parquet(tmp_path / "results.parquet")
+    conn = notebook_views.findings_connection(tmp_path / "results.parquet")
     back = conn.sql("SELECT * FROM findings ORDER BY invoice_id").pl()
     assert back.schema == findings.schema
     assert back.equals(findings)
