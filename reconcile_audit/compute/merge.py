@@ -14,7 +14,7 @@ import polars as pl
 
 from reconcile_audit.compute.persist.shards import StoredShard
 from reconcile_audit.compute.result import AuditResult, Tallies
-from reconcile_audit.compute.schemas import COUNT_NAMES, FINDINGS, ClassCounts
+from reconcile_audit.compute.schemas import FINDINGS, ClassCounts
 from reconcile_audit.compute.settings import Shard
 from reconcile_audit.compute.stranded import Stranded
 
@@ -48,7 +48,7 @@ def merge_shards(shards: list[StoredShard], *, shard_count: int | None = None) -
         if not shard.completed
     ]
     rows = _reranked(pl.concat([shard.rows for shard in parts]) if parts else pl.DataFrame(schema=FINDINGS))
-    counts = ClassCounts.of({name: sum(shard.counts[name] for shard in parts) for name in COUNT_NAMES})
+    counts = ClassCounts.summed(shard.counts for shard in parts)
     ledgers_min = [shard.ledger_min for shard in parts if shard.ledger_min is not None]
     ledgers_max = [shard.ledger_max for shard in parts if shard.ledger_max is not None]
     return AuditResult(

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import polars as pl
 
 from reconcile_audit.compute.schemas import (
+    CLASSES,
     FINDINGS,
     AuditStatus,
     ClassCounts,
@@ -37,6 +38,8 @@ class Tallies:
 
     balances_checked: int  # rows whose escrow balance was read
     database_sides_compared: bool  # the source had the database's other sides
+
+    COLUMNS: ClassVar = ("chain_balance_base_units", "db_ledger_sequence")  # counted from these
 
     @classmethod
     def of(cls, findings: pl.DataFrame) -> Tallies:
@@ -65,72 +68,73 @@ class Tallies:
 
 @dataclass(frozen=True)
 class Spool:
-    """The plain matches of a run, kept on disk instead of in memory: at 1M invoices, holding
-    them took the run's peak past 1.5 GB.
+    """Every row of a run, kept on disk: at 1M invoices, holding them took the run's peak past
+    1.5 GB. The result holds only the rows that need a look (:data:`HELD`).
 
-    ``directory`` holds classify's Parquet parts of the FINDINGS rows that are a match without a
-    flag, each with ``_row``, its position in the run's order: ``rows`` of them, with ``tallies``.
-    Part k is of the run's rows ``k * part_rows`` to ``(k + 1) * part_rows``. ``positions`` is
-    the ``_row`` of each row the result holds, in the result's order.
+    ``directory`` holds classify's Parquet parts of the FINDINGS rows, each row with ``_row``, its
+    position in the run's order; part k holds the rows ``k * part_rows`` to ``(k + 1) * part_rows``.
+    ``counts`` and ``tallies`` are of every row. ``positions`` is the ``_row`` of each row the
+    result holds, in the result's order.
     """
 
     directory: Path
     part_rows: int
     positions: pl.Series
-    rows: int
+    counts: ClassCounts
     tallies: Tallies
 
     @classmethod
     def written(cls, findings: pl.DataFrame, directory: Path, part_rows: int) -> tuple[pl.DataFrame, Spool]:
-        """Spool every frame's plain matches, as classify does part by part: the rows held, and the spool."""
+        """``findings`` spooled as classify spools its parts: the rows to hold, and the spool."""
         directory.mkdir(parents=True, exist_ok=True)
         frame = findings.with_row_index("_row")
-        parts = [
+        starts = range(0, max(frame.height, 1), part_rows)
+        for index, start in enumerate(starts):
             spool_part(frame.slice(start, part_rows), directory, index)
-            for index, start in enumerate(range(0, max(frame.height, 1), part_rows))
-        ]
-        held = pl.concat([part for part, _, _ in parts])
-        spool = cls(
-            directory,
-            part_rows,
-            held.get_column("_row"),
-            sum(rows for _, rows, _ in parts),
-            Tallies.combined([tallies for _, _, tallies in parts]),
-        )
+        held = frame.filter(HELD)
+        spool = cls(directory, part_rows, held.get_column("_row"), count_classes(frame), Tallies.of(frame))
         return held.drop("_row"), spool
 
     def scan(self) -> pl.LazyFrame:
-        """Every spooled row (FINDINGS and ``_row``), in the run's order."""
+        """Every row as classify wrote it (FINDINGS and ``_row``), in the run's order."""
         return pl.scan_parquet(self.directory / "*.parquet")
 
     def every_row(self, held: pl.DataFrame) -> Iterator[pl.DataFrame]:
-        """``held`` (rows in line with the result's, any columns FINDINGS names or adds) and the
-        spooled rows, in the run's order, one classify part at a time: at 1M invoices, all at
-        once was 0.5 GB. A column the spool lacks is null on its rows: a match has no life."""
+        """Every row, in the run's order, one classify part at a time (at 1M invoices, all at once
+        was 0.5 GB): those of ``held`` (in line with the result's rows, any columns FINDINGS names
+        or adds) as they are there, the others as classify wrote them, with a column the spool
+        lacks null: a plain match has no life."""
         positions = self.positions.cast(pl.Int64)
         for index, part in enumerate(sorted(self.directory.glob("*.parquet"))):
             start = index * self.part_rows
             ours = positions.is_between(start, start + self.part_rows, closed="left")
-            spooled = pl.read_parquet(part).select(
-                *(
-                    pl.col(name) if name in FINDINGS else pl.lit(None, dtype=dtype).alias(name)
-                    for name, dtype in held.schema.items()
-                ),
-                pl.col("_row").cast(pl.Int64),
+            taken = positions.filter(ours)
+            spooled = (
+                pl.read_parquet(part)
+                .with_columns(pl.col("_row").cast(pl.Int64))
+                .filter(~pl.col("_row").is_in(taken.implode()))
+                .select(
+                    *(
+                        pl.col(name) if name in FINDINGS else pl.lit(None, dtype=dtype).alias(name)
+                        for name, dtype in held.schema.items()
+                    ),
+                    "_row",
+                )
             )
-            rows = held.filter(ours).with_columns(positions.filter(ours).alias("_row"))
+            rows = held.filter(ours).with_columns(taken.alias("_row"))
             yield pl.concat([rows, spooled]).sort("_row").drop("_row")
 
 
-def spool_part(part: pl.DataFrame, directory: Path, index: int) -> tuple[pl.DataFrame, int, Tallies]:
-    """Write the plain matches of ``part`` (FINDINGS rows with ``_row``) as the spool's part
-    ``index``. Returns the rows to hold (every non-match, every match with a flag), and how many
-    rows were spooled, with their tallies."""
-    held = pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
-    plain = part.filter(~held).select(*FINDINGS.names(), "_row")
+# The rows a spooled result holds: every non-match, and every match with a flag.
+HELD: Final = pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
+
+
+def spool_part(part: pl.DataFrame, directory: Path, index: int) -> None:
+    """Write ``part`` (FINDINGS rows with ``_row``) as the spool's part ``index``."""
     # lz4: written and read again within the run, so speed matters more than size.
-    plain.write_parquet(directory / f"part-{index:05d}.parquet", compression="lz4")
-    return part.filter(held), plain.height, Tallies.of(plain)
+    part.select(*FINDINGS.names(), "_row").write_parquet(
+        directory / f"part-{index:05d}.parquet", compression="lz4"
+    )
 
 
 @dataclass(frozen=True)
@@ -160,14 +164,14 @@ class AuditResult:
     def __post_init__(self) -> None:
         if self.spool is not None:
             held = count_classes(self.findings)
+            every = self.spool.counts
             if (
-                replace(held, total=held.total + self.spool.rows, match=held.match + self.spool.rows)
-                != self.counts
+                self.counts != every
+                or held.non_match != every.non_match
+                or held.match > every.match
                 or self.spool.positions.len() != self.findings.height
             ):
-                raise ValueError(
-                    f"counts say {self.counts}, the held rows hold {held} and {self.spool.rows} spooled"
-                )
+                raise ValueError(f"counts say {self.counts}, the spool {every}, the held rows {held}")
         elif self.held_tallies is not None:
             held = count_classes(self.findings)
             if held.total - held.match != self.counts.non_match or held.match > self.counts.match:
@@ -188,20 +192,17 @@ class AuditResult:
         return self.holds_every_row or self.spool is not None
 
     def classes_of(self, invoice_ids: pl.Series) -> pl.DataFrame:
-        """``invoice_id`` and ``class`` of tonight's rows of ``invoice_ids``, held or spooled."""
+        """``invoice_id`` and ``class`` of tonight's rows of ``invoice_ids``."""
         wanted = pl.col("invoice_id").is_in(invoice_ids.implode())
-        held = self.findings.filter(wanted).select("invoice_id", "class")
-        if self.spool is None:
-            return held
-        spooled = self.spool.scan().filter(wanted).select("invoice_id", "class").collect()
-        return pl.concat([held, spooled])
+        rows = self.findings.lazy() if self.spool is None else self.spool.scan()
+        return rows.filter(wanted).select("invoice_id", "class").collect()
 
     @property
     def tallies(self) -> Tallies:
         if self.held_tallies is not None:
             return self.held_tallies
         if self.spool is not None:
-            return Tallies.combined([Tallies.of(self.findings), self.spool.tallies])
+            return self.spool.tallies
         return Tallies.of(self.findings)
 
     def stored_facts(self) -> dict[str, Any]:
@@ -225,15 +226,12 @@ class AuditResult:
         stranded: Stranded | None = None,
         spool: Spool | None = None,
     ) -> AuditResult:
-        """Check ``findings`` against FINDINGS and count its classes, and the matches ``spool``
-        holds: the one place they are counted."""
+        """Check ``findings`` against FINDINGS and count its classes (with ``spool``, the rows
+        it holds were counted as classify spooled them)."""
         frame = conform(findings, FINDINGS, "result")
-        counts = count_classes(frame)
-        if spool is not None:
-            counts = replace(counts, total=counts.total + spool.rows, match=counts.match + spool.rows)
         return cls(
             frame,
-            counts,
+            count_classes(frame) if spool is None else spool.counts,
             ledger_min,
             ledger_max,
             incomplete,
@@ -254,23 +252,16 @@ class AuditResult:
         frame = self.findings.filter(pl.col("tenant_id") == tenant_id)
         counts, tallies = count_classes(frame), None
         if self.spool is not None:  # the tenant's result holds its rows as a merge does: no spool
-            spooled = (
-                self.spool.scan()
-                .filter(pl.col("tenant_id") == tenant_id)
-                .select(
-                    pl.len().alias("rows"),
-                    pl.col("chain_balance_base_units").is_not_null().sum().alias("balances"),
-                    pl.col("db_ledger_sequence").is_not_null().any().alias("sides"),
-                )
-                .collect()
-                .row(0, named=True)
+            every = (
+                self.spool.scan().filter(pl.col("tenant_id") == tenant_id).select(*Tallies.COLUMNS, "class")
             )
-            counts = replace(
-                counts, total=counts.total + spooled["rows"], match=counts.match + spooled["rows"]
+            classes = every.group_by("class").len().collect()
+            counts = ClassCounts.of(
+                {"total": int(classes.get_column("len").sum())}
+                | {name: 0 for name in CLASSES}
+                | dict(classes.iter_rows())
             )
-            tallies = Tallies.combined(
-                [Tallies.of(frame), Tallies(int(spooled["balances"]), bool(spooled["sides"]))]
-            )
+            tallies = Tallies.of(every.select(Tallies.COLUMNS).collect())
         stranded = replace(self.stranded, frame=self.stranded.frame.filter(pl.col("tenant_id") == tenant_id))
         explained = self.explained
         if explained is not None:

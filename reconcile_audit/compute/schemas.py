@@ -143,6 +143,12 @@ class ClassCounts(Mapping[str, int]):
     def zero(cls) -> ClassCounts:
         return cls(total=0, match=0, mismatch=0, missing_on_chain=0, unlinked=0, error=0)
 
+    @classmethod
+    def summed(cls, parts: Iterable[Mapping[str, int]]) -> ClassCounts:
+        """The counts of several parts of one run (classify's parts, a merge's shards) together."""
+        listed = list(parts)
+        return cls(**{name: sum(part[name] for part in listed) for name in COUNT_NAMES})
+
 
 def count_classes(findings: pl.DataFrame) -> ClassCounts:
     """How many findings fall in each class. Raises ``ValueError`` on a class outside ``CLASSES``."""

@@ -3,12 +3,14 @@ what the result holding every row answers."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from reconcile_audit.compute.result import AuditResult, Spool
+from reconcile_audit.compute.schemas import ClassCounts
 from tests.factories import finding, frame
 
 
@@ -48,8 +50,9 @@ def test_a_spooled_result_finds_the_class_of_a_spooled_match(tmp_path: Path) -> 
     assert found.rows() == [("A1", "match"), ("A2", "mismatch")]
 
 
-def test_counts_that_do_not_add_up_are_refused(tmp_path: Path) -> None:
+def test_held_rows_that_do_not_match_the_spool_are_refused(tmp_path: Path) -> None:
     held, spool = Spool.written(rows(), tmp_path / "spool", part_rows=4)
-    whole = AuditResult.of(rows())
-    with pytest.raises(ValueError, match="spooled"):
-        AuditResult(held, whole.counts, spool=Spool(spool.directory, 4, spool.positions, 3, spool.tallies))
+    with pytest.raises(ValueError, match="the held rows"):  # a non-match lost on the way
+        AuditResult.of(held.filter(pl.col("invoice_id") != "A2"), spool=spool)
+    with pytest.raises(ValueError, match="the spool"):
+        AuditResult(held, AuditResult.of(rows()).counts, spool=replace(spool, counts=ClassCounts.zero()))
