@@ -81,10 +81,11 @@ from reconcile_audit.compute.amounts import (
 from reconcile_audit.compute.extract import OutOfScope
 from reconcile_audit.compute.ledger import read_ledger
 from reconcile_audit.compute.ledger.types import LedgerRead
-from reconcile_audit.compute.result import HELD, AuditResult, Spool, Tallies, spool_part
+from reconcile_audit.compute.result import AuditResult, Spool, Tallies, spool_part
 from reconcile_audit.compute.schemas import (
     ESCROW_STATUS_WORDS,
     FINDINGS,
+    HELD,
     LEDGER,
     RESOLVED,
     ClassCounts,
@@ -436,13 +437,20 @@ def _classified(
     def finished(index: int, part: pl.DataFrame) -> pl.DataFrame:
         part = _in_flight(part, in_flight) if in_flight else part
         if spool_directory is None:
-            return _detached(part)
+            return part
         spool_part(part, spool_directory, index)
         spooled.append((count_classes(part), Tallies.of(part)))
         return _detached(part.filter(HELD))
 
     parts = _classified_parts(
-        resolved_frame, ledger_input, tokens, params, max(1, part_rows), options, finished
+        resolved_frame,
+        ledger_input,
+        tokens,
+        params,
+        max(1, part_rows),
+        options,
+        finished,
+        detach=spool_directory is None,
     )
     del resolved_frame, ledger_input
     findings = _with_drift_ranks(pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0])
@@ -472,9 +480,12 @@ def _classified_parts(
     size: int,
     options: _Options,
     finished: Callable[[int, pl.DataFrame], pl.DataFrame],
+    *,
+    detach: bool,
 ) -> list[pl.DataFrame]:
     """What ``finished`` keeps of each part's FINDINGS (with ``_row`` and ``abs_delta_base_units``),
-    for ``resolved_frame`` in consecutive parts of ``size`` invoices, in its order.
+    for ``resolved_frame`` in consecutive parts of ``size`` invoices, in its order. ``detach``:
+    each part keeps its own copy of what DuckDB wrote (:func:`_detached`), as every part is kept.
 
     Each part goes to DuckDB with the ledger rows of its own contracts, so that the query holds
     one part's rows at a time: at 1M invoices, all at once took 1.8 GB over the stage's start.
@@ -494,7 +505,7 @@ def _classified_parts(
             ledger_part = (
                 ledger_input if size >= resolved_frame.height else _ledger_of(ledger_input, resolved_part)
             )
-            return sql_thread.submit(_decided_part, conn, resolved_part, ledger_part, params)
+            return sql_thread.submit(_decided_part, conn, resolved_part, ledger_part, params, detach)
 
         pending = decide(starts[0])
         for index, start in enumerate(starts):
@@ -524,6 +535,7 @@ def _decided_part(
     resolved_part: pl.DataFrame,
     ledger_part: pl.DataFrame,
     params: list[Any],
+    detach: bool,
 ) -> pl.DataFrame:
     """What classify.sql decides for one part (with ``_row``, and ``abs_delta_base_units`` for the
     drift ranks), on ``conn`` (its macros and currency tokens in place), in the part's order."""
@@ -543,8 +555,8 @@ def _decided_part(
     computed = pl.from_arrow(table)
     del table
     assert isinstance(computed, pl.DataFrame)
-    # DuckDB preserves the input's order here (preserve_insertion_order), so the sort, a copy of
-    # every column, is seldom needed.
+    computed = _detached(computed) if detach else computed
+    # The sort, a copy of every column, only when DuckDB did not keep the input's order.
     return computed if computed.get_column("_row").is_sorted() else computed.sort("_row")
 
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import polars as pl
 
 from reconcile_audit.compute.schemas import (
-    CLASSES,
     FINDINGS,
+    HELD,
     AuditStatus,
     ClassCounts,
     chunked_like,
@@ -33,8 +33,8 @@ NOT_LOOKED_FOR: Final = "the run did not look for invoices outside the audit"
 @dataclass(frozen=True)
 class Tallies:
     """Counts over every row of a run that its facts report. Counted from the findings when the
-    result holds every row; carried from the shards when it is a merge, which holds only the rows
-    they stored."""
+    result holds every row, as classify spooled them when it spools; carried from the shards when
+    it is a merge, which holds only the rows they stored."""
 
     balances_checked: int  # rows whose escrow balance was read
     database_sides_compared: bool  # the source had the database's other sides
@@ -43,9 +43,10 @@ class Tallies:
 
     @classmethod
     def of(cls, findings: pl.DataFrame) -> Tallies:
+        balances, sides = cls.COLUMNS
         return cls(
-            balances_checked=int(findings.get_column("chain_balance_base_units").is_not_null().sum()),
-            database_sides_compared=bool(findings.get_column("db_ledger_sequence").is_not_null().any()),
+            balances_checked=int(findings.get_column(balances).is_not_null().sum()),
+            database_sides_compared=bool(findings.get_column(sides).is_not_null().any()),
         )
 
     def to_facts(self) -> dict[str, Any]:
@@ -123,10 +124,6 @@ class Spool:
             )
             rows = held.filter(ours).with_columns(taken.alias("_row"))
             yield pl.concat([rows, spooled]).sort("_row").drop("_row")
-
-
-# The rows a spooled result holds: every non-match, and every match with a flag.
-HELD: Final = pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
 
 
 def spool_part(part: pl.DataFrame, directory: Path, index: int) -> None:
@@ -253,15 +250,12 @@ class AuditResult:
         counts, tallies = count_classes(frame), None
         if self.spool is not None:  # the tenant's result holds its rows as a merge does: no spool
             every = (
-                self.spool.scan().filter(pl.col("tenant_id") == tenant_id).select(*Tallies.COLUMNS, "class")
+                self.spool.scan()
+                .filter(pl.col("tenant_id") == tenant_id)
+                .select("class", *Tallies.COLUMNS)
+                .collect()
             )
-            classes = every.group_by("class").len().collect()
-            counts = ClassCounts.of(
-                {"total": int(classes.get_column("len").sum())}
-                | {name: 0 for name in CLASSES}
-                | dict(classes.iter_rows())
-            )
-            tallies = Tallies.of(every.select(Tallies.COLUMNS).collect())
+            counts, tallies = count_classes(every), Tallies.of(every)
         stranded = replace(self.stranded, frame=self.stranded.frame.filter(pl.col("tenant_id") == tenant_id))
         explained = self.explained
         if explained is not None:

@@ -293,6 +293,9 @@ FINDINGS: Final = pl.Schema(
         "explanation": pl.String,  # why it drifted (compute.explain); null when not explained
     }
 )
+# The FINDINGS rows that are kept whole where the rest are only counted: by the state database,
+# a merge of shards and a run's result (the rest spooled): every non-match, every flagged match.
+HELD: Final = pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
 
 
 # --- explain: why a drift happened (compute.explain) ----------------------------------------

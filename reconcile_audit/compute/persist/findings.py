@@ -13,6 +13,7 @@ from reconcile_audit.compute.lifecycle import with_identity
 from reconcile_audit.compute.schemas import (
     CLASS_ORDER,
     FINDINGS,
+    HELD,
     LIFECYCLE,
     STRANDED,
     STRANDED_CLASS,
@@ -64,9 +65,7 @@ def stored_rows(findings: pl.DataFrame) -> pl.DataFrame:
     frame = frame.select(*FINDINGS, *[name for name in STORED_LIFECYCLE if name in frame.columns])
     # Numbered by position first, then narrowed: the identity and NUL escaping are computed for
     # the stored rows only (at 1M invoices, for every row they cost 0.4 GB and most of a second).
-    kept = frame.with_row_index("finding_no", offset=1).filter(
-        pl.col("class").ne_missing("match") | (pl.col("flags").list.len() > 0)
-    )
+    kept = frame.with_row_index("finding_no", offset=1).filter(HELD)
     return _storable(kept.drop("finding_no"), numbers=kept.get_column("finding_no"))
 
 
