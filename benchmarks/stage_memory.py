@@ -16,7 +16,9 @@ import argparse
 import ctypes
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -144,7 +146,10 @@ def main() -> None:
         trim()
         phases.enter("classify: inputs and DuckDB query")
         clock = time.perf_counter()
-        result = classify.audit(resolved, read, settings, out_of_scope=out_of_scope)
+        # As the notebook runs it: the plain matches spooled to disk, only the other rows held.
+        spool = Path(tempfile.mkdtemp(prefix="stage-memory-")) / ".spool"
+        result = classify.audit(resolved, read, settings, out_of_scope=out_of_scope, spool=spool)
+        shutil.rmtree(spool.parent)
         seconds["classify"] = round(time.perf_counter() - clock, 2)
         phases.enter("done")
         time.sleep(0.2)
