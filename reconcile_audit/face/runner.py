@@ -594,6 +594,9 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
                 finally:
                     follower.stop()
                     _settle_notebook(executing, notebook_out)
+                    # Before a failure is recorded: a spool that filled the disk would leave no
+                    # room for the failed run's summary.
+                    shutil.rmtree(run_dir / SPOOL, ignore_errors=True)
                 if failure is not None:
                     # Still under the lease: no other run may start before this one is recorded.
                     return _failed(context, request, *failure)
@@ -607,7 +610,6 @@ def run(request: RunRequest, environ: Mapping[str, str] | None = None) -> RunOut
             return _failed(context, request, None, str(exc))
     finally:
         if run_dir.exists():
-            shutil.rmtree(run_dir / SPOOL, ignore_errors=True)  # results.parquet holds its rows
             scrub_secrets(run_dir, settings.secrets)
         prune_run_folders(request.output_dir.resolve(), keep=settings.keep_runs, current=run_id)
 
