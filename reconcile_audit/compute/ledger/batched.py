@@ -565,10 +565,7 @@ async def _read_chunk(
         token: _token_decimals(token, sweep.outcomes.get(key), settings) for token, key in token_keys.items()
     }
     frame = _frame(ids, keys, invalid, sweep.outcomes, decimals, sweep.columnar(order))
-    frame = _with_balances(frame, ids, custody, pairs, sweep.outcomes)
-    # The escrows decoded as columns carry their token's address on every row: at 1M escrows,
-    # 53 MB held from the sweep to the end of classify, against one copy.
-    return frame.with_columns(chunked_like(stored_once(frame.get_column("funding_token")), frame))
+    return _with_balances(frame, ids, custody, pairs, sweep.outcomes)
 
 
 _ORDER: Final = pl.Schema({"contract_id": pl.String, "key": pl.String})
@@ -921,7 +918,10 @@ def _columnar_rows(columnar: pl.DataFrame, decimals: Mapping[str, _Decimals]) ->
         schema={name: LEDGER[name] for name in _TOKEN_FACTS},
         orient="row",
     )
-    return columnar.join(facts, on="funding_token", how="left", maintain_order="left").select(_COLUMNS)
+    rows = columnar.join(facts, on="funding_token", how="left", maintain_order="left").select(_COLUMNS)
+    # Stored once, as _frame's own rows store it (_REPEATED): decoded as a column, the token's
+    # address was on every row, 53 MB at 1M escrows held from the sweep to classify's end.
+    return rows.with_columns(chunked_like(stored_once(rows.get_column("funding_token")), rows))
 
 
 _TOKEN_FACTS: Final = (
