@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from reconcile_audit.compute.amounts import format_base_units
-from reconcile_audit.compute.schemas import CLASSES, FINDINGS, conform
+from reconcile_audit.compute.result import Spool, Tallies, spool_part
+from reconcile_audit.compute.schemas import CLASSES, FINDINGS, HELD, conform, count_classes
 from reconcile_audit.compute.settings import Settings, load_settings
 from reconcile_audit.output.summary import RunFacts
 
@@ -242,3 +244,15 @@ def facts(status: str = "findings", **values: Any) -> RunFacts:
 def settings(environ: Mapping[str, str] | None = None, **params: Any) -> Settings:
     """Settings from ``params`` over ``environ`` only: never the developer's own environment."""
     return load_settings({name: value for name, value in params.items() if value is not None}, environ or {})
+
+
+def spooled(findings: pl.DataFrame, directory: Path, part_rows: int) -> tuple[pl.DataFrame, Spool]:
+    """``findings`` spooled as classify spools its parts (``result.spool_part``): the rows a
+    spooled result holds (``schemas.HELD``), and the spool."""
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = findings.with_row_index("_row")
+    for index, start in enumerate(range(0, max(frame.height, 1), part_rows)):
+        spool_part(frame.slice(start, part_rows), directory, index)
+    held = frame.filter(HELD)
+    spool = Spool(directory, part_rows, held.get_column("_row"), count_classes(frame), Tallies.of(frame))
+    return held.drop("_row"), spool

@@ -15,7 +15,6 @@ import polars as pl
 
 from reconcile_audit.compute.schemas import (
     FINDINGS,
-    HELD,
     AuditStatus,
     ClassCounts,
     chunked_like,
@@ -70,7 +69,7 @@ class Tallies:
 @dataclass(frozen=True)
 class Spool:
     """Every row of a run, kept on disk: at 1M invoices, holding them took the run's peak past
-    1.5 GB. The result holds only the rows that need a look (:data:`HELD`).
+    1.5 GB. The result holds only the rows that need a look (``schemas.HELD``).
 
     ``directory`` holds classify's Parquet parts of the FINDINGS rows, each row with ``_row``, its
     position in the run's order; part k holds the rows ``k * part_rows`` to ``(k + 1) * part_rows``.
@@ -83,18 +82,6 @@ class Spool:
     positions: pl.Series
     counts: ClassCounts
     tallies: Tallies
-
-    @classmethod
-    def written(cls, findings: pl.DataFrame, directory: Path, part_rows: int) -> tuple[pl.DataFrame, Spool]:
-        """``findings`` spooled as classify spools its parts: the rows to hold, and the spool."""
-        directory.mkdir(parents=True, exist_ok=True)
-        frame = findings.with_row_index("_row")
-        starts = range(0, max(frame.height, 1), part_rows)
-        for index, start in enumerate(starts):
-            spool_part(frame.slice(start, part_rows), directory, index)
-        held = frame.filter(HELD)
-        spool = cls(directory, part_rows, held.get_column("_row"), count_classes(frame), Tallies.of(frame))
-        return held.drop("_row"), spool
 
     def scan(self) -> pl.LazyFrame:
         """Every row as classify wrote it (FINDINGS and ``_row``), in the run's order."""

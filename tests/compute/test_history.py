@@ -14,7 +14,7 @@ from reconcile_audit.compute import persist
 from reconcile_audit.compute.history import TREND_RUNS, HistoryComparison, compare_with_history
 from reconcile_audit.compute.lifecycle import age_bucket
 from reconcile_audit.compute.persist import RunRecord
-from reconcile_audit.compute.result import AuditResult, Spool
+from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import (
     HISTORY_FINDINGS,
     RESOLVED_FINDINGS,
@@ -121,7 +121,7 @@ def test_new_persisting_and_resolved_across_persisted_runs(
     )
     result = AuditResult.of(current)
     if spooled:
-        held, spool = Spool.written(current, tmp_path / "spool", part_rows=4)
+        held, spool = factories.spooled(current, tmp_path / "spool", part_rows=4)
         result = AuditResult.of(held, spool=spool)
         assert result.counts == AuditResult.of(current).counts and result.findings.height == 7
     history = compare_with_history(result, settings_for(state_url), run_key="current", now=NOW)

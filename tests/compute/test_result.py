@@ -9,8 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from reconcile_audit.compute.result import AuditResult, Spool
+from reconcile_audit.compute.result import AuditResult
 from reconcile_audit.compute.schemas import ClassCounts
+from tests import factories
 from tests.factories import finding, frame
 
 
@@ -30,7 +31,7 @@ def rows() -> pl.DataFrame:
 
 def test_a_spooled_result_counts_and_narrows_as_one_holding_every_row(tmp_path: Path) -> None:
     whole = AuditResult.of(rows())
-    held, spool = Spool.written(rows(), tmp_path / "spool", part_rows=3)
+    held, spool = factories.spooled(rows(), tmp_path / "spool", part_rows=3)
     spooled = AuditResult.of(held, spool=spool)
     assert held.get_column("invoice_id").to_list() == ["A2", "B1", "B3"]
     assert not spooled.holds_every_row and spooled.knows_every_class
@@ -44,14 +45,14 @@ def test_a_spooled_result_counts_and_narrows_as_one_holding_every_row(tmp_path: 
 
 
 def test_a_spooled_result_finds_the_class_of_a_spooled_match(tmp_path: Path) -> None:
-    held, spool = Spool.written(rows(), tmp_path / "spool", part_rows=2)
+    held, spool = factories.spooled(rows(), tmp_path / "spool", part_rows=2)
     result = AuditResult.of(held, spool=spool)
     found = result.classes_of(pl.Series(["A1", "A2", "GONE"])).sort("invoice_id")
     assert found.rows() == [("A1", "match"), ("A2", "mismatch")]
 
 
 def test_held_rows_that_do_not_match_the_spool_are_refused(tmp_path: Path) -> None:
-    held, spool = Spool.written(rows(), tmp_path / "spool", part_rows=4)
+    held, spool = factories.spooled(rows(), tmp_path / "spool", part_rows=4)
     with pytest.raises(ValueError, match="the held rows"):  # a non-match lost on the way
         AuditResult.of(held.filter(pl.col("invoice_id") != "A2"), spool=spool)
     with pytest.raises(ValueError, match="the spool"):
