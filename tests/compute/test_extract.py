@@ -311,15 +311,20 @@ def test_schema_errors_name_table_and_column(
         assert f"{table}.{column}" in str(raised.value)
 
 
+def _load_keep_and_other(source_url: str) -> None:
+    """Two invoices for the custom queries: "keep" in a status only they select, "other" funded."""
+    src = Source()
+    src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
+    src.invoice("other", status="funded")
+    src.load(source_url)
+
+
 def test_a_custom_querys_strings_and_comments_are_read_as_the_database_reads_them(
     source_url: str, tmp_path: Path
 ) -> None:
     """A "--" or ";" inside a string, a dollar-quoted body or a comment is text: the run, and
     `check` (which wraps the query), take the query as one statement that means what it says."""
-    src = Source()
-    src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
-    src.invoice("other", status="funded")
-    src.load(source_url)
+    _load_keep_and_other(source_url)
     query = tmp_path / "quoted.sql"
     query.write_text(
         "-- the invoices a custom status marks; one statement\n"
@@ -337,10 +342,7 @@ def test_a_custom_querys_strings_and_comments_are_read_as_the_database_reads_the
 
 
 def test_user_sql_file(source_url: str, tmp_path: Path) -> None:
-    src = Source()
-    src.invoice("keep", status="custom_status", totals=((Decimal("4.56"), T0),))
-    src.invoice("other", status="funded")
-    src.load(source_url)
+    _load_keep_and_other(source_url)
     good = tmp_path / "mine.sql"
     good.write_text(
         "SELECT CAST(invoices.id AS TEXT) AS invoice_pk, invoices.invoice_id, invoices.tenant_id,"
